@@ -1,0 +1,25 @@
+"""Event logs: the schema, streaming readers and writers.
+
+Kept light on purpose: importing :mod:`bayes_defense.stream` loads neither
+pandas nor pyarrow until a function needs them.
+"""
+
+from bayes_defense.stream.io import (
+    EventReader,
+    EventWriter,
+    events_to_dataframe,
+    read_events,
+    write_events,
+)
+from bayes_defense.stream.schema import KNOWN_KINDS, SCHEMA_VERSION, Event
+
+__all__ = [
+    "SCHEMA_VERSION",
+    "KNOWN_KINDS",
+    "Event",
+    "EventReader",
+    "EventWriter",
+    "read_events",
+    "write_events",
+    "events_to_dataframe",
+]
