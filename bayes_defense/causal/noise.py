@@ -1,0 +1,380 @@
+"""Canonical exogenous noise for ordinary Pyro sample sites.
+
+Counterfactuals need the exogenous noise of every endogenous variable. Model
+authors write plain ``pyro.sample`` statements; this module supplies the noise
+by a fixed reparameterisation of each site's distribution:
+
+- location-scale continuous sites (Normal, Laplace, StudentT with fixed df,
+  Cauchy, Uniform, Exponential) use ``x = loc + scale * eps`` with ``eps``
+  drawn from the standardised family, and transformed distributions (LogNormal,
+  Gumbel, ...) apply their transforms to the noise of their base distribution.
+  Abduction from an observed ``x`` is exact: ``eps = (x - loc) / scale``.
+- discrete sites (Bernoulli, Categorical, Binomial, Poisson, Geometric, ...)
+  use ``u ~ Uniform(0, 1)`` and the monotone response ``x = F^-1(u; theta)``,
+  the smallest ``k`` with ``F(k) >= u``. Abduction from an observed ``x = k``
+  gives ``u | k, theta ~ Uniform(F(k - 1), F(k))``, weighted by
+  ``P(x = k | theta)``.
+
+The discrete coupling is the monotonicity assumption under which the
+probabilities of necessity and sufficiency are identified (Tian and Pearl,
+2000): if ``P(x = 1 | theta)`` grows with a cause, the counterfactual response
+to that cause can only grow too, for every ``u``.
+
+The functions here act on one distribution at a time; :class:`World` is the
+Pyro Messenger that applies them to every site of a model run.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+from pyro import distributions as dist
+from pyro.poutine.messenger import Messenger
+from pyro.poutine.subsample_messenger import _Subsample
+
+from bayes_defense.errors import ImpossibleEvidenceError, UnsupportedModelError
+
+__all__ = [
+    "World",
+    "sample_noise",
+    "push_noise",
+    "abduct_noise",
+    "is_discrete",
+    "is_deterministic",
+    "SUPPORTED_DISTRIBUTIONS",
+]
+
+SUPPORTED_DISTRIBUTIONS = (
+    "Normal, Laplace, StudentT, Cauchy, Uniform, Exponential, LogNormal and other "
+    "TransformedDistributions of these; Bernoulli, Categorical, Binomial, Poisson, Geometric "
+    "and other discrete distributions with integer support; Delta (pyro.deterministic)"
+)
+
+_LOCATION_SCALE = (dist.Normal, dist.Laplace, dist.Cauchy)
+
+
+def _strip(d):
+    """Remove wrappers that do not change the per-element noise model."""
+    while True:
+        if isinstance(d, dist.Independent):
+            d = d.base_dist
+        elif isinstance(d, dist.ExpandedDistribution):
+            d = d.base_dist
+        elif isinstance(d, dist.MaskedDistribution):
+            d = d.base_dist
+        else:
+            return d
+
+
+def is_deterministic(d) -> bool:
+    """True for ``Delta`` sites (``pyro.deterministic``), which carry no noise."""
+    return isinstance(_strip(d), dist.Delta)
+
+
+def is_discrete(d) -> bool:
+    """True when the distribution's support is discrete."""
+    return bool(getattr(_strip(d).support, "is_discrete", False))
+
+
+def _unsupported(d, name: str) -> UnsupportedModelError:
+    return UnsupportedModelError(
+        f"site {name!r} has distribution {type(_strip(d)).__name__}, which has no canonical "
+        f"exogenous noise; supported: {SUPPORTED_DISTRIBUTIONS}. For interventional queries "
+        "without counterfactuals use backend='importance' with counterfactual=False semantics "
+        "(bd.intervene), which needs no noise"
+    )
+
+
+def log_prob(d, value: torch.Tensor) -> torch.Tensor:
+    """``d.log_prob(value)``, but exact at probabilities 0 and 1 for Bernoulli and Categorical.
+
+    torch evaluates these through clamped logits, which turns an impossible
+    value into one of probability about 1e-7; exact inference and the
+    detection of impossible evidence need the true zero.
+    """
+    if isinstance(d, dist.Independent):
+        inner = log_prob(d.base_dist, value)
+        return inner.reshape(inner.shape[: inner.dim() - d.reinterpreted_batch_ndims] + (-1,)).sum(-1)
+    if isinstance(d, dist.Bernoulli):
+        probs = d.probs
+        value = value.to(probs.dtype)
+        prob = torch.where(value == 1, probs, torch.where(value == 0, 1 - probs, torch.zeros_like(probs)))
+        return prob.log()
+    if isinstance(d, dist.Categorical):
+        probs = d.probs
+        index = value.long()
+        valid = (index >= 0) & (index < probs.shape[-1])
+        index, probs = torch.broadcast_tensors(index.clamp(0, probs.shape[-1] - 1).unsqueeze(-1), probs)
+        prob = probs.gather(-1, index[..., :1]).squeeze(-1)
+        return torch.where(valid, prob, torch.zeros_like(prob)).log()
+    return d.log_prob(value)
+
+
+def _discrete_table(d):
+    """Return ``(support, cdf)`` with support ``(K,)`` and cdf ``(K, *batch)``.
+
+    Finite supports come from ``enumerate_support``; infinite integer supports
+    are truncated where the remaining tail mass is far below float precision.
+    """
+    base = _strip(d)
+    if isinstance(base, dist.Categorical):
+        probs = base.probs
+        k = probs.shape[-1]
+        support = torch.arange(k, dtype=probs.dtype)
+        cdf = probs.cumsum(-1).movedim(-1, 0)
+        return support, cdf
+    if getattr(base, "has_enumerate_support", False):
+        support = base.enumerate_support(expand=False).reshape(-1)
+    else:
+        mean = base.mean.detach()
+        std = base.variance.detach().clamp(min=0).sqrt()
+        kmax = int(math.ceil(float((mean + 15.0 * std).max()) + 30.0))
+        support = torch.arange(kmax + 1, dtype=mean.dtype)
+    shaped = support.reshape((-1,) + (1,) * len(base.batch_shape))
+    pmf = log_prob(base, shaped).exp()
+    cdf = pmf.cumsum(0)
+    return support, cdf
+
+
+def sample_noise(d, name: str = "site") -> torch.Tensor:
+    """Draw the canonical exogenous noise of one site, with the site's full shape."""
+    base = _strip(d)
+    shape = d.batch_shape + d.event_shape
+    if is_deterministic(d):
+        return torch.zeros(shape)
+    if is_discrete(d):
+        if isinstance(base, dist.Categorical):
+            shape = d.batch_shape
+        return torch.rand(shape)
+    return _continuous_base_sample(base, shape, name)
+
+
+def _continuous_base_sample(base, shape, name):
+    if isinstance(base, dist.Normal):
+        return torch.randn(shape)
+    if isinstance(base, dist.Laplace):
+        return dist.Laplace(0.0, 1.0).sample(shape)
+    if isinstance(base, dist.Cauchy):
+        return dist.Cauchy(0.0, 1.0).sample(shape)
+    if isinstance(base, dist.StudentT):
+        return dist.StudentT(torch.broadcast_to(base.df, shape)).sample()
+    if isinstance(base, dist.Uniform):
+        return torch.rand(shape)
+    if isinstance(base, dist.Exponential):
+        return dist.Exponential(1.0).sample(shape)
+    if isinstance(base, dist.TransformedDistribution):
+        return _continuous_base_sample(_strip(base.base_dist), shape, name)
+    raise _unsupported(base, name)
+
+
+def push_noise(d, noise: torch.Tensor, name: str = "site") -> torch.Tensor:
+    """Map noise to the site's value: ``x = f(noise; theta)``."""
+    base = _strip(d)
+    if is_deterministic(d):
+        return base.v
+    if is_discrete(d):
+        support, cdf = _discrete_table(d)
+        if isinstance(base, dist.Categorical):
+            index = (noise.unsqueeze(0) > cdf[:-1]).sum(0)
+        else:
+            index = (noise.unsqueeze(0) > cdf).sum(0).clamp(max=support.numel() - 1)
+        return support.to(cdf.dtype)[index] if not isinstance(base, dist.Categorical) else index
+    return _continuous_push(base, noise, name)
+
+
+def _continuous_push(base, noise, name):
+    if isinstance(base, (*_LOCATION_SCALE, dist.StudentT)):
+        return base.loc + base.scale * noise
+    if isinstance(base, dist.Uniform):
+        return base.low + (base.high - base.low) * noise
+    if isinstance(base, dist.Exponential):
+        return noise / base.rate
+    if isinstance(base, dist.TransformedDistribution):
+        value = _continuous_push(_strip(base.base_dist), noise, name)
+        for transform in base.transforms:
+            value = transform(value)
+        return value
+    raise _unsupported(base, name)
+
+
+def _continuous_invert(base, value, name):
+    if isinstance(base, (*_LOCATION_SCALE, dist.StudentT)):
+        return (value - base.loc) / base.scale
+    if isinstance(base, dist.Uniform):
+        return (value - base.low) / (base.high - base.low)
+    if isinstance(base, dist.Exponential):
+        return value * base.rate
+    if isinstance(base, dist.TransformedDistribution):
+        for transform in reversed(base.transforms):
+            value = transform.inv(value)
+        return _continuous_invert(_strip(base.base_dist), value, name)
+    raise _unsupported(base, name)
+
+
+def abduct_noise(d, value: torch.Tensor, name: str = "site") -> tuple[torch.Tensor, torch.Tensor]:
+    """Exogenous noise consistent with an observed value, and its log-likelihood.
+
+    Returns ``(noise, log_prob)`` where ``log_prob = log p(value | theta)`` has
+    the site's batch shape. Continuous noise is a deterministic function of the
+    value; discrete noise is drawn from ``Uniform(F(k - 1), F(k))``.
+    """
+    base = _strip(d)
+    log_density = log_prob(d, value)
+    if is_deterministic(d):
+        return torch.zeros(d.batch_shape + d.event_shape), log_density
+    if is_discrete(d):
+        support, cdf = _discrete_table(d)
+        if isinstance(base, dist.Categorical):
+            index = value.long()
+        else:
+            # Values are compared to the support grid; an off-support value
+            # has log_prob -inf already and any noise will do for it.
+            index = (value.unsqueeze(0) > support.reshape((-1,) + (1,) * value.dim())).sum(0)
+        index = index.clamp(0, support.numel() - 1)
+        index = torch.broadcast_tensors(index, cdf[0])[0]
+        cdf_b = cdf.expand((cdf.shape[0],) + index.shape)
+        high = cdf_b.gather(0, index.unsqueeze(0)).squeeze(0)
+        low = torch.where(
+            index > 0,
+            cdf_b.gather(0, (index - 1).clamp(min=0).unsqueeze(0)).squeeze(0),
+            torch.zeros_like(high),
+        )
+        u = low + (high - low) * torch.rand(high.shape, dtype=high.dtype)
+        return u, log_density
+    return _continuous_invert(base, value, name), log_density
+
+
+@dataclass
+class WorldRecord:
+    """What one run of a model under :class:`World` produced."""
+
+    values: dict
+    noise: dict
+    log_weight: torch.Tensor
+    order: list
+
+
+class World(Messenger):
+    """Run a model in one world: interventions, evidence and canonical noise.
+
+    Every ``pyro.sample`` site is handled in one place, which keeps the
+    per-site overhead to a single Messenger:
+
+    - a site named in ``do`` takes the intervened value (graph surgery: its
+      own distribution is ignored, as under ``pyro.poutine.do``);
+    - a site named in ``evidence``, or observed by the model itself with
+      ``obs=``, takes that value; its exogenous noise is abducted and
+      ``log p(value | parents)`` is added to the run's log weight;
+    - any other site takes ``x = f(noise; theta)`` with noise from ``noise``
+      (replay of an abducted world) or freshly drawn from the canonical base.
+
+    Parameters
+    ----------
+    do : dict, optional
+        ``{site: value}`` interventions.
+    evidence : dict, optional
+        ``{site: value}`` observations.
+    noise : dict, optional
+        ``{site: tensor}`` exogenous noise to replay.
+    particle_dim : int, optional
+        Batch dimension of the particle plate; log weights are summed over
+        every other batch dimension.
+    num_particles : int
+        Size of the particle plate (1 when there is none).
+    use_model_observations : bool
+        Treat the model's own ``obs=`` values as evidence (True in the
+        factual world); the prediction world sets False so that those sites
+        respond to the intervention.
+
+    Examples
+    --------
+    >>> import pyro, pyro.distributions as dist, torch
+    >>> from bayes_defense.causal import World
+    >>> def model():
+    ...     x = pyro.sample("x", dist.Normal(0.0, 1.0))
+    ...     return pyro.sample("y", dist.Normal(2.0 * x, 1.0))
+    >>> with World(evidence={"x": torch.tensor(1.0), "y": torch.tensor(3.0)}) as world:
+    ...     _ = model()
+    >>> float(world.noise["y"])  # eps_y = y - 2 x
+    1.0
+    """
+
+    def __init__(self, do=None, evidence=None, noise=None, particle_dim=None, num_particles=1,
+                 use_model_observations=True):
+        super().__init__()
+        self.use_model_observations = use_model_observations
+        self.plates: dict = {}
+        self.do = dict(do or {})
+        self.evidence = dict(evidence or {})
+        self.replay = dict(noise or {})
+        self.particle_dim = particle_dim
+        self.num_particles = num_particles
+        self.values: dict = {}
+        self.noise: dict = {}
+        self.order: list = []
+        self.log_weight = torch.zeros(num_particles, dtype=torch.float64)
+        self.distributions: dict = {}
+
+    def _per_particle(self, log_prob: torch.Tensor) -> torch.Tensor:
+        """Sum a log-probability over every batch dimension but the particle one."""
+        if self.particle_dim is None or log_prob.dim() < -self.particle_dim:
+            return log_prob.sum().to(torch.float64).expand(self.num_particles)
+        log_prob = log_prob.reshape(log_prob.shape[: log_prob.dim() + self.particle_dim + 1] + (-1,)).sum(-1)
+        return log_prob.reshape(-1).to(torch.float64).expand(self.num_particles)
+
+    def _pyro_sample(self, msg):
+        name = msg["name"]
+        d = msg["fn"]
+        if isinstance(d, _Subsample):
+            return  # a plate's index draw, not a model variable
+        self.order.append(name)
+        self.distributions[name] = d
+        shape = d.batch_shape + d.event_shape
+        if name in self.do:
+            value = torch.as_tensor(self.do[name], dtype=_dtype_of(d)).expand(shape)
+            msg["value"] = value
+            msg["is_observed"] = True
+            self.values[name] = value
+            return
+        observed = self.evidence.get(name)
+        if observed is None and msg["is_observed"] and self.use_model_observations:
+            observed = msg["value"]
+        if observed is not None:
+            value = torch.as_tensor(observed, dtype=_dtype_of(d))
+            try:
+                value = value.expand(shape) if value.shape != shape else value
+            except RuntimeError as error:
+                raise ImpossibleEvidenceError(
+                    f"evidence for site {name!r} has shape {tuple(value.shape)}, which does not "
+                    f"broadcast to the site's shape {tuple(shape)}; pass one value per element"
+                ) from error
+            noise, log_density = abduct_noise(d, value, name)
+            self.log_weight = self.log_weight + self._per_particle(log_density)
+            msg["value"] = value
+            msg["is_observed"] = True
+        else:
+            noise = self.replay.get(name)
+            if noise is None:
+                noise = sample_noise(d, name)
+            value = push_noise(d, noise, name)
+            if value.shape != shape:
+                value = value.expand(shape)
+            msg["value"] = value
+        self.noise[name] = noise
+        self.values[name] = value
+
+    def record(self) -> WorldRecord:
+        """Return the values, noise and log weight this run produced."""
+        return WorldRecord(values=self.values, noise=self.noise, log_weight=self.log_weight, order=self.order)
+
+
+def _dtype_of(d):
+    base = _strip(d)
+    if isinstance(base, dist.Categorical):
+        return torch.long
+    try:
+        return base.mean.dtype
+    except (NotImplementedError, AttributeError):
+        return torch.get_default_dtype()
