@@ -285,7 +285,7 @@ class EventWriter:
         else:
             self._handle = open(self.path, "w", encoding="utf-8", newline="", buffering=1 << 20)
             if fmt == "csv":
-                self._csv = csv.writer(self._handle, lineterminator="\n")
+                self._csv = csv.writer(self._handle)  # default "\r\n" makes the writer quote fields holding \r
                 self._csv.writerow(FIELDS)
 
     def write(self, event: tuple[float, str, str, float | None, dict[str, Any]]) -> None:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections import defaultdict
-from functools import lru_cache
+from functools import cache
 
 import pytest
 
@@ -14,7 +14,7 @@ F = (NODES - 1) // 3
 PRECURSOR_START, START, END = 20.0, 60.0, 110.0
 
 
-@lru_cache(maxsize=None)
+@cache
 def run(attack: str | None, intensity: float = 1.0, seed: int = 3):
     attacks = [] if attack is None else [AttackSpec(attack, start=START, precursor=START - PRECURSOR_START, duration=END - START, intensity=intensity)]
     simulation = Simulation(Scenario(nodes=NODES, duration=120.0, seed=seed, attacks=attacks))

@@ -9,7 +9,16 @@ import sys
 import pytest
 
 from bayes_defense.cli import main
-from bayes_defense.sim import FAULTS, AttackSpec, FaultSpec, Scenario, Simulation, random_scenario, run_to_events, simulate
+from bayes_defense.sim import (
+    FAULTS,
+    AttackSpec,
+    FaultSpec,
+    Scenario,
+    Simulation,
+    random_scenario,
+    run_to_events,
+    simulate,
+)
 from bayes_defense.stream import SCHEMA_VERSION, read_events
 
 
