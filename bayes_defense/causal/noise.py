@@ -30,6 +30,7 @@ import math
 from dataclasses import dataclass
 
 import torch
+import torch.distributions as tdist
 from pyro import distributions as dist
 from pyro.poutine.messenger import Messenger
 from pyro.poutine.subsample_messenger import _Subsample
@@ -52,13 +53,13 @@ SUPPORTED_DISTRIBUTIONS = (
     "and other discrete distributions with integer support; Delta (pyro.deterministic)"
 )
 
-_LOCATION_SCALE = (dist.Normal, dist.Laplace, dist.Cauchy)
+_LOCATION_SCALE = (tdist.Normal, tdist.Laplace, tdist.Cauchy)
 
 
 def _strip(d):
     """Remove wrappers that do not change the per-element noise model."""
     while True:
-        if isinstance(d, dist.Independent):
+        if isinstance(d, tdist.Independent):
             d = d.base_dist
         elif isinstance(d, dist.ExpandedDistribution):
             d = d.base_dist
@@ -81,9 +82,8 @@ def is_discrete(d) -> bool:
 def _unsupported(d, name: str) -> UnsupportedModelError:
     return UnsupportedModelError(
         f"site {name!r} has distribution {type(_strip(d)).__name__}, which has no canonical "
-        f"exogenous noise; supported: {SUPPORTED_DISTRIBUTIONS}. For interventional queries "
-        "without counterfactuals use backend='importance' with counterfactual=False semantics "
-        "(bd.intervene), which needs no noise"
+        f"exogenous noise; supported: {SUPPORTED_DISTRIBUTIONS}. Counterfactuals need that noise; "
+        "bd.intervene with backend='importance' samples such sites directly"
     )
 
 
@@ -94,15 +94,15 @@ def log_prob(d, value: torch.Tensor) -> torch.Tensor:
     value into one of probability about 1e-7; exact inference and the
     detection of impossible evidence need the true zero.
     """
-    if isinstance(d, dist.Independent):
+    if isinstance(d, tdist.Independent):
         inner = log_prob(d.base_dist, value)
         return inner.reshape(inner.shape[: inner.dim() - d.reinterpreted_batch_ndims] + (-1,)).sum(-1)
-    if isinstance(d, dist.Bernoulli):
+    if isinstance(d, tdist.Bernoulli):
         probs = d.probs
         value = value.to(probs.dtype)
         prob = torch.where(value == 1, probs, torch.where(value == 0, 1 - probs, torch.zeros_like(probs)))
         return prob.log()
-    if isinstance(d, dist.Categorical):
+    if isinstance(d, tdist.Categorical):
         probs = d.probs
         index = value.long()
         valid = (index >= 0) & (index < probs.shape[-1])
@@ -119,7 +119,7 @@ def _discrete_table(d):
     are truncated where the remaining tail mass is far below float precision.
     """
     base = _strip(d)
-    if isinstance(base, dist.Categorical):
+    if isinstance(base, tdist.Categorical):
         probs = base.probs
         k = probs.shape[-1]
         support = torch.arange(k, dtype=probs.dtype)
@@ -138,6 +138,14 @@ def _discrete_table(d):
     return support, cdf
 
 
+def _align(cdf: torch.Tensor, other: torch.Tensor) -> torch.Tensor:
+    """Insert singleton dimensions so a ``(K, *batch)`` table broadcasts against ``other``."""
+    extra = other.dim() - (cdf.dim() - 1)
+    if extra > 0:
+        cdf = cdf.reshape((cdf.shape[0],) + (1,) * extra + tuple(cdf.shape[1:]))
+    return cdf
+
+
 def sample_noise(d, name: str = "site") -> torch.Tensor:
     """Draw the canonical exogenous noise of one site, with the site's full shape."""
     base = _strip(d)
@@ -145,26 +153,26 @@ def sample_noise(d, name: str = "site") -> torch.Tensor:
     if is_deterministic(d):
         return torch.zeros(shape)
     if is_discrete(d):
-        if isinstance(base, dist.Categorical):
+        if isinstance(base, tdist.Categorical):
             shape = d.batch_shape
         return torch.rand(shape)
     return _continuous_base_sample(base, shape, name)
 
 
 def _continuous_base_sample(base, shape, name):
-    if isinstance(base, dist.Normal):
+    if isinstance(base, tdist.Normal):
         return torch.randn(shape)
-    if isinstance(base, dist.Laplace):
+    if isinstance(base, tdist.Laplace):
         return dist.Laplace(0.0, 1.0).sample(shape)
-    if isinstance(base, dist.Cauchy):
+    if isinstance(base, tdist.Cauchy):
         return dist.Cauchy(0.0, 1.0).sample(shape)
-    if isinstance(base, dist.StudentT):
+    if isinstance(base, tdist.StudentT):
         return dist.StudentT(torch.broadcast_to(base.df, shape)).sample()
-    if isinstance(base, dist.Uniform):
+    if isinstance(base, tdist.Uniform):
         return torch.rand(shape)
-    if isinstance(base, dist.Exponential):
+    if isinstance(base, tdist.Exponential):
         return dist.Exponential(1.0).sample(shape)
-    if isinstance(base, dist.TransformedDistribution):
+    if isinstance(base, tdist.TransformedDistribution):
         return _continuous_base_sample(_strip(base.base_dist), shape, name)
     raise _unsupported(base, name)
 
@@ -176,22 +184,23 @@ def push_noise(d, noise: torch.Tensor, name: str = "site") -> torch.Tensor:
         return base.v
     if is_discrete(d):
         support, cdf = _discrete_table(d)
-        if isinstance(base, dist.Categorical):
+        cdf = _align(cdf, noise)
+        if isinstance(base, tdist.Categorical):
             index = (noise.unsqueeze(0) > cdf[:-1]).sum(0)
         else:
             index = (noise.unsqueeze(0) > cdf).sum(0).clamp(max=support.numel() - 1)
-        return support.to(cdf.dtype)[index] if not isinstance(base, dist.Categorical) else index
+        return support.to(cdf.dtype)[index] if not isinstance(base, tdist.Categorical) else index
     return _continuous_push(base, noise, name)
 
 
 def _continuous_push(base, noise, name):
-    if isinstance(base, (*_LOCATION_SCALE, dist.StudentT)):
+    if isinstance(base, (*_LOCATION_SCALE, tdist.StudentT)):
         return base.loc + base.scale * noise
-    if isinstance(base, dist.Uniform):
+    if isinstance(base, tdist.Uniform):
         return base.low + (base.high - base.low) * noise
-    if isinstance(base, dist.Exponential):
+    if isinstance(base, tdist.Exponential):
         return noise / base.rate
-    if isinstance(base, dist.TransformedDistribution):
+    if isinstance(base, tdist.TransformedDistribution):
         value = _continuous_push(_strip(base.base_dist), noise, name)
         for transform in base.transforms:
             value = transform(value)
@@ -200,13 +209,13 @@ def _continuous_push(base, noise, name):
 
 
 def _continuous_invert(base, value, name):
-    if isinstance(base, (*_LOCATION_SCALE, dist.StudentT)):
+    if isinstance(base, (*_LOCATION_SCALE, tdist.StudentT)):
         return (value - base.loc) / base.scale
-    if isinstance(base, dist.Uniform):
+    if isinstance(base, tdist.Uniform):
         return (value - base.low) / (base.high - base.low)
-    if isinstance(base, dist.Exponential):
+    if isinstance(base, tdist.Exponential):
         return value * base.rate
-    if isinstance(base, dist.TransformedDistribution):
+    if isinstance(base, tdist.TransformedDistribution):
         for transform in reversed(base.transforms):
             value = transform.inv(value)
         return _continuous_invert(_strip(base.base_dist), value, name)
@@ -226,13 +235,14 @@ def abduct_noise(d, value: torch.Tensor, name: str = "site") -> tuple[torch.Tens
         return torch.zeros(d.batch_shape + d.event_shape), log_density
     if is_discrete(d):
         support, cdf = _discrete_table(d)
-        if isinstance(base, dist.Categorical):
+        if isinstance(base, tdist.Categorical):
             index = value.long()
         else:
             # Values are compared to the support grid; an off-support value
             # has log_prob -inf already and any noise will do for it.
             index = (value.unsqueeze(0) > support.reshape((-1,) + (1,) * value.dim())).sum(0)
         index = index.clamp(0, support.numel() - 1)
+        cdf = _align(cdf, index)
         index = torch.broadcast_tensors(index, cdf[0])[0]
         cdf_b = cdf.expand((cdf.shape[0],) + index.shape)
         high = cdf_b.gather(0, index.unsqueeze(0)).squeeze(0)
@@ -287,6 +297,9 @@ class World(Messenger):
         Treat the model's own ``obs=`` values as evidence (True in the
         factual world); the prediction world sets False so that those sites
         respond to the intervention.
+    require_noise : bool
+        Raise on a site without canonical noise (True); with False such a
+        site is sampled directly, which is enough for interventional queries.
 
     Examples
     --------
@@ -302,8 +315,9 @@ class World(Messenger):
     """
 
     def __init__(self, do=None, evidence=None, noise=None, particle_dim=None, num_particles=1,
-                 use_model_observations=True):
+                 use_model_observations=True, require_noise=True):
         super().__init__()
+        self.require_noise = require_noise
         self.use_model_observations = use_model_observations
         self.plates: dict = {}
         self.do = dict(do or {})
@@ -331,6 +345,11 @@ class World(Messenger):
             return  # a plate's index draw, not a model variable
         self.order.append(name)
         self.distributions[name] = d
+        if is_deterministic(d):
+            # pyro.deterministic passes its value as obs; the Delta's own v may have
+            # been expanded by plates to batch + event shape.
+            self._deterministic(msg, name, msg["value"] if msg["value"] is not None else _strip(d).v)
+            return
         shape = d.batch_shape + d.event_shape
         if name in self.do:
             value = torch.as_tensor(self.do[name], dtype=_dtype_of(d)).expand(shape)
@@ -350,19 +369,48 @@ class World(Messenger):
                     f"evidence for site {name!r} has shape {tuple(value.shape)}, which does not "
                     f"broadcast to the site's shape {tuple(shape)}; pass one value per element"
                 ) from error
-            noise, log_density = abduct_noise(d, value, name)
+            try:
+                noise, log_density = abduct_noise(d, value, name)
+            except UnsupportedModelError:
+                if self.require_noise:
+                    raise
+                noise, log_density = None, d.log_prob(value)
             self.log_weight = self.log_weight + self._per_particle(log_density)
             msg["value"] = value
             msg["is_observed"] = True
         else:
             noise = self.replay.get(name)
-            if noise is None:
-                noise = sample_noise(d, name)
-            value = push_noise(d, noise, name)
+            try:
+                if noise is None:
+                    noise = sample_noise(d, name)
+                value = push_noise(d, noise, name)
+            except UnsupportedModelError:
+                if self.require_noise:
+                    raise
+                # Interventional queries need values, not noise: sample the site directly.
+                noise, value = None, d.sample()
             if value.shape != shape:
                 value = value.expand(shape)
             msg["value"] = value
         self.noise[name] = noise
+        self.values[name] = value
+
+    def _deterministic(self, msg, name, value):
+        # pyro.deterministic defaults event_dim to the value's rank, so inside a
+        # particle plate its declared shape is not the value's; use the value's.
+        if name in self.do:
+            value = torch.as_tensor(self.do[name], dtype=value.dtype).expand(value.shape)
+        else:
+            observed = self.evidence.get(name)
+            if observed is not None:
+                observed = torch.as_tensor(observed, dtype=value.dtype)
+                match = torch.broadcast_tensors(value == observed, value)[0]
+                self.log_weight = self.log_weight + self._per_particle(
+                    torch.where(match, 0.0, -torch.inf).to(torch.float64))
+                value = observed.expand(value.shape) if observed.dim() <= value.dim() else observed
+        msg["value"] = value
+        msg["is_observed"] = True
+        self.noise[name] = torch.zeros(())
         self.values[name] = value
 
     def record(self) -> WorldRecord:
@@ -372,7 +420,7 @@ class World(Messenger):
 
 def _dtype_of(d):
     base = _strip(d)
-    if isinstance(base, dist.Categorical):
+    if isinstance(base, tdist.Categorical):
         return torch.long
     try:
         return base.mean.dtype

@@ -141,7 +141,7 @@ def intervene(
     ...     pyro.sample("wet", dist.Bernoulli(0.05 + 0.6 * rain + 0.3 * sprinkler))
     >>> p = bd.intervene(sprinkler, {"sprinkler": 1.0}, "rain", evidence={"wet": 1.0})
     >>> round(p.mean, 4), p.backend
-    (0.4815, 'exact')
+    (0.5377, 'exact')
     """
     problem = _problem(model, do, evidence, query, counterfactual=False, num_samples=num_samples,
                        level=level, options=options)

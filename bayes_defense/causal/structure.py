@@ -10,6 +10,7 @@ tracking (``pyro.ops.provenance``), as in ``pyro.infer.inspect``.
 
 from __future__ import annotations
 
+import contextlib
 import weakref
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -24,7 +25,22 @@ from pyro.ops.provenance import detach_provenance, get_provenance
 from bayes_defense.causal.noise import World, is_deterministic, is_discrete
 from bayes_defense.errors import InvalidInputError, UnknownSiteError
 
-__all__ = ["SiteInfo", "ModelInfo", "model_info"]
+__all__ = ["SiteInfo", "ModelInfo", "model_info", "float64"]
+
+
+@contextlib.contextmanager
+def float64():
+    """Run a block with float64 as torch's default dtype (restored afterwards).
+
+    Compiling exact tables or linear-Gaussian coefficients from a model
+    written with Python float constants then keeps double precision.
+    """
+    previous = torch.get_default_dtype()
+    torch.set_default_dtype(torch.float64)
+    try:
+        yield
+    finally:
+        torch.set_default_dtype(previous)
 
 
 @dataclass(frozen=True)
@@ -138,7 +154,7 @@ def model_info(model: Callable) -> ModelInfo:
         return cached
     with torch.random.fork_rng(), torch.no_grad(), pyro.validation_enabled(False):
         torch.manual_seed(0)
-        world = World()
+        world = World(require_noise=False)
         with world, poutine.trace() as tracer:
             model()
     trace = tracer.trace

@@ -25,6 +25,7 @@ import torch
 from pyro import distributions as dist
 
 from bayes_defense.causal.noise import World, _strip
+from bayes_defense.causal.structure import float64
 from bayes_defense.errors import ImpossibleEvidenceError, UnsupportedModelError
 from bayes_defense.estimate import exact_estimate, weighted_estimate
 from bayes_defense.inference.base import Backend, Problem, register_backend
@@ -90,10 +91,9 @@ def _compile(problem: Problem) -> LinearGaussian:
     generator = torch.Generator().manual_seed(12345)
     probe = torch.randn(n, generator=generator, dtype=torch.float64)
     rows = torch.cat([torch.zeros(1, n, dtype=torch.float64), torch.eye(n, dtype=torch.float64), probe[None]], 0)
-    rows = rows.to(torch.get_default_dtype())
     forced = {name: rows[:, j] for j, name in enumerate(names)}
     world = World(do=forced, particle_dim=-1, num_particles=n + 2)
-    with torch.no_grad(), pyro.validation_enabled(False), world, pyro.plate("_bd_probe", n + 2, dim=-1):
+    with float64(), torch.no_grad(), pyro.validation_enabled(False), world, pyro.plate("_bd_probe", n + 2, dim=-1):
         problem.model()
     weights = torch.zeros(n, n, dtype=torch.float64)
     intercept = torch.zeros(n, dtype=torch.float64)

@@ -27,6 +27,7 @@ import pyro
 import torch
 
 from bayes_defense.causal.noise import World, _discrete_table, _strip
+from bayes_defense.causal.structure import float64
 from bayes_defense.errors import ImpossibleEvidenceError, UnsupportedModelError
 from bayes_defense.estimate import exact_estimate
 from bayes_defense.inference.base import Backend, Problem, Query, register_backend
@@ -107,7 +108,7 @@ def _compile(info, model) -> DiscreteNetwork:
         grids = torch.meshgrid(*[support[p] for p in pa], indexing="ij") if pa else ()
         forced = {p: g.reshape(-1) for p, g in zip(pa, grids)}
         world = World(do=forced, particle_dim=-1, num_particles=grid_size)
-        with torch.no_grad(), pyro.validation_enabled(False), world, pyro.plate("_bd_grid", grid_size, dim=-1):
+        with float64(), torch.no_grad(), pyro.validation_enabled(False), world, pyro.plate("_bd_grid", grid_size, dim=-1):
             _run_until(model, world, name)
         d = world.distributions[name]
         if site.deterministic:

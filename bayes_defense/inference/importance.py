@@ -83,7 +83,7 @@ class Importance(Backend):
 
     def run(self, problem: Problem):
         if not problem.counterfactual:
-            world = problem.run_world(do=problem.do, evidence=problem.evidence)
+            world = problem.run_world(do=problem.do, evidence=problem.evidence, require_noise=False)
             return weighted_answer(problem, world.values, world.log_weight, self.name,
                                    factual_values=world.values)
         factual = problem.run_world(evidence=problem.evidence)
