@@ -182,6 +182,9 @@ def push_noise(d, noise: torch.Tensor, name: str = "site") -> torch.Tensor:
     base = _strip(d)
     if is_deterministic(d):
         return base.v
+    if isinstance(base, tdist.Bernoulli):
+        # Fast path of the general rule below: F(0) = 1 - p, so x = 1 exactly when u > 1 - p.
+        return (noise > 1 - base.probs).to(base.probs.dtype)
     if is_discrete(d):
         support, cdf = _discrete_table(d)
         cdf = _align(cdf, noise)
@@ -233,6 +236,13 @@ def abduct_noise(d, value: torch.Tensor, name: str = "site") -> tuple[torch.Tens
     log_density = log_prob(d, value)
     if is_deterministic(d):
         return torch.zeros(d.batch_shape + d.event_shape), log_density
+    if isinstance(base, tdist.Bernoulli):
+        # u | x=0 ~ U(0, 1 - p); u | x=1 ~ U(1 - p, 1).
+        threshold = 1 - base.probs
+        one = value == 1
+        low = torch.where(one, threshold, torch.zeros_like(threshold))
+        high = torch.where(one, torch.ones_like(threshold), threshold)
+        return low + (high - low) * torch.rand(low.shape, dtype=low.dtype), log_density
     if is_discrete(d):
         support, cdf = _discrete_table(d)
         if isinstance(base, tdist.Categorical):
