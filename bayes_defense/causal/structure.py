@@ -117,7 +117,7 @@ class ModelInfo:
         return dict(mapping)
 
 
-_CACHE: "weakref.WeakKeyDictionary[Callable, ModelInfo]" = weakref.WeakKeyDictionary()
+_CACHE: weakref.WeakKeyDictionary[Callable, ModelInfo] = weakref.WeakKeyDictionary()
 
 
 def model_info(model: Callable) -> ModelInfo:

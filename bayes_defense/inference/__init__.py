@@ -1,5 +1,11 @@
 """Inference backends in one registry: exact, importance, svi, nuts, analytic."""
 
+# Importing the backend modules registers them.
+from bayes_defense.inference import analytic as _analytic  # noqa: F401
+from bayes_defense.inference import exact as _exact  # noqa: F401
+from bayes_defense.inference import importance as _importance  # noqa: F401
+from bayes_defense.inference import nuts as _nuts  # noqa: F401
+from bayes_defense.inference import svi as _svi  # noqa: F401
 from bayes_defense.inference.base import (
     Backend,
     Problem,
@@ -8,11 +14,5 @@ from bayes_defense.inference.base import (
     get_backend,
     register_backend,
 )
-# Importing the modules registers the backends, in the order backends() lists them.
-from bayes_defense.inference import exact as _exact  # noqa: F401, E402
-from bayes_defense.inference import importance as _importance  # noqa: F401, E402
-from bayes_defense.inference import svi as _svi  # noqa: F401, E402
-from bayes_defense.inference import nuts as _nuts  # noqa: F401, E402
-from bayes_defense.inference import analytic as _analytic  # noqa: F401, E402
 
 __all__ = ["Backend", "Problem", "Query", "backends", "get_backend", "register_backend"]

@@ -213,6 +213,8 @@ class Backend:
 
 
 _REGISTRY: dict[str, type[Backend]] = {}
+# Listing order of the built-in backends; user backends follow in registration order.
+_BUILTIN_ORDER = ("exact", "importance", "svi", "nuts", "analytic")
 
 
 def register_backend(cls: type[Backend]) -> type[Backend]:
@@ -232,7 +234,8 @@ def backends() -> list[str]:
     >>> [name for name in bd.backends() if name in ("auto", "exact", "importance", "svi", "nuts", "analytic")]
     ['auto', 'exact', 'importance', 'svi', 'nuts', 'analytic']
     """
-    return ["auto", *_REGISTRY]
+    builtin = [name for name in _BUILTIN_ORDER if name in _REGISTRY]
+    return ["auto", *builtin, *(name for name in _REGISTRY if name not in _BUILTIN_ORDER)]
 
 
 def get_backend(name: str) -> Backend:

@@ -106,7 +106,7 @@ def _compile(info, model) -> DiscreteNetwork:
                 "for a table. Use backend='importance'"
             )
         grids = torch.meshgrid(*[support[p] for p in pa], indexing="ij") if pa else ()
-        forced = {p: g.reshape(-1) for p, g in zip(pa, grids)}
+        forced = {p: g.reshape(-1) for p, g in zip(pa, grids, strict=False)}
         world = World(do=forced, particle_dim=-1, num_particles=grid_size)
         with float64(), torch.no_grad(), pyro.validation_enabled(False), world, pyro.plate("_bd_grid", grid_size, dim=-1):
             _run_until(model, world, name)
@@ -160,7 +160,7 @@ class _Factors:
 
     def total(self, extra=()) -> torch.Tensor:
         operands = []
-        for tensor, labels in [*zip(self.tensors, self.labels), *extra]:
+        for tensor, labels in [*zip(self.tensors, self.labels, strict=False), *extra]:
             operands += [tensor, [*labels]]
         if not operands:
             return torch.tensor(1.0, dtype=torch.float64)
@@ -216,7 +216,7 @@ def _query_factor(query: Query, network: DiscreteNetwork, label_of: dict):
             "tabulate exactly; use backend='importance'"
         )
     grids = torch.meshgrid(*[network.support[name] for name in read], indexing="ij") if read else ()
-    values = {name: g.reshape(-1).to(network.dtypes[name]) for name, g in zip(read, grids)}
+    values = {name: g.reshape(-1).to(network.dtypes[name]) for name, g in zip(read, grids, strict=False)}
     full = {**{name: network.support[name][:1].expand(max(1, math.prod(sizes))).to(network.dtypes[name])
                for name in network.names}, **values}
     result = torch.as_tensor(query.fn(full))

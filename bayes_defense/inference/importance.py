@@ -15,8 +15,12 @@ from __future__ import annotations
 import torch
 
 from bayes_defense.causal.noise import _strip
+from bayes_defense.errors import (
+    DegenerateWeightsError,
+    ImpossibleEvidenceError,
+    UnsupportedModelError,
+)
 from bayes_defense.estimate import weighted_estimate
-from bayes_defense.errors import DegenerateWeightsError, ImpossibleEvidenceError, UnsupportedModelError
 from bayes_defense.inference.base import Backend, Problem, register_backend
 
 __all__ = ["Importance", "weighted_answer", "answer_from_latents", "latent_sites"]

@@ -80,7 +80,7 @@ def brute_force_intervene(tables, order, do, evidence, query):
 
     numerator = denominator = 0.0
     for bits in itertools.product((0.0, 1.0), repeat=len(order)):
-        values = dict(zip(order, bits))
+        values = dict(zip(order, bits, strict=False))
         weight = 1.0
         for name in order:
             if name in do:
