@@ -20,7 +20,13 @@ import pytest
 import torch
 
 import bayes_defense as bd
-from bayes_defense.causal.pgmpy_interop import TabularModel, from_bif, from_pgmpy, to_pgmpy, write_bif
+from bayes_defense.causal.pgmpy_interop import (
+    TabularModel,
+    from_bif,
+    from_pgmpy,
+    to_pgmpy,
+    write_bif,
+)
 
 DATA = Path(__file__).resolve().parents[1] / "data"
 
@@ -51,15 +57,26 @@ NETWORKS = ["asia", "cancer", "cluster"]
 
 
 @pytest.fixture(scope="module")
-def models():
-    return {name: from_bif(DATA / f"{name}.bif") for name in NETWORKS}
-
-
-@pytest.fixture(scope="module")
 def pgmpy_networks():
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", FutureWarning)
         return {name: BIFReader(str(DATA / f"{name}.bif")).get_model() for name in NETWORKS}
+
+
+@pytest.fixture(scope="module")
+def models(pgmpy_networks):
+    # pgmpy's BIF parser takes about a second per file; parse each fixture once.
+    return {name: from_pgmpy(network) for name, network in pgmpy_networks.items()}
+
+
+def test_from_bif_equals_from_pgmpy(models):
+    model = from_bif(DATA / "asia.bif")
+    reference = models["asia"]
+    assert model.variables == reference.variables
+    assert model.parents == reference.parents
+    assert model.state_names == reference.state_names
+    for name in model.variables:
+        assert torch.equal(model.tables[name], reference.tables[name])
 
 
 def surgery_oracle(network, do: dict, evidence: dict, query: str) -> dict:
@@ -102,7 +119,7 @@ def test_importance_within_five_standard_errors(case, models, pgmpy_networks):
     for seed, (state, expected) in enumerate(oracle.items()):
         estimate = bd.intervene(model, model.encode(do), model.encode({query: state}),
                                 evidence=model.encode(evidence), backend="importance",
-                                num_samples=20_000, seed=seed)
+                                num_samples=10_000, seed=seed)
         standard_error = math.sqrt(expected * (1 - expected) / estimate.ess)
         assert abs(estimate.mean - expected) <= 5 * standard_error + 1e-12, (state, estimate, expected)
 
@@ -114,7 +131,7 @@ def test_bif_round_trip_gives_same_answers(name, models, tmp_path):
     assert again.variables == model.variables
     # Parents come back in the model's execution order, not the file's: compare as sets.
     assert {k: set(v) for k, v in again.parents.items()} == {k: set(v) for k, v in model.parents.items()}
-    for case in [c for c in CASES if c[0] == name]:
+    for case in [c for c in CASES if c[0] == name][:2]:
         _, do, evidence, query = case
         # Positions, not names: the written states are the positions 0..K-1.
         encoded = (model.encode(do), model.encode(evidence))
