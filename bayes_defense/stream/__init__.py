@@ -23,3 +23,14 @@ __all__ = [
     "write_events",
     "events_to_dataframe",
 ]
+_LAZY = {"StreamingDefender": "defender", "Belief": "defender", "Alert": "defender", "evaluate_alerts": "metrics"}
+__all__ += list(_LAZY)
+
+
+def __getattr__(name: str):
+    # The defender loads lazily so that the simulator, which reads the schema, never imports it.
+    if name in _LAZY:
+        import importlib
+
+        return getattr(importlib.import_module(f"bayes_defense.stream.{_LAZY[name]}"), name)
+    raise AttributeError(f"module 'bayes_defense.stream' has no attribute {name!r}")

@@ -1,0 +1,651 @@
+"""The streaming defender: online Bayesian beliefs about attacks from an event log.
+
+For each attack hypothesis a hidden phase (benign, precursor, execution) is
+filtered online in log space, one small forward step per telemetry window, so
+work per event is constant. Evidence per window comes from three paths fused
+in one likelihood: temporal precursor patterns (robust z-scores of telemetry
+against exponentially weighted per-node baselines), precondition monitoring
+(the suspect is the primary, joins share a prefix, a replica's peer table
+churns), and counterfactual projection (the probability that execution starts
+within a horizon if nothing is done, from the ensemble's transition rates).
+Parameter uncertainty is carried by an ensemble of parameter draws filtered
+side by side; the credible band is the spread across the ensemble.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+from collections import OrderedDict, deque
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from bayes_defense.stream.schema import KNOWN_KINDS, TELEMETRY_KINDS, Event
+
+__all__ = ["ATTACK_HYPOTHESES", "COUNTERMEASURE_FOR", "PHASES", "Alert", "Belief", "StreamingDefender", "default_parameters"]
+
+#: Attack hypotheses the defender tracks, in a fixed order.
+ATTACK_HYPOTHESES: tuple[str, ...] = (
+    "equivocation", "slow_leader", "censorship", "flooding",
+    "view_change_abuse", "replay", "sybil", "eclipse",
+)
+
+#: Hidden phases of every hypothesis.
+PHASES: tuple[str, ...] = ("benign", "precursor", "execution")
+
+#: The countermeasure matched to each attack when no planner is available.
+COUNTERMEASURE_FOR: dict[str, str] = {
+    "equivocation": "trusted_component",
+    "slow_leader": "view_change",
+    "censorship": "view_change",
+    "flooding": "rate_limit",
+    "view_change_abuse": "expose_and_evict",
+    "replay": "rate_limit",
+    "sybil": "admission_control",
+    "eclipse": "isolate_node",
+}
+
+_KNOWN = frozenset(KNOWN_KINDS)
+_TELEMETRY = frozenset(TELEMETRY_KINDS) | {"request_latency", "throughput"}
+# Smallest spread of a baseline, per kind: counts are Poisson-like, rates and
+# durations relative.
+_COUNT_KINDS = frozenset({"auth_failures", "view_change_requests", "instance_change_requests",
+                          "duplicate_messages", "stale_messages", "peer_churn", "peer_diversity"})
+_SCORE_CAP = 12.0
+_WARMUP_WINDOWS = 20
+_MAX_LOG_RATIO = 4.0
+
+
+def default_parameters(ensemble: int = 24, seed: int = 0) -> dict[str, np.ndarray]:
+    """Draw the default prior ensemble of defender parameters.
+
+    Each array has shape ``(attacks, ensemble)``: the mean evidence score in
+    the precursor and execution phases, the evidence spread, and per-window
+    transition probabilities benign->precursor, precursor->execution,
+    precursor->benign and execution->benign. A fitted posterior passes draws
+    of the same names and shapes to :class:`StreamingDefender`.
+
+    Examples
+    --------
+    >>> params = default_parameters(ensemble=8, seed=1)
+    >>> params["score_precursor"].shape
+    (8, 8)
+    """
+    rng = np.random.default_rng([seed, 0xDEF])
+    shape = (len(ATTACK_HYPOTHESES), int(ensemble))
+    return {
+        "score_precursor": rng.uniform(2.5, 4.5, shape),
+        "score_execution": rng.uniform(4.0, 8.0, shape),
+        "spread": rng.uniform(1.1, 1.6, shape),
+        "benign_to_precursor": np.exp(rng.normal(math.log(1 / 3000), 0.5, shape)),
+        "precursor_to_execution": np.exp(rng.normal(math.log(1 / 90), 0.4, shape)),
+        "precursor_to_benign": np.exp(rng.normal(math.log(1 / 400), 0.5, shape)),
+        "execution_to_benign": np.exp(rng.normal(math.log(1 / 60), 0.4, shape)),
+    }
+
+
+@dataclass(frozen=True)
+class Alert:
+    """One alert: an attack hypothesis crossed its threshold on its lower bound.
+
+    Examples
+    --------
+    >>> Alert(12.0, "replay", ("r3",), 0.97, 0.91, 0.99, "precursor", "rate_limit").to_dict()["attack"]
+    'replay'
+    """
+
+    ts: float
+    attack: str
+    nodes: tuple[str, ...]
+    probability: float
+    lower: float
+    upper: float
+    phase: str
+    countermeasure: str
+
+    def to_dict(self) -> dict[str, Any]:
+        """Return the alert as the ``alerts.jsonl`` record."""
+        return {"ts": self.ts, "attack": self.attack, "nodes": list(self.nodes),
+                "probability": self.probability, "lower": self.lower, "upper": self.upper,
+                "phase": self.phase, "countermeasure": self.countermeasure}
+
+
+@dataclass(frozen=True)
+class Belief:
+    """The defender's belief after its latest window update.
+
+    Arrays have one row per hypothesis in :data:`ATTACK_HYPOTHESES` and
+    columns (mean, lower, upper); :meth:`probability` wraps one in a
+    :class:`bayes_defense.estimate.Probability`.
+
+    Attributes
+    ----------
+    ts : float
+        End of the last window folded in.
+    precursor, execution, within_horizon, active : numpy.ndarray
+        Probability of the precursor phase, of execution, that execution is
+        under way or starts within the horizon, and of precursor or execution.
+    suspects : dict
+        Attack -> suspected nodes.
+    alerts : tuple of Alert
+        Alerts raised by the latest window update.
+    countermeasures : dict
+        Attack -> recommended countermeasure.
+
+    Examples
+    --------
+    >>> belief = StreamingDefender().belief
+    >>> float(belief.probability("replay", "active").mean) <= 1.0
+    True
+    """
+
+    ts: float
+    level: float
+    precursor: np.ndarray
+    execution: np.ndarray
+    within_horizon: np.ndarray
+    active: np.ndarray
+    suspects: dict[str, tuple[str, ...]] = field(default_factory=dict)
+    alerts: tuple[Alert, ...] = ()
+    countermeasures: dict[str, str] = field(default_factory=dict)
+
+    def probability(self, attack: str, what: str = "active"):
+        """Return one :class:`~bayes_defense.estimate.Probability`.
+
+        Parameters
+        ----------
+        attack : str
+            One of :data:`ATTACK_HYPOTHESES`.
+        what : {"precursor", "execution", "within_horizon", "active"}
+
+        Examples
+        --------
+        >>> StreamingDefender().belief.probability("sybil", "execution").upper <= 1.0
+        True
+        """
+        from bayes_defense.estimate import Probability
+
+        row = getattr(self, what)[ATTACK_HYPOTHESES.index(attack)]
+        return Probability(float(row[0]), float(row[1]), float(row[2]), level=self.level, backend="ensemble")
+
+    @property
+    def most_likely(self) -> str:
+        """The hypothesis with the highest mean probability of being active."""
+        return ATTACK_HYPOTHESES[int(np.argmax(self.active[:, 0]))]
+
+
+def _recommend(attack: str) -> str:
+    return COUNTERMEASURE_FOR.get(attack, "observe")
+
+
+class _Baseline:
+    """Exponentially weighted robust location and spread of one series."""
+
+    __slots__ = ("mean", "spread", "count", "floor_abs", "floor_rel")
+
+    def __init__(self, floor_abs: float, floor_rel: float) -> None:
+        self.mean = 0.0
+        self.spread = 0.0
+        self.count = 0
+        self.floor_abs = floor_abs
+        self.floor_rel = floor_rel
+
+    def score(self, value: float, rate: float) -> float:
+        """Return the robust z-score of ``value`` and fold it into the baseline."""
+        if self.count == 0:
+            self.mean, self.count = value, 1
+            return 0.0
+        scale = max(1.4826 * self.spread, self.floor_abs + self.floor_rel * abs(self.mean))
+        deviation = value - self.mean
+        z = deviation / scale
+        self.count += 1
+        alpha = max(rate, 1.0 / self.count)
+        # Clipped updates: an attack bends the baseline slowly, not at once.
+        clipped = min(max(deviation, -3.0 * scale), 3.0 * scale)
+        self.mean += alpha * clipped
+        self.spread += alpha * (min(abs(deviation), 3.0 * scale) - self.spread)
+        return z
+
+
+def _floors(kind: str) -> tuple[float, float]:
+    if kind in _COUNT_KINDS:
+        return 0.8, 0.1
+    if kind in ("preprepare_interval", "request_latency"):
+        return 0.002, 0.05
+    return 1.0, 0.05
+
+
+class StreamingDefender:
+    """Online Bayesian defender over a stream of :class:`~bayes_defense.stream.Event`.
+
+    Parameters
+    ----------
+    parameters : dict of arrays, optional
+        Ensemble of parameter draws, as :func:`default_parameters` returns
+        (the default prior) or a fitted posterior provides.
+    ensemble : int
+        Number of draws when ``parameters`` is not given.
+    seed : int
+        Seed of the default prior draws.
+    window : float
+        Seconds per update window (the telemetry interval).
+    horizon : float
+        Seconds ahead for the counterfactual projection.
+    threshold : float
+        An alert fires when the lower credible bound of "active" reaches it.
+    rearm : float
+        A hypothesis may alert again once its mean has stayed below this
+        for ``rearm_windows`` windows.
+    level : float
+        Credible level of the bands (quantiles across the ensemble).
+    baseline_rate : float
+        Weight of a new window in the per-node baselines.
+    duplicate_memory : int
+        How many recent events are remembered to reject exact duplicates.
+    rearm_windows : int
+        Quiet windows needed before a hypothesis may alert again.
+
+    Examples
+    --------
+    >>> from bayes_defense.stream import Event
+    >>> defender = StreamingDefender()
+    >>> belief = defender.observe(Event(1.0, "r0", "msg_rate_in", 200.0, {}))
+    >>> defender.observe({"ts": "x"}) is belief, defender.rejected
+    (True, {'malformed': 1})
+    """
+
+    def __init__(self, parameters: Mapping[str, Any] | None = None, *, ensemble: int = 24, seed: int = 0,
+                 window: float = 1.0, horizon: float = 60.0, threshold: float = 0.8, rearm: float = 0.3,
+                 level: float = 0.9, baseline_rate: float = 0.02, duplicate_memory: int = 4096,
+                 rearm_windows: int = 60) -> None:
+        params = default_parameters(ensemble, seed) if parameters is None else {
+            key: np.asarray(value, dtype=float) for key, value in parameters.items()}
+        self.parameters = params
+        self.window = float(window)
+        self.horizon = float(horizon)
+        self.threshold = float(threshold)
+        self.rearm = float(rearm)
+        self.level = float(level)
+        self.baseline_rate = float(baseline_rate)
+        self.duplicate_memory = int(duplicate_memory)
+        self.rearm_windows = int(rearm_windows)
+        self._log_transition = self._transitions(params)
+        self.reset()
+
+    # ----------------------------------------------------------------- state
+    def reset(self) -> None:
+        """Forget everything seen; keep the parameters."""
+        attacks, draws = self.parameters["score_precursor"].shape
+        self.accepted = 0
+        self.rejected: dict[str, int] = {}
+        self.windows = 0
+        self._log_alpha = np.tile(np.log(np.array([1 - 2e-4, 1e-4, 1e-4])), (attacks, draws, 1))
+        self._current = -1  # index of the open window
+        self._last_ts = -math.inf
+        self._recent: deque = deque()
+        self._recent_set: set = set()
+        self._telemetry: dict[tuple[str, str], float] = {}
+        self._source: dict[str, str] = {}
+        self._primary = ""
+        self._digests: OrderedDict = OrderedDict()
+        self._conflicts = 0
+        self._stalled: dict[str, int] = {}
+        self._view_changes: dict[str, float] = {}
+        self._joins: dict[str, float] = {}
+        self._join_names: dict[str, list[str]] = {}
+        self._peer_joins: dict[str, float] = {}
+        self._baselines: dict[tuple[str, str], _Baseline] = {}
+        self._armed = [True] * attacks
+        self._quiet = [0] * attacks
+        self._suspects: dict[str, tuple[str, ...]] = {name: () for name in ATTACK_HYPOTHESES}
+        self.alerts: deque = deque(maxlen=10_000)
+        self._pending_alerts: list[Alert] = []
+        self.belief = self._summarise(-math.inf, ())
+
+    def state_dict(self) -> dict[str, Any]:
+        """Return a deep copy of the full state; see :meth:`load_state_dict`.
+
+        Examples
+        --------
+        >>> a = StreamingDefender()
+        >>> b = StreamingDefender()
+        >>> b.load_state_dict(a.state_dict())
+        >>> b.accepted == a.accepted
+        True
+        """
+        state = {key: value for key, value in self.__dict__.items() if key != "_log_transition"}
+        return copy.deepcopy(state)
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        """Restore a state from :meth:`state_dict`; later beliefs equal the original's.
+
+        Examples
+        --------
+        >>> StreamingDefender().load_state_dict(StreamingDefender().state_dict())
+        """
+        self.__dict__.update(copy.deepcopy(dict(state)))
+        self._log_transition = self._transitions(self.parameters)
+
+    @staticmethod
+    def _transitions(params: Mapping[str, np.ndarray]) -> np.ndarray:
+        bp = params["benign_to_precursor"]
+        pe = params["precursor_to_execution"]
+        pb = params["precursor_to_benign"]
+        eb = params["execution_to_benign"]
+        matrix = np.zeros(bp.shape + (3, 3))
+        matrix[..., 0, 0], matrix[..., 0, 1] = 1 - bp, bp
+        matrix[..., 1, 0], matrix[..., 1, 1], matrix[..., 1, 2] = pb, 1 - pb - pe, pe
+        matrix[..., 2, 0], matrix[..., 2, 2] = eb, 1 - eb
+        with np.errstate(divide="ignore"):
+            return np.log(np.clip(matrix, 0.0, 1.0))
+
+    # ---------------------------------------------------------------- input
+    def _reject(self, reason: str) -> Belief:
+        self.rejected[reason] = self.rejected.get(reason, 0) + 1
+        return self.belief
+
+    def observe(self, event: Any) -> Belief:
+        """Fold one event in and return the current belief.
+
+        Malformed, non-finite, out-of-order (earlier than the open window),
+        duplicated and unknown events are rejected: counted in
+        :attr:`rejected` by reason, and the belief is returned unchanged.
+
+        Examples
+        --------
+        >>> d = StreamingDefender()
+        >>> _ = d.observe(Event(1.0, "r0", "peer_churn", 0.0, {}))
+        >>> _ = d.observe(Event(1.0, "r0", "peer_churn", 0.0, {}))
+        >>> d.accepted, d.rejected
+        (1, {'duplicate': 1})
+        """
+        if not isinstance(event, Event):
+            if isinstance(event, Mapping):
+                try:
+                    event = Event.from_dict(event, allow_unknown_kind=True)
+                except ValueError:
+                    return self._reject("malformed")
+            else:
+                return self._reject("malformed")
+        try:
+            ts, node, kind, value, attrs = event
+        except (TypeError, ValueError):
+            return self._reject("malformed")
+        if type(ts) is not float and (not isinstance(ts, (int, float)) or isinstance(ts, bool)):
+            return self._reject("malformed")
+        if not isinstance(node, str) or not node or not isinstance(kind, str) or not isinstance(attrs, dict):
+            return self._reject("malformed")
+        if value is not None:
+            if not isinstance(value, (int, float)) or isinstance(value, bool):
+                return self._reject("malformed")
+            if not math.isfinite(value):
+                return self._reject("non_finite")
+        if not math.isfinite(ts):
+            return self._reject("non_finite")
+        if kind not in _KNOWN:
+            return self._reject("unknown_kind")
+        index = math.ceil(ts / self.window - 1e-9)
+        if index < self._current:
+            return self._reject("out_of_order")
+        key = (ts, node, kind, value)
+        if key in self._recent_set:
+            return self._reject("duplicate")
+        recent = self._recent
+        recent.append(key)
+        self._recent_set.add(key)
+        if len(recent) > self.duplicate_memory:
+            self._recent_set.discard(recent.popleft())
+        if index > self._current:
+            if self._current >= 0:
+                self._close_window()
+            self._current = index
+        self.accepted += 1
+        if ts > self._last_ts:
+            self._last_ts = float(ts)
+        self._ingest(float(ts), node, kind, value, attrs)
+        return self.belief
+
+    def observe_batch(self, events: Iterable[Any]) -> Belief:
+        """Fold in many events; return the belief after the last one.
+
+        Examples
+        --------
+        >>> d = StreamingDefender()
+        >>> _ = d.observe_batch([Event(1.0, "r0", "peer_churn", 0.0, {}), Event(2.0, "r0", "peer_churn", 0.0, {})])
+        >>> d.accepted, d.windows
+        (2, 1)
+        """
+        observe = self.observe
+        belief = self.belief
+        for event in events:
+            belief = observe(event)
+        return belief
+
+    def flush(self) -> Belief:
+        """Close the open window (at the end of a stream) and return the belief."""
+        if self._current >= 0:
+            self._close_window()
+            self._current += 1
+        return self.belief
+
+    def pop_alerts(self) -> list[Alert]:
+        """Return the alerts raised since the last call, oldest first.
+
+        Examples
+        --------
+        >>> StreamingDefender().pop_alerts()
+        []
+        """
+        alerts, self._pending_alerts = self._pending_alerts, []
+        return alerts
+
+    # ------------------------------------------------------------- per event
+    def _ingest(self, ts: float, node: str, kind: str, value: float | None, attrs: dict) -> None:
+        if kind in _TELEMETRY:
+            if value is not None:
+                self._telemetry[(node, kind)] = float(value)
+            if kind == "source_rate_max":
+                source = attrs.get("source")
+                if isinstance(source, str):
+                    self._source[node] = source
+            elif kind == "preprepare_interval":
+                primary = attrs.get("primary")
+                if isinstance(primary, str):
+                    self._primary = primary
+        elif kind == "preprepare":
+            # A new view may legitimately re-propose a sequence number.
+            seq = (attrs.get("view"), attrs.get("seq", value))
+            digest = attrs.get("digest")
+            primary = attrs.get("primary")
+            if isinstance(primary, str):
+                self._primary = primary
+            try:
+                seen = self._digests.get(seq)
+            except TypeError:
+                return
+            if seen is None:
+                self._digests[seq] = digest
+                if len(self._digests) > 512:
+                    self._digests.popitem(last=False)
+            elif seen != digest:
+                self._conflicts += 1
+        elif kind == "view_change":
+            self._view_changes[node] = self._view_changes.get(node, 0.0) + 1.0
+        elif kind == "request_stalled":
+            client = attrs.get("client")
+            if isinstance(client, str):
+                self._stalled[client] = self._stalled.get(client, 0) + 1
+        elif kind == "join":
+            prefix = attrs.get("prefix")
+            if not isinstance(prefix, str):
+                return
+            if attrs.get("role") == "peer":
+                victim = attrs.get("peer_of")
+                if isinstance(victim, str):
+                    self._peer_joins[victim] = self._peer_joins.get(victim, 0.0) + 1.0
+            else:
+                self._joins[prefix] = self._joins.get(prefix, 0.0) + 1.0
+                names = self._join_names.setdefault(prefix, [])
+                if len(names) < 16:
+                    names.append(node)
+        elif kind == "new_view":
+            primary = attrs.get("primary")
+            if isinstance(primary, str):
+                self._primary = primary
+
+    # ------------------------------------------------------------ per window
+    def _zscores(self) -> dict[str, dict[str, float]]:
+        scores: dict[str, dict[str, float]] = {}
+        baselines = self._baselines
+        rate = self.baseline_rate
+        for key, value in self._telemetry.items():
+            baseline = baselines.get(key)
+            if baseline is None:
+                baseline = baselines[key] = _Baseline(*_floors(key[1]))
+            scores.setdefault(key[1], {})[key[0]] = baseline.score(value, rate)
+        self._telemetry = {}
+        return scores
+
+    def _evidence(self) -> tuple[np.ndarray, dict[str, tuple[str, ...]]]:
+        z = self._zscores()
+        score = np.zeros(len(ATTACK_HYPOTHESES))
+        suspects: dict[str, tuple[str, ...]] = {}
+        primary = (self._primary,) if self._primary else ()
+
+        def median(kind: str) -> float:
+            values = list(z.get(kind, {}).values())
+            return float(np.median(values)) if values else 0.0
+
+        def top(kind: str) -> tuple[float, str]:
+            values = z.get(kind, {})
+            if not values:
+                return 0.0, ""
+            node = max(values, key=values.__getitem__)
+            return values[node], node
+
+        # Precondition: a conflicting pre-prepare pair proves equivocation by the primary.
+        score[0] = 3.0 * self._conflicts
+        suspects["equivocation"] = primary
+        # Slow leader: backups see slow pre-prepares without enough to vote the primary out.
+        slow = median("preprepare_interval") - max(0.0, median("instance_change_requests"))
+        score[1] = slow
+        suspects["slow_leader"] = primary
+        # Censorship: one client stalls while the others are served.
+        latency = z.get("request_latency", {})
+        if latency:
+            ranked = sorted(latency.values())
+            score[2] = ranked[-1] - ranked[len(ranked) // 2]
+        if self._stalled:
+            score[2] += 2.0 * max(self._stalled.values())
+        suspects["censorship"] = primary
+        # Flooding: one replica dominates what the others receive, with bad MACs.
+        sources = [s for s in self._source.values() if s.startswith("r")]
+        flood = median("source_rate_max")
+        score[3] = min(flood, median("auth_failures") + 3.0) if sources else 0.0
+        suspects["flooding"] = (max(set(sources), key=sources.count),) if sources else ()
+        # View-change abuse: some replicas ask for view changes over and over.
+        if self._view_changes:
+            ranked = sorted(self._view_changes.values())
+            node = max(self._view_changes, key=self._view_changes.__getitem__)
+            score[4] = 1.5 * (ranked[-1] - 1.0) + 0.3 * max(0.0, median("view_change_requests"))
+            suspects["view_change_abuse"] = (node,)
+        # Replay: duplicates and stale messages everywhere.
+        score[5] = min(median("duplicate_messages") + median("stale_messages"), 2 * median("duplicate_messages") + 4)
+        suspects["replay"] = (max(set(sources), key=sources.count),) if sources else ()
+        # Sybil: new identities sharing a network prefix.
+        if self._joins:
+            prefix = max(self._joins, key=self._joins.__getitem__)
+            burst = self._joins[prefix] - 1.0
+            score[6] = 2.0 * burst + (max(0.0, median("auth_failures")) if burst > 0.5 else 0.0)
+            suspects["sybil"] = tuple(self._join_names.get(prefix, ()))
+        # Eclipse: one replica's peer table churns towards one prefix, then collapses.
+        churn, victim = top("peer_churn")
+        diversity = z.get("peer_diversity", {})
+        collapse = -min(diversity.values()) if diversity else 0.0
+        peer_joins = max(self._peer_joins.values()) if self._peer_joins else 0.0
+        score[7] = max(churn, collapse) + 1.5 * peer_joins
+        if self._peer_joins:
+            victim = max(self._peer_joins, key=self._peer_joins.__getitem__)
+        suspects["eclipse"] = (victim,) if victim else ()
+        # Decay the window counters (half-life of a few windows).
+        self._conflicts = 0
+        self._stalled = {}
+        self._view_changes = {k: v * 0.8 for k, v in self._view_changes.items() if v > 0.05}
+        self._joins = {k: v * 0.95 for k, v in self._joins.items() if v > 0.05}
+        self._join_names = {k: v for k, v in self._join_names.items() if k in self._joins}
+        self._peer_joins = {k: v * 0.8 for k, v in self._peer_joins.items() if v > 0.05}
+        if self.windows < _WARMUP_WINDOWS:
+            score[:] = 0.0
+        return np.clip(np.nan_to_num(score, nan=0.0, posinf=_SCORE_CAP, neginf=0.0), 0.0, _SCORE_CAP), suspects
+
+    def _close_window(self) -> None:
+        score, suspects = self._evidence()
+        self.windows += 1
+        params = self.parameters
+        s = score[:, None]
+        variance = params["spread"] ** 2
+        log_lik = np.zeros(self._log_alpha.shape)
+        for column, name in ((1, "score_precursor"), (2, "score_execution")):
+            mu = params[name]
+            log_lik[..., column] = (mu * s - 0.5 * mu * mu) / variance
+        # Bounded weight per window: a single burst (a restart, a partition) cannot decide alone.
+        np.clip(log_lik, -_MAX_LOG_RATIO, _MAX_LOG_RATIO, out=log_lik)
+        # Forward step in log space: predict through the transitions, then weigh by the evidence.
+        joint = self._log_alpha[..., :, None] + self._log_transition
+        peak = joint.max(axis=-2)
+        predicted = peak + np.log(np.exp(joint - peak[..., None, :]).sum(axis=-2))
+        posterior = predicted + log_lik
+        posterior -= posterior.max(axis=-1, keepdims=True)
+        posterior -= np.log(np.exp(posterior).sum(axis=-1, keepdims=True))
+        self._log_alpha = np.maximum(posterior, -700.0)
+        for name, nodes in suspects.items():
+            if nodes:
+                self._suspects[name] = nodes
+        ts = self._current * self.window
+        self.belief = self._summarise(ts, ())
+        self._raise_alerts(ts)
+
+    def _summarise(self, ts: float, alerts: tuple[Alert, ...]) -> Belief:
+        probability = np.exp(self._log_alpha)
+        precursor, execution = probability[..., 1], probability[..., 2]
+        # Counterfactual projection: with no response, does execution begin within the horizon?
+        steps = self.horizon / self.window
+        onset = 1.0 - (1.0 - self.parameters["precursor_to_execution"]) ** steps
+        start = 1.0 - (1.0 - self.parameters["benign_to_precursor"]) ** steps
+        within = execution + precursor * onset + probability[..., 0] * start * onset * 0.5
+        tail = (1.0 - self.level) / 2.0
+
+        def band(draws: np.ndarray) -> np.ndarray:
+            draws = np.clip(draws, 0.0, 1.0)
+            low, high = np.quantile(draws, [tail, 1.0 - tail], axis=1)
+            mean = draws.mean(axis=1)
+            return np.stack([mean, np.minimum(low, mean), np.maximum(high, mean)], axis=1)
+
+        return Belief(ts=ts, level=self.level, precursor=band(precursor), execution=band(execution),
+                      within_horizon=band(within), active=band(precursor + execution),
+                      suspects=dict(self._suspects), alerts=alerts,
+                      countermeasures={name: _recommend(name) for name in ATTACK_HYPOTHESES})
+
+    def _raise_alerts(self, ts: float) -> None:
+        belief = self.belief
+        raised = []
+        for index, attack in enumerate(ATTACK_HYPOTHESES):
+            mean, lower, upper = belief.active[index]
+            if self._armed[index] and lower >= self.threshold:
+                self._armed[index] = False
+                phase = "execution" if belief.execution[index, 0] > belief.precursor[index, 0] else "precursor"
+                raised.append(Alert(ts, attack, tuple(self._suspects.get(attack, ())), float(mean),
+                                    float(lower), float(upper), phase, _recommend(attack)))
+            elif not self._armed[index]:
+                # Re-arm only after a sustained quiet spell: one episode, one alert.
+                self._quiet[index] = self._quiet[index] + 1 if mean < self.rearm else 0
+                if self._quiet[index] >= self.rearm_windows:
+                    self._armed[index] = True
+                    self._quiet[index] = 0
+        if raised:
+            self.belief = Belief(**{**belief.__dict__, "alerts": tuple(raised)})
+            self.alerts.extend(raised)
+            self._pending_alerts.extend(raised)
