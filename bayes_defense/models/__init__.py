@@ -1,0 +1,7 @@
+"""System and attack models: the cluster SCM, the attack catalogue and the countermeasures."""
+
+from bayes_defense.models.catalogue import ATTACKS, COUNTERMEASURES, OUTCOMES, TELEMETRY, Attack, Countermeasure
+from bayes_defense.models.cluster import ClusterModel, cluster
+
+__all__ = ["cluster", "ClusterModel", "ATTACKS", "COUNTERMEASURES", "TELEMETRY", "OUTCOMES", "Attack",
+           "Countermeasure"]

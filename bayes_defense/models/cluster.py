@@ -1,0 +1,347 @@
+"""The causal graph of an n-replica BFT cluster, with the attack catalogue composed in, as a Pyro SCM.
+
+Site table (``k`` is a replica index, ``A`` an attack of :data:`ATTACKS`)
+--------------------------------------------------------------------------
+
+=============================  ======================================================  ==================
+site                           meaning (parents)                                       source
+=============================  ======================================================  ==================
+``attacker``                   Categorical over {0: none inside, k + 1: replica k}     PBFT fault model
+``primary_faulty``             the current view's primary r0 is the attacker's         PBFT 4.4
+``attacker_inside``            the attacker controls some replica                      PBFT 3
+``backup_faulty``              the attacker controls a backup (not the primary)        PBFT 4.4, RBFT
+``admission_open``             membership / peer admission is open                     Sybil
+``peer_table_exposed``         a victim's peer table accepts attacker-chosen peers     Eclipse
+``eclipse_footing``            attacker_inside and peer_table_exposed                  Eclipse
+controls (countermeasures)     ``view_changed``, ``isolated`` (0 none, k + 1 replica  catalogue
+                               k), ``rate_limited``, ``leader_rotation``,
+                               ``trusted_component``, ``accountability``,
+                               ``admission_control``; roots, set by ``do``
+``attacker_isolated``          isolated names the attacker's replica                   plenum blacklist
+``A.precondition``             the attack's footing site                               catalogue
+``A.precursor``                precursor phase (precondition)                          catalogue
+``A.executing``                execution phase (precursor)                             catalogue
+``A.success``                  success (executing, controls, attacker_isolated)        catalogue
+outcomes                       ``safety_violated``, ``liveness_lost``,                  PBFT, Aardvark
+                               ``throughput_low`` / ``throughput``, ``latency_high`` /
+                               ``commit_latency`` (noisy-OR of successes)
+``join_rate``                  joins per window above threshold (sybil, eclipse)       Sybil, Eclipse
+``rk.faulty``                  replica k is the attacker's (attacker)                  PBFT 3
+``rk.<telemetry>``             per-replica telemetry of :data:`TELEMETRY` (rk.faulty,  plenum codes
+                               precursors)
+=============================  ======================================================  ==================
+
+Telemetry is attacker-side (shows at the attacker's replica) or cluster-side
+(shows at every replica), as each :class:`~bayes_defense.models.catalogue.Telemetry`
+says. Controls are roots: a countermeasure applied after telemetry was seen
+acts on execution and success, never on the past.
+
+Modelling choices a user should know: the attacker's point of presence is one
+replica (``attacker``); further colluders (up to ``f``) are a parameter that
+strengthens the attacks that need them, not latent identities. Counterfactual
+answers use the package's canonical monotone noise (see
+:mod:`bayes_defense.causal.noise`).
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+
+import networkx as nx
+import pyro
+import pyro.distributions as dist
+import torch
+
+from bayes_defense.errors import InvalidInputError, UnknownSiteError
+from bayes_defense.models.catalogue import ATTACKS, COUNTERMEASURES, OUTCOMES, TELEMETRY
+
+__all__ = ["ClusterModel", "cluster", "FOOTING", "CONTROLS", "MIN_NODES", "MAX_NODES"]
+
+MIN_NODES = 4
+MAX_NODES = 100
+
+#: Prior probabilities of the footing roots.
+FOOTING = {"attacker_inside": 0.5, "admission_open": 0.3, "peer_table_exposed": 0.25}
+
+#: Control sites and the prior probability that each defence is already in place.
+CONTROLS = {
+    "view_changed": 0.02,
+    "rate_limited": 0.1,
+    "leader_rotation": 0.1,
+    "trusted_component": 0.05,
+    "accountability": 0.1,
+    "admission_control": 0.1,
+}
+_ISOLATED_PRIOR = 0.02
+_COUNTERMEASURE_OF_SITE = {c.site: c.name for c in COUNTERMEASURES.values()}
+
+_SOURCES = {
+    "attacker": "PBFT 3 (at most f Byzantine replicas)",
+    "primary_faulty": "PBFT 4.4 (the primary of view v is replica v mod n)",
+    "attacker_inside": "PBFT 3",
+    "backup_faulty": "PBFT 4.4; RBFT",
+    "admission_open": "Sybil (Douceur 2002)",
+    "peer_table_exposed": "Eclipse (Heilman 2015)",
+    "eclipse_footing": "Eclipse (Heilman 2015)",
+    "attacker_isolated": "plenum node blacklisting",
+    "join_rate": "Sybil; Eclipse",
+}
+
+
+def _float(x) -> torch.Tensor:
+    return torch.as_tensor(x).to(torch.get_default_dtype())
+
+
+def _fixed(name: str, value) -> torch.Tensor:
+    """A logical function of its parents, written as a 0/1 Bernoulli site.
+
+    ``pyro.deterministic`` would do, but its masked log-density hides its
+    parents from provenance tracking; a Bernoulli with probability 0 or 1 is
+    the same variable and keeps its edges.
+    """
+    return pyro.sample(name, dist.Bernoulli(value))
+
+
+def _noisy_or(baseline: float, terms) -> torch.Tensor:
+    keep = torch.tensor(1.0 - baseline)
+    for weight, active in terms:
+        keep = keep * (1.0 - weight * active)
+    return (1.0 - keep).clamp(0.0, 1.0)
+
+
+class ClusterModel:
+    """A Pyro SCM of an n-replica BFT cluster under the eight attacks (call it with no arguments).
+
+    Build it with :func:`cluster`. Pass it straight to :func:`bayes_defense.intervene`
+    and the other queries.
+
+    Attributes
+    ----------
+    n_nodes, f, colluders : int
+        Replicas, tolerated faults ``(n - 1) // 3``, colluders helping the attacker.
+    telemetry : str
+        ``"indicators"`` (every site discrete; the exact backend applies) or
+        ``"continuous"`` (telemetry and throughput / latency as LogNormal values).
+    attacks, countermeasures : mappings
+        The catalogue entries composed in.
+    """
+
+    def __init__(self, n_nodes: int, colluders: int, telemetry: str, *, template: bool = False):
+        self.n_nodes = n_nodes
+        self.f = (n_nodes - 1) // 3
+        self.colluders = colluders
+        self.telemetry = telemetry
+        self.attacks = ATTACKS
+        self.countermeasures = COUNTERMEASURES
+        self._template = template
+
+    def __repr__(self) -> str:
+        return (f"cluster(n_nodes={self.n_nodes}, colluders={self.colluders}, "
+                f"telemetry={self.telemetry!r})")
+
+    # ------------------------------------------------------------------ names
+    @property
+    def replicas(self) -> list[str]:
+        """Replica names ``r0`` (the current primary) to ``r{n-1}``."""
+        return [f"r{k}" for k in range(self.n_nodes)]
+
+    @property
+    def outcome_sites(self) -> list[str]:
+        """Cluster outcome sites, in site order."""
+        names = [name for name, _, _ in OUTCOMES]
+        if self.telemetry == "continuous":
+            names = [{"throughput_low": "throughput", "latency_high": "commit_latency"}.get(n, n) for n in names]
+        return names
+
+    @functools.cached_property
+    def sites(self) -> dict[str, str]:
+        """Every site name with a one-line description and its source."""
+        out = {
+            "attacker": f"0 if no replica is the attacker's, else 1 + the replica index ({_SOURCES['attacker']})",
+            "primary_faulty": "the current primary r0 is the attacker's (" + _SOURCES["primary_faulty"] + ")",
+            "attacker_inside": "the attacker controls a replica",
+            "backup_faulty": "the attacker controls a backup replica",
+            "admission_open": "cluster or overlay admission is open (" + _SOURCES["admission_open"] + ")",
+            "peer_table_exposed": "a victim peer table accepts attacker-chosen peers (Eclipse)",
+            "eclipse_footing": "attacker_inside and peer_table_exposed",
+        }
+        for site in CONTROLS:
+            out[site] = f"control set by countermeasure {_COUNTERMEASURE_OF_SITE[site]!r}"
+        out["isolated"] = "control set by 'isolate_node': 0 none, k + 1 isolates replica k"
+        out["attacker_isolated"] = "the isolated replica is the attacker's"
+        for attack in ATTACKS.values():
+            out[f"{attack.name}.precondition"] = f"{attack.preconditions} ({attack.sources})"
+            out[f"{attack.name}.precursor"] = f"precursor phase; shows in {', '.join(attack.precursor_signals)}"
+            out[f"{attack.name}.executing"] = "execution phase"
+            out[f"{attack.name}.success"] = "the attack succeeds; impacts " + ", ".join(attack.impacts)
+        for (name, _, meaning), site in zip(OUTCOMES, self.outcome_sites):
+            out[site] = meaning
+        out["join_rate"] = "joins per window above threshold (Sybil, Eclipse)"
+        for replica in self.replicas:
+            out[f"{replica}.faulty"] = f"{replica} is the attacker's replica"
+            for t in TELEMETRY:
+                out[f"{replica}.{t.name}"] = f"{t.meaning} ({t.unit}; {t.sources})"
+        return out
+
+    def parse_replica_site(self, name: str, *, role: str = "evidence") -> tuple[int, str]:
+        """Split ``"r3.sig_fail"`` into ``(3, "sig_fail")``; raise listing what is valid otherwise."""
+        prefix, _, variable = str(name).partition(".")
+        valid_vars = ["faulty", *(t.name for t in TELEMETRY)]
+        if prefix[:1] == "r" and prefix[1:].isdigit() and variable in valid_vars:
+            index = int(prefix[1:])
+            if index < self.n_nodes:
+                return index, variable
+            raise UnknownSiteError(
+                f"{role} names replica {prefix!r}, which does not exist in this {self.n_nodes}-replica cluster; "
+                f"valid replicas are r0 to r{self.n_nodes - 1}")
+        raise UnknownSiteError(self.unknown_site_message(name, role))
+
+    def unknown_site_message(self, name: str, role: str) -> str:
+        """An error message for an unknown site that lists the valid names."""
+        cluster_sites = [s for s in self.sites if not (s[:1] == "r" and s.split(".")[0][1:].isdigit())]
+        return (f"{role} names {name!r}, which the model does not have. Cluster-level sites: "
+                f"{', '.join(cluster_sites)}; per-replica sites r<k>.<variable> for k = 0 to {self.n_nodes - 1} "
+                f"with variable in: faulty, {', '.join(t.name for t in TELEMETRY)}")
+
+    @functools.cached_property
+    def graph(self) -> nx.DiGraph:
+        """The causal DAG; each node carries ``description`` and each edge ``source``."""
+        from bayes_defense.causal.structure import model_info
+
+        graph = model_info(self).graph()
+        for node in graph.nodes:
+            graph.nodes[node]["description"] = self.sites.get(node, "")
+        for parent, child in graph.edges:
+            graph.edges[parent, child]["source"] = _edge_source(parent, child)
+        return graph
+
+    # ------------------------------------------------------------------ model
+    def __call__(self):
+        return self._run()
+
+    def _run(self):
+        n = self.n_nodes
+        inside = FOOTING["attacker_inside"]
+        probs = torch.tensor([1.0 - inside] + [inside / n] * n)
+        attacker = pyro.sample("attacker", dist.Categorical(probs))
+        primary = _fixed("primary_faulty", _float(attacker == 1))
+        present = _fixed("attacker_inside", _float(attacker >= 1))
+        backup = _fixed("backup_faulty", _float(attacker >= 2))
+        admission_open = pyro.sample("admission_open", dist.Bernoulli(FOOTING["admission_open"]))
+        exposed = pyro.sample("peer_table_exposed", dist.Bernoulli(FOOTING["peer_table_exposed"]))
+        eclipse = _fixed("eclipse_footing", present * exposed)
+        footing = {"primary_faulty": primary, "attacker_inside": present, "backup_faulty": backup,
+                   "admission_open": admission_open, "eclipse_footing": eclipse}
+        controls = {site: pyro.sample(site, dist.Bernoulli(prior)) for site, prior in CONTROLS.items()}
+        isolated = pyro.sample("isolated", dist.Categorical(
+            torch.tensor([1.0 - _ISOLATED_PRIOR] + [_ISOLATED_PRIOR / n] * n)))
+        cut = _fixed("attacker_isolated", _float((isolated == attacker) & (attacker >= 1)))
+        controls["isolated"] = cut
+        precursors, successes = {}, {}
+        for attack in ATTACKS.values():
+            a = attack.name
+            pre = _fixed(f"{a}.precondition", footing[attack.footing])
+            precursor = pyro.sample(f"{a}.precursor", dist.Bernoulli(pre * attack.p_attempt))
+            executing = pyro.sample(f"{a}.executing", dist.Bernoulli(precursor * attack.p_execute))
+            keep = torch.tensor(attack.success_probability(self.colluders, self.f))
+            for name, efficacy in attack.mitigations.items():
+                control = controls[COUNTERMEASURES[name].site]
+                keep = keep * (1.0 - efficacy * control)
+            successes[a] = pyro.sample(f"{a}.success", dist.Bernoulli(executing * keep))
+            precursors[a] = precursor
+        for (name, baseline, _), site in zip(OUTCOMES, self.outcome_sites):
+            p = _noisy_or(baseline, [(attack.impacts[name], successes[attack.name])
+                                     for attack in ATTACKS.values() if name in attack.impacts])
+            if site == name:
+                pyro.sample(site, dist.Bernoulli(p))
+            elif site == "throughput":
+                # Requests per second: nominal 10k, a third of it when degraded (Aardvark 5).
+                pyro.sample(site, dist.LogNormal(math.log(10_000.0) + math.log(1 / 3) * p, 0.2))
+            else:
+                # Milliseconds: nominal 5 ms, ten times that when degraded (Prime; Aardvark).
+                pyro.sample(site, dist.LogNormal(math.log(5.0) + math.log(10.0) * p, 0.3))
+        pyro.sample("join_rate", dist.Bernoulli(_noisy_or(0.05, [(0.85, precursors["sybil"]),
+                                                                   (0.2, precursors["eclipse"])])))
+        if self._template:
+            faulty = pyro.sample("template.faulty", dist.Bernoulli(0.5))
+            self._replica("template", faulty, precursors)
+            return
+        for k in range(n):
+            faulty = _fixed(f"r{k}.faulty", _float(attacker == k + 1))
+            self._replica(f"r{k}", faulty, precursors)
+
+    def _replica(self, prefix: str, faulty, precursors):
+        for t in TELEMETRY:
+            terms = [(w, faulty * precursors[a]) for a, w in t.attacker_side.items()]
+            terms += [(w, precursors[a]) for a, w in t.cluster_side.items()]
+            p = _noisy_or(t.baseline, terms)
+            if self.telemetry == "indicators":
+                pyro.sample(f"{prefix}.{t.name}", dist.Bernoulli(p))
+            else:
+                # An alarm level p moves the median value up to twentyfold.
+                pyro.sample(f"{prefix}.{t.name}", dist.LogNormal(math.log(t.typical) + math.log(20.0) * p, 0.5))
+
+
+def _edge_source(parent: str, child: str) -> str:
+    attack_of_child = child.split(".")[0]
+    if attack_of_child in ATTACKS:
+        return ATTACKS[attack_of_child].sources
+    if "." in child and child.split(".")[1] in {t.name for t in TELEMETRY}:
+        return next(t.sources for t in TELEMETRY if t.name == child.split(".")[1])
+    if child in {name for name, _, _ in OUTCOMES} or child in ("throughput", "commit_latency"):
+        return ATTACKS[parent.split(".")[0]].sources if parent.split(".")[0] in ATTACKS else "PBFT"
+    return _SOURCES.get(child, "PBFT")
+
+
+@functools.lru_cache(maxsize=32)
+def _cached(n_nodes: int, colluders: int, telemetry: str) -> ClusterModel:
+    return ClusterModel(n_nodes, colluders, telemetry)
+
+
+def cluster(n_nodes: int, *, colluders: int | None = None, telemetry: str = "indicators") -> ClusterModel:
+    """The causal graph of an n-replica BFT cluster with the eight attacks, as a Pyro SCM.
+
+    Parameters
+    ----------
+    n_nodes : int
+        Replicas, 4 to 100; the cluster tolerates ``f = (n_nodes - 1) // 3`` faults.
+    colluders : int, optional
+        Faulty replicas helping the attacker beyond its own, 0 to ``f``
+        (default ``f``, the worst case the protocol tolerates).
+    telemetry : {"indicators", "continuous"}
+        ``"indicators"``: every telemetry variable is a thresholded 0/1
+        indicator and every site is discrete, so queries are exact.
+        ``"continuous"``: telemetry, throughput and commit latency are
+        LogNormal measurements; queries fall back to importance sampling.
+
+    Returns
+    -------
+    ClusterModel
+        A callable Pyro model (one object per configuration, cached).
+
+    Examples
+    --------
+    >>> import bayes_defense as bd
+    >>> model = bd.models.cluster(4)
+    >>> model.f, model.replicas
+    (1, ['r0', 'r1', 'r2', 'r3'])
+    >>> p = bd.intervene(model, {"trusted_component": 1.0}, "equivocation.success")
+    >>> p.backend, p.mean < float(bd.intervene(model, {}, "equivocation.success"))
+    ('exact', True)
+    """
+    if isinstance(n_nodes, bool) or not isinstance(n_nodes, int):
+        raise InvalidInputError(f"n_nodes must be an integer from {MIN_NODES} to {MAX_NODES}; got {n_nodes!r}")
+    if not MIN_NODES <= n_nodes <= MAX_NODES:
+        raise InvalidInputError(
+            f"n_nodes must be from {MIN_NODES} to {MAX_NODES} (a BFT cluster needs n >= 3f + 1 with f >= 1); "
+            f"got {n_nodes}")
+    f = (n_nodes - 1) // 3
+    if colluders is None:
+        colluders = f
+    if isinstance(colluders, bool) or not isinstance(colluders, int) or not 0 <= colluders <= f:
+        raise InvalidInputError(f"colluders must be an integer from 0 to f = {f} for n_nodes={n_nodes}; "
+                                f"got {colluders!r}")
+    if telemetry not in ("indicators", "continuous"):
+        raise InvalidInputError(f"telemetry must be 'indicators' or 'continuous'; got {telemetry!r}")
+    return _cached(n_nodes, colluders, telemetry)
