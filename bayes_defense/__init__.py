@@ -41,3 +41,11 @@ __all__ = [
     "UnknownSiteError",
     "UnsupportedModelError",
 ]
+
+# --- models, planning and explanations (issue 3) ---
+from bayes_defense import models  # noqa: E402
+from bayes_defense.explain import explain  # noqa: E402
+from bayes_defense.planning import plan  # noqa: E402
+
+__all__ += ["models", "plan", "explain"]
+# --- end models, planning and explanations ---

@@ -295,7 +295,7 @@ class Engine:
             if lab in seen:
                 fresh = next_label
                 next_label += 1
-                size = self.support[(factual_targets + counterfactual_targets)[position]].numel()
+                size = self.support[(list(factual_targets) + list(counterfactual_targets))[position]].size
                 operands.append(np.eye(size))
                 labels.append((lab, fresh))
                 output[position] = fresh
