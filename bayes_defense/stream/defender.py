@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import copy
 import math
+import statistics
 from collections import OrderedDict, deque
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
@@ -516,8 +517,8 @@ class StreamingDefender:
         primary = (self._primary,) if self._primary else ()
 
         def median(kind: str) -> float:
-            values = list(z.get(kind, {}).values())
-            return float(np.median(values)) if values else 0.0
+            values = z.get(kind)
+            return float(statistics.median(values.values())) if values else 0.0
 
         def top(kind: str) -> tuple[float, str]:
             values = z.get(kind, {})
@@ -616,16 +617,21 @@ class StreamingDefender:
         onset = 1.0 - (1.0 - self.parameters["precursor_to_execution"]) ** steps
         start = 1.0 - (1.0 - self.parameters["benign_to_precursor"]) ** steps
         within = execution + precursor * onset + probability[..., 0] * start * onset * 0.5
+        draws = np.clip(np.stack([precursor, execution, within, precursor + execution]), 0.0, 1.0)
+        # Order statistics across the ensemble (one sort for all four quantities).
+        ordered = np.sort(draws, axis=-1)
+        count = ordered.shape[-1]
         tail = (1.0 - self.level) / 2.0
+        low = ordered[..., int(math.floor(tail * (count - 1)))]
+        high = ordered[..., int(math.ceil((1.0 - tail) * (count - 1)))]
+        mean = draws.mean(axis=-1)
+        table = np.stack([mean, np.minimum(low, mean), np.maximum(high, mean)], axis=-1)
 
-        def band(draws: np.ndarray) -> np.ndarray:
-            draws = np.clip(draws, 0.0, 1.0)
-            low, high = np.quantile(draws, [tail, 1.0 - tail], axis=1)
-            mean = draws.mean(axis=1)
-            return np.stack([mean, np.minimum(low, mean), np.maximum(high, mean)], axis=1)
+        def band(index: int) -> np.ndarray:
+            return table[index]
 
-        return Belief(ts=ts, level=self.level, precursor=band(precursor), execution=band(execution),
-                      within_horizon=band(within), active=band(precursor + execution),
+        return Belief(ts=ts, level=self.level, precursor=band(0), execution=band(1),
+                      within_horizon=band(2), active=band(3),
                       suspects=dict(self._suspects), alerts=alerts,
                       countermeasures={name: _recommend(name) for name in ATTACK_HYPOTHESES})
 
