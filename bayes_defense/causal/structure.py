@@ -22,7 +22,7 @@ from pyro import poutine
 from pyro.infer.inspect import TrackProvenance
 from pyro.ops.provenance import detach_provenance, get_provenance
 
-from bayes_defense.causal.noise import World, is_deterministic, is_discrete
+from bayes_defense.causal.noise import World, _strip, is_deterministic, is_discrete
 from bayes_defense.errors import InvalidInputError, UnknownSiteError
 
 __all__ = ["SiteInfo", "ModelInfo", "model_info", "float64"]
@@ -202,8 +202,12 @@ def _find_parents(model: Callable, order: list[str]) -> dict[str, tuple[str, ...
     parents = {}
     for name in order:
         node = trace.nodes[name]
-        log_prob = node["fn"].log_prob(detach_provenance(node["value"]))
-        provenance = get_provenance(log_prob)
+        if is_deterministic(node["fn"]):
+            # pyro.deterministic wraps a masked Delta whose log_prob carries no
+            # provenance; its value v was computed from the parents and does.
+            provenance = get_provenance(_strip(node["fn"]).v)
+        else:
+            provenance = get_provenance(node["fn"].log_prob(detach_provenance(node["value"])))
         found = [p for p in provenance if p in position and position[p] < position[name]]
         parents[name] = tuple(sorted(found, key=position.__getitem__))
     return parents

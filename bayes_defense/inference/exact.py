@@ -112,7 +112,8 @@ def _compile(info, model) -> DiscreteNetwork:
             _run_until(model, world, name)
         d = world.distributions[name]
         if site.deterministic:
-            values = _strip(d).v.expand(grid_size).reshape(grid_size)
+            # The recorded value, not the Delta's v, which plates may have expanded.
+            values = world.values[name].expand(grid_size).reshape(grid_size)
             values_sorted = torch.unique(values)
             support[name] = values_sorted
             index = torch.searchsorted(values_sorted, values)

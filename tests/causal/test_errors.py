@@ -117,3 +117,15 @@ def test_global_rng_untouched_by_seeded_query():
     torch.manual_seed(123)
     bd.intervene(sprinkler, {"rain": 1.0}, "wet", backend="importance", num_samples=100, seed=9)
     assert torch.equal(torch.rand(3), expected)
+
+
+def test_deterministic_sites_have_parents_and_exact_tables():
+    def model():
+        x = pyro.sample("x", dist.Bernoulli(0.5))
+        pyro.deterministic("d", 1 - x)
+        pyro.sample("y", dist.Bernoulli(0.2 + 0.5 * x))
+
+    from bayes_defense.causal.structure import model_info
+
+    assert model_info(model).parents()["d"] == ("x",)
+    assert bd.intervene(model, {}, "d", evidence={"y": 1.0}, backend="exact").mean == pytest.approx(0.2 / 0.9)
