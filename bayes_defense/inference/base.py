@@ -99,9 +99,7 @@ class Query:
     probability: bool | None = None
 
     def evaluate(self, values: dict) -> torch.Tensor:
-        result = self.fn(values)
-        result = torch.as_tensor(result)
-        return result
+        return torch.as_tensor(self.fn(values))
 
     def is_probability(self, result: torch.Tensor) -> bool:
         if self.probability is not None:

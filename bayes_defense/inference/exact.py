@@ -178,7 +178,7 @@ def _diagonalise(tensor, labels):
     return torch.einsum(equation, tensor), tuple(unique)
 
 
-def _coupling(cdf_table: torch.Tensor, n_parents: int) -> torch.Tensor:
+def _coupling(cdf_table: torch.Tensor) -> torch.Tensor:
     """Joint ``P(x=k, x'=k')`` for every pair of (factual, counterfactual) parent configurations.
 
     ``cdf_table`` has shape ``(*parent_sizes, K)``; the result has shape
@@ -293,7 +293,7 @@ class Exact(Backend):
                 factors.add(network.cpt[name], factual_labels)
                 factors.add(_indicator(network.support[name], problem.do[name], name, "do"), [cf_label[name]])
                 continue
-            joint = _coupling(network.cdf(name), len(parents))
+            joint = _coupling(network.cdf(name))
             labels = ([factual_label[p] for p in parents] + [cf_label[p] for p in parents]
                       + [factual_label[name], cf_label[name]])
             joint, labels = _diagonalise(joint, labels)

@@ -213,7 +213,7 @@ class Engine:
             cached = self._couplings[name] = {}
         key = tuple(lab)
         if key not in cached:
-            joint = _coupling(torch.from_numpy(self.cpt[name]).cumsum(-1), len(parents))
+            joint = _coupling(torch.from_numpy(self.cpt[name]).cumsum(-1))
             table, unique = _diagonalise(joint, lab)
             cached[key] = (table.numpy(), unique)
         return cached[key]
