@@ -217,7 +217,7 @@ def _answer(problem: Problem, backend: str, seed):
 
 def _negate(query: Query) -> Query:
     return Query(fn=lambda values, _q=query: ~query.evaluate(values).bool(), description=f"not ({query.description})",
-                 probability=True)
+                 probability=True, key=None if query.key is None else ("not", query.key))
 
 
 def _outcome(outcome, info) -> Query:
@@ -228,7 +228,7 @@ def _outcome(outcome, info) -> Query:
             f"for example {{{query.site!r}: 1}}"
         )
     return Query(fn=lambda values, _q=query: query.evaluate(values).bool(), description=query.description,
-                 probability=True)
+                 probability=True, key=None if query.key is None else ("outcome", query.key))
 
 
 def probability_of_necessity(model: Callable, cause: dict, alternative: dict, outcome, *,

@@ -90,13 +90,17 @@ class Query:
     ``fn`` maps ``{site: tensor}`` (one tensor per site, leading particle
     dimension) to one value per particle. ``site`` is set when the query is a
     site's mean; ``probability`` is True, False, or None to decide from the
-    dtype of the result (boolean results are probabilities).
+    dtype of the result (boolean results are probabilities). ``key`` is a
+    hashable description of what the query computes (None when unknown); two
+    queries with equal keys compute the same function, so backends may reuse
+    tables built for one of them.
     """
 
     fn: Callable
     description: str
     site: str | None = None
     probability: bool | None = None
+    key: object = None
 
     def evaluate(self, values: dict) -> torch.Tensor:
         return torch.as_tensor(self.fn(values))
@@ -127,6 +131,7 @@ def make_query(query, info: ModelInfo, role: str = "query") -> Query:
             description=f"E[{query}]",
             site=query,
             probability=site.distribution == "Bernoulli",
+            key=("site", query),
         )
     if isinstance(query, dict):
         info.check_names(query, role)
@@ -143,14 +148,24 @@ def make_query(query, info: ModelInfo, role: str = "query") -> Query:
                 result = match if result is None else result & match
             return result
 
+        key = ("event", tuple((name, tuple(target.reshape(-1).tolist())) for name, target in targets.items()))
         return Query(fn=event, description=" & ".join(f"{k}={v}" for k, v in query.items()),
-                     probability=True)
+                     probability=True, key=key)
     if callable(query):
-        return Query(fn=query, description=getattr(query, "__name__", "query"))
+        return Query(fn=query, description=getattr(query, "__name__", "query"), key=_callable_key(query))
     raise InvalidInputError(
         f"{role} must be a site name, a {{site: value}} dict or a callable on {{site: tensor}}; "
         f"got {type(query).__name__}"
     )
+
+
+def _callable_key(fn) -> object:
+    """Key a callable query by identity: equal objects compute the same function."""
+    try:
+        hash(fn)
+    except TypeError:
+        return None
+    return ("callable", fn)
 
 
 @dataclass

@@ -20,8 +20,11 @@ the monotone (comonotone) coupling. Answers are exact up to float64 rounding.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+import random
+from collections import OrderedDict
+from dataclasses import dataclass, field
 
+import numpy
 import opt_einsum
 import pyro
 import torch
@@ -51,9 +54,25 @@ class DiscreteNetwork:
     support: dict
     cpt: dict
     dtypes: dict
+    #: Derived tables (numpy copies, twin-network couplings, query tables), built on first use.
+    cache: dict = field(default_factory=dict, repr=False, compare=False)
 
     def cdf(self, name: str) -> torch.Tensor:
         return self.cpt[name].cumsum(-1)
+
+    def derived(self, key, build):
+        """Return ``cache[key]``, building it with ``build()`` the first time."""
+        try:
+            return self.cache[key]
+        except KeyError:
+            value = self.cache[key] = build()
+            return value
+
+    def numpy_cpt(self, name: str) -> numpy.ndarray:
+        return self.derived(("cpt", name), lambda: _as_numpy(self.cpt[name]))
+
+    def numpy_support(self, name: str) -> numpy.ndarray:
+        return self.derived(("support", name), lambda: self.support[name].to(torch.float64).numpy())
 
 
 def compile_discrete(problem_or_info, model=None) -> DiscreteNetwork:
@@ -149,23 +168,84 @@ def _run_until(model, world, name):
 
 
 class _Factors:
-    """Factors over integer-labelled variables, contracted with opt_einsum."""
+    """Factors over integer-labelled variables, contracted with opt_einsum in numpy float64.
+
+    numpy's pairwise contractions are far cheaper than ``torch.einsum`` on
+    these many-index, small tensors, and the contraction path depends only on
+    the labels and shapes, so it is computed once per query pattern and
+    reused (see :func:`_expression`).
+    """
 
     def __init__(self):
         self.tensors: list = []
         self.labels: list = []
 
     def add(self, tensor, labels):
-        self.tensors.append(tensor)
+        self.tensors.append(_as_numpy(tensor))
         self.labels.append(tuple(labels))
 
-    def total(self, extra=()) -> torch.Tensor:
-        operands = []
-        for tensor, labels in [*zip(self.tensors, self.labels, strict=False), *extra]:
-            operands += [tensor, [*labels]]
-        if not operands:
-            return torch.tensor(1.0, dtype=torch.float64)
-        return opt_einsum.contract(*operands, [], optimize="greedy")
+    def marginal(self, keep) -> numpy.ndarray:
+        """Sum the product of all factors over every variable outside ``keep``."""
+        keep = tuple(keep)
+        if not self.tensors:
+            return numpy.ones(tuple(1 for _ in keep)) if keep else numpy.array(1.0)
+        shapes = tuple(t.shape for t in self.tensors)
+        expression, large = _expression(tuple(self.labels), shapes, keep)
+        if large:
+            # Large pairwise steps with shared batch indices are batched matrix
+            # products in torch but slow loops in numpy's einsum.
+            return expression(*(torch.from_numpy(t) for t in self.tensors)).numpy()
+        return numpy.asarray(expression(*self.tensors))
+
+
+#: Contraction expressions by (labels, shapes, output); a query pattern repeats these exactly.
+_EXPRESSIONS: OrderedDict = OrderedDict()
+_MAX_EXPRESSIONS = 256
+#: Above this many flops a contraction runs in torch (see ``_Factors.marginal``).
+_TORCH_FLOPS = 2e6
+#: Above this many flops a better path is worth a short randomised search.
+_SEARCH_FLOPS = 1e8
+
+
+def _expression(labels: tuple, shapes: tuple, keep: tuple):
+    """Return ``(expression, large)`` for a contraction, building the path once per pattern."""
+    key = (labels, shapes, keep)
+    cached = _EXPRESSIONS.get(key)
+    if cached is not None:
+        _EXPRESSIONS.move_to_end(key)
+        return cached
+    symbols: dict = {}
+
+    def symbol(label):
+        if label not in symbols:
+            symbols[label] = opt_einsum.get_symbol(len(symbols))
+        return symbols[label]
+
+    inputs = ",".join("".join(symbol(label) for label in factor) for factor in labels)
+    equation = f"{inputs}->{''.join(symbol(label) for label in keep)}"
+    path, info = opt_einsum.contract_path(equation, *shapes, shapes=True, optimize="greedy")
+    cost = float(info.opt_cost)
+    if cost > _SEARCH_FLOPS:
+        # RandomGreedy reseeds Python's global random module; keep the caller's state.
+        state = random.getstate()
+        try:
+            other, other_info = opt_einsum.contract_path(equation, *shapes, shapes=True,
+                                                         optimize=opt_einsum.RandomGreedy(max_repeats=8))
+        finally:
+            random.setstate(state)
+        if float(other_info.opt_cost) < cost:
+            path, cost = other, float(other_info.opt_cost)
+    expression = opt_einsum.contract_expression(equation, *shapes, optimize=path)
+    _EXPRESSIONS[key] = cached = (expression, cost > _TORCH_FLOPS)
+    if len(_EXPRESSIONS) > _MAX_EXPRESSIONS:
+        _EXPRESSIONS.popitem(last=False)
+    return cached
+
+
+def _as_numpy(tensor) -> numpy.ndarray:
+    if isinstance(tensor, numpy.ndarray):
+        return tensor
+    return tensor.detach().to(torch.float64).numpy()
 
 
 def _diagonalise(tensor, labels):
@@ -196,18 +276,38 @@ def _coupling(cdf_table: torch.Tensor) -> torch.Tensor:
     return joint.reshape(tuple(parent_shape) + tuple(parent_shape) + (k, k))
 
 
-def _indicator(support: torch.Tensor, value: torch.Tensor, name: str, role: str) -> torch.Tensor:
-    match = support.to(torch.float64) == torch.as_tensor(value).to(torch.float64).reshape(())
-    if not bool(match.any()):
+def _indicator(support, value, name: str, role: str) -> numpy.ndarray:
+    """Point mass on ``value`` over a site's support (a numpy vector)."""
+    support = _as_numpy(support) if not isinstance(support, numpy.ndarray) else support
+    match = support == float(torch.as_tensor(value).to(torch.float64).reshape(()))
+    if not match.any():
         raise ImpossibleEvidenceError(
             f"{role} {name}={float(value):g} is outside the support {support.tolist()} of site {name!r}; "
             "it has probability zero"
         )
-    return match.to(torch.float64)
+    return match.astype(numpy.float64)
+
+
+#: Query tables kept per network; callables are keyed by identity, so bound the cache.
+_MAX_QUERY_TABLES = 128
 
 
 def _query_factor(query: Query, network: DiscreteNetwork, label_of: dict):
-    """Tabulate a query over the joint support of the sites it reads."""
+    """Tabulate a query over the joint support of the sites it reads (cached per query key)."""
+    if query.key is None:
+        table, read, is_probability = _tabulate(query, network)
+    else:
+        tables = network.derived("query_tables", OrderedDict)
+        cached = tables.get(query.key)
+        if cached is None:
+            cached = tables[query.key] = _tabulate(query, network)
+            if len(tables) > _MAX_QUERY_TABLES:
+                tables.popitem(last=False)
+        table, read, is_probability = cached
+    return table, [label_of[name] for name in read], is_probability
+
+
+def _tabulate(query: Query, network: DiscreteNetwork):
     example = {name: network.support[name][:1].to(network.dtypes[name]) for name in network.names}
     read = query.sites_read(example)
     sizes = [network.support[name].numel() for name in read]
@@ -222,8 +322,8 @@ def _query_factor(query: Query, network: DiscreteNetwork, label_of: dict):
                for name in network.names}, **values}
     result = torch.as_tensor(query.fn(full))
     is_probability = query.is_probability(result)
-    table = result.to(torch.float64).reshape(tuple(sizes) if sizes else ())
-    return table, [label_of[name] for name in read], is_probability
+    table = _as_numpy(result.to(torch.float64).reshape(tuple(sizes) if sizes else ()))
+    return table, tuple(read), is_probability
 
 
 @register_backend
@@ -238,42 +338,59 @@ class Exact(Backend):
     def run(self, problem: Problem):
         network = compile_discrete(problem)
         factors = _Factors()
-        factual_label = {name: i for i, name in enumerate(network.names)}
+        factual_label = network.derived("labels", lambda: {name: i for i, name in enumerate(network.names)})
         if problem.counterfactual:
             world_label = self._twin(problem, network, factors, factual_label)
         else:
             world_label = factual_label
             for name in network.names:
-                labels = [factual_label[p] for p in network.parents[name]] + [factual_label[name]]
                 if name in problem.do:
                     # Graph surgery: the intervened site's table becomes a point mass.
-                    factors.add(_indicator(network.support[name], problem.do[name], name, "do"),
+                    factors.add(_indicator(network.numpy_support(name), problem.do[name], name, "do"),
                                 [factual_label[name]])
                 else:
-                    factors.add(network.cpt[name], labels)
+                    factors.add(network.numpy_cpt(name), self._labels(network, name, factual_label))
         for name, value in problem.evidence.items():
-            factors.add(_indicator(network.support[name], value, name, "evidence"), [factual_label[name]])
+            factors.add(_indicator(network.numpy_support(name), value, name, "evidence"), [factual_label[name]])
         if problem.condition is not None:
             table, labels, _ = _query_factor(problem.condition, network, factual_label)
             factors.add(table, labels)
-        normaliser = factors.total()
-        if float(normaliser) <= 0.0:
+        table, labels, is_probability = _query_factor(problem.query, network, world_label)
+        # One contraction gives both sums: the marginal over the sites the
+        # query reads, which the query table then weights.
+        marginal = factors.marginal(labels)
+        normaliser = float(marginal.sum())
+        if normaliser <= 0.0:
             raise ImpossibleEvidenceError(
                 "the evidence has probability zero under the model"
                 f"{' and the intervention' if problem.do and not problem.counterfactual else ''}: "
                 f"{ {k: float(v) for k, v in problem.evidence.items()} }"
             )
-        table, labels, is_probability = _query_factor(problem.query, network, world_label)
-        numerator = factors.total(extra=[(table, labels)])
-        value = float(numerator / normaliser)
+        numerator = float((marginal * table).sum())
+        value = numerator / normaliser
         if is_probability:
             value = min(1.0, max(0.0, value))
         return exact_estimate(value, is_probability=is_probability, level=problem.level, backend=self.name,
-                              evidence_probability=float(normaliser))
+                              evidence_probability=normaliser)
+
+    @staticmethod
+    def _labels(network: DiscreteNetwork, name: str, label_of: dict) -> list:
+        return [label_of[p] for p in network.parents[name]] + [label_of[name]]
 
     @staticmethod
     def _twin(problem: Problem, network: DiscreteNetwork, factors: _Factors, factual_label: dict) -> dict:
         """Add twin-network factors; return the labels of the counterfactual world."""
+        static, cf_label = network.derived(("twin", frozenset(problem.do)),
+                                           lambda: Exact._twin_structure(problem, network, factual_label))
+        for tensor, labels in static:
+            factors.add(tensor, labels)
+        for name, value in problem.do.items():
+            factors.add(_indicator(network.numpy_support(name), value, name, "do"), [cf_label[name]])
+        return cf_label
+
+    @staticmethod
+    def _twin_structure(problem: Problem, network: DiscreteNetwork, factual_label: dict):
+        """The factors of the twin network that do not depend on the intervened values."""
         affected = problem.info.descendants(problem.do)
         next_label = len(network.names)
         cf_label = {}
@@ -283,19 +400,16 @@ class Exact(Backend):
                 next_label += 1
             else:
                 cf_label[name] = factual_label[name]
+        static = []
         for name in network.names:
+            factual_labels = Exact._labels(network, name, factual_label)
+            if name not in affected or name in problem.do:
+                static.append((network.numpy_cpt(name), factual_labels))
+                continue
             parents = network.parents[name]
-            factual_labels = [factual_label[p] for p in parents] + [factual_label[name]]
-            if name not in affected:
-                factors.add(network.cpt[name], factual_labels)
-                continue
-            if name in problem.do:
-                factors.add(network.cpt[name], factual_labels)
-                factors.add(_indicator(network.support[name], problem.do[name], name, "do"), [cf_label[name]])
-                continue
             joint = _coupling(network.cdf(name))
             labels = ([factual_label[p] for p in parents] + [cf_label[p] for p in parents]
                       + [factual_label[name], cf_label[name]])
             joint, labels = _diagonalise(joint, labels)
-            factors.add(joint, labels)
-        return cf_label
+            static.append((_as_numpy(joint), list(labels)))
+        return static, cf_label
