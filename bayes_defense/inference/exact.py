@@ -3,7 +3,12 @@
 The model is compiled once into conditional probability tables: for each site
 the model is run with its parents forced to every joint configuration, inside
 one plate, and the site's distribution is read off. Queries are then sums over
-products of factors, contracted by ``opt_einsum`` along a cheap path.
+products of factors, contracted by ``opt_einsum``. The contraction path
+depends only on the query's pattern (which sites are intervened on, observed
+and queried), so it is searched once per pattern and reused; the sites the
+query reads stay open, so one contraction gives both the numerator and the
+normaliser. Small contractions run in numpy float64 (far less overhead per
+step than torch), large ones in torch (batched matrix products).
 
 Interventional queries remove the intervened sites' tables and clamp them
 (graph surgery). Counterfactual queries build the twin network: a site that
