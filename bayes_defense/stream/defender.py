@@ -24,9 +24,12 @@ from typing import Any
 
 import numpy as np
 
+from bayes_defense.errors import InvalidInputError
+from bayes_defense.stream.recommend import FALLBACK, Recommendations, recommend
 from bayes_defense.stream.schema import KNOWN_KINDS, TELEMETRY_KINDS, Event
 
-__all__ = ["ATTACK_HYPOTHESES", "COUNTERMEASURE_FOR", "PHASES", "Alert", "Belief", "StreamingDefender", "default_parameters"]
+__all__ = ["ATTACK_HYPOTHESES", "COUNTERMEASURE_FOR", "PARAMETER_KEYS", "PHASES", "Alert", "Belief", "StreamingDefender",
+           "check_parameters", "default_parameters"]
 
 #: Attack hypotheses the defender tracks, in a fixed order.
 ATTACK_HYPOTHESES: tuple[str, ...] = (
@@ -37,20 +40,12 @@ ATTACK_HYPOTHESES: tuple[str, ...] = (
 #: Hidden phases of every hypothesis.
 PHASES: tuple[str, ...] = ("benign", "precursor", "execution")
 
-#: The countermeasure matched to each attack when no planner is available.
-COUNTERMEASURE_FOR: dict[str, str] = {
-    "equivocation": "trusted_component",
-    "slow_leader": "view_change",
-    "censorship": "view_change",
-    "flooding": "rate_limit",
-    "view_change_abuse": "expose_and_evict",
-    "replay": "rate_limit",
-    "sybil": "admission_control",
-    "eclipse": "isolate_node",
-}
+#: The catalogue's matched countermeasure per attack, used with ``planner=None``.
+COUNTERMEASURE_FOR: dict[str, str] = FALLBACK
 
 _KNOWN = frozenset(KNOWN_KINDS)
-_TELEMETRY = frozenset(TELEMETRY_KINDS) | {"request_latency", "throughput"}
+_REPLICA_TELEMETRY = frozenset(TELEMETRY_KINDS)
+_TELEMETRY = _REPLICA_TELEMETRY | {"request_latency", "throughput"}
 # Smallest spread of a baseline, per kind: counts are Poisson-like, rates and
 # durations relative.
 _COUNT_KINDS = frozenset({"auth_failures", "view_change_requests", "instance_change_requests",
@@ -58,23 +53,70 @@ _COUNT_KINDS = frozenset({"auth_failures", "view_change_requests", "instance_cha
 _SCORE_CAP = 12.0
 _WARMUP_WINDOWS = 20
 _MAX_LOG_RATIO = 4.0
+_GATE = 2.5
+_GATED_RATE = 0.1
+# Configuration that is not part of a checkpoint (rebuilt by the constructor).
+_NOT_STATE = frozenset({"_log_transition", "_planner"})
+# At most this many replicas are remembered (the cluster model's limit).
+_MAX_REPLICAS = 100
+
+
+#: Names of the parameter arrays, in documentation order.
+PARAMETER_KEYS: tuple[str, ...] = (
+    "score_precursor", "score_execution", "spread", "benign_to_precursor",
+    "precursor_to_execution", "precursor_to_benign", "execution_to_benign",
+)
+_PROBABILITY_KEYS = frozenset(PARAMETER_KEYS[3:])
 
 
 def default_parameters(ensemble: int = 24, seed: int = 0) -> dict[str, np.ndarray]:
     """Draw the default prior ensemble of defender parameters.
 
-    Each array has shape ``(attacks, ensemble)``: the mean evidence score in
-    the precursor and execution phases, the evidence spread, and per-window
-    transition probabilities benign->precursor, precursor->execution,
-    precursor->benign and execution->benign. A fitted posterior passes draws
-    of the same names and shapes to :class:`StreamingDefender`.
+    Every array is float64 of shape ``(8, ensemble)``: one row per attack in
+    :data:`ATTACK_HYPOTHESES` order, one column per parameter draw (the
+    draws are filtered side by side; their spread is the credible band).
+
+    ==========================  =================================================  =============
+    key                         meaning                                            valid range
+    ==========================  =================================================  =============
+    ``score_precursor``         mean evidence score in the precursor phase         finite, > 0
+    ``score_execution``         mean evidence score in the execution phase         finite, > 0
+    ``spread``                  standard deviation of the evidence score           finite, > 0
+    ``benign_to_precursor``     P(benign -> precursor) per window                  (0, 1)
+    ``precursor_to_execution``  P(precursor -> execution) per window               (0, 1)
+    ``precursor_to_benign``     P(precursor -> benign) per window (abandoned)      (0, 1)
+    ``execution_to_benign``     P(execution -> benign) per window (attack over)    (0, 1)
+    ==========================  =================================================  =============
+
+    In the benign phase the score has mean 0; in phase ``k`` it is taken as
+    Normal(``score_k``, ``spread``), so a window's log likelihood ratio
+    against benign is ``(score_k * s - score_k**2 / 2) / spread**2`` for its
+    score ``s``. A window is ``StreamingDefender.window`` seconds (1 s by
+    default); ``precursor_to_execution + precursor_to_benign`` must stay
+    below 1. A fitted posterior supplies draws of the same keys and shapes,
+    either as this dictionary or as an object with a method
+    ``defender_parameters(draws: int, seed: int) -> dict`` (see
+    :class:`StreamingDefender`).
+
+    Parameters
+    ----------
+    ensemble : int
+        Number of draws (columns).
+    seed : int
+        Seed of the draws.
+
+    Returns
+    -------
+    dict of str to numpy.ndarray
 
     Examples
     --------
     >>> params = default_parameters(ensemble=8, seed=1)
-    >>> params["score_precursor"].shape
-    (8, 8)
+    >>> sorted(params) == sorted(PARAMETER_KEYS), params["score_precursor"].shape
+    (True, (8, 8))
     """
+    if int(ensemble) < 1:
+        raise InvalidInputError(f"ensemble must be a positive number of draws; got {ensemble!r}")
     rng = np.random.default_rng([seed, 0xDEF])
     shape = (len(ATTACK_HYPOTHESES), int(ensemble))
     return {
@@ -86,6 +128,73 @@ def default_parameters(ensemble: int = 24, seed: int = 0) -> dict[str, np.ndarra
         "precursor_to_benign": np.exp(rng.normal(math.log(1 / 400), 0.5, shape)),
         "execution_to_benign": np.exp(rng.normal(math.log(1 / 60), 0.4, shape)),
     }
+
+
+def check_parameters(parameters: Any, *, ensemble: int = 24, seed: int = 0) -> dict[str, np.ndarray]:
+    """Validate defender parameters and return them as float64 arrays.
+
+    Parameters
+    ----------
+    parameters : dict or object
+        A dictionary as :func:`default_parameters` returns, or an object
+        with a method ``defender_parameters(draws: int, seed: int)`` that
+        returns one (a fitted posterior); it is called with ``ensemble``
+        and ``seed``.
+
+    Raises
+    ------
+    InvalidInputError
+        A key is missing or unknown, shapes differ, or a value is out of range.
+
+    Examples
+    --------
+    >>> class Posterior:
+    ...     def defender_parameters(self, draws, seed):
+    ...         return default_parameters(draws, seed)
+    >>> check_parameters(Posterior(), ensemble=5)["spread"].shape
+    (8, 5)
+    >>> check_parameters({"spread": [1.0]})
+    Traceback (most recent call last):
+    ...
+    bayes_defense.errors.InvalidInputError: defender parameters lack score_precursor, ...
+    """
+    source = parameters
+    method = getattr(parameters, "defender_parameters", None)
+    if callable(method):
+        parameters = method(draws=int(ensemble), seed=int(seed))
+    if not isinstance(parameters, Mapping):
+        raise InvalidInputError(
+            f"parameters must be a dict of arrays as default_parameters() returns, or an object with "
+            f"defender_parameters(draws, seed) returning one; got {type(source).__name__}")
+    missing = [key for key in PARAMETER_KEYS if key not in parameters]
+    unknown = sorted(str(key) for key in parameters if key not in PARAMETER_KEYS)
+    if missing or unknown:
+        parts = ([f"lack {', '.join(missing)}"] if missing else []) + (
+            [f"have unknown keys {', '.join(unknown)}"] if unknown else [])
+        raise InvalidInputError(f"defender parameters {' and '.join(parts)}; expected exactly the keys "
+                                f"{', '.join(PARAMETER_KEYS)} (see default_parameters)")
+    out: dict[str, np.ndarray] = {}
+    for key in PARAMETER_KEYS:
+        try:
+            array = np.array(parameters[key], dtype=float)
+        except (TypeError, ValueError):
+            raise InvalidInputError(f"defender parameter {key!r} is not numeric: {parameters[key]!r}") from None
+        if array.ndim != 2 or array.shape[0] != len(ATTACK_HYPOTHESES) or array.shape[1] < 1:
+            raise InvalidInputError(f"defender parameter {key!r} must have shape ({len(ATTACK_HYPOTHESES)}, draws); "
+                                    f"got {array.shape}")
+        if not np.all(np.isfinite(array)):
+            raise InvalidInputError(f"defender parameter {key!r} holds non-finite values")
+        if key in _PROBABILITY_KEYS and not np.all((array > 0) & (array < 1)):
+            raise InvalidInputError(f"defender parameter {key!r} is a per-window probability and must lie in (0, 1)")
+        if key not in _PROBABILITY_KEYS and not np.all(array > 0):
+            raise InvalidInputError(f"defender parameter {key!r} must be positive")
+        out[key] = array
+    shapes = {array.shape for array in out.values()}
+    if len(shapes) != 1:
+        raise InvalidInputError(f"defender parameters must share one shape; got {sorted(shapes)}")
+    if np.any(out["precursor_to_execution"] + out["precursor_to_benign"] >= 1):
+        raise InvalidInputError("precursor_to_execution + precursor_to_benign must stay below 1 in every draw")
+    return out
 
 
 @dataclass(frozen=True)
@@ -133,8 +242,10 @@ class Belief:
         Attack -> suspected nodes.
     alerts : tuple of Alert
         Alerts raised by the latest window update.
-    countermeasures : dict
-        Attack -> recommended countermeasure.
+    countermeasures : Mapping
+        Attack -> recommended countermeasure from :func:`bayes_defense.plan`
+        given that attack, its suspects and its likelier phase (planned on
+        first read of a key, then cached; see :mod:`bayes_defense.stream.recommend`).
 
     Examples
     --------
@@ -151,7 +262,7 @@ class Belief:
     active: np.ndarray
     suspects: dict[str, tuple[str, ...]] = field(default_factory=dict)
     alerts: tuple[Alert, ...] = ()
-    countermeasures: dict[str, str] = field(default_factory=dict)
+    countermeasures: Mapping[str, str] = field(default_factory=dict, compare=False)
 
     def probability(self, attack: str, what: str = "active"):
         """Return one :class:`~bayes_defense.estimate.Probability`.
@@ -178,10 +289,6 @@ class Belief:
         return ATTACK_HYPOTHESES[int(np.argmax(self.active[:, 0]))]
 
 
-def _recommend(attack: str) -> str:
-    return COUNTERMEASURE_FOR.get(attack, "observe")
-
-
 class _Baseline:
     """Exponentially weighted robust location and spread of one series."""
 
@@ -204,6 +311,10 @@ class _Baseline:
         z = deviation / scale
         self.count += 1
         alpha = max(rate, 1.0 / self.count)
+        if z > _GATE or z < -_GATE:
+            # A window far from the baseline is learned from slowly: an attack
+            # that builds up over minutes must not become the new normal.
+            alpha *= _GATED_RATE
         # Clipped updates: an attack bends the baseline slowly, not at once.
         clipped = min(max(deviation, -3.0 * scale), 3.0 * scale)
         self.mean += alpha * clipped
@@ -224,13 +335,16 @@ class StreamingDefender:
 
     Parameters
     ----------
-    parameters : dict of arrays, optional
+    parameters : dict of arrays or posterior object, optional
         Ensemble of parameter draws, as :func:`default_parameters` returns
-        (the default prior) or a fitted posterior provides.
+        (the default prior when omitted), or an object with a method
+        ``defender_parameters(draws: int, seed: int) -> dict`` returning
+        such draws (a fitted posterior; called with ``ensemble`` and
+        ``seed``). Checked by :func:`check_parameters`.
     ensemble : int
-        Number of draws when ``parameters`` is not given.
+        Number of draws when ``parameters`` is not a dictionary.
     seed : int
-        Seed of the default prior draws.
+        Seed of the prior draws, or passed to ``defender_parameters``.
     window : float
         Seconds per update window (the telemetry interval).
     horizon : float
@@ -245,9 +359,18 @@ class StreamingDefender:
     baseline_rate : float
         Weight of a new window in the per-node baselines.
     duplicate_memory : int
-        How many recent events are remembered to reject exact duplicates.
+        How many events of the open window are remembered to reject exact
+        duplicates (same ts, node, kind and value); earlier windows need no
+        memory, since an event before the open window is out of order.
     rearm_windows : int
         Quiet windows needed before a hypothesis may alert again.
+    planner : "plan", callable or None
+        Where countermeasures come from: ``"plan"`` asks
+        :func:`bayes_defense.plan` on the cluster SCM (see
+        :mod:`bayes_defense.stream.recommend`; cached, planned at alerts and
+        on reading :attr:`Belief.countermeasures`), a callable
+        ``planner(attack, role, phase, n_nodes) -> str`` replaces it, and
+        ``None`` uses the catalogue's matched countermeasure.
 
     Examples
     --------
@@ -261,9 +384,14 @@ class StreamingDefender:
     def __init__(self, parameters: Mapping[str, Any] | None = None, *, ensemble: int = 24, seed: int = 0,
                  window: float = 1.0, horizon: float = 60.0, threshold: float = 0.8, rearm: float = 0.3,
                  level: float = 0.9, baseline_rate: float = 0.02, duplicate_memory: int = 4096,
-                 rearm_windows: int = 60) -> None:
-        params = default_parameters(ensemble, seed) if parameters is None else {
-            key: np.asarray(value, dtype=float) for key, value in parameters.items()}
+                 rearm_windows: int = 60, planner: Any = "plan") -> None:
+        params = default_parameters(ensemble, seed) if parameters is None else check_parameters(
+            parameters, ensemble=ensemble, seed=seed)
+        if planner == "plan":
+            planner = recommend
+        elif planner is not None and not callable(planner):
+            raise InvalidInputError(f"planner must be 'plan', None or a callable; got {planner!r}")
+        self._planner = planner
         self.parameters = params
         self.window = float(window)
         self.horizon = float(horizon)
@@ -286,11 +414,11 @@ class StreamingDefender:
         self._log_alpha = np.tile(np.log(np.array([1 - 2e-4, 1e-4, 1e-4])), (attacks, draws, 1))
         self._current = -1  # index of the open window
         self._last_ts = -math.inf
-        self._recent: deque = deque()
-        self._recent_set: set = set()
+        self._seen: set = set()  # keys of the open window's events, for duplicates
         self._telemetry: dict[tuple[str, str], float] = {}
         self._source: dict[str, str] = {}
         self._primary = ""
+        self._replicas: frozenset = frozenset()
         self._digests: OrderedDict = OrderedDict()
         self._conflicts = 0
         self._stalled: dict[str, int] = {}
@@ -317,7 +445,7 @@ class StreamingDefender:
         >>> b.accepted == a.accepted
         True
         """
-        state = {key: value for key, value in self.__dict__.items() if key != "_log_transition"}
+        state = {key: value for key, value in self.__dict__.items() if key not in _NOT_STATE}
         return copy.deepcopy(state)
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
@@ -327,7 +455,7 @@ class StreamingDefender:
         --------
         >>> StreamingDefender().load_state_dict(StreamingDefender().state_dict())
         """
-        self.__dict__.update(copy.deepcopy(dict(state)))
+        self.__dict__.update(copy.deepcopy({key: value for key, value in state.items() if key not in _NOT_STATE}))
         self._log_transition = self._transitions(self.parameters)
 
     @staticmethod
@@ -391,18 +519,17 @@ class StreamingDefender:
         index = math.ceil(ts / self.window - 1e-9)
         if index < self._current:
             return self._reject("out_of_order")
-        key = (ts, node, kind, value)
-        if key in self._recent_set:
-            return self._reject("duplicate")
-        recent = self._recent
-        recent.append(key)
-        self._recent_set.add(key)
-        if len(recent) > self.duplicate_memory:
-            self._recent_set.discard(recent.popleft())
         if index > self._current:
             if self._current >= 0:
                 self._close_window()
             self._current = index
+            self._seen = set()
+        key = (ts, node, kind, value)
+        seen = self._seen
+        if key in seen:
+            return self._reject("duplicate")
+        if len(seen) < self.duplicate_memory:
+            seen.add(key)
         self.accepted += 1
         if ts > self._last_ts:
             self._last_ts = float(ts)
@@ -419,11 +546,52 @@ class StreamingDefender:
         >>> d.accepted, d.windows
         (2, 1)
         """
+        # The loop below is observe() inlined for well-formed Event tuples of
+        # floats and strings (the common case), to save a call and the
+        # generic checks per event; anything else goes through observe().
         observe = self.observe
-        belief = self.belief
-        for event in events:
-            belief = observe(event)
-        return belief
+        ingest = self._ingest
+        known = _KNOWN
+        window = self.window
+        memory = self.duplicate_memory
+        event_type = Event
+        float_type = float
+        accepted = 0
+        try:
+            for event in events:
+                if type(event) is not event_type:
+                    observe(event)
+                    continue
+                ts, node, kind, value, attrs = event
+                if (type(ts) is not float_type or type(node) is not str or not node or type(attrs) is not dict
+                        or (value is not None and type(value) is not float_type) or ts - ts != 0.0
+                        or (value is not None and value - value != 0.0) or kind not in known):
+                    observe(event)
+                    continue
+                index = math.ceil(ts / window - 1e-9)
+                current = self._current
+                if index != current:
+                    if index < current:
+                        self._reject("out_of_order")
+                        continue
+                    if current >= 0:
+                        self._close_window()
+                    self._current = index
+                    self._seen = set()
+                key = (ts, node, kind, value)
+                seen = self._seen
+                if key in seen:
+                    self._reject("duplicate")
+                    continue
+                if len(seen) < memory:
+                    seen.add(key)
+                accepted += 1
+                if ts > self._last_ts:
+                    self._last_ts = ts
+                ingest(ts, node, kind, value, attrs)
+        finally:
+            self.accepted += accepted
+        return self.belief
 
     def flush(self) -> Belief:
         """Close the open window (at the end of a stream) and return the belief."""
@@ -448,6 +616,8 @@ class StreamingDefender:
         if kind in _TELEMETRY:
             if value is not None:
                 self._telemetry[(node, kind)] = float(value)
+            if node not in self._replicas and kind in _REPLICA_TELEMETRY and len(self._replicas) < _MAX_REPLICAS:
+                self._replicas = self._replicas | {node}
             if kind == "source_rate_max":
                 source = attrs.get("source")
                 if isinstance(source, str):
@@ -630,10 +800,12 @@ class StreamingDefender:
         def band(index: int) -> np.ndarray:
             return table[index]
 
+        suspects = dict(self._suspects)
+        executing = dict(zip(ATTACK_HYPOTHESES, (table[1, :, 0] > table[0, :, 0]).tolist(), strict=True))
         return Belief(ts=ts, level=self.level, precursor=band(0), execution=band(1),
-                      within_horizon=band(2), active=band(3),
-                      suspects=dict(self._suspects), alerts=alerts,
-                      countermeasures={name: _recommend(name) for name in ATTACK_HYPOTHESES})
+                      within_horizon=band(2), active=band(3), suspects=suspects, alerts=alerts,
+                      countermeasures=Recommendations(suspects, self._primary, self._replicas, executing,
+                                                      self._planner))
 
     def _raise_alerts(self, ts: float) -> None:
         belief = self.belief
@@ -644,7 +816,7 @@ class StreamingDefender:
                 self._armed[index] = False
                 phase = "execution" if belief.execution[index, 0] > belief.precursor[index, 0] else "precursor"
                 raised.append(Alert(ts, attack, tuple(self._suspects.get(attack, ())), float(mean),
-                                    float(lower), float(upper), phase, _recommend(attack)))
+                                    float(lower), float(upper), phase, belief.countermeasures[attack]))
             elif not self._armed[index]:
                 # Re-arm only after a sustained quiet spell: one episode, one alert.
                 self._quiet[index] = self._quiet[index] + 1 if mean < self.rearm else 0

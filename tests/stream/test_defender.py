@@ -140,6 +140,6 @@ def test_work_per_event_is_bounded(benign_stream):
     defender = StreamingDefender()
     defender.observe_batch(benign_stream)
     state = defender.state_dict()
-    assert len(state["_recent"]) <= defender.duplicate_memory
+    assert len(state["_seen"]) <= defender.duplicate_memory
     assert len(state["_digests"]) <= 512
     assert state["_log_alpha"].shape == (len(ATTACK_HYPOTHESES), 24, 3)
