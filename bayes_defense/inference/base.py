@@ -284,6 +284,11 @@ def seeded(seed: int | None):
     if seed is None:
         yield
         return
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(int(seed))
+    # The CPU generator alone: torch.manual_seed and fork_rng also visit every
+    # accelerator backend, which costs more than a small query.
+    state = torch.get_rng_state()
+    torch.default_generator.manual_seed(int(seed))
+    try:
         yield
+    finally:
+        torch.set_rng_state(state)

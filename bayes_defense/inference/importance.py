@@ -22,6 +22,7 @@ from bayes_defense.errors import (
 )
 from bayes_defense.estimate import weighted_estimate
 from bayes_defense.inference.base import Backend, Problem, register_backend
+from bayes_defense.inference.tabular import tabular_sampler
 
 __all__ = ["Importance", "weighted_answer", "answer_from_latents", "latent_sites"]
 
@@ -42,16 +43,22 @@ def _evidence_in_support(problem: Problem) -> str | None:
     return None
 
 
-def weighted_answer(problem: Problem, values: dict, log_weight: torch.Tensor, backend: str,
-                    factual_values: dict | None = None, ess: float | None = None, **details):
+def weighted_answer(problem: Problem, values, log_weight: torch.Tensor, backend: str,
+                    factual_values=None, ess: float | None = None, view: bool = True, **details):
     """Evaluate the query on weighted particles; apply the factual condition; build the estimate.
 
     Shared by every sampling backend so that conditions, degenerate weights
-    and intervals are handled in one place.
+    and intervals are handled in one place. ``values`` are a world's site
+    values as a model run leaves them (``view=True``), or already shaped
+    ``(particles, *site_shape)`` (``view=False``).
     """
     n = log_weight.shape[0]
+
+    def shaped(world):
+        return problem.view(world, n) if view else world
+
     if problem.condition is not None:
-        holds = problem.condition.evaluate(problem.view(factual_values, n)).reshape(n)
+        holds = problem.condition.evaluate(shaped(factual_values)).reshape(n)
         log_weight = torch.where(holds.bool(), log_weight, torch.full_like(log_weight, -torch.inf))
     if not bool(torch.isfinite(log_weight).any()):
         outside = _evidence_in_support(problem)
@@ -67,7 +74,7 @@ def weighted_answer(problem: Problem, values: dict, log_weight: torch.Tensor, ba
             "backend='analytic' for linear-Gaussian ones, or backend='svi' / 'nuts' for continuous "
             "latents, or raise num_samples"
         )
-    result = problem.query.evaluate(problem.view(values, n)).reshape(n)
+    result = problem.query.evaluate(shaped(values)).reshape(n)
     return weighted_estimate(
         result, log_weight, is_probability=problem.query.is_probability(result), level=problem.level,
         backend=backend, ess=ess, num_particles=n, **details,
@@ -76,7 +83,12 @@ def weighted_answer(problem: Problem, values: dict, log_weight: torch.Tensor, ba
 
 @register_backend
 class Importance(Backend):
-    """Likelihood weighting with prior proposals; answers any model with canonical noise."""
+    """Likelihood weighting with prior proposals; answers any model with canonical noise.
+
+    Option ``tabular`` (default True): on models of scalar finite discrete
+    sites, weight particles on the compiled tables instead of running the
+    model (same distribution, see :mod:`bayes_defense.inference.tabular`).
+    """
 
     name = "importance"
 
@@ -86,6 +98,12 @@ class Importance(Backend):
         return None
 
     def run(self, problem: Problem):
+        if problem.options.get("tabular", True):
+            sampler = tabular_sampler(problem)
+            particles = sampler.run(problem) if sampler is not None else None
+            if particles is not None:
+                values, log_weight, factual = particles
+                return weighted_answer(problem, values, log_weight, self.name, factual_values=factual, view=False)
         if not problem.counterfactual:
             world = problem.run_world(do=problem.do, evidence=problem.evidence, require_noise=False)
             return weighted_answer(problem, world.values, world.log_weight, self.name,
