@@ -355,7 +355,8 @@ class World(Messenger):
             return  # a plate's index draw, not a model variable
         self.order.append(name)
         self.distributions[name] = d
-        if is_deterministic(d):
+        base = _strip(d)
+        if isinstance(base, dist.Delta):
             # pyro.deterministic passes its value as obs; the Delta's own v may have
             # been expanded by plates to batch + event shape.
             self._deterministic(msg, name, msg["value"] if msg["value"] is not None else _strip(d).v)
@@ -391,9 +392,11 @@ class World(Messenger):
         else:
             noise = self.replay.get(name)
             try:
-                if noise is None:
-                    noise = sample_noise(d, name)
-                value = push_noise(d, noise, name)
+                noise, value = _fast_latent(base, noise, shape)
+                if value is None:
+                    if noise is None:
+                        noise = sample_noise(d, name)
+                    value = push_noise(d, noise, name)
             except UnsupportedModelError:
                 if self.require_noise:
                     raise
@@ -426,6 +429,27 @@ class World(Messenger):
     def record(self) -> WorldRecord:
         """Return the values, noise and log weight this run produced."""
         return WorldRecord(values=self.values, noise=self.noise, log_weight=self.log_weight, order=self.order)
+
+
+def _fast_latent(base, noise, shape):
+    """``(noise, value)`` for the commonest families without the general dispatch.
+
+    Normal and Bernoulli sites make up most models; the general path
+    (:func:`sample_noise`, :func:`push_noise`) re-inspects the distribution
+    several times per site, which costs more than the arithmetic at 10^4
+    particles. Returns ``(noise, None)`` for every other family.
+    """
+    kind = type(base)
+    if kind is dist.Normal:
+        if noise is None:
+            noise = torch.randn(shape, dtype=base.loc.dtype)
+        return noise, base.loc + base.scale * noise
+    if kind is dist.Bernoulli:
+        probs = base.probs
+        if noise is None:
+            noise = torch.rand(shape, dtype=probs.dtype)
+        return noise, (noise > 1 - probs).to(probs.dtype)
+    return noise, None
 
 
 def _dtype_of(d):

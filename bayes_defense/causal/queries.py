@@ -26,7 +26,14 @@ import torch
 from bayes_defense.causal.structure import model_info
 from bayes_defense.errors import ImpossibleEvidenceError, InvalidInputError
 from bayes_defense.estimate import Estimate
-from bayes_defense.inference.base import Problem, Query, make_query, resolve, seeded
+from bayes_defense.inference.base import (
+    Problem,
+    Query,
+    make_query,
+    resolve,
+    seeded,
+    single_threaded,
+)
 
 __all__ = ["intervene", "counterfactual", "probability_of_necessity", "probability_of_sufficiency"]
 
@@ -211,7 +218,7 @@ def _answer(problem: Problem, backend: str, seed):
     if not isinstance(backend, str):
         raise InvalidInputError(f"backend must be a name string, one of bayes_defense.backends(); got {backend!r}")
     chosen = resolve(problem, backend)
-    with seeded(seed):
+    with seeded(seed), single_threaded():
         return chosen.run(problem)
 
 
