@@ -26,10 +26,8 @@ from dataclasses import dataclass, field
 import pyro
 import pyro.distributions as dist
 import torch
-from pyro import poutine
 
 import bayes_defense as bd
-from bayes_defense.estimate import weighted_estimate
 
 FAMILIES = ("linear_gaussian", "binary")
 SIZES = (5, 20, 50)
@@ -195,13 +193,16 @@ def supported(scm: SCM, kind: str, backend: str) -> bool:
 # ChiRho's form of the same SCMs: exogenous noise explicit, shared by both worlds.
 
 def chirho_model(scm: SCM, observed: frozenset):
-    """The SCM for ChiRho: explicit noise for latent sites, invertible transforms for observed ones.
+    """The SCM for ChiRho: explicit noise for latent sites, plain densities for observed ones.
 
     ChiRho abducts the noise of an observed continuous site by inverting its
     ``TransformedDistribution``; a latent site downstream of an intervention
     only shares its noise across worlds when the noise is a site of its own.
-    Binary sites use ``u ~ Uniform(0, 1)``, ``x = 1`` iff ``u > 1 - p``, the
-    package's canonical coupling.
+    Latent binary sites use ``u ~ Uniform(0, 1)``, ``x = 1`` iff ``u > 1 - p``,
+    the package's canonical coupling. Observed binary sites are plain
+    Bernoulli densities (likelihood weighting rather than rejection, as a
+    ChiRho user would write them): no query here reads an observed site's
+    counterfactual value, so their noise need not be shared.
     """
 
     def model():
@@ -209,8 +210,11 @@ def chirho_model(scm: SCM, observed: frozenset):
         for name, pa in scm.parents.items():
             m = scm.mechanism[name]
             if scm.family == "binary":
-                noise = pyro.sample(f"noise_{name}", dist.Uniform(0.0, 1.0))
                 p = _probability(m, pa, values)
+                if name in observed:
+                    values[name] = pyro.sample(name, dist.Bernoulli(p))
+                    continue
+                noise = pyro.sample(f"noise_{name}", dist.Uniform(0.0, 1.0))
                 values[name] = pyro.sample(name, dist.Delta((noise > 1 - p).to(noise.dtype)))
                 continue
             loc = m["intercept"]
@@ -232,41 +236,21 @@ def _chirho_model_for(family: str, nodes: int, observed: frozenset):
     return chirho_model(get_scm(family, nodes), observed)
 
 
-def chirho_counterfactual(scm: SCM, *, num_particles: int = NUM_PARTICLES, seed: int = 0):
-    """ChiRho's multi-world counterfactual answer by likelihood weighting over one particle plate.
+def chirho_answer(scm: SCM, kind: str, *, num_particles: int = NUM_PARTICLES, seed: int = 0):
+    """ChiRho's answer to the case's query: twin worlds for counterfactuals, ``do`` otherwise."""
+    from bayes_defense.causal.chirho_interop import chirho_counterfactual, chirho_intervene
 
-    Each particle is weighted by the log density of the observed sites in the
-    factual world only (chirho 0.3.0 observes the abducted noise of a
-    transformed site once per world, which would count it twice).
-    """
-    from chirho.counterfactual.handlers import MultiWorldCounterfactual
-    from chirho.indexed.ops import IndexSet, gather
-    from chirho.interventional.handlers import do
-    from chirho.observational.handlers import condition
-
-    spec = scm.counterfactual
+    spec = getattr(scm, kind)
     model = _chirho_model_for(scm.family, scm.nodes, frozenset(spec["evidence"]))
-    evidence = {k: torch.tensor(float(v)) for k, v in spec["evidence"].items()}
-    actions = {k: torch.tensor(float(v)) for k, v in spec["do"].items()}
-    factual = IndexSet(**{name: {0} for name in actions})
-    counterfactual = IndexSet(**{name: {1} for name in actions})
-    with torch.random.fork_rng():
-        torch.manual_seed(seed)
-        with MultiWorldCounterfactual(first_available_dim=-2), do(actions=actions), condition(data=evidence):
-            with pyro.plate("particles", num_particles, dim=-1), poutine.trace() as tracer:
-                values = model()
-            trace = tracer.trace
-            trace.compute_log_prob()
-            log_weight = torch.zeros(num_particles, dtype=torch.float64)
-            for node in trace.nodes.values():
-                if node["type"] == "sample" and node["is_observed"]:
-                    log_prob = gather(node["log_prob"], factual)
-                    log_prob = log_prob.reshape(-1, log_prob.shape[-1]).sum(0) if log_prob.dim() else log_prob
-                    log_weight = log_weight + log_prob.expand(num_particles).to(torch.float64)
-            answer = gather(values[spec["query"]], counterfactual).reshape(-1).expand(num_particles)
-    result = answer == 1 if scm.family == "binary" else answer
-    return weighted_estimate(result, log_weight, is_probability=scm.family == "binary", level=0.9,
-                             backend="chirho")
+    name = spec["query"]
+
+    def query(world):
+        return world[name] == 1 if scm.family == "binary" else world[name]
+
+    if kind == "interventional":
+        return chirho_intervene(model, spec["do"], spec["evidence"], query, num_particles=num_particles, seed=seed)
+    return chirho_counterfactual(model, spec["evidence"], spec["do"], query, num_particles=num_particles,
+                                 seed=seed)
 
 
 def chirho_available() -> bool:
