@@ -18,7 +18,7 @@ Monte Carlo average over exact posterior draws.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import pyro
 import torch
@@ -41,12 +41,26 @@ class LinearGaussian:
     weights: torch.Tensor
     intercept: torch.Tensor
     scale: torch.Tensor
+    solved: dict = field(default_factory=dict, repr=False, compare=False)
 
     def index(self, names) -> list[int]:
         return [self.names.index(name) for name in names]
 
     def solve(self, do: dict):
-        """Return ``(A, b, sigma)`` of the intervened system: ``V = A (b + sigma * eps)``."""
+        """Return ``(A, b, sigma)`` of the intervened system: ``V = A (b + sigma * eps)``.
+
+        Solved once per intervention (names and values) and cached; callers
+        must not modify the returned tensors.
+        """
+        key = tuple(sorted((name, float(value)) for name, value in do.items()))
+        solved = self.solved.get(key)
+        if solved is None:
+            solved = self.solved[key] = self._solve(do)
+            if len(self.solved) > 64:
+                self.solved.pop(next(iter(self.solved)))
+        return solved
+
+    def _solve(self, do: dict):
         weights = self.weights.clone()
         intercept = self.intercept.clone()
         scale = self.scale.clone()

@@ -24,7 +24,7 @@ from bayes_defense.estimate import weighted_estimate
 from bayes_defense.inference.base import Backend, Problem, register_backend
 from bayes_defense.inference.tabular import tabular_sampler
 
-__all__ = ["Importance", "weighted_answer", "answer_from_latents", "latent_sites"]
+__all__ = ["Importance", "LatentPosteriorBackend", "weighted_answer", "answer_from_latents", "latent_sites"]
 
 
 def _evidence_in_support(problem: Problem) -> str | None:
@@ -169,3 +169,27 @@ def answer_from_latents(problem: Problem, latents: dict, backend: str, log_q: to
         ess = ess_fn(result)
     return weighted_answer(problem, world.values, log_weight, backend, factual_values=factual.values, ess=ess,
                            **details)
+
+
+class LatentPosteriorBackend(Backend):
+    """Base of backends that draw the continuous latents from their posterior (SVI, NUTS).
+
+    Subclasses implement ``draw(problem, latents)``, returning ``(values,
+    details)``: ``{site: (n, *site_shape) tensor}`` of posterior draws and the
+    keyword arguments of :func:`answer_from_latents` (``log_q`` for a
+    proposal to reweight, ``ess_fn`` for correlated draws, diagnostics).
+    Checking the model and answering from the draws are shared.
+    """
+
+    def check(self, problem: Problem) -> None:
+        latent_sites(problem, self.name)
+
+    def run(self, problem: Problem):
+        latents = latent_sites(problem, self.name)
+        if not latents:
+            return answer_from_latents(problem, {}, self.name)
+        values, details = self.draw(problem, latents)
+        return answer_from_latents(problem, values, self.name, **details)
+
+    def draw(self, problem: Problem, latents: list[str]) -> tuple[dict, dict]:  # pragma: no cover - interface
+        raise NotImplementedError

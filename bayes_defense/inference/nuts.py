@@ -14,8 +14,8 @@ import torch
 from pyro.infer import MCMC, NUTS
 from pyro.ops.stats import effective_sample_size
 
-from bayes_defense.inference.base import Backend, Problem, register_backend
-from bayes_defense.inference.importance import answer_from_latents, latent_sites
+from bayes_defense.inference.base import Problem, register_backend
+from bayes_defense.inference.importance import LatentPosteriorBackend
 from bayes_defense.inference.svi import clamped_model
 
 __all__ = ["NUTSBackend"]
@@ -28,18 +28,12 @@ def _ess(result: torch.Tensor) -> float:
 
 
 @register_backend
-class NUTSBackend(Backend):
+class NUTSBackend(LatentPosteriorBackend):
     """Hamiltonian Monte Carlo with NUTS; one chain, Pyro's adaptation."""
 
     name = "nuts"
 
-    def check(self, problem: Problem) -> None:
-        latent_sites(problem, self.name)
-
-    def run(self, problem: Problem):
-        latents = latent_sites(problem, self.name)
-        if not latents:
-            return answer_from_latents(problem, {}, self.name)
+    def draw(self, problem: Problem, latents: list[str]) -> tuple[dict, dict]:
         options = problem.options
         kernel = NUTS(clamped_model(problem), max_tree_depth=int(options.get("max_tree_depth", 8)),
                       jit_compile=False)
@@ -50,5 +44,4 @@ class NUTSBackend(Backend):
             mcmc.run()
         samples = mcmc.get_samples()
         values = {name: samples[name].detach() for name in latents}
-        return answer_from_latents(problem, values, self.name, ess_fn=_ess,
-                                   divergences=int(mcmc.diagnostics()["divergences"]["chain 0"].__len__()))
+        return values, {"ess_fn": _ess, "divergences": len(mcmc.diagnostics()["divergences"]["chain 0"])}

@@ -18,8 +18,8 @@ from pyro.infer import SVI, Trace_ELBO
 from pyro.infer.autoguide import AutoMultivariateNormal
 from pyro.poutine.messenger import Messenger
 
-from bayes_defense.inference.base import Backend, Problem, register_backend
-from bayes_defense.inference.importance import answer_from_latents, latent_sites
+from bayes_defense.inference.base import Problem, register_backend
+from bayes_defense.inference.importance import LatentPosteriorBackend
 
 __all__ = ["SVIBackend", "Clamp"]
 
@@ -61,18 +61,12 @@ def clamped_model(problem: Problem):
 
 
 @register_backend
-class SVIBackend(Backend):
+class SVIBackend(LatentPosteriorBackend):
     """Variational posterior (multivariate normal guide) reweighted by importance."""
 
     name = "svi"
 
-    def check(self, problem: Problem) -> None:
-        latent_sites(problem, self.name)
-
-    def run(self, problem: Problem):
-        latents = latent_sites(problem, self.name)
-        if not latents:
-            return answer_from_latents(problem, {}, self.name)
+    def draw(self, problem: Problem, latents: list[str]) -> tuple[dict, dict]:
         options = problem.options
         conditioned = clamped_model(problem)
         with pyro.get_param_store().scope():
@@ -94,4 +88,4 @@ class SVIBackend(Backend):
         for name in latents:
             value = guide_trace.nodes[name]["value"].detach()
             values[name] = value.reshape((n,) + tuple(problem.info.sites[name].shape))
-        return answer_from_latents(problem, values, self.name, log_q=log_q.detach())
+        return values, {"log_q": log_q.detach()}
