@@ -43,6 +43,9 @@ from dataclasses import dataclass, field
 
 import pyro
 import torch
+from pyro.poutine.broadcast_messenger import BroadcastMessenger
+from pyro.poutine.plate_messenger import PlateMessenger
+from pyro.poutine.subsample_messenger import SubsampleMessenger
 
 from bayes_defense.causal.noise import World
 from bayes_defense.causal.structure import ModelInfo
@@ -168,6 +171,24 @@ def _callable_key(fn) -> object:
     return ("callable", fn)
 
 
+class _ParticlePlate(PlateMessenger):
+    """``pyro.plate`` over particles that leaves an already particle-shaped distribution alone.
+
+    The particle plate is the outermost one, so every inner plate has
+    broadcast its own dimension by the time this one sees a site; a
+    distribution whose batch shape already holds all particles then needs no
+    ``expand``, which Pyro's plate would still build (about a tenth of a
+    model run on a 50-site model).
+    """
+
+    def _process_message(self, msg) -> None:
+        SubsampleMessenger._process_message(self, msg)
+        shape = getattr(msg["fn"], "batch_shape", None)
+        if shape is not None and len(shape) >= -self.dim and shape[self.dim] == self.size:
+            return
+        BroadcastMessenger._pyro_sample(msg)
+
+
 @dataclass
 class Problem:
     """Everything a backend needs to answer one query."""
@@ -193,8 +214,10 @@ class Problem:
         world = World(particle_dim=self.particle_dim, num_particles=n, **world_kwargs)
         # Argument validation of every distribution built inside the run costs
         # about a third of a query; evidence outside a support still gets
-        # probability zero from the weights.
-        with pyro.validation_enabled(False), world, pyro.plate("_bd_particles", n, dim=self.particle_dim):
+        # probability zero from the weights. No gradients are needed, and
+        # not recording them saves a few percent per run.
+        with torch.no_grad(), pyro.validation_enabled(False), world, _ParticlePlate("_bd_particles", n,
+                                                                                      dim=self.particle_dim):
             self.model()
         return world
 
