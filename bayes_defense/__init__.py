@@ -46,6 +46,9 @@ _LAZY: dict[str, tuple[str, str | None]] = {
     "Belief": ("bayes_defense.stream.defender", "Belief"),
     "Alert": ("bayes_defense.stream.defender", "Alert"),
     "read_events": ("bayes_defense.stream.io", "read_events"),
+    "fit": ("bayes_defense.fit", "fit"),
+    "Posterior": ("bayes_defense.fit", "Posterior"),
+    "load_posterior": ("bayes_defense.fit", "load_posterior"),
 }
 
 __all__ = sorted(_LAZY)

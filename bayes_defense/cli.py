@@ -16,7 +16,8 @@ from bayes_defense.errors import BayesDefenseError
 
 # Modules providing ``register(subparsers)``; each adds one or more subcommands
 # whose parser sets ``func`` (called with the parsed namespace, returns an exit code).
-COMMAND_MODULES: tuple[str, ...] = ("bayes_defense.sim.command", "bayes_defense.stream.command")
+COMMAND_MODULES: tuple[str, ...] = ("bayes_defense.sim.command", "bayes_defense.stream.command",
+                                     "bayes_defense.fit_command")
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -35,7 +35,7 @@ import math
 import os
 import sys
 import warnings
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -318,12 +318,6 @@ def _recorder(window: float):
             super().__init__(window=window, ensemble=2)
             self.rows = _Chunks(len(_attacks()), np.float32)
             self.ends: list[float] = []
-            self.first_ts = math.inf
-
-        def _ingest(self, ts, node, kind, value, attrs):  # noqa: ANN001 - the parent's signature
-            if ts < self.first_ts:
-                self.first_ts = ts
-            super()._ingest(ts, node, kind, value, attrs)
 
         def _close_window(self) -> None:
             score, _ = self._evidence()
@@ -425,6 +419,7 @@ def extract_features(events: Any, labels: Any = None, *, window: float = 1.0, pr
 
     known = frozenset(KNOWN_KINDS)
     count = 0
+    first = None
     observe = recorder.observe
     try:
         for event in events:
@@ -437,6 +432,8 @@ def extract_features(events: Any, labels: Any = None, *, window: float = 1.0, pr
                     f"{', '.join(KNOWN_KINDS)} (pass allow_unknown_kind=True to skip such events)")
             observe(event)
             count += 1
+            if first is None and recorder.accepted:
+                first = float(recorder._last_ts)
             if bar is not None and count % 65_536 == 0:
                 bar.update(65_536)
     except MalformedEventError as error:
@@ -456,7 +453,7 @@ def extract_features(events: Any, labels: Any = None, *, window: float = 1.0, pr
             f"{name}: the log spans {len(scores)} window(s) of {window} s; the defender needs {skip} to warm up "
             f"and the fit at least one more; give a longer log")
     scores, ends = scores[skip:], ends[skip:]
-    first, last = float(recorder.first_ts), float(recorder._last_ts)
+    last = float(recorder._last_ts)
     attacks = _attacks()
     phases = np.full(scores.shape, -1 if labels is None else 0, np.int8)
     if labels is not None:
@@ -1062,7 +1059,11 @@ class Posterior:
         total = self.num_draws
         rng = np.random.default_rng([int(seed), 0xD7A])
         index = rng.choice(total, size=int(draws), replace=int(draws) > total)
-        return {name: np.ascontiguousarray(self.flat(name)[index].T) for name in PARAMETER_NAMES}
+        # Keep draws strictly inside (0, 1) and positive: a Beta draw can underflow to 0.
+        out = {name: np.clip(self.flat(name)[index].T, 1e-12, None) for name in PARAMETER_NAMES}
+        for name in PARAMETER_NAMES[3:]:
+            out[name] = np.minimum(out[name], 1 - 1e-9)
+        return {name: np.ascontiguousarray(value) for name, value in out.items()}
 
     def estimate(self, name: str, attack: str):
         """One parameter's posterior mean and equal-tailed credible interval at ``level``.
