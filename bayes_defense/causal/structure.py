@@ -4,7 +4,11 @@ A model is traced once from the prior and the result is cached per model
 object, so repeated queries on one model do not pay for discovery again.
 Models must be pure: for one model object the set of sites, their order and
 their distribution families must not change between runs (the usual
-requirement of vectorised Pyro inference). Parents are found by provenance
+requirement of vectorised Pyro inference). Backends also cache what they
+compile from a model object (the exact backend's tables, which the
+importance backend reuses on discrete models, and the analytic backend's
+coefficients), so a model's parameters must not change between queries
+either: build a new model object (for example a new closure) instead. Parents are found by provenance
 tracking (``pyro.ops.provenance``), as in ``pyro.infer.inspect``.
 """
 

@@ -127,6 +127,17 @@ class TabularSampler:
         self.sites = [_Site(network, name, position, problem.info.sites[name].deterministic)
                       for name in network.names]
         self.info = problem.info
+        self.affected: dict = {}
+
+    def _affected(self, do: dict) -> frozenset:
+        """Sites downstream of the intervention (cached per set of intervened sites)."""
+        key = frozenset(do)
+        affected = self.affected.get(key)
+        if affected is None:
+            if len(self.affected) >= 256:
+                self.affected.clear()
+            affected = self.affected[key] = frozenset(self.info.descendants(do))
+        return affected
 
     def _indices(self, values: dict) -> dict | None:
         out = {}
@@ -147,20 +158,13 @@ class TabularSampler:
             return None
         n = problem.num_samples
         counterfactual = problem.counterfactual
-        affected = self.info.descendants(problem.do) if counterfactual else set()
+        affected = self._affected(problem.do) if counterfactual else frozenset()
         # One generator per query, seeded from torch's so that ``seed=`` and
         # torch.manual_seed make runs reproducible.
         rng = numpy.random.Generator(numpy.random.SFC64(int(torch.randint(2**62, ()))))
-        needs_noise = [
-            site for site in self.sites
-            if not site.deterministic
-            and (site.name not in evidence or site.name in affected)
-            and (counterfactual or site.name not in do)
-        ]
-        draws = rng.random((len(needs_noise), n)) if needs_noise else None
-        draw_of = {site.name: draws[i] for i, site in enumerate(needs_noise)}
         log_weight = numpy.zeros(n)
         index: list = [None] * len(self.sites)
+        # Noise is kept only where the counterfactual world replays it.
         noise: dict = {}
         for i, site in enumerate(self.sites):
             name = site.name
@@ -173,10 +177,12 @@ class TabularSampler:
                 index[i] = k
                 log_weight += site.log_pmf(k, row)
                 if name in affected and not site.deterministic:
-                    noise[name] = site.abduct(k, row, draw_of[name])
+                    noise[name] = site.abduct(k, row, rng.random(n))
                 continue
-            noise[name] = draw_of.get(name)
-            index[i] = site.invert(noise[name], row, n)
+            u = None if site.deterministic else rng.random(n)
+            if name in affected:
+                noise[name] = u
+            index[i] = site.invert(u, row, n)
         log_weight = torch.from_numpy(log_weight)
         factual = _Values(self.sites, index, n)
         if not counterfactual:
