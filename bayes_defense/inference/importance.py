@@ -7,7 +7,9 @@ particle's weight. Counterfactual queries do the same in the factual world,
 which abducts the exogenous noise of every site (exactly for observed sites,
 from the prior for the rest, see :mod:`bayes_defense.causal.noise`), then replay
 that noise under the intervention. Two model runs per query, no Python loop
-over particles.
+over particles. On models of scalar finite discrete sites the same weighting
+runs on the compiled tables instead of the model
+(:mod:`bayes_defense.inference.tabular`; option ``tabular=False`` turns it off).
 """
 
 from __future__ import annotations
