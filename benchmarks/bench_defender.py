@@ -1,13 +1,24 @@
-"""asv benchmarks of the streaming defender: throughput, latency, flat memory.
+"""asv benchmarks of the streaming defender: throughput, latency, flat memory, CPU share.
 
-Streams come from the simulator (7 and 50 replicas) and are generated once
-per parameter in ``setup``; the memory case replays a synthetic telemetry
-pattern with advancing timestamps for 10 million events.
+Streams come from the simulator (7 and 50 replicas, one replay attack) and
+are generated once per parameter in ``setup``; the memory cases replay a
+synthetic telemetry pattern with advancing timestamps for 10 million events.
+
+Throughput is measured in CPU time of this process (``time.process_time``):
+the targets are per core, and on a shared machine wall time also counts the
+time other processes hold the core. Latency is wall time per ``observe``
+call (``time.perf_counter``), as a caller sees it.
+
+Targets (issue 5): at least 100k events per second per core batched at
+n = 7 and 50; p99 single-event latency at most 100 us; memory flat over 10
+million events; and the CPU share needed to keep up with a 50-replica
+cluster producing 10k events per second well below one core.
 """
 
 from __future__ import annotations
 
 import functools
+import pickle
 import time
 
 import numpy as np
@@ -15,6 +26,9 @@ import numpy as np
 from bayes_defense.sim import AttackSpec, Scenario, run_to_events
 from bayes_defense.stream.defender import StreamingDefender
 from bayes_defense.stream.schema import TELEMETRY_KINDS, Event
+
+#: Events per second a 50-replica cluster is assumed to produce for the CPU-share figure.
+CLUSTER_EVENTS_PER_SECOND = 10_000
 
 
 @functools.cache
@@ -36,8 +50,34 @@ def synthetic_stream(count: int, nodes: int = 7):
         yield Event(float(window + 1), names[node], kinds[kind], float(slot % 5), {})
 
 
+def warm_planner(nodes: int) -> None:
+    """Run the stream once so that the planner's cache holds its recommendations.
+
+    Planning (and the torch import it needs) happens once per (attack,
+    suspect role, phase) in a process, at the first alert; the benchmarks
+    measure the steady state.
+    """
+    defender = StreamingDefender()
+    defender.observe_batch(simulated_stream(nodes))
+    for alert in defender.alerts:
+        assert alert.countermeasure
+
+
+def cpu_events_per_second(events: list[Event], repeats: int = 3) -> float:
+    """Median over ``repeats`` of events per CPU second through ``observe_batch``."""
+    rates = []
+    for _ in range(repeats):
+        defender = StreamingDefender()
+        started = time.process_time()
+        defender.observe_batch(events)
+        rates.append(len(events) / (time.process_time() - started))
+    return float(np.median(rates))
+
+
+@functools.cache
 def latencies(nodes: int) -> np.ndarray:
-    """Per-event ``observe`` latencies in microseconds over the simulated stream."""
+    """Per-event ``observe`` wall-clock latencies in microseconds over the simulated stream."""
+    warm_planner(nodes)
     defender = StreamingDefender()
     clock = time.perf_counter
     out = []
@@ -52,20 +92,19 @@ class Throughput:
     params = [7, 50]
     param_names = ["nodes"]
     timeout = 300
+    timer = time.process_time
 
     def setup(self, nodes):
         self.events = simulated_stream(nodes)
+        warm_planner(nodes)
 
     def time_observe_batch(self, nodes):
         StreamingDefender().observe_batch(self.events)
 
     def track_events_per_second(self, nodes):
-        defender = StreamingDefender()
-        started = time.perf_counter()
-        defender.observe_batch(self.events)
-        return len(self.events) / (time.perf_counter() - started)
+        return cpu_events_per_second(self.events)
 
-    track_events_per_second.unit = "events/s"
+    track_events_per_second.unit = "events/s/core"
 
     def track_latency_p50_us(self, nodes):
         return float(np.percentile(latencies(nodes), 50))
@@ -77,6 +116,26 @@ class Throughput:
 
     track_latency_p99_us.unit = "us"
 
+    def track_latency_max_us(self, nodes):
+        # The largest single call: a window close that also raises an alert.
+        return float(latencies(nodes).max())
+
+    track_latency_max_us.unit = "us"
+
+
+class CpuShare:
+    timeout = 300
+
+    def setup(self):
+        self.events = simulated_stream(50)
+        warm_planner(50)
+
+    def track_cpu_share_percent_50_replicas(self):
+        """Percent of one core needed for 10k events/s from a 50-replica cluster."""
+        return 100.0 * CLUSTER_EVENTS_PER_SECOND / cpu_events_per_second(self.events)
+
+    track_cpu_share_percent_50_replicas.unit = "% of a core"
+
 
 class Memory:
     timeout = 1200
@@ -86,3 +145,14 @@ class Memory:
 
     def peakmem_one_million_events(self):
         StreamingDefender().observe_batch(synthetic_stream(1_000_000))
+
+    def track_state_growth_bytes_1m_to_10m(self):
+        """Pickled state after 10 million events minus after 1 million (flat memory: about 0)."""
+        defender = StreamingDefender()
+        stream = synthetic_stream(10_000_000)
+        defender.observe_batch(next(stream) for _ in range(1_000_000))
+        early = len(pickle.dumps(defender.state_dict()))
+        defender.observe_batch(stream)
+        return len(pickle.dumps(defender.state_dict())) - early
+
+    track_state_growth_bytes_1m_to_10m.unit = "bytes"

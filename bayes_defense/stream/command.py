@@ -43,7 +43,7 @@ def register(subparsers: Any) -> None:
     """Add ``defend``, ``evaluate``, ``detect`` and ``demo`` to a ``bayes-defense`` parser."""
     defend = subparsers.add_parser("defend", help="run the streaming defender over an event log; write alerts.jsonl")
     defend.add_argument("events", help="events.jsonl/.csv/.parquet, or a simulation output directory")
-    defend.add_argument("--posterior", metavar="FILE", help="fitted parameter draws (.npz of arrays named as default_parameters)")
+    defend.add_argument("--posterior", metavar="FILE", help="fitted posterior from `bayes-defense fit` (default: the prior)")
     defend.add_argument("--out", metavar="FILE", default="alerts.jsonl", help="alerts file (default alerts.jsonl)")
     defend.add_argument("--threshold", type=float, default=0.8, help="alert on the lower bound reaching this (default 0.8)")
     defend.add_argument("--json", action="store_true", help="print a machine-readable summary on stdout")
@@ -69,24 +69,23 @@ def register(subparsers: Any) -> None:
     demo.register(subparsers)
 
 
-def _load_parameters(path: str | None) -> dict[str, Any] | None:
+def _load_parameters(path: str | None) -> Any:
+    """Return the fitted posterior in ``path`` (from ``bayes-defense fit``), or None for the default prior."""
     if path is None:
         return None
-    import numpy as np
-
-    from bayes_defense.stream.defender import default_parameters
-
-    file = Path(path)
-    if not file.exists():
+    if not Path(path).exists():
         raise FileNotFoundError(f"no such posterior file: {path!r}")
-    if file.suffix != ".npz":
-        raise InvalidInputError(f"--posterior expects a .npz of parameter draws, got {file.name!r}")
-    with np.load(file) as data:
-        parameters = {key: data[key] for key in data.files}
-    missing = sorted(set(default_parameters(2)) - set(parameters))
-    if missing:
-        raise InvalidInputError(f"posterior {file.name!r} lacks parameter arrays {', '.join(missing)}")
-    return parameters
+    try:
+        from bayes_defense.fit import load_posterior
+    except ImportError as error:
+        raise InvalidInputError(
+            f"--posterior needs bayes_defense.fit.load_posterior, which this installation lacks ({error}); "
+            "run defend without --posterior to use the default prior") from None
+    posterior = load_posterior(path)
+    if not callable(getattr(posterior, "defender_parameters", None)):
+        raise InvalidInputError(f"posterior {Path(path).name!r} gives no defender_parameters(draws, seed); "
+                                "fit it with `bayes-defense fit` and try again")
+    return posterior
 
 
 def defend_stream(events: Any, defender: Any, *, sample_every: int = 64, bar: Any = None) -> dict[str, Any]:
@@ -143,17 +142,19 @@ def run_defend(args: argparse.Namespace) -> int:
         rejected["unreadable"] = reader.skipped
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
+    # pop_alerts holds every alert raised (defender.alerts keeps only the latest 10,000).
+    alerts = defender.pop_alerts()
     with out.open("w") as handle:
-        for alert in defender.alerts:
+        for alert in alerts:
             handle.write(json.dumps(alert.to_dict()) + "\n")
     summary = {**stats, "events": stats["events"] + reader.skipped, "accepted": defender.accepted,
-               "rejected": rejected, "alerts": len(defender.alerts), "out": str(out)}
+               "rejected": rejected, "alerts": len(alerts), "out": str(out)}
     if args.json:
         print(json.dumps(summary))
     else:
         print(f"{summary['events']} events, {sum(rejected.values())} rejected, {summary['alerts']} alerts -> {out}")
         print(f"{stats['events_per_second']:.0f} events/s, latency p50 {stats['latency_p50_us']:.1f} us, p99 {stats['latency_p99_us']:.1f} us")
-        for alert in defender.alerts:
+        for alert in alerts:
             print(f"  {alert.ts:8.1f} s  {alert.attack:<18} P={alert.probability:.3f} [{alert.lower:.3f}, {alert.upper:.3f}] "
                   f"{alert.phase:<9} nodes={','.join(alert.nodes) or '-'} -> {alert.countermeasure}")
     return 0

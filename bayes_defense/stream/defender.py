@@ -426,6 +426,8 @@ class StreamingDefender:
         self._joins: dict[str, float] = {}
         self._join_names: dict[str, list[str]] = {}
         self._peer_joins: dict[str, float] = {}
+        self._peer_counts: dict[str, float] = {}  # this window's peer-table sizes
+        self._peer_norm: dict[str, float] = {}  # their slow moving averages
         self._baselines: dict[tuple[str, str], _Baseline] = {}
         self._armed = [True] * attacks
         self._quiet = [0] * attacks
@@ -626,6 +628,10 @@ class StreamingDefender:
                 primary = attrs.get("primary")
                 if isinstance(primary, str):
                     self._primary = primary
+            elif kind == "peer_diversity":
+                peers = attrs.get("peers")
+                if type(peers) is int or type(peers) is float:
+                    self._peer_counts[node] = float(peers)
         elif kind == "preprepare":
             # A new view may legitimately re-propose a sequence number.
             seq = (attrs.get("view"), attrs.get("seq", value))
@@ -685,6 +691,8 @@ class StreamingDefender:
         score = np.zeros(len(ATTACK_HYPOTHESES))
         suspects: dict[str, tuple[str, ...]] = {}
         primary = (self._primary,) if self._primary else ()
+        counts, norms = self._peer_counts, self._peer_norm
+        cut_off = any(count < 0.9 * norms.get(node, 0.0) for node, count in counts.items())
 
         def median(kind: str) -> float:
             values = z.get(kind)
@@ -712,6 +720,12 @@ class StreamingDefender:
         if self._stalled:
             score[2] += 2.0 * max(self._stalled.values())
         suspects["censorship"] = primary
+        if cut_off:
+            # Replicas lost peers (a partition or a crash): slow and missing
+            # pre-prepares and stalled requests follow from that, not from a
+            # misbehaving primary.
+            score[1] = min(score[1], 0.0)
+            score[2] = min(score[2], 0.0)
         # Flooding: one replica dominates what the others receive, with bad MACs.
         sources = [s for s in self._source.values() if s.startswith("r")]
         flood = median("source_rate_max")
@@ -735,7 +749,13 @@ class StreamingDefender:
         # Eclipse: one replica's peer table churns towards one prefix, then collapses.
         churn, victim = top("peer_churn")
         diversity = z.get("peer_diversity", {})
-        collapse = -min(diversity.values()) if diversity else 0.0
+        # A diversity collapse points to an eclipse only while the peer table
+        # keeps its size; a table that shrinks is a partition or a crash.
+        collapse = -min([value for node, value in diversity.items()
+                         if counts.get(node, 0.0) >= 0.9 * norms.get(node, 0.0)] or [0.0])
+        for node, count in counts.items():
+            norms[node] = count if node not in norms else norms[node] + 0.05 * (count - norms[node])
+        self._peer_counts = {}
         peer_joins = max(self._peer_joins.values()) if self._peer_joins else 0.0
         score[7] = max(churn, collapse) + 1.5 * peer_joins
         if self._peer_joins:

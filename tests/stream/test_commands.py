@@ -75,3 +75,44 @@ def test_demo_short_run(tmp_path, capsys):
     summary = json.loads(capsys.readouterr().out)
     assert summary["attacks"] == 8 and len(summary["table"]) == 8
     assert (tmp_path / "demo.png").stat().st_size > 10_000
+
+
+class _Posterior:
+    """Stands in for bayes_defense.fit's posterior: draws of the defender's parameters."""
+
+    def __init__(self):
+        self.calls = []
+
+    def defender_parameters(self, draws, seed):
+        from bayes_defense.stream.defender import default_parameters
+
+        self.calls.append((draws, seed))
+        return default_parameters(draws, seed + 1)
+
+
+def test_defend_with_posterior_uses_its_draws(run_dir, tmp_path, capsys, monkeypatch):
+    import types
+
+    posterior = _Posterior()
+    fake = types.ModuleType("bayes_defense.fit")
+    fake.load_posterior = lambda path: posterior
+    monkeypatch.setitem(__import__("sys").modules, "bayes_defense.fit", fake)
+    file = tmp_path / "posterior.nc"
+    file.write_bytes(b"stand-in")
+    alerts = tmp_path / "alerts.jsonl"
+    assert main(["defend", str(run_dir / "events.jsonl"), "--posterior", str(file), "--out", str(alerts),
+                 "--json"]) == 0
+    assert posterior.calls == [(24, 0)]
+    assert json.loads(capsys.readouterr().out)["alerts"] >= 1
+
+
+def test_defend_posterior_errors_are_one_line(run_dir, tmp_path, capsys, monkeypatch):
+    file = tmp_path / "posterior.nc"
+    file.write_bytes(b"stand-in")
+    assert main(["defend", str(run_dir / "events.jsonl"), "--posterior", str(tmp_path / "missing.nc")]) == 2
+    monkeypatch.setitem(__import__("sys").modules, "bayes_defense.fit", None)
+    assert main(["defend", str(run_dir / "events.jsonl"), "--posterior", str(file)]) == 2
+    errors = capsys.readouterr().err.strip().splitlines()
+    assert len(errors) == 2
+    assert "no such posterior file" in errors[0]
+    assert "bayes_defense.fit.load_posterior" in errors[1] and "without --posterior" in errors[1]

@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import math
+import re
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -24,10 +27,15 @@ def _attack_stream(attack: str, seed: int) -> tuple[list[Event], AttackSpec]:
 
 @pytest.fixture(scope="module")
 def benign_stream() -> list[Event]:
+    # Every benign fault the simulator has. The slow replica is a backup: a
+    # slow primary looks exactly like a slow-leader precursor while it lasts
+    # (see docs/log-schema.md), and the defender does raise slow_leader then.
     faults = [FaultSpec("crash", start=60.0, duration=20.0, node="r2"),
+              FaultSpec("partition", start=100.0, duration=15.0),
               FaultSpec("load_spike", start=120.0, duration=30.0, node="client1"),
               FaultSpec("jitter", start=180.0, duration=30.0),
-              FaultSpec("restart", start=230.0, duration=3.0, node="r3")]
+              FaultSpec("restart", start=230.0, duration=3.0, node="r3"),
+              FaultSpec("slow", start=255.0, duration=30.0, node="r2")]
     return list(run_to_events(Scenario(nodes=4, duration=DURATION, seed=7, faults=faults)))
 
 
@@ -44,6 +52,8 @@ def test_blatant_attack_is_detected_and_named(attack):
 
 
 def test_benign_look_alikes_raise_no_alert(benign_stream):
+    primaries = {e.attrs.get("primary") for e in benign_stream if e.kind == "preprepare_interval" and e.ts >= 255}
+    assert "r2" not in primaries  # the slow replica stays a backup in this run
     defender = StreamingDefender()
     defender.observe_batch(benign_stream)
     defender.flush()
@@ -143,3 +153,100 @@ def test_work_per_event_is_bounded(benign_stream):
     assert len(state["_seen"]) <= defender.duplicate_memory
     assert len(state["_digests"]) <= 512
     assert state["_log_alpha"].shape == (len(ATTACK_HYPOTHESES), 24, 3)
+
+
+@settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(bad=st.lists(st.tuples(st.integers(0, 400), _BAD), min_size=1, max_size=8))
+def test_batch_and_single_event_paths_agree(benign_stream, bad):
+    # observe_batch inlines observe for speed; both must accept, reject and believe alike.
+    stream = list(benign_stream[:400])
+    stream.insert(200, stream[199])  # an exact duplicate
+    for position, item in sorted(bad, key=lambda pair: -pair[0]):
+        stream.insert(position, item)
+    one, many = StreamingDefender(ensemble=4), StreamingDefender(ensemble=4)
+    for item in stream:
+        one.observe(item)
+    many.observe_batch(stream)
+    assert one.accepted == many.accepted and one.rejected == many.rejected
+    assert one.accepted + sum(one.rejected.values()) == len(stream)
+    assert one.rejected["duplicate"] >= 1
+    np.testing.assert_array_equal(one.state_dict()["_log_alpha"], many.state_dict()["_log_alpha"])
+
+
+class _Posterior:
+    """The interface issue 6's fitted posterior offers."""
+
+    def defender_parameters(self, draws, seed):
+        from bayes_defense.stream.defender import default_parameters
+
+        return default_parameters(draws, seed + 100)
+
+
+def test_posterior_object_plugs_into_the_constructor(benign_stream):
+    from bayes_defense.stream.defender import default_parameters
+
+    by_object = StreamingDefender(_Posterior(), ensemble=6, seed=1)
+    by_dict = StreamingDefender(default_parameters(6, 101))
+    for name, value in by_dict.parameters.items():
+        np.testing.assert_array_equal(by_object.parameters[name], value)
+    a = by_object.observe_batch(benign_stream[:2000])
+    b = by_dict.observe_batch(benign_stream[:2000])
+    np.testing.assert_array_equal(a.active, b.active)
+
+
+@pytest.mark.parametrize(("change", "message"), [
+    (lambda p: p.pop("spread"), "lack spread"),
+    (lambda p: p.update(extra=p["spread"]), "unknown keys extra"),
+    (lambda p: p.update(spread=p["spread"][:, :2]), "share one shape"),
+    (lambda p: p.update(spread=p["spread"][:3]), "must have shape (8, draws)"),
+    (lambda p: p["spread"].__setitem__((0, 0), math.nan), "non-finite"),
+    (lambda p: p["benign_to_precursor"].__setitem__((0, 0), 1.5), "must lie in (0, 1)"),
+    (lambda p: p["score_precursor"].__setitem__((0, 0), -1.0), "must be positive"),
+])
+def test_bad_parameters_are_refused_with_a_reason(change, message):
+    from bayes_defense.errors import InvalidInputError
+    from bayes_defense.stream.defender import default_parameters
+
+    parameters = default_parameters(4)
+    change(parameters)
+    with pytest.raises(InvalidInputError, match=re.escape(message)):
+        StreamingDefender(parameters)
+    with pytest.raises(InvalidInputError, match="defender_parameters"):
+        StreamingDefender(object())
+
+
+def test_alert_countermeasure_is_the_planners_choice():
+    import bayes_defense as bd
+    from bayes_defense.stream.recommend import evidence_for, recommend, role_of
+
+    events, spec = _attack_stream("flooding", seed=3)
+    defender = StreamingDefender()
+    defender.observe_batch(events)
+    defender.flush()
+    alert = defender.alerts[0]
+    assert alert.attack == "flooding"
+    role = role_of(alert.nodes, defender._primary, defender._replicas)
+    assert role == "backup"  # the flooder is a backup replica in this scenario
+    best = bd.plan(bd.models.cluster(4), evidence_for("flooding", role, alert.phase), max_steps=1, horizon=1).best
+    assert alert.countermeasure == "+".join(best.countermeasures)
+    # Every hypothesis of a belief gets a recommendation; repeated reads are served from the cache.
+    belief = defender.belief
+    before = recommend.cache_info().hits
+    assert set(belief.countermeasures) == set(ATTACK_HYPOTHESES)
+    first = dict(belief.countermeasures)
+    assert dict(belief.countermeasures) == first
+    assert recommend.cache_info().hits >= before + len(ATTACK_HYPOTHESES)
+    assert first["sybil"] == "admission_control"
+
+
+def test_per_event_path_never_imports_torch():
+    code = (
+        "import sys\n"
+        "from bayes_defense.sim import Scenario, run_to_events\n"
+        "from bayes_defense.stream.defender import StreamingDefender\n"
+        "d = StreamingDefender()\n"
+        "belief = d.observe_batch(run_to_events(Scenario(nodes=4, duration=60.0, seed=2)))\n"
+        "assert d.accepted > 1000 and not d.alerts, (d.accepted, d.alerts)\n"
+        "assert 'torch' not in sys.modules and 'pyro' not in sys.modules\n"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True, timeout=120)
