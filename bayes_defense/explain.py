@@ -7,18 +7,29 @@ by the probability that it happened *and* was necessary for the outcome,
 ``PN = P(outcome would not hold had C been false | C, outcome, evidence)``
 (Pearl 2009, 9.2) uses the package's monotone counterfactual coupling; the
 probability of sufficiency ``PS`` is reported beside it. Exact answers carry
-zero-width intervals.
+zero-width intervals; with posterior draws of the parameters the interval is
+the spread across draws.
+
+How it is computed. One exact pass of the cluster engine gives, for every
+attack, the product of the other attacks' factors (leave one out) under each
+subset of the outcome's noisy-OR terms. Each candidate's twin network only
+changes its own attack's chain: intervening to switch it off makes that
+attack's counterfactual success 0; switching it on from an observed "off"
+draws that success afresh (its factual noise is unconstrained). So PN and PS
+of all 24 attack-level candidates are small sums over that one pass. The
+replica candidates (attacker = k against no attacker inside) take one twin
+pass for all replicas together.
 """
 
 from __future__ import annotations
 
+import functools
+import itertools
 from dataclasses import dataclass, field
 
 import numpy as np
 
-from bayes_defense.errors import InvalidInputError
-from bayes_defense.estimate import exact_estimate
-from bayes_defense.models.catalogue import ATTACKS
+from bayes_defense.errors import ImpossibleEvidenceError, InvalidInputError
 
 __all__ = ["explain", "Explanation", "Cause"]
 
@@ -83,11 +94,7 @@ class Explanation:
                               "sufficiency": c.sufficiency.mean} for c in self.causes])
 
 
-def _p(x: float):
-    return exact_estimate(min(1.0, max(0.0, float(x))), is_probability=True, level=0.9, backend="exact")
-
-
-def explain(model, evidence: dict, outcome: dict, *, threshold: float = 1e-3) -> Explanation:
+def explain(model, evidence: dict, outcome: dict, *, threshold: float = 0.0, level: float = 0.9) -> Explanation:
     """Rank the causes of ``outcome`` by the probability that each happened and was necessary.
 
     Parameters
@@ -97,10 +104,13 @@ def explain(model, evidence: dict, outcome: dict, *, threshold: float = 1e-3) ->
     evidence : dict
         Telemetry and other observations (not the outcome).
     outcome : dict
-        ``{site: value}`` that happened, for example ``{"liveness_lost": 1}``.
+        ``{site: value}`` of cluster outcomes that happened, for example
+        ``{"liveness_lost": 1}``.
     threshold : float
         Candidates less probable than this given the evidence are scored by
-        their posterior alone (an upper bound of their score) to save time.
+        their posterior alone (an upper bound of their score); 0 scores all.
+    level : float
+        Credible level of the intervals.
 
     Returns
     -------
@@ -109,71 +119,196 @@ def explain(model, evidence: dict, outcome: dict, *, threshold: float = 1e-3) ->
     Examples
     --------
     >>> import bayes_defense as bd
+    >>> from bayes_defense.explain import explain  # bd.explain; the module of that name can shadow it
     >>> model = bd.models.cluster(4)
     >>> evidence = {"r0.msg_rate": 1, "r0.mac_fail": 1}
-    >>> result = bd.explain(model, evidence, {"throughput_low": 1})
+    >>> result = explain(model, evidence, {"throughput_low": 1})
     >>> result.top_attack
     'flooding'
     """
-    from bayes_defense.models.engine import engine
+    from bayes_defense.models.engine import (
+        ATTACK_NAMES,
+        OUTCOME_NAMES,
+        draw_estimate,
+        engine,
+        fast_probability,
+    )
 
     if getattr(model, "telemetry", None) != "indicators":
         raise InvalidInputError("explain needs an indicator-mode cluster model (telemetry='indicators')")
     if not isinstance(outcome, dict) or not outcome:
         raise InvalidInputError(f"outcome must be a non-empty {{site: value}} dict; got {outcome!r}")
     eng = engine(model)
-    evidence = dict(evidence or {})
-    outcome_sites = list(outcome)
-    for name in outcome_sites:
-        if name not in eng.label:
-            raise InvalidInputError(eng.model.unknown_site_message(name, "outcome"))
-    target = tuple(int(outcome[s]) for s in outcome_sites)
-    factual = {**evidence, **outcome}
-    candidates = []
-    for attack in ATTACKS:
-        candidates += [(f"{attack}.executing", "attack", attack), (f"{attack}.precursor", "precursor", attack),
-                       (f"{attack}.precondition", "precondition", attack)]
-    posterior = eng.marginals([c[0] for c in candidates] + ["attacker"], evidence=factual)
+    for name, value in outcome.items():
+        if name not in OUTCOME_NAMES:
+            raise InvalidInputError(f"outcome names {name!r}; explain explains cluster outcomes: "
+                                    f"{', '.join(OUTCOME_NAMES)}")
+        if float(value) not in (0.0, 1.0):
+            raise InvalidInputError(f"outcome {name}={value!r}: outcomes take 0 or 1")
+    target = {name: int(float(value)) for name, value in outcome.items()}
+    evidence = {k: v for k, v in dict(evidence or {}).items() if k not in target}
+    parsed = eng._split(evidence)
+    cluster = parsed[0]
+
+    # Terms: the evidence's own outcome expansion times every subset K of the target outcomes.
+    evidence_terms = eng._outcome_terms(cluster, {})
+    names = sorted(target)
+    subsets = [frozenset(c) for r in range(len(names) + 1) for c in itertools.combinations(names, r)]
+    z = eng.draws
+    terms, layout = [], []
+    for c_e, kinds in evidence_terms:
+        for subset in subsets:
+            c_t = np.ones(z)
+            for o in names:
+                q = 1.0 - eng.outcome_baseline[:, OUTCOME_NAMES.index(o)]
+                if o in subset:
+                    c_t = c_t * (-q if target[o] else q)
+                elif not target[o]:
+                    c_t = c_t * 0.0
+            terms.append((np.broadcast_to(c_e, (z,)) * c_t, {**kinds, **{o: "f" for o in subset}}))
+            layout.append((np.broadcast_to(c_e, (z,)), kinds, subset))
+    base = eng.run(evidence=parsed, terms=terms, outputs=("loo", "attacker", "cae", "precursors"))
+    total = base.total
+    if not (total > 0).any():
+        raise ImpossibleEvidenceError(f"the evidence and outcome have probability zero under the model: "
+                                      f"{evidence}, {outcome}")
+    keep = base.outputs["keep"]                                          # (z, 8, k, u)
+    coef = base.outputs["coef"]                                          # (t, z)
+    loo = base.outputs["loo"]
+    zero = fast_probability(0.0, level)
+
+    def combine(values_by_draw, weights_by_draw):
+        if z == 1:
+            return fast_probability(float(values_by_draw[0]), level)
+        w = weights_by_draw * np.exp(np.where(np.isfinite(base.scale), base.scale - np.max(base.scale), -np.inf))
+        if w.sum() <= 0:
+            return draw_estimate(np.zeros(z), np.full(z, 1.0 / z), level=level)
+        return draw_estimate(values_by_draw, w / w.sum(), level=level)
+
+    def ratio(num, den):
+        with np.errstate(invalid="ignore", divide="ignore"):
+            return np.where(den > 0, num / np.where(den > 0, den, 1.0), 0.0)
+
     causes = []
-    for site, kind, attack in candidates:
-        p = posterior[site]
-        necessity = sufficiency = 0.0
-        if p >= threshold:
-            necessity, sufficiency = _pn_ps(eng, evidence, site, 1.0, 0.0, outcome_sites, target)
-        score = p * necessity if p >= threshold else p
-        causes.append(Cause(f"{attack} {kind}" if kind != "attack" else attack, kind, attack, site,
-                            _p(p), _p(necessity), _p(sufficiency), _p(score)))
-    # Nodes: replica k as the attacker's footing, against no attacker inside (one twin network for all k).
-    node_posterior = posterior["attacker"]
-    table = eng.counterfactual_joint(evidence, {"attacker": 0.0}, ["attacker", *outcome_sites], outcome_sites)
-    k = len(outcome_sites)
+    cae = base.outputs["cae"]
+    precursors = base.outputs["precursors"]
+    for i, attack in enumerate(ATTACK_NAMES):
+        pa, pe = eng.p_attempt[:, i], eng.p_execute[:, i]
+        if i not in loo:
+            # Its chain reaches no outcome in question: it cannot be necessary or sufficient (PN = PS = 0).
+            pre = eng.precondition_indicator(attack, cluster)
+            for kind, value in (("attack", precursors[:, i] * pe), ("precursor", precursors[:, i]),
+                                ("precondition", cae @ pre)):
+                posterior = combine(ratio(value, total), total)
+                name = attack if kind == "attack" else f"{attack} {kind}"
+                site = f"{attack}.{ {'attack': 'executing'}.get(kind, kind)}"
+                causes.append(Cause(name, kind, attack, site, posterior, zero, zero,
+                                    posterior if posterior.mean < threshold else zero))
+            continue
+        kp = keep[:, i]                                                  # (z, k, u)
+        one = np.arange(2)
+        # Chain joint J[z, pre, P, E, S, k, u] with the evidence on this attack's own sites.
+        cp = np.stack([1 - one[:, None] * pa[:, None, None] + 0 * one[None, :, None], one[:, None] * pa[:, None, None]
+                       + 0 * one[None, :, None]], -1)[:, :, 0, :]         # (z, pre, P)
+        ce = np.stack([1 - one[None, :] * pe[:, None], one[None, :] * pe[:, None]], -1)          # (z, P, E)
+        cs = np.stack([1 - one[None, :, None, None] * kp[:, None], one[None, :, None, None] * kp[:, None]], -1)
+        chain = cp[:, :, :, None, None, None, None] * ce[:, None, :, :, None, None, None] \
+            * np.moveaxis(cs, -1, 2)[:, None, None, :, :, :, :]                                # (z, a, p, e, s, k, u)
+        for axis, level_name in ((2, "precursor"), (3, "executing"), (4, "success")):
+            site = f"{attack}.{level_name}"
+            if site in cluster:
+                shape = [1] * chain.ndim
+                shape[axis] = 2
+                chain = chain * (one == cluster[site]).reshape(shape)
+        weights_s = {}
+        for t, (_, kinds, subset) in enumerate(layout):
+            own = np.ones((z, 2))                                        # evidence outcomes, factual S
+            for o in kinds:
+                own = own * (1.0 - eng.impact[:, OUTCOME_NAMES.index(o), i][:, None] * one[None, :])
+            fact_k = np.ones((z, 2))                                     # target outcomes in K, factual S
+            zero_one = np.ones((z, 2))                                   # K outcomes whose value is 0, on S
+            w_k = np.ones(z)
+            for o in subset:
+                w = eng.impact[:, OUTCOME_NAMES.index(o), i]
+                fact_k = fact_k * (1.0 - w[:, None] * one[None, :])
+                if not target[o]:
+                    zero_one = zero_one * (1.0 - w[:, None] * one[None, :])
+                w_k = w_k * (1.0 - w)
+            weights_s[t] = (own, fact_k, zero_one, w_k)
+        D = loo[i]                                                       # (t, z, x, k, u)
+        # x = pre * 4 + pre' * 2 + P with pre' = pre in this pass.
+        Dap = D[:, :, [0, 1, 6, 7]].reshape(D.shape[0], z, 2, 2, *D.shape[3:])   # (t, z, a, p, k, u)
+        for axis, kind, level_name in ((3, "attack", "executing"), (2, "precursor", "precursor"),
+                                       (1, "precondition", "precondition")):
+            site = f"{attack}.{level_name}"
+            num = np.zeros(z)
+            den = np.zeros(z)
+            a_ps = np.zeros(z)
+            b_ps = np.zeros(z)
+            c_ps = np.zeros(z)
+            d_ps = np.zeros(z)
+            # q: P(counterfactual success) when switched on from an observed "off".
+            q = {1: pa[:, None, None] * pe[:, None, None] * kp, 2: pe[:, None, None] * kp, 3: kp}[axis]
+            shape = [1] * chain.ndim
+            shape[axis] = 2
+            on = (chain * (one == 1).reshape(shape)).sum(3)              # X = 1: (z, a, p, s, k, u)
+            off = (chain * (one == 0).reshape(shape)).sum((3, 4))       # X = 0 forces S = 0: (z, a, p, k, u)
+            for t, (c_e, _, subset) in enumerate(layout):
+                own, fact_k, zero_one, w_k = weights_s[t]
+                d_t = Dap[t]                                             # (z, a, p, k, u)
+                factual = (on * (own * fact_k)[:, None, None, :, None, None]).sum(3)
+                necessary = (on * (own * zero_one)[:, None, None, :, None, None]).sum(3)
+                contrib = functools.partial(_contribution, d_t)
+                den += coef[t] * contrib(factual)
+                num += coef[t] * contrib(necessary)
+                fresh = (1.0 - q) + q * w_k[:, None, None]
+                zero_target = np.ones(z)
+                for o in subset:
+                    if not target[o]:
+                        zero_target = zero_target * (1.0 - eng.impact[:, OUTCOME_NAMES.index(o), i])
+                fresh_b = (1.0 - q) + q * zero_target[:, None, None]
+                a_ps += coef[t] * contrib(off * fresh[:, None, None])
+                b_ps += coef[t] * contrib(off * fresh_b[:, None, None])
+                d_ps += coef[t] * contrib(off)
+                if not subset:
+                    c_ps += c_e * contrib(off)
+            posterior = ratio(den, total)
+            necessity = 1.0 - ratio(num, den)
+            sufficiency = ratio(a_ps - b_ps, c_ps - d_ps)
+            p_mean = float(np.dot(posterior, _weights(base)))
+            if p_mean < threshold:
+                necessity = np.zeros(z)
+                sufficiency = np.zeros(z)
+                score = posterior
+            else:
+                score = ratio(den - num, total)
+            name = attack if kind == "attack" else f"{attack} {kind}"
+            causes.append(Cause(name, kind, attack, site, combine(posterior, total), combine(necessity, den),
+                                combine(np.clip(sufficiency, 0, 1), np.maximum(c_ps - d_ps, 0)),
+                                combine(score, total)))
+    # Replicas: attacker = k against no attacker inside, one twin pass for every k.
+    with_outcome = ({**cluster, **target}, parsed[1], parsed[2])
+    twin = eng.run(evidence=with_outcome, cf={"attacker": 0}, outcome_cf=target, outputs=("attacker",))
+    node_den = base.outputs["attacker"]                                  # (z, N): P(a, evidence, outcome)
+    node_num = twin.outputs["attacker"]
     for replica in range(model.n_nodes):
-        p = float(node_posterior[replica + 1])
-        sub = table[replica + 1]
-        holds = sub[target] if k else sub
-        joint_yes = float(holds.sum())
-        kept = float(holds[target]) if joint_yes > 0 else 0.0
-        necessity = 1.0 - kept / joint_yes if joint_yes > 0 else 0.0
-        causes.append(Cause(f"r{replica}", "node", None, f"r{replica}.faulty", _p(p), _p(necessity), _p(0.0),
-                            _p(p * necessity)))
+        den = node_den[:, replica + 1]
+        posterior = ratio(den, total)
+        necessity = 1.0 - ratio(node_num[:, replica + 1], den)
+        causes.append(Cause(f"r{replica}", "node", None, f"r{replica}.faulty", combine(posterior, total),
+                            combine(necessity, den), zero,
+                            combine(ratio(den - node_num[:, replica + 1], total), total)))
     causes.sort(key=lambda c: (-round(c.score.mean, 12), _KIND_ORDER[c.kind], -c.sufficiency.mean))
     return Explanation(dict(outcome), causes, evidence)
 
 
-def _pn_ps(eng, evidence, site, cause, alternative, outcome_sites, target):
-    """PN and PS of ``site`` for the outcome event, from two twin networks."""
-    k = len(outcome_sites)
-    # PN: do(site = alternative); factual (site, outcome), counterfactual outcome.
-    table = eng.counterfactual_joint(evidence, {site: alternative}, [site, *outcome_sites], outcome_sites)
-    sub = table[int(cause)][target]
-    denominator = float(sub.sum())
-    necessity = 1.0 - float(sub[target]) / denominator if denominator > 0 else 0.0
-    table = eng.counterfactual_joint(evidence, {site: cause}, [site, *outcome_sites], outcome_sites)
-    sub = table[int(alternative)]
-    mask = np.ones(sub.shape[:k], dtype=bool)
-    mask[target] = False
-    not_holding = sub[mask]  # rows where the factual outcome did not hold
-    denominator = float(not_holding.sum())
-    sufficiency = float(not_holding.reshape(-1, *sub.shape[k:])[(slice(None), *target)].sum()) / denominator \
-        if denominator > 0 else 0.0
-    return necessity, sufficiency
+def _weights(result) -> np.ndarray:
+    try:
+        return result.weights()
+    except Exception:  # noqa: BLE001 - an impossible outcome is reported by the caller's checks
+        return np.full(result.total.shape, 1.0 / result.total.size)
+
+
+def _contribution(loo_term, factor) -> np.ndarray:
+    """Per draw, the sum of one term of the other attacks' product times this attack's factor."""
+    return (loo_term * factor).sum((1, 2, 3, 4))

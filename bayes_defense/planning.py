@@ -7,8 +7,15 @@ the expected damage of the attacks that succeed in that window
 (``sum_A damage_A * P(A.success | do(c), evidence)``, damages from the
 catalogue, a safety violation = 1); cost is the countermeasure's loss to
 legitimate users (throughput lost plus latency over its budget); expected
-loss = risk + ``cost_weight`` * cost. Interval bounds of the risk are
-propagated (sums of lower and of upper bounds); exact answers have zero width.
+loss = risk + ``cost_weight`` * cost. Exact answers have zero-width
+intervals; for a model with posterior draws of its parameters the risk is
+computed per draw and its interval is the spread across draws.
+
+The attack state (attacker, executing attacks) is inferred once from the
+evidence, with the deployed controls in place; every candidate set is then
+scored by applying its success tables to that state, so ranking all sets
+costs one exact pass. With no evidence on success or outcome sites this is
+exactly ``P(A.success | do(controls), evidence)``.
 
 A multi-step plan applies one more countermeasure at each of up to three
 steps of the horizon; defences stay in place once applied; its loss is the
@@ -20,6 +27,8 @@ from __future__ import annotations
 
 import itertools
 from dataclasses import dataclass, field
+
+import numpy as np
 
 from bayes_defense.errors import InvalidInputError
 from bayes_defense.models.catalogue import ATTACKS, COUNTERMEASURES
@@ -110,13 +119,13 @@ class Plan:
 
 
 def plan(model, evidence: dict | None = None, *, countermeasures=None, deployed=(), cost_weight: float = 1.0,
-         horizon: int = 3, max_steps: int = 3, target: int | None = None) -> Plan:
+         horizon: int = 3, max_steps: int = 3, target: int | None = None, level: float = 0.9) -> Plan:
     """Rank countermeasures by expected loss, find the Pareto front, the robust choice and a multi-step plan.
 
     Parameters
     ----------
     model : ClusterModel
-        From :func:`bayes_defense.models.cluster`.
+        An indicator-mode model from :func:`bayes_defense.models.cluster`.
     evidence : dict, optional
         Telemetry and other observations.
     countermeasures : list of str, optional
@@ -131,6 +140,8 @@ def plan(model, evidence: dict | None = None, *, countermeasures=None, deployed=
         At most this many countermeasures in a multi-step plan (1 to 3).
     target : int, optional
         Replica ``isolate_node`` acts on; default the most probable attacker replica.
+    level : float
+        Credible level of the intervals.
 
     Returns
     -------
@@ -144,53 +155,87 @@ def plan(model, evidence: dict | None = None, *, countermeasures=None, deployed=
     >>> result.best.countermeasures
     ('isolate_node',)
     """
-    candidates = list(COUNTERMEASURES) if countermeasures is None else list(countermeasures)
+    from bayes_defense.models.engine import ATTACK_NAMES, CONTROL_SITES, draw_estimate, engine
+
+    candidates = list(COUNTERMEASURES) if countermeasures is None else \
+        ([countermeasures] if isinstance(countermeasures, str) else list(countermeasures))
+    deployed = tuple([deployed] if isinstance(deployed, str) else deployed)
     countermeasure_do(model, candidates + list(deployed))
-    if not 1 <= int(max_steps) <= 3:
+    if isinstance(max_steps, bool) or not isinstance(max_steps, int) or not 1 <= max_steps <= 3:
         raise InvalidInputError(f"max_steps must be 1, 2 or 3; got {max_steps!r}")
-    if int(horizon) < 1:
+    if isinstance(horizon, bool) or not isinstance(horizon, int) or horizon < 1:
         raise InvalidInputError(f"horizon must be a positive number of steps; got {horizon!r}")
+    if getattr(model, "telemetry", None) != "indicators":
+        raise InvalidInputError("plan needs an indicator-mode cluster model (bd.models.cluster(n), "
+                                "telemetry='indicators')")
     evidence = dict(evidence or {})
-    settings = {"countermeasures": countermeasures, "deployed": tuple(deployed), "cost_weight": cost_weight,
-                "horizon": horizon, "max_steps": max_steps, "target": target}
+    settings = {"countermeasures": countermeasures, "deployed": deployed, "cost_weight": cost_weight,
+                "horizon": horizon, "max_steps": max_steps, "target": target, "level": level}
+    eng = engine(model)
     if target is None:
         target = _most_suspected(model, evidence)
+    elif isinstance(target, bool) or not isinstance(target, int) or not 0 <= target < model.n_nodes:
+        raise InvalidInputError(f"target must be a replica index from 0 to {model.n_nodes - 1}; got {target!r}")
     # The controls are known configuration: deployed ones on, the rest off.
     known = {c.site: 0.0 for c in COUNTERMEASURES.values()}
     known.update(countermeasure_do(model, deployed, target))
-    cache: dict = {}
+    past = {k: v for k, v in evidence.items() if k not in known}
+    table, weights = eng.executing_table(past, known, target + 1)       # (z, 8, hit)
 
-    def evaluate(chosen) -> Option:
-        key = frozenset(chosen)
-        if key not in cache:
-            do = {**known, **countermeasure_do(model, sorted(key), target)}
-            success = _next_window_success(model, evidence, do)
-            risk = sum(ATTACKS[a].damage * p.mean for a, p in success.items())
-            low = sum(ATTACKS[a].damage * p.lower for a, p in success.items())
-            high = sum(ATTACKS[a].damage * p.upper for a, p in success.items())
-            cost = sum(COUNTERMEASURES[c].cost for c in key)
-            cache[key] = Option(tuple(sorted(key)), risk, low, high, cost, risk + cost_weight * cost,
-                                low + cost_weight * cost, high + cost_weight * cost, success)
-        option = cache[key]
-        return Option(tuple(chosen), *[getattr(option, f) for f in
-                                       ("risk", "risk_lower", "risk_upper", "cost", "loss", "loss_lower",
-                                        "loss_upper", "success")])
+    pool = [c for c in candidates if c not in deployed]
+    sets = [()] + [tuple(s) for length in range(1, min(max_steps, len(pool)) + 1)
+                   for s in itertools.combinations(sorted(pool), length)]
+    # Control bits of each set (deployed ones included) and whether it isolates the target.
+    bits = np.zeros((len(sets), len(CONTROL_SITES) + 1))
+    for row, chosen in enumerate(sets):
+        for name in (*deployed, *chosen):
+            site = COUNTERMEASURES[name].site
+            bits[row, CONTROL_SITES.index(site) if site in CONTROL_SITES else -1] = 1.0
+    hit = np.array([0.0, 1.0])
+    # keep[set, z, attack, hit] = P(success | executing) in the next window.
+    control = np.broadcast_to(bits[:, None, :], (len(sets), 2, bits.shape[1])).copy()
+    control[:, :, -1] *= hit[None, :]
+    keep = eng.p_success[None, :, :, None] * np.prod(
+        1.0 - eng.efficacy[None, :, :, None, :] * control[:, None, None, :, :], axis=-1)
+    success = (keep * table[None]).sum(-1)                              # (set, z, attack)
+    damage = np.array([ATTACKS[a].damage for a in ATTACK_NAMES])
+    risk_draws = success @ damage                                       # (set, z)
+    cost = np.array([sum(COUNTERMEASURES[c].cost for c in chosen) for chosen in sets])
+    risk = risk_draws @ weights
+    loss = risk + cost_weight * cost
+    index = {frozenset(chosen): row for row, chosen in enumerate(sets)}
 
-    options = [evaluate(())] + [evaluate((c,)) for c in candidates if c not in deployed]
+    def option(chosen) -> Option:
+        row = index[frozenset(chosen)]
+        estimate = _risk_estimate(risk_draws[row], weights, level, damage.sum())
+        probabilities = {a: draw_estimate(success[row, :, i], weights, level=level)
+                         for i, a in enumerate(ATTACK_NAMES)}
+        c = cost[row] * cost_weight
+        return Option(tuple(chosen), float(risk[row]), estimate[0], estimate[1], float(cost[row]),
+                      float(loss[row]), estimate[0] + c, estimate[1] + c, probabilities)
+
+    options = [option(())] + [option((c,)) for c in pool]
     ranked = sorted(options, key=lambda o: (o.loss, o.cost))
     pareto = [o for o in options if not any((p.risk <= o.risk and p.cost <= o.cost)
                                             and (p.risk < o.risk or p.cost < o.cost) for p in options)]
     pareto.sort(key=lambda o: o.cost)
     robust = min(options, key=lambda o: (o.risk_upper, o.cost))
-    best_steps, best_losses, best_total = [], [ranked[0].loss] * 0, None
-    pool = [c for c in candidates if c not in deployed]
+    best_steps, best_losses, best_total = [], [], None
     for length in range(0, min(max_steps, len(pool)) + 1):
         for sequence in itertools.permutations(pool, length):
-            losses = [evaluate(sequence[:min(step + 1, length)]).loss for step in range(int(horizon))]
+            losses = [float(loss[index[frozenset(sequence[:min(step + 1, length)])]]) for step in range(horizon)]
             total = sum(losses)
             if best_total is None or total < best_total - 1e-12:
                 best_steps, best_losses, best_total = list(sequence), losses, total
-    return Plan(ranked, pareto, robust, best_steps, best_losses, int(horizon), evidence, settings, model)
+    return Plan(ranked, pareto, robust, best_steps, best_losses, horizon, evidence, settings, model)
+
+
+def _risk_estimate(draws, weights, level, top) -> tuple[float, float]:
+    """Bounds of the expected damage across parameter draws (equal to the mean for one draw)."""
+    from bayes_defense.models.engine import draw_estimate
+
+    scaled = draw_estimate(np.asarray(draws) / top, weights, level=level)
+    return scaled.lower * top, scaled.upper * top
 
 
 def _most_suspected(model, evidence) -> int:
@@ -199,44 +244,4 @@ def _most_suspected(model, evidence) -> int:
     from bayes_defense.models.engine import engine
 
     posterior = engine(model).marginals(["attacker"], evidence=evidence)["attacker"]
-    return int(posterior[1:].argmax())
-
-
-def _next_window_success(model, evidence, do) -> dict:
-    """P(A.success) in the next window: the attack state from the evidence, the controls from ``do``.
-
-    The controls are roots and the attack state lies upstream of them only
-    through the success sites; evidence on outcomes informs the attack state,
-    so success is re-drawn with fresh noise in the next window instead of
-    intervening on an observed past.
-    """
-    return _success_under(model, evidence, do)
-
-
-def _success_under(model, evidence, do) -> dict:
-    from bayes_defense.estimate import exact_estimate
-    from bayes_defense.models.engine import engine
-
-    eng = engine(model)
-    base = {k: v for k, v in evidence.items() if k not in do and not k.endswith(".success")
-            and k not in model.outcome_sites}
-    out = {}
-    if len(base) == len(evidence):
-        sites = [f"{attack}.success" for attack in ATTACKS]
-        marginals = eng.marginals(sites, do=do, evidence=base)
-        return {a: exact_estimate(marginals[s], is_probability=True, level=0.9, backend="exact")
-                for a, s in zip(ATTACKS, sites)}
-    for attack in ATTACKS:
-        site = f"{attack}.success"
-        if True:
-            # Outcomes were observed: infer the attack state, then project one window ahead.
-            state = eng.joint(["attacker", f"{attack}.executing"], evidence={k: v for k, v in evidence.items()
-                                                                             if k not in do})
-            value = 0.0
-            for a in range(state.shape[0]):
-                if state[a, 1] <= 0:
-                    continue
-                fixed = {**do, "attacker": float(a), f"{attack}.executing": 1.0}
-                value += state[a, 1] * eng.marginals([site], do=fixed)[site]
-        out[attack] = exact_estimate(value, is_probability=True, level=0.9, backend="exact")
-    return out
+    return int(np.asarray(posterior)[1:].argmax())

@@ -1,17 +1,17 @@
 """System and attack models: the cluster SCM, the attack catalogue and the countermeasures."""
 
 from bayes_defense.models.catalogue import (
-           ATTACKS,
-           COUNTERMEASURES,
-           OUTCOMES,
-           TELEMETRY,
-           Attack,
-           Countermeasure,
+    ATTACKS,
+    COUNTERMEASURES,
+    OUTCOMES,
+    TELEMETRY,
+    Attack,
+    Countermeasure,
 )
 from bayes_defense.models.cluster import ClusterModel, cluster
+from bayes_defense.models.parameters import PARAMETERS, Parameter
+from bayes_defense.models.queries import precondition_check, simulate_attack, success_probability
 
 __all__ = ["cluster", "ClusterModel", "ATTACKS", "COUNTERMEASURES", "TELEMETRY", "OUTCOMES", "Attack",
-           "Countermeasure"]
-from bayes_defense.models.queries import precondition_check, simulate_attack, success_probability  # noqa: E402
-
-__all__ += ["precondition_check", "success_probability", "simulate_attack"]
+           "Countermeasure", "PARAMETERS", "Parameter", "precondition_check", "success_probability",
+           "simulate_attack"]

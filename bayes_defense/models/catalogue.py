@@ -43,7 +43,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from types import MappingProxyType
 
-__all__ = ["Attack", "Countermeasure", "ATTACKS", "COUNTERMEASURES", "TELEMETRY", "OUTCOMES", "Telemetry"]
+__all__ = ["Attack", "Countermeasure", "ATTACKS", "COUNTERMEASURES", "TELEMETRY", "OUTCOMES", "Telemetry",
+           "FOOTING", "CONTROLS", "ISOLATED_PRIOR", "JOIN_RATE"]
 
 
 @dataclass(frozen=True)
@@ -265,3 +266,23 @@ _COUNTERMEASURES = (
 
 #: The seven countermeasures by name (``admission_control`` is the seventh).
 COUNTERMEASURES = MappingProxyType({c.name: c for c in _COUNTERMEASURES})
+
+#: Prior probabilities of the footing roots (``attacker_inside`` is spread
+#: evenly over the replicas as the ``attacker`` site).
+FOOTING = MappingProxyType({"attacker_inside": 0.5, "admission_open": 0.3, "peer_table_exposed": 0.25})
+
+#: Control sites and the prior probability that each defence is already in place.
+CONTROLS = MappingProxyType({
+    "view_changed": 0.02,
+    "rate_limited": 0.1,
+    "leader_rotation": 0.1,
+    "trusted_component": 0.05,
+    "accountability": 0.1,
+    "admission_control": 0.1,
+})
+
+#: Prior probability that some replica is isolated (spread evenly over the replicas).
+ISOLATED_PRIOR = 0.02
+
+#: ``join_rate``: benign rate and the noisy-OR weights of the sybil and eclipse precursors.
+JOIN_RATE = MappingProxyType({"baseline": 0.05, "sybil": 0.85, "eclipse": 0.2})

@@ -49,31 +49,30 @@ import functools
 import math
 
 import networkx as nx
+import numpy as np
 import pyro
 import pyro.distributions as dist
 import torch
 
 from bayes_defense.errors import InvalidInputError, UnknownSiteError
-from bayes_defense.models.catalogue import ATTACKS, COUNTERMEASURES, OUTCOMES, TELEMETRY
+from bayes_defense.models.catalogue import (
+    ATTACKS,
+    CONTROLS,
+    COUNTERMEASURES,
+    FOOTING,
+    ISOLATED_PRIOR,
+    OUTCOMES,
+    TELEMETRY,
+)
+from bayes_defense.models.parameters import resolve_parameters
 
 __all__ = ["ClusterModel", "cluster", "FOOTING", "CONTROLS", "MIN_NODES", "MAX_NODES"]
 
 MIN_NODES = 4
 MAX_NODES = 100
 
-#: Prior probabilities of the footing roots.
-FOOTING = {"attacker_inside": 0.5, "admission_open": 0.3, "peer_table_exposed": 0.25}
-
-#: Control sites and the prior probability that each defence is already in place.
-CONTROLS = {
-    "view_changed": 0.02,
-    "rate_limited": 0.1,
-    "leader_rotation": 0.1,
-    "trusted_component": 0.05,
-    "accountability": 0.1,
-    "admission_control": 0.1,
-}
-_ISOLATED_PRIOR = 0.02
+_ISOLATED_PRIOR = ISOLATED_PRIOR
+_REPLICA_VARIABLES = frozenset(["faulty", *(t.name for t in TELEMETRY)])
 _COUNTERMEASURE_OF_SITE = {c.site: c.name for c in COUNTERMEASURES.values()}
 
 _SOURCES = {
@@ -103,8 +102,25 @@ def _fixed(name: str, value) -> torch.Tensor:
     return pyro.sample(name, dist.Bernoulli(value))
 
 
-def _noisy_or(baseline: float, terms) -> torch.Tensor:
-    keep = torch.tensor(1.0 - baseline)
+class _DrawIndex(dist.Categorical):
+    """Uniform Categorical over parameter draws whose support is float, like the Bernoulli sites'.
+
+    Exact enumeration builds parent grids from the supports, which must share
+    one dtype; the index is cast back to an integer where it is used.
+    """
+
+    def enumerate_support(self, expand=True):
+        return super().enumerate_support(expand).to(torch.get_default_dtype())
+
+
+def _spread(p: torch.Tensor, n: int) -> torch.Tensor:
+    """Probabilities ``[1 - p, p / n, ..., p / n]`` over {none, replica 0, ..., replica n - 1}."""
+    p = p[..., None]
+    return torch.cat([1.0 - p, (p / n).expand(*p.shape[:-1], n)], dim=-1)
+
+
+def _noisy_or(baseline, terms) -> torch.Tensor:
+    keep = 1.0 - _float(baseline)
     for weight, active in terms:
         keep = keep * (1.0 - weight * active)
     return (1.0 - keep).clamp(0.0, 1.0)
@@ -127,18 +143,29 @@ class ClusterModel:
         The catalogue entries composed in.
     """
 
-    def __init__(self, n_nodes: int, colluders: int, telemetry: str, *, template: bool = False):
+    def __init__(self, n_nodes: int, colluders: int, telemetry: str, *, parameters=None):
         self.n_nodes = n_nodes
         self.f = (n_nodes - 1) // 3
         self.colluders = colluders
         self.telemetry = telemetry
         self.attacks = ATTACKS
         self.countermeasures = COUNTERMEASURES
-        self._template = template
+        values, self.n_draws, self._parameter_key = resolve_parameters(parameters)
+        #: ``{name: float64 array of shape (n_draws,)}`` for every name of :data:`PARAMETERS`.
+        self.parameter_values = values
+        self._torch_values: dict = {}
 
     def __repr__(self) -> str:
+        extra = f", parameters=<{len(self._parameter_key)} overrides, {self.n_draws} draws>" \
+            if self._parameter_key else ""
         return (f"cluster(n_nodes={self.n_nodes}, colluders={self.colluders}, "
-                f"telemetry={self.telemetry!r})")
+                f"telemetry={self.telemetry!r}{extra})")
+
+    def success_given_execution(self, attack: str) -> np.ndarray:
+        """P(success | execution, no defence) of ``attack`` per draw, colluders included."""
+        share = 0.0 if self.f <= 0 else min(max(self.colluders, 0), self.f) / self.f
+        base = self.parameter_values[f"{attack}.p_success"]
+        return base + (1.0 - base) * self.parameter_values[f"{attack}.collusion_gain"] * share
 
     # ------------------------------------------------------------------ names
     @property
@@ -157,7 +184,8 @@ class ClusterModel:
     @functools.cached_property
     def sites(self) -> dict[str, str]:
         """Every site name with a one-line description and its source."""
-        out = {
+        out = {"theta_draw": "index of the posterior draw of the parameters in use"} if self.n_draws > 1 else {}
+        out |= {
             "attacker": f"0 if no replica is the attacker's, else 1 + the replica index ({_SOURCES['attacker']})",
             "primary_faulty": "the current primary r0 is the attacker's (" + _SOURCES["primary_faulty"] + ")",
             "attacker_inside": "the attacker controls a replica",
@@ -175,7 +203,7 @@ class ClusterModel:
             out[f"{attack.name}.precursor"] = f"precursor phase; shows in {', '.join(attack.precursor_signals)}"
             out[f"{attack.name}.executing"] = "execution phase"
             out[f"{attack.name}.success"] = "the attack succeeds; impacts " + ", ".join(attack.impacts)
-        for (name, _, meaning), site in zip(OUTCOMES, self.outcome_sites):
+        for (_, _, meaning), site in zip(OUTCOMES, self.outcome_sites, strict=True):
             out[site] = meaning
         out["join_rate"] = "joins per window above threshold (Sybil, Eclipse)"
         for replica in self.replicas:
@@ -184,11 +212,15 @@ class ClusterModel:
                 out[f"{replica}.{t.name}"] = f"{t.meaning} ({t.unit}; {t.sources})"
         return out
 
+    @property
+    def parameters(self) -> dict:
+        """The overrides this model was built with, ``{name: value or array of draws}``."""
+        return {name: np.asarray(values) if ndim else values[0] for name, values, ndim in self._parameter_key}
+
     def parse_replica_site(self, name: str, *, role: str = "evidence") -> tuple[int, str]:
         """Split ``"r3.sig_fail"`` into ``(3, "sig_fail")``; raise listing what is valid otherwise."""
         prefix, _, variable = str(name).partition(".")
-        valid_vars = ["faulty", *(t.name for t in TELEMETRY)]
-        if prefix[:1] == "r" and prefix[1:].isdigit() and variable in valid_vars:
+        if prefix[:1] == "r" and prefix[1:].isdigit() and variable in _REPLICA_VARIABLES:
             index = int(prefix[1:])
             if index < self.n_nodes:
                 return index, variable
@@ -222,37 +254,54 @@ class ClusterModel:
 
     def _run(self):
         n = self.n_nodes
-        inside = FOOTING["attacker_inside"]
-        probs = torch.tensor([1.0 - inside] + [inside / n] * n)
-        attacker = pyro.sample("attacker", dist.Categorical(probs))
+        theta = None
+        if self.n_draws > 1:
+            theta = pyro.sample("theta_draw", _DrawIndex(torch.full((self.n_draws,), 1.0 / self.n_draws))).long()
+
+        # Tables are built under a float64 default dtype; keep the parameters in the dtype in force.
+        dtype = torch.get_default_dtype()
+        tensors = self._torch_values.get(dtype)
+        if tensors is None:
+            tensors = self._torch_values[dtype] = {name: torch.tensor(v, dtype=dtype)
+                                                   for name, v in self.parameter_values.items()}
+
+        def value(name):
+            v = tensors[name]
+            return v[0] if theta is None else v[theta]
+
+        inside = value("prior.attacker_inside")
+        attacker = pyro.sample("attacker", dist.Categorical(_spread(inside, n)))
         primary = _fixed("primary_faulty", _float(attacker == 1))
         present = _fixed("attacker_inside", _float(attacker >= 1))
         backup = _fixed("backup_faulty", _float(attacker >= 2))
-        admission_open = pyro.sample("admission_open", dist.Bernoulli(FOOTING["admission_open"]))
-        exposed = pyro.sample("peer_table_exposed", dist.Bernoulli(FOOTING["peer_table_exposed"]))
+        admission_open = pyro.sample("admission_open", dist.Bernoulli(value("prior.admission_open")))
+        exposed = pyro.sample("peer_table_exposed", dist.Bernoulli(value("prior.peer_table_exposed")))
         eclipse = _fixed("eclipse_footing", present * exposed)
         footing = {"primary_faulty": primary, "attacker_inside": present, "backup_faulty": backup,
                    "admission_open": admission_open, "eclipse_footing": eclipse}
-        controls = {site: pyro.sample(site, dist.Bernoulli(prior)) for site, prior in CONTROLS.items()}
-        isolated = pyro.sample("isolated", dist.Categorical(
-            torch.tensor([1.0 - _ISOLATED_PRIOR] + [_ISOLATED_PRIOR / n] * n)))
+        controls = {site: pyro.sample(site, dist.Bernoulli(value(f"prior.{site}"))) for site in CONTROLS}
+        isolated_prior = value("prior.isolated")
+        isolated = pyro.sample("isolated", dist.Categorical(_spread(isolated_prior, n)))
         cut = _fixed("attacker_isolated", _float((isolated == attacker) & (attacker >= 1)))
         controls["isolated"] = cut
         precursors, successes = {}, {}
+        share = 0.0 if self.f <= 0 else min(self.colluders, self.f) / self.f
         for attack in ATTACKS.values():
             a = attack.name
             pre = _fixed(f"{a}.precondition", footing[attack.footing])
-            precursor = pyro.sample(f"{a}.precursor", dist.Bernoulli(pre * attack.p_attempt))
-            executing = pyro.sample(f"{a}.executing", dist.Bernoulli(precursor * attack.p_execute))
-            keep = torch.tensor(attack.success_probability(self.colluders, self.f))
-            for name, efficacy in attack.mitigations.items():
+            precursor = pyro.sample(f"{a}.precursor", dist.Bernoulli(pre * value(f"{a}.p_attempt")))
+            executing = pyro.sample(f"{a}.executing", dist.Bernoulli(precursor * value(f"{a}.p_execute")))
+            base = value(f"{a}.p_success")
+            keep = base + (1.0 - base) * value(f"{a}.collusion_gain") * share
+            for name in attack.mitigations:
                 control = controls[COUNTERMEASURES[name].site]
-                keep = keep * (1.0 - efficacy * control)
+                keep = keep * (1.0 - value(f"{a}.efficacy.{name}") * control)
             successes[a] = pyro.sample(f"{a}.success", dist.Bernoulli(executing * keep))
             precursors[a] = precursor
-        for (name, baseline, _), site in zip(OUTCOMES, self.outcome_sites):
-            p = _noisy_or(baseline, [(attack.impacts[name], successes[attack.name])
-                                     for attack in ATTACKS.values() if name in attack.impacts])
+        for (name, _, _), site in zip(OUTCOMES, self.outcome_sites, strict=True):
+            p = _noisy_or(value(f"outcome.{name}.baseline"),
+                          [(value(f"{attack.name}.impact.{name}"), successes[attack.name])
+                           for attack in ATTACKS.values() if name in attack.impacts])
             if site == name:
                 pyro.sample(site, dist.Bernoulli(p))
             elif site == "throughput":
@@ -261,21 +310,19 @@ class ClusterModel:
             else:
                 # Milliseconds: nominal 5 ms, ten times that when degraded (Prime; Aardvark).
                 pyro.sample(site, dist.LogNormal(math.log(5.0) + math.log(10.0) * p, 0.3))
-        pyro.sample("join_rate", dist.Bernoulli(_noisy_or(0.05, [(0.85, precursors["sybil"]),
-                                                                   (0.2, precursors["eclipse"])])))
-        if self._template:
-            faulty = pyro.sample("template.faulty", dist.Bernoulli(0.5))
-            self._replica("template", faulty, precursors)
-            return
+        pyro.sample("join_rate", dist.Bernoulli(_noisy_or(
+            value("telemetry.join_rate.baseline"),
+            [(value("telemetry.join_rate.sybil"), precursors["sybil"]),
+             (value("telemetry.join_rate.eclipse"), precursors["eclipse"])])))
         for k in range(n):
             faulty = _fixed(f"r{k}.faulty", _float(attacker == k + 1))
-            self._replica(f"r{k}", faulty, precursors)
+            self._replica(f"r{k}", faulty, precursors, value)
 
-    def _replica(self, prefix: str, faulty, precursors):
+    def _replica(self, prefix: str, faulty, precursors, value):
         for t in TELEMETRY:
-            terms = [(w, faulty * precursors[a]) for a, w in t.attacker_side.items()]
-            terms += [(w, precursors[a]) for a, w in t.cluster_side.items()]
-            p = _noisy_or(t.baseline, terms)
+            terms = [(value(f"telemetry.{t.name}.{a}"), faulty * precursors[a]) for a in t.attacker_side]
+            terms += [(value(f"telemetry.{t.name}.{a}"), precursors[a]) for a in t.cluster_side]
+            p = _noisy_or(value(f"telemetry.{t.name}.baseline"), terms)
             if self.telemetry == "indicators":
                 pyro.sample(f"{prefix}.{t.name}", dist.Bernoulli(p))
             else:
@@ -284,6 +331,8 @@ class ClusterModel:
 
 
 def _edge_source(parent: str, child: str) -> str:
+    if parent == "theta_draw":
+        return "posterior draws of the parameters (bayes_defense.fit)"
     attack_of_child = child.split(".")[0]
     if attack_of_child in ATTACKS:
         return ATTACKS[attack_of_child].sources
@@ -295,11 +344,15 @@ def _edge_source(parent: str, child: str) -> str:
 
 
 @functools.lru_cache(maxsize=32)
-def _cached(n_nodes: int, colluders: int, telemetry: str) -> ClusterModel:
-    return ClusterModel(n_nodes, colluders, telemetry)
+def _cached(n_nodes: int, colluders: int, telemetry: str, parameter_key: tuple) -> ClusterModel:
+    # The key carries every override, so models with different parameters never share an entry.
+    return ClusterModel(n_nodes, colluders, telemetry,
+                        parameters={name: np.asarray(values) if ndim else values[0]
+                                    for name, values, ndim in parameter_key})
 
 
-def cluster(n_nodes: int, *, colluders: int | None = None, telemetry: str = "indicators") -> ClusterModel:
+def cluster(n_nodes: int, *, colluders: int | None = None, telemetry: str = "indicators",
+            parameters: dict | None = None) -> ClusterModel:
     """The causal graph of an n-replica BFT cluster with the eight attacks, as a Pyro SCM.
 
     Parameters
@@ -314,6 +367,13 @@ def cluster(n_nodes: int, *, colluders: int | None = None, telemetry: str = "ind
         indicator and every site is discrete, so queries are exact.
         ``"continuous"``: telemetry, throughput and commit latency are
         LogNormal measurements; queries fall back to importance sampling.
+    parameters : dict, optional
+        Overrides of the named parameters of :data:`~bayes_defense.models.PARAMETERS`
+        (``{name: value}``). A value may be a 1-D array of S posterior draws
+        (all such arrays of one length S): the model then draws
+        ``theta_draw ~ Categorical(uniform over S)`` and uses that draw, so exact
+        answers average over parameter uncertainty and the cluster queries
+        report the spread across draws as their interval.
 
     Returns
     -------
@@ -329,6 +389,9 @@ def cluster(n_nodes: int, *, colluders: int | None = None, telemetry: str = "ind
     >>> p = bd.intervene(model, {"trusted_component": 1.0}, "equivocation.success")
     >>> p.backend, p.mean < float(bd.intervene(model, {}, "equivocation.success"))
     ('exact', True)
+    >>> fitted = bd.models.cluster(4, parameters={"equivocation.p_attempt": [0.2, 0.4]})
+    >>> fitted.n_draws, "theta_draw" in fitted.sites
+    (2, True)
     """
     if isinstance(n_nodes, bool) or not isinstance(n_nodes, int):
         raise InvalidInputError(f"n_nodes must be an integer from {MIN_NODES} to {MAX_NODES}; got {n_nodes!r}")
@@ -344,4 +407,5 @@ def cluster(n_nodes: int, *, colluders: int | None = None, telemetry: str = "ind
                                 f"got {colluders!r}")
     if telemetry not in ("indicators", "continuous"):
         raise InvalidInputError(f"telemetry must be 'indicators' or 'continuous'; got {telemetry!r}")
-    return _cached(n_nodes, colluders, telemetry)
+    _, _, key = resolve_parameters(parameters)
+    return _cached(n_nodes, colluders, telemetry, key)

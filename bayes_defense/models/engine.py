@@ -1,316 +1,825 @@
-"""Fast exact answers for cluster models: cached tables, one telemetry message, cached contractions.
+"""Exact inference for cluster models by the model's factorisation (numpy, vectorised over parameter draws).
 
-The generic ``exact`` backend compiles every site of a model (one model run
-per site) and contracts every table on each query; for a 50-replica cluster
-that is hundreds of tables. This engine uses the model's structure instead:
+The cluster SCM (:mod:`bayes_defense.models.cluster`) has a structure that
+generic variable elimination does not see, and this engine sums it out in a
+fixed order:
 
-- the cluster-level sites (footing, controls, attacks, outcomes) are
-  compiled once, through :func:`bayes_defense.inference.exact.compile_discrete`,
-  from a skeleton model that carries one template replica in place of n;
-- every replica's telemetry has the template's tables, so the evidence of all
-  replicas folds into one factor over ``(attacker, precursors)``: replica k's
-  likelihood with ``rk.faulty = [attacker == k + 1]``, summed in log space
-  over replicas in one vectorised pass;
-- contraction paths are cached per query shape (``opt_einsum.contract_expression``).
+- the root state is ``(attacker, admission_open, peer_table_exposed)``; every
+  footing and precondition site is a function of it, and the attacker
+  matters to the rest only through its class (none, primary, backup), the
+  telemetry, the ``rk.faulty`` flags and whether it is the isolated replica;
+- all replicas' telemetry has the same tables, so the evidence of every
+  replica folds into one factor over ``(attacker, precursors)`` (256
+  precursor configurations), computed in log space in one vectorised pass;
+- only root states and precursor configurations of non-zero prior
+  probability are enumerated (about 370 instead of 3072);
+- given the root state, the precursors and the controls, the eight attack
+  chains (precursor, executing, success) are independent; the noisy-OR
+  outcomes couple them, and their evidence is expanded into a short sum of
+  products over attacks (P(O = 0 | S) = (1 - b) prod_A (1 - w_A S_A));
+- a counterfactual (twin network with the package's monotone coupling) keeps
+  the same shape: each attack's chain becomes a factual/counterfactual pair,
+  and P(O = o, O' = o') is again a sum of products because the two worlds'
+  success vectors are ordered when a single site is intervened on.
 
-Answers are exact and equal those of the generic backend (the tests check
-this against ``exact``, ``importance`` and pgmpy).
+Leave-one-out products over attacks give every attack-local marginal (and
+the tables that planning and explanation need) from one pass. Parameter
+draws (a fitted posterior, ``theta_draw``) are a leading axis throughout:
+each draw's answer and its evidence likelihood come out together, so the
+mean over draws equals the exact answer of the model with ``theta_draw``
+summed out, and the spread across draws is the interval.
+
+The tests check every query against the generic ``exact`` backend, against
+importance sampling, and against pgmpy.
 """
 
 from __future__ import annotations
 
 import functools
+import itertools
+import math
 
 import numpy as np
-import opt_einsum
-import torch
 
-from bayes_defense.causal.structure import model_info
 from bayes_defense.errors import ImpossibleEvidenceError, InvalidInputError, UnknownSiteError
-from bayes_defense.inference.exact import _coupling, _diagonalise, compile_discrete
-from bayes_defense.models.catalogue import ATTACKS, TELEMETRY
+from bayes_defense.estimate import Probability, exact_estimate
+from bayes_defense.models.catalogue import ATTACKS, CONTROLS, COUNTERMEASURES, OUTCOMES, TELEMETRY
 
-__all__ = ["Engine", "engine"]
+__all__ = ["Engine", "engine", "Result", "draw_estimate"]
 
+ATTACK_NAMES = tuple(ATTACKS)
+OUTCOME_NAMES = tuple(name for name, _, _ in OUTCOMES)
+CONTROL_SITES = tuple(CONTROLS)
 _TELEMETRY_NAMES = tuple(t.name for t in TELEMETRY)
-_PRECURSORS = tuple(f"{a}.precursor" for a in ATTACKS)
+_NA = len(ATTACK_NAMES)
+_BITS = (np.arange(2 ** _NA)[:, None] >> np.arange(_NA)) & 1          # (256, 8): P_A of each configuration
+_CTRL_BITS = (np.arange(2 ** len(CONTROL_SITES))[:, None] >> np.arange(len(CONTROL_SITES))) & 1   # (64, 6)
+_CUT_PAIRS = np.array([[0, 0], [0, 1], [1, 0], [1, 1]])               # (factual cut, counterfactual cut)
+_CAE = np.array(list(itertools.product(range(3), range(2), range(2))))  # (12, 3): attacker class, adm, exp
+_FOOTING_SITES = ("primary_faulty", "attacker_inside", "backup_faulty", "eclipse_footing")
+_ROOTS = ("attacker", "admission_open", "peer_table_exposed", "isolated", *CONTROL_SITES)
+_LEVELS = ("precondition", "precursor", "executing", "success")
+_SIDE_OF_EFFICACY = {name: (CONTROL_SITES.index(c.site) if c.site in CONTROL_SITES else len(CONTROL_SITES))
+                     for name, c in COUNTERMEASURES.items()}
+
+
+def _couple(p, q):
+    """Monotone coupling of Bernoulli(p) and Bernoulli(q): last two axes (x, x')."""
+    low, high = np.minimum(p, q), np.maximum(p, q)
+    return np.stack([np.stack([1.0 - high, q - low], -1), np.stack([p - low, low], -1)], -2)
+
+
+def _twin_level(site, p, p_cf, do, cluster, cf):
+    """Joint of a Bernoulli site in the factual and counterfactual worlds: do, coupling, evidence."""
+    if site in do:
+        p = np.full_like(p, do[site])
+    if not cf:
+        p_cf = p
+    if site in cf:
+        p_cf = np.full_like(p_cf, cf[site])
+    joint = _couple(p, p_cf)
+    if site in cluster:
+        joint = joint * (np.arange(2) == cluster[site])[:, None]
+    return joint
+
+
+class _Structure:
+    """The cached, telemetry-independent pieces of a pass (see :meth:`Engine._structure`)."""
+
+    def __init__(self, **pieces):
+        self.__dict__.update(pieces)
+
+
+class Result:
+    """Unnormalised per-draw answers of one pass: ``total[z]`` and named outputs ``[z, ...]``.
+
+    ``scale[z]`` is the log factor taken out of draw z's telemetry likelihood;
+    draw weights are ``exp(scale) * total`` (the draws have equal prior mass).
+    """
+
+    def __init__(self, total, scale, outputs):
+        self.total, self.scale, self.outputs = total, scale, outputs
+
+    def weights(self, evidence=None) -> np.ndarray:
+        """Posterior weights of the draws given the evidence (sum to one)."""
+        finite = np.isfinite(self.scale) & (self.total > 0)
+        if not finite.any():
+            raise ImpossibleEvidenceError(f"the evidence has probability zero under the model: {evidence}")
+        top = self.scale[finite].max()
+        w = np.where(finite, np.exp(np.where(finite, self.scale, top) - top) * np.where(finite, self.total, 0.0),
+                     0.0)
+        return w / w.sum()
+
+    def conditional(self, name: str) -> np.ndarray:
+        """Output ``name`` divided by each draw's total (0 where the draw cannot produce the evidence)."""
+        out = self.outputs[name]
+        total = self.total.reshape((-1,) + (1,) * (out.ndim - 1))
+        with np.errstate(invalid="ignore", divide="ignore"):
+            return np.where(total > 0, out / np.where(total > 0, total, 1.0), 0.0)
+
+
+def fast_probability(value: float, level: float = 0.9) -> Probability:
+    """An exact :class:`Probability` (zero-width interval) for a value already in [0, 1].
+
+    Same object as :func:`~bayes_defense.estimate.exact_estimate` builds, without its checks:
+    explanations build hundreds of these per call.
+    """
+    out = object.__new__(Probability)
+    value = min(1.0, max(0.0, float(value)))
+    for name, field_value in (("mean", value), ("lower", value), ("upper", value), ("level", level),
+                              ("ess", math.inf), ("backend", "exact"), ("details", {})):
+        object.__setattr__(out, name, field_value)
+    return out
+
+
+def _divide(values, total):
+    total = total.reshape((-1,) + (1,) * (np.ndim(values) - 1))
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(total > 0, values / np.where(total > 0, total, 1.0), 0.0)
+
+
+def draw_estimate(values, weights, *, level: float = 0.9) -> Probability:
+    """A probability from per-draw exact answers: weighted mean, weighted quantiles across draws.
+
+    With one draw the answer is exact (zero-width interval).
+    """
+    if not 0.0 < level < 1.0:
+        raise InvalidInputError(f"level must lie strictly between 0 and 1 (for example 0.9); got {level!r}")
+    if len(values) == 1:
+        return fast_probability(float(values[0]), level)
+    values = np.clip(np.asarray(values, dtype=np.float64).reshape(-1), 0.0, 1.0)
+    weights = np.asarray(weights, dtype=np.float64).reshape(-1)
+    mean = float(np.dot(values, weights))
+    if values.size == 1:
+        return exact_estimate(mean, is_probability=True, level=level, backend="exact")
+    order = np.argsort(values, kind="stable")
+    cumulative = np.cumsum(weights[order])
+    cumulative /= cumulative[-1]
+    low = float(values[order][min(np.searchsorted(cumulative, (1 - level) / 2), values.size - 1)])
+    high = float(values[order][min(np.searchsorted(cumulative, (1 + level) / 2), values.size - 1)])
+    ess = float(weights.sum() ** 2 / max((weights ** 2).sum(), 1e-300))
+    return Probability(mean=mean, lower=min(low, mean), upper=max(high, mean), level=level, ess=ess,
+                       backend="exact", details={"draws": int(values.size)})
 
 
 class Engine:
     """Exact inference on one indicator-mode :class:`~bayes_defense.models.ClusterModel`."""
 
     def __init__(self, model):
-        from bayes_defense.models.cluster import ClusterModel
-
         if model.telemetry != "indicators":
             raise InvalidInputError("the exact cluster engine needs telemetry='indicators'; "
                                     "use bd.intervene(..., backend='importance') for continuous telemetry")
         self.model = model
-        skeleton = ClusterModel(model.n_nodes, model.colluders, "indicators", template=True)
-        network = compile_discrete(model_info(skeleton), skeleton)
-        self.names = [name for name in network.names if not name.startswith("template.")]
-        self.label = {name: i for i, name in enumerate(self.names)}
-        self.parents = {name: network.parents[name] for name in self.names}
-        self.support = {name: network.support[name].to(torch.float64).numpy() for name in self.names}
-        self.cpt = {name: network.cpt[name].to(torch.float64).numpy() for name in self.names}
-        self._couplings: dict = {}
-        self.children: dict = {name: [] for name in self.names}
-        for name in self.names:
-            for parent in self.parents[name]:
-                self.children[parent].append(name)
-        self._telemetry_tables(network)
-        self._expressions: dict = {}
+        n = model.n_nodes
+        self.n = n
+        v = model.parameter_values
+        self.draws = model.n_draws
+        z = self.draws
+        self.p_attempt = np.stack([v[f"{a}.p_attempt"] for a in ATTACK_NAMES], 1)        # (z, 8)
+        self.p_execute = np.stack([v[f"{a}.p_execute"] for a in ATTACK_NAMES], 1)
+        self.p_success = np.stack([model.success_given_execution(a) for a in ATTACK_NAMES], 1)
+        efficacy = np.zeros((z, _NA, len(CONTROL_SITES) + 1))
+        for i, (a, attack) in enumerate(ATTACKS.items()):
+            for name in attack.mitigations:
+                efficacy[:, i, _SIDE_OF_EFFICACY[name]] = v[f"{a}.efficacy.{name}"]
+        self.efficacy = efficacy
+        self.impact = np.zeros((z, len(OUTCOME_NAMES), _NA))
+        for i, (a, attack) in enumerate(ATTACKS.items()):
+            for o, outcome in enumerate(OUTCOME_NAMES):
+                if outcome in attack.impacts:
+                    self.impact[:, o, i] = v[f"{a}.impact.{outcome}"]
+        self.outcome_baseline = np.stack([v[f"outcome.{o}.baseline"] for o in OUTCOME_NAMES], 1)   # (z, 4)
+        self.prior_inside = v["prior.attacker_inside"]
+        self.prior_adm = v["prior.admission_open"]
+        self.prior_exposed = v["prior.peer_table_exposed"]
+        self.prior_controls = np.stack([v[f"prior.{s}"] for s in CONTROL_SITES], 1)       # (z, 6)
+        self.prior_isolated = v["prior.isolated"]
+        # join_rate = 1 probability per precursor configuration, (z, 256).
+        syb, ecl = ATTACK_NAMES.index("sybil"), ATTACK_NAMES.index("eclipse")
+        self.join_on = 1.0 - ((1.0 - v["telemetry.join_rate.baseline"])[:, None]
+                              * (1.0 - v["telemetry.join_rate.sybil"][:, None] * _BITS[None, :, syb])
+                              * (1.0 - v["telemetry.join_rate.eclipse"][:, None] * _BITS[None, :, ecl]))
+        # Telemetry log tables (z, T, faulty, 256, value).
+        tables = np.empty((z, len(TELEMETRY), 2, 2 ** _NA))
+        for t, tel in enumerate(TELEMETRY):
+            for faulty in (0, 1):
+                keep = np.broadcast_to((1.0 - v[f"telemetry.{tel.name}.baseline"])[:, None], (z, 2 ** _NA)).copy()
+                for a in tel.attacker_side:
+                    keep *= 1.0 - v[f"telemetry.{tel.name}.{a}"][:, None] * faulty * _BITS[None, :, ATTACK_NAMES.index(a)]
+                for a in tel.cluster_side:
+                    keep *= 1.0 - v[f"telemetry.{tel.name}.{a}"][:, None] * _BITS[None, :, ATTACK_NAMES.index(a)]
+                tables[:, t, faulty] = 1.0 - keep
+        # Zero probabilities become a huge finite penalty so that unobserved entries (weight 0) stay 0.
+        with np.errstate(divide="ignore"):
+            self._log_on = np.maximum(np.log(tables), -1e250)           # (z, T, 2, 256)
+            self._log_off = np.maximum(np.log1p(-tables), -1e250)
+        # (T, z * 2 * 256) for one matrix product per query.
+        self._log_on_flat = np.ascontiguousarray(np.moveaxis(self._log_on, 1, 0)).reshape(len(TELEMETRY), -1)
+        self._log_off_flat = np.ascontiguousarray(np.moveaxis(self._log_off, 1, 0)).reshape(len(TELEMETRY), -1)
+        classes = np.minimum(np.arange(n + 1), 2)
+        self.class_onehot = (classes[:, None] == np.arange(3)[None, :]).astype(np.float64)   # (N, 3)
+        self.classes = classes
+        self.sites = set(model.sites)
+        self._cache: dict = {}
+        self._names: dict = {}
+        self.cluster_sites = [s for s in model.sites if not (s[:1] == "r" and s.split(".")[0][1:].isdigit())]
 
-    # -------------------------------------------------------------- telemetry
-    def _telemetry_tables(self, network) -> None:
-        """Log tables ``(telemetry, faulty, precursor configuration, value)``."""
-        tables = []
-        for t in _TELEMETRY_NAMES:
-            name = f"template.{t}"
-            cpt = network.cpt[name]
-            axes = list(network.parents[name])
-            # Put the template's parents on the full (faulty, 8 precursors) grid.
-            full_axes = ["template.faulty", *_PRECURSORS]
-            shape = [2] * len(full_axes) + [2]
-            order = [axes.index(a) for a in full_axes if a in axes] + [len(axes)]
-            table = cpt.permute(order)
-            view = [2 if a in axes else 1 for a in full_axes] + [2]
-            tables.append(table.reshape(view).expand(shape).reshape(2, 2 ** len(_PRECURSORS), 2))
-        stacked = torch.stack(tables)  # (T, 2, 256, 2)
-        log_table = stacked.clamp(min=1e-300).log().numpy()
-        self._log_table0 = np.ascontiguousarray(log_table[..., 0])
-        self._log_table1 = np.ascontiguousarray(log_table[..., 1])
+    # ------------------------------------------------------------------ inputs
+    def _value(self, name, value, role):
+        try:
+            x = float(value.item() if hasattr(value, "item") else value)
+        except (TypeError, ValueError) as error:
+            raise InvalidInputError(f"{role} {name}={value!r}: expected a number") from error
+        if name in ("attacker", "isolated"):
+            if not (x.is_integer() and 0 <= x <= self.n):
+                raise ImpossibleEvidenceError(f"{role} {name}={x:g} is outside the support 0..{self.n} of site "
+                                              f"{name!r} (0 none, k + 1 replica k)")
+        elif name == "theta_draw":
+            if not (x.is_integer() and 0 <= x < self.draws):
+                raise ImpossibleEvidenceError(f"{role} theta_draw={x:g} is outside 0..{self.draws - 1}")
+        elif x not in (0.0, 1.0):
+            raise ImpossibleEvidenceError(f"{role} {name}={x:g}: indicator sites take 0 or 1")
+        return int(x)
 
-    def _telemetry_factor(self, observed: dict):
-        """Factor over ``(attacker, precursors)`` from per-replica telemetry evidence, or None."""
-        if not observed:
-            return None
-        n = self.model.n_nodes
-        mask0 = np.zeros((n, len(_TELEMETRY_NAMES)))
-        mask1 = np.zeros_like(mask0)
-        for (replica, t), value in observed.items():
-            (mask1 if value else mask0)[replica, t] = 1.0
-        shape = self._log_table0.shape
-        per_replica = (mask0 @ self._log_table0.reshape(shape[0], -1)
-                       + mask1 @ self._log_table1.reshape(shape[0], -1)).reshape((n,) + shape[1:])  # (n, 2, 256)
-        base = per_replica[:, 0, :].sum(0)
-        log_message = np.concatenate([base[None, :], base[None, :] + per_replica[:, 1, :] - per_replica[:, 0, :]])
-        message = np.exp(log_message - log_message.max())
-        return message.reshape((n + 1,) + (2,) * len(_PRECURSORS))
-
-    # ---------------------------------------------------------------- inputs
-    def split_evidence(self, evidence) -> tuple[dict, dict, dict]:
-        """Split evidence into cluster-level values, telemetry ``{(k, t): 0/1}`` and faulty flags."""
+    def _split(self, evidence, role="evidence"):
         cluster, telemetry, faulty = {}, {}, {}
+        names = self._names
         for name, value in (evidence or {}).items():
-            value = float(torch.as_tensor(value))
-            if name in self.label:
-                cluster[name] = value
+            parsed = names.get(name)
+            if parsed is None:
+                if name in self.sites and not (name[:1] == "r" and "." in name and name.split(".")[0][1:].isdigit()):
+                    parsed = ("cluster", name)
+                else:
+                    replica, t = self.model.parse_replica_site(name, role=role)
+                    parsed = ("faulty", replica) if t == "faulty" else ("telemetry", (replica, _TELEMETRY_NAMES.index(t)))
+                names[name] = parsed
+            if parsed[0] == "telemetry" and type(value) in (int, float) and value in (0, 1):
+                telemetry[parsed[1]] = int(value)
                 continue
-            replica, t = self.model.parse_replica_site(name, role="evidence")
-            if value not in (0.0, 1.0):
-                raise ImpossibleEvidenceError(f"evidence {name}={value:g}: indicator sites take 0 or 1")
-            if t == "faulty":
-                faulty[replica] = value
+            x = self._value(name, value, role)
+            if parsed[0] == "cluster":
+                cluster[name] = x
+            elif parsed[0] == "faulty":
+                faulty[parsed[1]] = x
             else:
-                telemetry[(replica, _TELEMETRY_NAMES.index(t))] = value
+                telemetry[parsed[1]] = x
         return cluster, telemetry, faulty
 
-    def check_do(self, do) -> dict:
+    def check_do(self, do, role="do") -> dict:
         out = {}
         for name, value in (do or {}).items():
-            if name not in self.label:
-                if name.startswith("r") and "." in name:
-                    self.model.parse_replica_site(name, role="do")
-                    raise InvalidInputError(
-                        f"do({name}) acts on per-replica telemetry, which the fast engine does not intervene "
-                        "on; use bd.intervene(model, ...) for that query")
-                raise UnknownSiteError(self.model.unknown_site_message(name, "do"))
-            out[name] = float(torch.as_tensor(value))
+            if name not in self.sites:
+                if str(name)[:1] == "r" and "." in str(name):
+                    self.model.parse_replica_site(name, role=role)
+                raise UnknownSiteError(self.model.unknown_site_message(name, role))
+            if name.startswith("r") and name.split(".")[0][1:].isdigit() or name in OUTCOME_NAMES \
+                    or name == "join_rate":
+                raise InvalidInputError(
+                    f"{role}({name}) acts on a leaf of the cluster model (telemetry, an outcome or join_rate); "
+                    "nothing upstream changes. Ask bd.intervene(model, ...) for that query")
+            out[name] = self._value(name, value, role)
         return out
 
-    def _indicator(self, name: str, value: float, role: str) -> np.ndarray:
-        match = (self.support[name] == value).astype(np.float64)
-        if not bool(match.any()):
-            raise ImpossibleEvidenceError(f"{role} {name}={value:g} is outside the support "
-                                          f"{self.support[name].tolist()} of site {name!r}")
-        return match
 
-    def _faulty_factor(self, faulty: dict) -> np.ndarray | None:
-        if not faulty:
-            return None
-        factor = np.ones(self.model.n_nodes + 1)
-        for replica, value in faulty.items():
-            hit = np.zeros_like(factor)
-            hit[replica + 1] = 1.0
-            factor = factor * (hit if value else 1.0 - hit)
-        return factor
+    # ------------------------------------------------------------------ queries
+    def site_kind(self, name: str, role: str = "query") -> str:
+        """Which output of :meth:`run` answers a query on ``name`` (raises for sites it does not answer)."""
+        if name not in self.sites or name.split(".")[0][1:].isdigit() and name[:1] == "r":
+            if name[:1] == "r" and "." in name:
+                self.model.parse_replica_site(name, role=role)
+                raise InvalidInputError(f"{role} {name!r}: the cluster engine answers cluster-level sites; use "
+                                        "bd.intervene(model, ...) for per-replica telemetry")
+            raise UnknownSiteError(self.model.unknown_site_message(name, role))
+        if name == "attacker":
+            return "attacker"
+        if name in ("admission_open", "peer_table_exposed") or name in _FOOTING_SITES:
+            return "cae"
+        if name in OUTCOME_NAMES or name == "join_rate":
+            return "leaf"
+        attack, _, level = name.partition(".")
+        if attack in ATTACKS:
+            return {"precondition": "cae", "precursor": "precursors"}.get(level, "local")
+        raise InvalidInputError(f"{role} {name!r}: the cluster engine does not report controls or the draw index; "
+                                "use bd.intervene(model, ...) for that query")
 
-    # ------------------------------------------------------------ contraction
-    def _contract(self, key, operands, labels, output):
-        expression = self._expressions.get(key)
-        if expression is None:
-            spec = []
-            for tensor, lab in zip(operands, labels):
-                spec += [tuple(tensor.shape), list(lab)]
-            shapes = spec[0::2]
-            subscripts = []
-            for lab in spec[1::2]:
-                subscripts.append("".join(opt_einsum.get_symbol(i) for i in lab))
-            equation = ",".join(subscripts) + "->" + "".join(opt_einsum.get_symbol(i) for i in output)
-            expression = opt_einsum.contract_expression(equation, *shapes, optimize="greedy")
-            self._expressions[key] = expression
-        return expression(*operands, backend="numpy")
-
-    def _base(self, do, cluster, telemetry, faulty, label, targets=()):
-        operands, labels = [], []
-        message = self._telemetry_factor(telemetry)
-        faulty_factor = self._faulty_factor(faulty)
-        needed = set(cluster) | set(targets)
-        if message is not None or faulty_factor is not None:
-            needed |= {"attacker", *(_PRECURSORS if message is not None else ())}
-        relevant = self._ancestors(needed, do)
-        for name in self.names:
-            if name not in relevant:
-                continue  # barren: neither observed nor asked for, nor upstream of either
-            if name in do:
-                operands.append(self._indicator(name, do[name], "do"))
-                labels.append((label[name],))
-            else:
-                operands.append(self.cpt[name])
-                labels.append(tuple(label[p] for p in self.parents[name]) + (label[name],))
-        for name, value in cluster.items():
-            operands.append(self._indicator(name, value, "evidence"))
-            labels.append((label[name],))
-        if message is not None:
-            operands.append(message)
-            labels.append((label["attacker"], *(label[p] for p in _PRECURSORS)))
-        if faulty_factor is not None:
-            operands.append(faulty_factor)
-            labels.append((label["attacker"],))
-        key = (tuple(sorted(do)), tuple(sorted(cluster)), message is not None, faulty_factor is not None,
-               tuple(sorted(relevant)))
-        return operands, labels, key
-
-    def _ancestors(self, names, do) -> set:
-        """``names`` and their ancestors in the graph mutilated by ``do``."""
-        out, stack = set(), list(names)
-        while stack:
-            name = stack.pop()
-            if name in out:
-                continue
-            out.add(name)
-            if name not in do:
-                stack.extend(self.parents[name])
-        return out
-
-    def _coupling(self, name, label, cf_label):
-        """The twin-network factor of a site whose parents differ between worlds (cached)."""
-        parents = self.parents[name]
-        lab = [label[p] for p in parents] + [cf_label[p] for p in parents] + [label[name], cf_label[name]]
-        cached = self._couplings.get(name)
-        if cached is None:
-            cached = self._couplings[name] = {}
-        key = tuple(lab)
-        if key not in cached:
-            joint = _coupling(torch.from_numpy(self.cpt[name]).cumsum(-1))
-            table, unique = _diagonalise(joint, lab)
-            cached[key] = (table.numpy(), unique)
-        return cached[key]
-
-    def joint(self, targets, *, do=None, evidence=None) -> np.ndarray:
-        """Posterior joint table over ``targets`` (cluster-level sites) under ``do``, given ``evidence``."""
+    def query(self, sites, *, do=None, evidence=None) -> tuple[dict, np.ndarray]:
+        """Per-draw posterior probabilities ``({site: values (z,) or (z, N) for attacker}, weights (z,))``."""
         do = self.check_do(do)
-        cluster, telemetry, faulty = self.split_evidence(evidence)
-        for name in targets:
-            if name not in self.label:
-                raise UnknownSiteError(self.model.unknown_site_message(name, "query"))
-        operands, labels, key = self._base(do, cluster, telemetry, faulty, self.label, targets)
-        output = [self.label[name] for name in targets]
-        table = self._contract(("joint", key, tuple(targets)), operands, labels, output)
-        return _normalise(table, evidence)
+        parsed = self._split(evidence)
+        sites = list(sites)
+        kinds = {site: self.site_kind(site) for site in sites}
+        outputs = {k for k in kinds.values() if k != "leaf"}
+        local_for = sorted({site.split(".")[0] for site, kind in kinds.items() if kind == "local"})
+        result = self.run(do=do, evidence=parsed, outputs=outputs, local_for=local_for)
+        weights = result.weights(evidence)
+        fact = {**parsed[0], **do}
+        values = {}
+        if "cae" in outputs:
+            cae = result.conditional("cae")
+            footing = self._footing(_CAE[:, 0], _CAE[:, 1], _CAE[:, 2], fact)
+        for site, kind in kinds.items():
+            if kind == "attacker":
+                values[site] = result.conditional("attacker")
+            elif kind == "cae":
+                if site.endswith(".precondition"):
+                    indicator = self._precondition(site.split(".")[0], footing, fact)
+                else:
+                    indicator = {"admission_open": _CAE[:, 1], "peer_table_exposed": _CAE[:, 2]}.get(site)
+                    indicator = footing[site] if indicator is None else indicator
+                values[site] = cae @ indicator.astype(np.float64)
+            elif kind == "precursors":
+                values[site] = result.conditional("precursors")[:, ATTACK_NAMES.index(site.split(".")[0])]
+            elif kind == "local":
+                attack, _, level = site.partition(".")
+                local = _divide(result.outputs["local"][ATTACK_NAMES.index(attack)], result.total)  # (z, x, e, g, u)
+                values[site] = local.sum((1, 3, 4))[:, 1] if level == "executing" else local.sum((1, 2, 4))[:, 1]
+            elif site in parsed[0]:
+                values[site] = np.full(self.draws, float(parsed[0][site]))
+            else:
+                extra = self.run(do=do, evidence=({**parsed[0], site: 1}, parsed[1], parsed[2]))
+                with np.errstate(invalid="ignore", divide="ignore"):
+                    values[site] = np.where(result.total > 0, extra.total / np.where(result.total > 0,
+                                                                                      result.total, 1.0), 0.0)
+        return values, weights
+
+    def precondition_indicator(self, attack: str, fixed: dict) -> np.ndarray:
+        """``attack.precondition`` on each of the 12 root states of output ``"cae"`` (after ``fixed`` do/evidence)."""
+        footing = self._footing(_CAE[:, 0], _CAE[:, 1], _CAE[:, 2], fixed)
+        return self._precondition(attack, footing, fixed).astype(np.float64)
 
     def marginals(self, sites, *, do=None, evidence=None) -> dict:
-        """Posterior marginals ``{site: P(site = 1)}`` of binary sites (a vector for ``attacker``)."""
-        sites = list(sites)
+        """Posterior marginals ``{site: P(site = 1)}`` averaged over draws (a vector for ``attacker``)."""
+        values, weights = self.query(sites, do=do, evidence=evidence)
         out = {}
-        for chunk in range(0, len(sites), 12):
-            names = sites[chunk:chunk + 12]
-            table = self.joint(names, do=do, evidence=evidence)
-            for axis, name in enumerate(names):
-                marginal = table.sum(axis=tuple(i for i in range(len(names)) if i != axis))
-                out[name] = marginal if marginal.size > 2 else float(marginal[-1])
+        for site, v in values.items():
+            mean = np.tensordot(weights, v, axes=(0, 0))
+            out[site] = mean if np.ndim(mean) else float(mean)
         return out
 
-    def counterfactual_joint(self, evidence, do, factual_targets, counterfactual_targets) -> np.ndarray:
-        """Joint over factual and counterfactual sites given factual ``evidence`` (twin network).
+    def estimates(self, sites, *, do=None, evidence=None, level: float = 0.9) -> dict:
+        """``{site: Probability}``: exact per draw, the spread across draws as the interval."""
+        values, weights = self.query(sites, do=do, evidence=evidence)
+        return {site: draw_estimate(v, weights, level=level) for site, v in values.items() if v.ndim == 1}
 
-        Axes: ``factual_targets`` then ``counterfactual_targets``. Uses the
-        canonical monotone coupling of the generic ``exact`` backend.
-        """
+    def counterfactual_outcomes(self, evidence, do, outcomes) -> tuple[dict, np.ndarray]:
+        """Per draw, P(outcome would be 1 under ``do`` | evidence) for each outcome (one intervention)."""
         do = self.check_do(do)
-        cluster, telemetry, faulty = self.split_evidence(evidence)
-        affected = set(do)
-        for name in self.names:
-            if any(p in affected for p in self.parents[name]):
-                affected.add(name)
-        label = dict(self.label)
-        cf_label = {}
-        next_label = len(self.names)
-        for name in self.names:
-            if name in affected:
-                cf_label[name] = next_label
-                next_label += 1
+        if len(do) != 1:
+            raise InvalidInputError(f"the cluster engine's counterfactuals take one intervention; got {sorted(do)}")
+        parsed = self._split(evidence)
+        base = self.run(evidence=parsed)
+        weights = base.weights(evidence)
+        values = {}
+        for outcome in outcomes:
+            if outcome not in OUTCOME_NAMES:
+                raise InvalidInputError(f"outcome {outcome!r} is not a cluster outcome; valid outcomes: "
+                                        f"{', '.join(OUTCOME_NAMES)}")
+            result = self.run(evidence=parsed, cf=do, outcome_cf={outcome: 1})
+            with np.errstate(invalid="ignore", divide="ignore"):
+                values[outcome] = np.where(base.total > 0, result.total / np.where(base.total > 0, base.total, 1.0),
+                                           0.0)
+        return values, weights
+
+    def executing_table(self, evidence, do, isolate) -> tuple[np.ndarray, np.ndarray]:
+        """Per draw, ``P(A.executing = 1, [attacker == isolate] = h | evidence, do)`` as ``(z, 8, 2)``."""
+        do = self.check_do(do)
+        parsed = self._split(evidence)
+        result = self.run(do=do, evidence=parsed, outputs=("local",), next_isolated=isolate)
+        weights = result.weights(evidence)
+        local = np.stack([result.outputs["local"][i] for i in range(_NA)], 1)  # (z, 8, x, e, g, u)
+        by_pair = _divide(local[:, :, :, 1].sum((2, 3)), result.total)      # (z, 8, u): executing
+        hit = _CUT_PAIRS[result.outputs["pairs"], 1]
+        table = np.stack([by_pair[:, :, hit == h].sum(-1) for h in (0, 1)], -1)
+        return table, weights
+
+    # ------------------------------------------------------------------ one pass
+    def run(self, *, do=None, evidence=None, cf=None, outcome_cf=None, terms=None, outputs=(), next_isolated=None,
+            local_for=None):
+        """One exact pass; see the module docstring.
+
+        Parameters
+        ----------
+        do : dict
+            Factual-world interventions (``{site: value}``, checked).
+        evidence : tuple
+            ``(cluster, telemetry, faulty)`` from :meth:`_split`.
+        cf : dict, optional
+            One counterfactual-world intervention ``{site: value}`` (a twin network).
+        outcome_cf : dict, optional
+            ``{outcome: value}`` required in the counterfactual world.
+        terms : list, optional
+            Replace the outcome expansion by these ``(coefficient, {outcome: kind})`` terms.
+        outputs : iterable of str
+            Any of ``"cae"``, ``"precursors"``, ``"attacker"``, ``"local"``, ``"loo"``.
+        local_for : iterable of str, optional
+            Attacks whose local joint (pre, P, E, S, cut pair) ``"local"`` reports (default all).
+        next_isolated : int, optional
+            Without ``cf``: make the second cut of each pair ``[attacker == next_isolated]``
+            (whether isolating that value would cut the attacker off in the next window).
+        """
+        do = do or {}
+        cluster, telemetry, faulty = evidence
+        cf = cf or {}
+        outcome_cf = outcome_cf or {}
+        outputs = frozenset(outputs)
+        if cf and do:
+            raise InvalidInputError("a counterfactual pass takes no factual intervention")
+        terms_key = None if terms is None else tuple(
+            (np.asarray(c).tobytes(), tuple(sorted(k.items()))) for c, k in terms)
+        key = ("structure", tuple(sorted(do.items())), tuple(sorted(cluster.items())), tuple(sorted(cf.items())),
+               tuple(sorted(outcome_cf.items())), terms_key, outputs, next_isolated,
+               None if local_for is None else tuple(sorted(local_for)))
+        st = self._cached(key, lambda: self._structure(do, cluster, cf, outcome_cf, terms, outputs, next_isolated,
+                                                        local_for))
+        z, N = self.draws, self.n + 1
+        prior_a = st.prior_a
+        if faulty:
+            mask = np.ones(N)
+            for replica, value in faulty.items():
+                mask = mask * ((np.arange(N) == replica + 1) == bool(value))
+            prior_a = prior_a * mask
+        # Telemetry and join_rate: a factor over (attacker, precursor configuration), log scale per draw,
+        # one row per observation pattern.
+        pattern, factor, scale = self._telemetry(telemetry, prior_a)
+        if st.join is not None:
+            factor = factor * st.join[:, None, :]
+        C = st.C
+        members = (pattern[None, :] == np.arange(factor.shape[1])[:, None]).astype(np.float64)   # (patterns, N)
+        M = np.matmul(members, (self.class_onehot[None, :, :, None] * (C * prior_a[:, :, None])[:, :, None, :]
+                                ).reshape(z, N, -1))                                            # (z, pat, 3u)
+        U = np.matmul(np.swapaxes(M, 1, 2), factor).reshape(z, 3, st.pairs.size, 2 ** _NA)
+        B = st.cae_weight[:, :, None] * np.moveaxis(U[:, st.state_class, :, st.p_idx], 0, 1)   # (z, ns, u)
+        B_f = B if st.G.shape[3] > 1 else B.sum(2, keepdims=True)
+        GB = st.G * B_f[None]                                                # (t, z, ns, u|1)
+        per_term = GB.sum((2, 3)) * st.draw_weight                           # (t, z)
+        total = (st.coef * per_term).sum(0)
+        out = {"term_totals": per_term}
+        if outputs & {"cae", "precursors"}:
+            by_state = np.einsum("tz,tzn->zn", st.coef, GB.sum(3)) * st.draw_weight[:, None]
+            if "cae" in outputs:
+                out["cae"] = np.zeros((z, 12))
+                np.add.at(out["cae"].T, st.cae_idx, by_state.T)
+            if "precursors" in outputs:
+                out["precursors"] = by_state @ _BITS[st.p_idx].astype(np.float64)                 # (z, 8)
+        if "attacker" in outputs:
+            R = (st.coef[:, :, None, None] * st.G).sum(0) * st.cae_weight[:, :, None]            # (z, ns, u|1)
+            Wn = prior_a[:, :, None] * factor[:, :, st.p_idx][:, pattern] * st.class_match    # (z, N, ns)
+            C_f = C if st.G.shape[3] > 1 else C.sum(2, keepdims=True)
+            out["attacker"] = (np.matmul(Wn, R) * C_f).sum(2) * st.draw_weight[:, None]
+        if st.wanted:
+            loc, loo = {}, {}
+            full = B[None, :, :, None, :] * st.Pi[None, :, None, :, None]
+            shape = (st.n_terms, z, st.cae_idx.size, st.Pi.shape[1], st.pairs.size)
+            for i in st.wanted:
+                rest = np.broadcast_to(st.leave_one_out[i] * full, shape)
+                D = np.matmul(st.groups[i], rest.reshape(st.n_terms, z, st.cae_idx.size, -1)).reshape(
+                    st.n_terms, z, 8, *shape[3:]) * st.draw_weight[None, :, None, None, None]
+                loo[i] = D
+                if i in st.local_for:
+                    f_loc = st.local[i]
+                    loc[i] = np.einsum("tzxku,tzxegku->zxegu", D * st.coef[:, :, None, None, None],
+                                       np.broadcast_to(f_loc, f_loc.shape[:5] + D.shape[3:]))
+            if st.local_for:
+                out["local"] = loc                                                      # {i: (z, 8, 2, 2, u)}
+            out["loo"] = loo
+            out["pairs"], out["keep"], out["coef"] = st.pairs, st.keep, st.coef
+        return Result(total, scale, out)
+
+    def _structure(self, do, cluster, cf, outcome_cf, terms, outputs, next_isolated, local_for):
+        """Everything of a pass that depends on the query's shape but not on telemetry or faulty flags."""
+        twin = bool(cf)
+        if twin and do:
+            raise InvalidInputError("a counterfactual pass takes no factual intervention")
+        n, N = self.n, self.n + 1
+        z = self.draws
+        draw_weight = np.ones(z)
+        for source in (do, cluster):
+            if "theta_draw" in source:
+                draw_weight = draw_weight * (np.arange(z) == source["theta_draw"])
+        fact = {**cluster, **do}
+
+        # Roots: attacker, admission, exposure (do: point mass without weight; evidence: prior x indicator).
+        prior_a = np.concatenate([(1.0 - self.prior_inside)[:, None],
+                                  np.repeat((self.prior_inside / n)[:, None], n, 1)], 1)       # (z, N)
+        if "attacker" in do:
+            prior_a = np.broadcast_to((np.arange(N) == do["attacker"]).astype(float), (z, N))
+        elif "attacker" in cluster:
+            prior_a = prior_a * (np.arange(N) == cluster["attacker"])
+
+        def binary_prior(p, site):
+            table = np.stack([1.0 - p, p], 1)
+            if site in do:
+                return np.broadcast_to(np.eye(2)[do[site]], (z, 2))
+            if site in cluster:
+                return table * np.eye(2)[cluster[site]]
+            return table
+
+        adm = binary_prior(self.prior_adm, "admission_open")
+        exp = binary_prior(self.prior_exposed, "peer_table_exposed")
+        cae_weight = adm[:, _CAE[:, 1]] * exp[:, _CAE[:, 2]]                                        # (z, 12)
+        footing = self._footing(_CAE[:, 0], _CAE[:, 1], _CAE[:, 2], fact)
+        for site in _FOOTING_SITES:
+            if site in cluster:
+                cae_weight = cae_weight * (footing[site] == cluster[site])
+        pre = np.stack([self._precondition(a, footing, fact) for a in ATTACK_NAMES], 1)            # (12, 8)
+        for i, a in enumerate(ATTACK_NAMES):
+            if f"{a}.precondition" in cluster:
+                cae_weight = cae_weight * (pre[:, i] == cluster[f"{a}.precondition"])
+        if twin:
+            cf_class = np.full(12, min(cf["attacker"], 2)) if "attacker" in cf else _CAE[:, 0]
+            cf_adm = np.full(12, cf["admission_open"]) if "admission_open" in cf else _CAE[:, 1]
+            cf_exp = np.full(12, cf["peer_table_exposed"]) if "peer_table_exposed" in cf else _CAE[:, 2]
+            cf_footing = self._footing(cf_class, cf_adm, cf_exp, cf)
+            pre_cf = np.stack([self._precondition(a, cf_footing, cf) for a in ATTACK_NAMES], 1)
+        else:
+            pre_cf = pre
+
+        # States: root combinations and precursor configurations of non-zero prior mass.
+        allowed = np.ones((12, _NA, 2), dtype=bool)
+        allowed[:, :, 1] = pre.astype(bool)
+        for i, a in enumerate(ATTACK_NAMES):
+            site = f"{a}.precursor"
+            if site in fact:
+                allowed[:, i, :] = False
+                allowed[:, i, fact[site]] = True
+        allowed &= (cae_weight.max(0) > 0)[:, None, None]
+        valid = np.ones((12, 2 ** _NA), dtype=bool)
+        for i in range(_NA):
+            valid &= allowed[:, i, :][:, _BITS[:, i]]
+        cae_idx, p_idx = np.nonzero(valid)
+        if cae_idx.size == 0:
+            raise ImpossibleEvidenceError(f"the evidence has probability zero under the model: {fact}")
+        state_class = _CAE[cae_idx, 0]
+
+        join = None
+        if "join_rate" in cluster:
+            join = self.join_on if cluster["join_rate"] else 1.0 - self.join_on
+
+        # Isolation: (z, N, cut pair) with the pairs that occur.
+        C = self._cut_table(do, cluster, cf if cf else ({"isolated": next_isolated} if next_isolated is not None
+                                                        else {}))                                                        # (z, N, 4)
+        pairs = np.nonzero(C.max((0, 1)) > 0)[0]
+        C = C[:, :, pairs]
+        cut_f, cut_c = _CUT_PAIRS[pairs, 0], _CUT_PAIRS[pairs, 1]
+        # Outcome terms.
+        if terms is None:
+            terms = self._outcome_terms(cluster, outcome_cf)
+        coef = np.stack([np.broadcast_to(c, (z,)) for c, _ in terms])                              # (t, z)
+        kinds = [k for _, k in terms]
+        if twin and any(kind in ("min", "max") for k in kinds for kind in k.values()):
+            if len(cf) != 1 or ("attacker" in cf and cf["attacker"] != 0):
+                raise InvalidInputError("a counterfactual with outcomes fixed in both worlds needs one "
+                                        "intervention (attacker only to 0), so that the worlds are ordered")
+        # Which attacks' chains reach something observed (an outcome term, their own executing or
+        # success sites): only those couple through the shared controls. The others sum to one.
+        touched = {o for k in kinds for o in k}
+        coupled = [bool(any(self.impact[:, OUTCOME_NAMES.index(o), i].any() for o in touched)
+                        or any(f"{a}.{lv}" in fact for lv in ("executing", "success")))
+                   for i, a in enumerate(ATTACK_NAMES)]
+        want_local = "local" in outputs
+        local_for = set(range(_NA)) if local_for is None else {ATTACK_NAMES.index(a) for a in local_for}
+        if not want_local:
+            local_for = set()
+        separable = not any(coupled)
+
+        # Controls: prior (or point mass) of the configurations of the bits that matter.
+        deep_attacks = [i for i in range(_NA) if coupled[i]] if not separable else sorted(local_for)
+        relevant = sorted({_SIDE_OF_EFFICACY[m] for i in deep_attacks for m in ATTACKS[ATTACK_NAMES[i]].mitigations}
+                          - {len(CONTROL_SITES)})
+        if not separable and local_for - set(deep_attacks):
+            relevant = sorted({_SIDE_OF_EFFICACY[m] for i in set(deep_attacks) | local_for
+                               for m in ATTACKS[ATTACK_NAMES[i]].mitigations} - {len(CONTROL_SITES)})
+        Pi, bits_f = self._controls(do, cluster, tuple(relevant))
+        controls = np.nonzero(Pi.max(0) > 0)[0]
+        Pi = Pi[:, controls]
+        bits_f = bits_f[controls]
+        bits_c = bits_f.copy()
+        for j, site in enumerate(CONTROL_SITES):
+            if site in cf:
+                bits_c[:, j] = cf[site]
+        control_key = (bits_f.tobytes(), tuple((s_, do.get(s_), cluster.get(s_)) for s_ in CONTROL_SITES))
+        keep_f = self._cached(("keep", bits_f.tobytes(), cut_f.tobytes()), lambda: self._keep(bits_f, cut_f))
+        keep_c = keep_f if np.array_equal(bits_c, bits_f) and np.array_equal(cut_c, cut_f) else \
+            self._cached(("keep", bits_c.tobytes(), cut_c.tobytes(), "cf"), lambda: self._keep(bits_c, cut_c))
+        if separable:
+            # Nothing couples the attacks through the controls: each local output sums them on its own.
+            Pi_total = Pi.sum(1)
+            Pi_norm = Pi / np.where(Pi_total > 0, Pi_total, 1.0)[:, None]
+        # Local factors and their product over attacks.
+        factors, local = [], []
+        for i, a in enumerate(ATTACK_NAMES):
+            deep = coupled[i] or i in local_for
+            own = tuple((src, f"{a}.{lv}", d.get(f"{a}.{lv}")) for src, d in (("do", do), ("ev", cluster), ("cf", cf))
+                        for lv in ("precursor", "executing", "success"))
+            key = ("local", i, own, twin, repr(kinds), deep, i in local_for, separable, control_key, pairs.tobytes(),
+                   keep_c is keep_f, tuple(sorted(cf.items())) if keep_c is not keep_f else None)
+            f_sum, f_loc = self._cached(key, functools.partial(
+                self._local, i, a, do, cluster, cf, kinds, keep_f, keep_c, deep, i in local_for,
+                Pi_norm if separable else None))
+            idx = pre[cae_idx, i] * 4 + pre_cf[cae_idx, i] * 2 + _BITS[p_idx, i]
+            factors.append((f_sum, idx))
+            local.append(f_loc)
+        if separable:
+            Pi = Pi_total[:, None]
+        gathered = [f[:, :, idx] for f, idx in factors]                       # (t, z, ns, k|1, u|1)
+        F = functools.reduce(np.multiply, gathered)
+        # Sum over the control axis now when no factor depends on it.
+        Pi_f = Pi if F.shape[3] > 1 else Pi.sum(1, keepdims=True)
+        G = (F * Pi_f[None, :, None, :, None]).sum(3)                        # (t, z, ns, u|1)
+        wanted = sorted(local_for | ({i for i in range(_NA) if coupled[i]} if "loo" in outputs else set()))
+        leave_one_out = {i: functools.reduce(np.multiply, [g for j, g in enumerate(gathered) if j != i],
+                                             np.ones((1, 1, 1, 1, 1))) for i in wanted}
+        groups = {}
+        for i in wanted:
+            group = np.zeros((cae_idx.size, 8))
+            group[np.arange(cae_idx.size), factors[i][1]] = 1.0
+            groups[i] = group.T.copy()
+        return _Structure(
+            prior_a=prior_a, join=join, C=C, pairs=pairs, cae_idx=cae_idx, p_idx=p_idx, state_class=state_class,
+            cae_weight=cae_weight[:, cae_idx], class_match=(self.classes[:, None] == state_class[None, :]),
+            coef=coef, draw_weight=draw_weight, G=G, Pi=Pi, keep=keep_f, local=local, local_for=local_for,
+            wanted=wanted, leave_one_out=leave_one_out, groups=groups, n_terms=len(terms))
+
+    # ------------------------------------------------------------------ pieces
+    @staticmethod
+    def _footing(c, adm, exp, fixed):
+        def site(name, default):
+            return np.full(default.shape, fixed[name]) if name in fixed else default
+
+        inside = site("attacker_inside", (c >= 1).astype(int))
+        return {"primary_faulty": site("primary_faulty", (c == 1).astype(int)),
+                "attacker_inside": inside,
+                "backup_faulty": site("backup_faulty", (c == 2).astype(int)),
+                "admission_open": adm.astype(int),
+                "eclipse_footing": site("eclipse_footing", inside * exp)}
+
+    @staticmethod
+    def _precondition(a, footing, fixed):
+        site = f"{a}.precondition"
+        value = footing[ATTACKS[a].footing]
+        return np.full(value.shape, fixed[site]) if site in fixed else value
+
+    def _telemetry(self, telemetry, prior_a):
+        """Telemetry likelihood by observation pattern: ``(pattern of each attacker value, factor, log scale)``.
+
+        Replicas with the same observations share one row, so the work grows with the number of distinct
+        patterns, not replicas. Row 0 is "the attacker is none of the observed replicas".
+        Returns ``pattern`` (N,), ``factor`` (z, patterns, 256) scaled by ``exp(-scale)``, ``scale`` (z,).
+        """
+        z, N = prior_a.shape
+        pattern = np.zeros(N, dtype=np.intp)
+        if not telemetry:
+            return pattern, np.ones((z, 1, 2 ** _NA)), np.zeros(z)
+        replicas = sorted({k for k, _ in telemetry})
+        row = {k: i for i, k in enumerate(replicas)}
+        T = len(TELEMETRY)
+        observed = np.zeros((len(replicas), 2 * T))
+        for (k, t), value in telemetry.items():
+            observed[row[k], t + (T if value else 0)] = 1.0
+        codes = observed @ (2.0 ** np.arange(2 * T))
+        _, first, inverse = np.unique(codes, return_index=True, return_inverse=True)
+        pattern[np.array(replicas) + 1] = inverse.reshape(-1) + 1
+        # Row 0: every observation with faulty = 0; row p: pattern p's observations.
+        counts = np.concatenate([observed.sum(0, keepdims=True), observed[first]], 0)     # (1 + P, 2T)
+        X = (counts[:, :T] @ self._log_off_flat + counts[:, T:] @ self._log_on_flat).reshape(
+            len(first) + 1, z, 2, 2 ** _NA)
+        base = X[0, :, 0]                                                        # (z, 256)
+        log = np.concatenate([base[:, None, :], base[:, None, :] + np.swapaxes(X[1:, :, 1] - X[1:, :, 0], 0, 1)], 1)
+        rows = first
+        mass = np.zeros((z, len(rows) + 1))
+        np.add.at(mass.T, pattern, prior_a.T)
+        log = np.where((log < -1e200) | (mass[:, :, None] <= 0), -np.inf, log)
+        scale = log.max((1, 2))
+        safe = np.where(np.isfinite(scale), scale, 0.0)
+        return pattern, np.exp(log - safe[:, None, None]), scale
+
+    def _cached(self, key, build):
+        """Memoise a piece that depends only on the query's shape (bounded, per engine)."""
+        value = self._cache.get(key)
+        if value is None:
+            if len(self._cache) > 512:
+                self._cache.clear()
+            value = self._cache[key] = build()
+        return value
+
+    def _cut_table(self, do, cluster, cf):
+        names = ("isolated", "attacker_isolated", "attacker")
+        key = ("cut", *((name, do.get(name), cluster.get(name), cf.get(name)) for name in names))
+        return self._cached(key, lambda: self._build_cut_table(do, cluster, cf))
+
+    def _build_cut_table(self, do, cluster, cf):
+        z, n, N = self.draws, self.n, self.n + 1
+        iso_prior = np.concatenate([(1.0 - self.prior_isolated)[:, None],
+                                    np.repeat((self.prior_isolated / n)[:, None], n, 1)], 1)  # (z, N)
+        if "isolated" in do:
+            iso_prior = np.broadcast_to((np.arange(N) == do["isolated"]).astype(float), (z, N))
+        elif "isolated" in cluster:
+            iso_prior = iso_prior * (np.arange(N) == cluster["isolated"])
+        a = np.arange(N)[:, None]
+        iso = np.arange(N)[None, :]
+        cut = (iso == a) & (a >= 1)                                           # (a, iso)
+        a_cf = np.full_like(a, cf["attacker"]) if "attacker" in cf else a
+        iso_cf = np.full_like(iso, cf["isolated"]) if "isolated" in cf else iso
+        cut_cf = (iso_cf == a_cf) & (a_cf >= 1)
+        cut = np.broadcast_to(cut, (N, N))
+        cut_cf = np.broadcast_to(cut_cf, (N, N))
+        if "attacker_isolated" in do:
+            cut = cut_cf = np.full((N, N), bool(do["attacker_isolated"]))
+        if "attacker_isolated" in cf:
+            cut_cf = np.full((N, N), bool(cf["attacker_isolated"]))
+        pair = cut.astype(int) * 2 + cut_cf.astype(int)                       # (a, iso)
+        onehot = (pair[:, :, None] == np.arange(4)).astype(np.float64)        # (a, iso, 4)
+        table = np.tensordot(iso_prior, onehot, axes=([1], [1]))
+        if "attacker_isolated" in cluster:
+            table = table * (_CUT_PAIRS[:, 0] == cluster["attacker_isolated"])
+        return table
+
+    def _controls(self, do, cluster, relevant):
+        """Weights ``(z, 2**r)`` of the configurations of the relevant control bits, and their bits ``(2**r, 6)``.
+
+        The other bits are summed out (their evidence probability stays in the weights) and set to 0.
+        """
+        z = self.draws
+        r = len(relevant)
+        configs = (np.arange(2 ** r)[:, None] >> np.arange(r)) & 1
+        bits = np.zeros((2 ** r, len(CONTROL_SITES)), dtype=int)
+        bits[:, list(relevant)] = configs
+        Pi = np.ones((z, 2 ** r))
+        for j, site in enumerate(CONTROL_SITES):
+            prior = self.prior_controls[:, j]
+            if j in relevant:
+                bit = bits[:, j]
+                if site in do:
+                    Pi = Pi * (bit == do[site])
+                    continue
+                Pi = Pi * np.where(bit[None, :] == 1, prior[:, None], 1.0 - prior[:, None])
+                if site in cluster:
+                    Pi = Pi * (bit == cluster[site])
+            elif site in cluster and site not in do:
+                Pi = Pi * (prior if cluster[site] else 1.0 - prior)[:, None]
+        return Pi, bits
+
+    def _keep(self, bits, cut):
+        """P(success | executing) per draw, attack, control configuration and cut pair."""
+        control = np.concatenate([np.broadcast_to(bits[:, None, :], (bits.shape[0], cut.size, bits.shape[1])),
+                                  np.broadcast_to(cut[None, :, None], (bits.shape[0], cut.size, 1))], 2)  # (k, u, 7)
+        factor = np.prod(1.0 - self.efficacy[:, :, None, None, :] * control[None, None], axis=-1)
+        return self.p_success[:, :, None, None] * factor
+
+    def _outcome_terms(self, cluster, outcome_cf):
+        """Expand the outcome evidence (and counterfactual outcomes) into a sum of products over attacks."""
+        terms = [(1.0, {})]
+        for o, outcome in enumerate(OUTCOME_NAMES):
+            factual, counter = cluster.get(outcome), outcome_cf.get(outcome)
+            if factual is None and counter is None:
+                continue
+            q = 1.0 - self.outcome_baseline[:, o]
+            if counter is None or factual is None:
+                kind = "f" if counter is None else "c"
+                value = factual if counter is None else counter
+                options = [(1.0, None), (-q, kind)] if value else [(q, kind)]
             else:
-                cf_label[name] = label[name]
-        # Factual factors of the relevant sites, without their tables where a coupling replaces them.
-        targets = list(factual_targets) + list(counterfactual_targets)
-        operands, labels, _ = self._base({}, cluster, telemetry, faulty, label, targets)
-        relevant = self._ancestors(set(cluster) | set(targets) | (
-            {"attacker", *_PRECURSORS} if telemetry or faulty else set()), {})
-        tables = {id(self.cpt[name]): name for name in relevant}
-        kept_ops, kept_labels = [], []
-        for operand, lab in zip(operands, labels):
-            name = tables.get(id(operand))
-            if name is not None and name in affected and name not in do:
-                continue
-            kept_ops.append(operand)
-            kept_labels.append(lab)
-        operands, labels = kept_ops, kept_labels
-        for name in self.names:
-            if name not in affected or name not in relevant:
-                continue
-            if name in do:
-                operands.append(self._indicator(name, do[name], "do"))
-                labels.append((cf_label[name],))
-                continue
-            parents = self.parents[name]
-            joint, lab = self._coupling(name, label, cf_label)
-            operands.append(joint)
-            labels.append(tuple(lab))
-        output = [label[n] for n in factual_targets] + [cf_label[n] for n in counterfactual_targets]
-        # A counterfactual target no intervention reaches shares its factual label; tie a fresh one.
-        seen: set = set()
-        for position, lab in enumerate(output):
-            if lab in seen:
-                fresh = next_label
-                next_label += 1
-                size = self.support[(list(factual_targets) + list(counterfactual_targets))[position]].size
-                operands.append(np.eye(size))
-                labels.append((lab, fresh))
-                output[position] = fresh
-            seen.add(output[position])
-        key = ("cf", tuple(sorted(do)), tuple(sorted(cluster)), bool(telemetry), bool(faulty),
-               tuple(factual_targets), tuple(counterfactual_targets))
-        table = self._contract(key, operands, labels, output)
-        return _normalise(table, evidence)
+                options = {(1, 1): [(1.0, None), (-q, "min")], (0, 0): [(q, "max")],
+                           (1, 0): [(q, "min"), (-q, "f")], (0, 1): [(q, "min"), (-q, "c")]}[(factual, counter)]
+            terms = [(c * c2, {**k, outcome: kind} if kind else k) for c, k in terms for c2, kind in options]
+        return terms
 
+    def _local(self, i, a, do, cluster, cf, kinds, keep_f, keep_c, deep, want_local, control_weights):
+        """Attack ``a``'s chain: ``(t, z, 8 = (pre, pre', P), k, u)`` summed, and with (E, S) kept.
 
-def _normalise(table: np.ndarray, evidence) -> np.ndarray:
-    total = table.sum()
-    if float(total) <= 0.0:
-        raise ImpossibleEvidenceError(f"the evidence has probability zero under the model: {evidence}")
-    return table / total
+        ``control_weights`` (z, k), when given, sums the control axis here (no other attack depends on it).
+        """
+        z = self.draws
+        pa, pe = self.p_attempt[:, i], self.p_execute[:, i]
+        pre = np.arange(2)
+        pP = pre[None, :, None] * pa[:, None, None] + 0.0 * pre[None, None, :]         # (z, a, b)
+        pPc = pre[None, None, :] * pa[:, None, None] + 0.0 * pre[None, :, None]
+        JP = _twin_level(f"{a}.precursor", pP, pPc, do, cluster, cf)                                                          # (z, a, b, p, q)
+        if not deep:
+            f = JP.sum(-1).reshape(z, 8)[None, :, :, None, None]
+            return np.broadcast_to(f, (len(kinds), z, 8, 1, 1)), None
+        parent = np.arange(2)
+        pE = parent[None, :, None] * pe[:, None, None] + 0.0 * parent[None, None, :]   # (z, p, q)
+        pEc = parent[None, None, :] * pe[:, None, None] + 0.0 * parent[None, :, None]
+        JE = _twin_level(f"{a}.executing", pE, pEc, do, cluster, cf)                                                          # (z, p, q, e, f)
+        kf, kc = keep_f[:, i], keep_c[:, i]                                            # (z, k, u)
+        pS = parent[None, :, None, None, None] * kf[:, None, None] + 0.0 * parent[None, None, :, None, None]
+        pSc = parent[None, None, :, None, None] * kc[:, None, None] + 0.0 * parent[None, :, None, None, None]
+        JS = _twin_level(f"{a}.success", pS, pSc, do, cluster, cf)                                                          # (z, e, f, k, u, g, h)
+        # Outcome factors of this attack per term: prod over outcomes of (1 - w X(S, S')).
+        g, h = np.meshgrid(np.arange(2), np.arange(2), indexing="ij")
+        X = {"f": g, "c": h, "min": np.minimum(g, h), "max": np.maximum(g, h)}
+        H = np.ones((len(kinds), z, 2, 2))
+        for t, term in enumerate(kinds):
+            for outcome, kind in term.items():
+                w = self.impact[:, OUTCOME_NAMES.index(outcome), i]
+                H[t] = H[t] * (1.0 - w[:, None, None] * X[kind][None])
+        JSH = np.einsum("zefkugh,tzgh->tzefgku", JS, H)
+        JPE = np.einsum("zabpq,zpqef->zabpef", JP, JE).reshape(z, 8, 2, 2)
+        f_loc = np.einsum("zxef,tzefgku->tzxegku", JPE, JSH)
+        if control_weights is not None:
+            f_loc = np.einsum("tzxegku,zk->tzxegu", f_loc, control_weights)[:, :, :, :, :, None, :]
+        return f_loc.sum((3, 4)), (f_loc if want_local else None)
 
 
 @functools.lru_cache(maxsize=32)

@@ -1,9 +1,11 @@
 """The standard questions about a cluster model: preconditions, success, simulated incidents.
 
 All answers are exact (the cluster engine, :mod:`bayes_defense.models.engine`)
-for indicator-mode models, so each :class:`~bayes_defense.estimate.Probability`
-has a zero-width interval; continuous-telemetry models are answered by
-importance sampling through :func:`bayes_defense.intervene` and carry Monte
+for indicator-mode models: each :class:`~bayes_defense.estimate.Probability`
+has a zero-width interval, or, for a model built with posterior draws of its
+parameters (``cluster(..., parameters=...)``), the mean over draws with the
+spread across draws as its interval. Continuous-telemetry models are answered
+by importance sampling through :func:`bayes_defense.intervene` and carry Monte
 Carlo intervals.
 """
 
@@ -11,7 +13,6 @@ from __future__ import annotations
 
 from bayes_defense.causal.queries import counterfactual, intervene
 from bayes_defense.errors import InvalidInputError
-from bayes_defense.estimate import Probability, exact_estimate
 from bayes_defense.models.catalogue import ATTACKS, COUNTERMEASURES
 
 __all__ = ["precondition_check", "success_probability", "simulate_attack", "countermeasure_do", "check_attacks"]
@@ -38,10 +39,6 @@ def countermeasure_do(model, countermeasures, target: int | None = None) -> dict
         c = COUNTERMEASURES[name]
         do[c.site] = float((target or 0) + 1) if name == "isolate_node" else c.value
     return do
-
-
-def _p(value: float) -> Probability:
-    return exact_estimate(value, is_probability=True, level=0.9, backend="exact")
 
 
 def _fast(model) -> bool:
@@ -80,9 +77,9 @@ def precondition_check(model, evidence: dict | None = None, attacks=None, **kwar
     if _fast(model):
         from bayes_defense.models.engine import engine
 
-        marginals = engine(model).marginals(sites, evidence=evidence)
-        return {a: _p(marginals[s]) for a, s in zip(names, sites)}
-    return {a: intervene(model, {}, s, evidence=evidence, **kwargs) for a, s in zip(names, sites)}
+        estimates = engine(model).estimates(sites, evidence=evidence, level=kwargs.get("level", 0.9))
+        return {a: estimates[s] for a, s in zip(names, sites, strict=True)}
+    return {a: intervene(model, {}, s, evidence=evidence, **kwargs) for a, s in zip(names, sites, strict=True)}
 
 
 def success_probability(model, evidence: dict | None = None, countermeasures=(), attacks=None, *,
@@ -104,9 +101,9 @@ def success_probability(model, evidence: dict | None = None, countermeasures=(),
     if _fast(model):
         from bayes_defense.models.engine import engine
 
-        marginals = engine(model).marginals(sites, do=do, evidence=evidence)
-        return {a: _p(marginals[s]) for a, s in zip(names, sites)}
-    return {a: intervene(model, do, s, evidence=evidence, **kwargs) for a, s in zip(names, sites)}
+        estimates = engine(model).estimates(sites, do=do, evidence=evidence, level=kwargs.get("level", 0.9))
+        return {a: estimates[s] for a, s in zip(names, sites, strict=True)}
+    return {a: intervene(model, do, s, evidence=evidence, **kwargs) for a, s in zip(names, sites, strict=True)}
 
 
 def simulate_attack(model, evidence: dict, attack: str | None = None, countermeasure: str | None = None, *,
@@ -140,11 +137,8 @@ def simulate_attack(model, evidence: dict, attack: str | None = None, countermea
         do = countermeasure_do(model, [countermeasure], target)
     outcomes = [outcomes] if isinstance(outcomes, str) else list(outcomes)
     if _fast(model):
-        from bayes_defense.models.engine import engine
+        from bayes_defense.models.engine import draw_estimate, engine
 
-        out = {}
-        for outcome in outcomes:
-            table = engine(model).counterfactual_joint(evidence, do, [], [outcome])
-            out[outcome] = _p(float(table[-1]))
-        return out
+        values, weights = engine(model).counterfactual_outcomes(evidence, do, outcomes)
+        return {o: draw_estimate(values[o], weights, level=kwargs.get("level", 0.9)) for o in outcomes}
     return {o: counterfactual(model, evidence, do, {o: 1.0}, **kwargs) for o in outcomes}
