@@ -207,7 +207,7 @@ def plan(model, evidence: dict | None = None, *, countermeasures=None, deployed=
 
     def option(chosen) -> Option:
         row = index[frozenset(chosen)]
-        estimate = _risk_estimate(risk_draws[row], weights, level, damage.sum())
+        estimate = _risk_estimate(risk_draws[row], weights, level, damage.sum(), float(risk[row]))
         probabilities = {a: draw_estimate(success[row, :, i], weights, level=level)
                          for i, a in enumerate(ATTACK_NAMES)}
         c = cost[row] * cost_weight
@@ -230,12 +230,14 @@ def plan(model, evidence: dict | None = None, *, countermeasures=None, deployed=
     return Plan(ranked, pareto, robust, best_steps, best_losses, horizon, evidence, settings, model)
 
 
-def _risk_estimate(draws, weights, level, top) -> tuple[float, float]:
+def _risk_estimate(draws, weights, level, top, mean) -> tuple[float, float]:
     """Bounds of the expected damage across parameter draws (equal to the mean for one draw)."""
     from bayes_defense.models.engine import draw_estimate
 
+    if len(draws) == 1:
+        return mean, mean
     scaled = draw_estimate(np.asarray(draws) / top, weights, level=level)
-    return scaled.lower * top, scaled.upper * top
+    return min(float(scaled.lower) * top, mean), max(float(scaled.upper) * top, mean)
 
 
 def _most_suspected(model, evidence) -> int:
