@@ -82,21 +82,32 @@ def test_probabilities_bounded_at_every_step():
     assert estimate.lower <= estimate.mean <= estimate.upper
 
 
-def test_checkpoint_resume_is_identical(benign_stream):
-    whole = StreamingDefender()
-    first = StreamingDefender()
-    cut = len(benign_stream) // 2
-    first.observe_batch(benign_stream[:cut])
-    resumed = StreamingDefender()
-    resumed.load_state_dict(first.state_dict())
-    for event in benign_stream[:cut]:
+@pytest.mark.parametrize("stream_name", ["benign", "flooding"])
+def test_checkpoint_resume_is_identical(benign_stream, stream_name):
+    import pickle
+
+    stream = benign_stream if stream_name == "benign" else _attack_stream("flooding", seed=3)[0]
+    whole = StreamingDefender(planner=None)
+    first = StreamingDefender(planner=None)
+    # Cut inside the attack's precursor for the flooding run (it starts at 110 s).
+    cut = len(stream) // 2 if stream_name == "benign" else next(i for i, e in enumerate(stream) if e.ts > 150)
+    first.observe_batch(stream[:cut])
+    resumed = StreamingDefender(planner=None)
+    # Through bytes, as a checkpoint file would be.
+    resumed.load_state_dict(pickle.loads(pickle.dumps(first.state_dict())))
+    for event in stream[:cut]:
         whole.observe(event)
-    for event in benign_stream[cut:]:
+    for event in stream[cut:]:
         a, b = whole.observe(event), resumed.observe(event)
         assert a.ts == b.ts
         for name in ("precursor", "execution", "within_horizon", "active"):
             np.testing.assert_array_equal(getattr(a, name), getattr(b, name))
-    assert whole.state_dict()["accepted"] == resumed.state_dict()["accepted"]
+        assert a.suspects == b.suspects and a.alerts == b.alerts
+    assert whole.flush().alerts == resumed.flush().alerts
+    assert list(whole.alerts) == list(resumed.alerts)
+    if stream_name == "flooding":
+        assert any(alert.attack == "flooding" for alert in whole.alerts)
+    assert whole.accepted == resumed.accepted and whole.rejected == resumed.rejected
 
 
 _BAD = st.one_of(
