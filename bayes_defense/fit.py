@@ -1050,8 +1050,8 @@ class Posterior:
         Examples
         --------
         >>> from bayes_defense.stream.defender import default_parameters
-        >>> post = fit("defender", simulate_windows(n_windows=300, seed=0), num_steps=50, num_samples=50,
-        ...            progress=False, check=False)
+        >>> post = fit("defender", simulate_windows(n_windows=100, seed=0), num_steps=20, num_samples=20,
+        ...            progress=False, check=False, ppc_draws=10)
         >>> params = post.defender_parameters(12, seed=1)
         >>> sorted(params) == sorted(default_parameters(12)), params["spread"].shape
         (True, (8, 12))
@@ -1072,8 +1072,8 @@ class Posterior:
 
         Examples
         --------
-        >>> post = fit("defender", simulate_windows(n_windows=300, seed=0), num_steps=50, num_samples=50,
-        ...            progress=False, check=False)
+        >>> post = fit("defender", simulate_windows(n_windows=100, seed=0), num_steps=20, num_samples=20,
+        ...            progress=False, check=False, ppc_draws=10)
         >>> e = post.estimate("benign_to_precursor", "replay")
         >>> 0.0 <= e.lower <= e.mean <= e.upper <= 1.0
         True
@@ -1116,8 +1116,8 @@ class Posterior:
 
         Examples
         --------
-        >>> post = fit("defender", simulate_windows(n_windows=300, seed=0), num_steps=50, num_samples=50,
-        ...            progress=False, check=False)
+        >>> post = fit("defender", simulate_windows(n_windows=100, seed=0), num_steps=20, num_samples=20,
+        ...            progress=False, check=False, ppc_draws=10)
         >>> data = post.to_inference_data()
         >>> data.posterior["spread"].dims
         ('chain', 'draw', 'attack')
@@ -1194,8 +1194,8 @@ class Posterior:
         Examples
         --------
         >>> import tempfile, pathlib
-        >>> post = fit("defender", simulate_windows(n_windows=300, seed=0), num_steps=50, num_samples=50,
-        ...            progress=False, check=False)
+        >>> post = fit("defender", simulate_windows(n_windows=100, seed=0), num_steps=20, num_samples=20,
+        ...            progress=False, check=False, ppc_draws=10)
         >>> path = post.save(pathlib.Path(tempfile.mkdtemp()) / "posterior.nc")
         >>> bool(np.allclose(load_posterior(path).draws["spread"], post.draws["spread"]))
         True
@@ -1327,8 +1327,11 @@ def fit(model: Any = "defender", incidents: Any = None, *, labels: Any = None, m
     else:
         raise InvalidInputError(f"prior must be a Posterior, a FitPrior or None, got {type(prior).__name__}")
     data = _Data(features)
-    old_dtype = torch.get_default_dtype()
+    old_dtype, old_threads = torch.get_default_dtype(), torch.get_num_threads()
     torch.set_default_dtype(torch.float64)
+    # The tensors are small (a minibatch of windows, 64 parameters): thread
+    # start-up costs more than it saves, and several-fold on a busy machine.
+    torch.set_num_threads(1)
     try:
         if method == "svi":
             site_draws, extra = _run_svi(data, hyper, num_steps=num_steps, batch_size=batch_size,
@@ -1342,6 +1345,7 @@ def fit(model: Any = "defender", incidents: Any = None, *, labels: Any = None, m
             trend = None
     finally:
         torch.set_default_dtype(old_dtype)
+        torch.set_num_threads(old_threads)
     chains, draws_per_chain = site_draws["spread"].shape[:2]
     flat_sites = {name: value.reshape((chains * draws_per_chain,) + value.shape[2:])
                   for name, value in site_draws.items()}
@@ -1467,8 +1471,8 @@ def plot_ppc(posterior: Posterior, path: str | os.PathLike[str] | None = None):
 
     Examples
     --------
-    >>> post = fit("defender", simulate_windows(n_windows=300, seed=0), num_steps=50, num_samples=50,
-    ...            progress=False, check=False)
+    >>> post = fit("defender", simulate_windows(n_windows=100, seed=0), num_steps=20, num_samples=20,
+    ...            progress=False, check=False, ppc_draws=10)
     >>> len(plot_ppc(post).axes)
     3
     """
