@@ -57,8 +57,10 @@ _GATE = 2.5
 _GATED_RATE = 0.1
 # Configuration that is not part of a checkpoint (rebuilt by the constructor).
 _NOT_STATE = frozenset({"_log_transition", "_planner"})
-# At most this many replicas are remembered (the cluster model's limit).
+# At most this many replicas are remembered (the cluster model's limit),
+# and at most this many (node, kind) baselines.
 _MAX_REPLICAS = 100
+_MAX_SERIES = 8192
 
 
 #: Names of the parameter arrays, in documentation order.
@@ -622,7 +624,7 @@ class StreamingDefender:
                 self._replicas = self._replicas | {node}
             if kind == "source_rate_max":
                 source = attrs.get("source")
-                if isinstance(source, str):
+                if isinstance(source, str) and (node in self._source or len(self._source) < _MAX_REPLICAS):
                     self._source[node] = source
             elif kind == "preprepare_interval":
                 primary = attrs.get("primary")
@@ -681,6 +683,9 @@ class StreamingDefender:
         for key, value in self._telemetry.items():
             baseline = baselines.get(key)
             if baseline is None:
+                if len(baselines) >= _MAX_SERIES:
+                    # Bounded memory even when a log invents node names without end.
+                    continue
                 baseline = baselines[key] = _Baseline(*_floors(key[1]))
             scores.setdefault(key[1], {})[key[0]] = baseline.score(value, rate)
         self._telemetry = {}
@@ -754,7 +759,10 @@ class StreamingDefender:
         collapse = -min([value for node, value in diversity.items()
                          if counts.get(node, 0.0) >= 0.9 * norms.get(node, 0.0)] or [0.0])
         for node, count in counts.items():
-            norms[node] = count if node not in norms else norms[node] + 0.05 * (count - norms[node])
+            if node in norms:
+                norms[node] += 0.05 * (count - norms[node])
+            elif len(norms) < _MAX_REPLICAS:
+                norms[node] = count
         self._peer_counts = {}
         peer_joins = max(self._peer_joins.values()) if self._peer_joins else 0.0
         score[7] = max(churn, collapse) + 1.5 * peer_joins

@@ -261,3 +261,14 @@ def test_per_event_path_never_imports_torch():
         "assert 'torch' not in sys.modules and 'pyro' not in sys.modules\n"
     )
     subprocess.run([sys.executable, "-c", code], check=True, timeout=120)
+
+
+def test_state_stays_bounded_when_node_names_never_repeat():
+    defender = StreamingDefender(ensemble=4)
+    events = (Event(float(1 + k // 500), f"n{k}", kind, 1.0, {"source": f"s{k}", "peers": 3})
+              for k in range(30_000) for kind in ("msg_rate_in", "peer_diversity", "source_rate_max"))
+    defender.observe_batch(events)
+    state = defender.state_dict()
+    assert defender.accepted == 90_000
+    assert len(state["_baselines"]) <= 8192
+    assert len(state["_replicas"]) <= 100 and len(state["_peer_norm"]) <= 100 and len(state["_source"]) <= 100
