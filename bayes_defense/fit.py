@@ -508,7 +508,8 @@ def _transition_log(bp, exits, eb):
     import torch
 
     zero = torch.zeros_like(bp)
-    rows = [torch.stack([1 - bp, bp, zero], -1), exits, torch.stack([eb, zero, 1 - eb], -1)]
+    # exits is ordered (stay, to benign, to execution); row 1 is (to benign, stay, to execution).
+    rows = [torch.stack([1 - bp, bp, zero], -1), exits[..., [1, 0, 2]], torch.stack([eb, zero, 1 - eb], -1)]
     # Impossible moves (benign -> execution) get a tiny probability so that gradients stay finite.
     return torch.stack(rows, -2).clamp(min=1e-200).log()
 

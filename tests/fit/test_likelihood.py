@@ -1,0 +1,107 @@
+"""The fit's likelihoods against brute-force oracles."""
+
+import importlib
+import itertools
+
+import numpy as np
+import torch
+
+from bayes_defense.fit import FitPrior, simulate_windows
+
+# The module itself: the package attribute `bayes_defense.fit` is the function bd.fit.
+fitting = importlib.import_module("bayes_defense.fit")
+
+TRUTH = {"score_precursor": 3.0, "score_execution": 5.0, "spread": 1.2, "benign_to_precursor": 0.2,
+         "precursor_to_execution": 0.3, "precursor_to_benign": 0.1, "execution_to_benign": 0.25}
+
+
+def _params(attacks=8):
+    torch.manual_seed(1)
+    priors = fitting._prior_distributions(FitPrior.default(attacks))
+    return {name: prior.sample() for name, prior in priors.items()}
+
+
+def test_forward_algorithm_equals_sum_over_all_phase_paths():
+    torch.set_default_dtype(torch.float64)
+    features = simulate_windows(TRUTH, n_windows=5, seed=1, labelled=False)
+    data = fitting._Data(features)
+    params = {"score_precursor": torch.full((8,), 3.0), "score_execution": torch.full((8,), 5.0),
+              "spread": torch.linspace(0.8, 1.6, 8), "benign_to_precursor": torch.full((8,), 0.2),
+              "precursor_exit": torch.tensor([[0.6, 0.1, 0.3]] * 8), "execution_to_benign": torch.full((8,), 0.25)}
+    _, segment_ll = fitting._log_likelihoods(data, params, segments=torch.arange(len(data.segments)))
+    log_t = fitting._transition_log(params["benign_to_precursor"], params["precursor_exit"],
+                                    params["execution_to_benign"])
+    means = torch.stack([torch.zeros(8), params["score_precursor"], params["score_execution"]], -1)
+    emission = fitting._emission_log(torch.as_tensor(features.scores, dtype=torch.float64), means,
+                                     params["spread"], 12.0)
+    initial = torch.tensor(fitting._INITIAL).log()
+    total = 0.0
+    # The defender's convention: the initial distribution is the phase before the first window.
+    for a in range(8):
+        terms = []
+        for path in itertools.product(range(3), repeat=6):
+            value = initial[path[0]]
+            for t in range(1, 6):
+                value = value + log_t[a, path[t - 1], path[t]] + emission[t - 1, a, path[t]]
+            terms.append(value)
+        total += torch.logsumexp(torch.stack(terms), 0)
+    assert torch.allclose(segment_ll.sum(), total, rtol=1e-12)
+
+
+def test_padded_segments_equal_unpadded_chain():
+    # A 70-window run becomes one full and one padded segment; with the second
+    # segment starting from the stationary law, the padding must add nothing.
+    torch.set_default_dtype(torch.float64)
+    features = simulate_windows(TRUTH, n_windows=70, seed=2, labelled=False)
+    data = fitting._Data(features)
+    assert data.segments.shape[:2] == (2, 64) and int(data.masks[1].sum()) == 6
+    params = _params()
+    _, both = fitting._log_likelihoods(data, params, segments=torch.arange(2))
+    short = fitting._Data(fitting.WindowFeatures(features.scores[64:], features.phases[64:], features.run[64:]))
+    short.firsts[:] = False
+    _, tail = fitting._log_likelihoods(short, params, segments=torch.arange(1))
+    assert torch.allclose(both[1], tail[0], rtol=1e-12)
+
+
+def test_sufficient_statistics_equal_the_per_window_likelihood():
+    torch.set_default_dtype(torch.float64)
+    features = simulate_windows(TRUTH, n_windows=400, seed=3)
+    features.scores[:3] = 12.0  # clipped from above as well as below
+    data = fitting._Data(features)
+    params = _params()
+    windows, _ = fitting._log_likelihoods(data, params, windows=torch.arange(len(data.scores)))
+    assert torch.allclose(windows.sum(), fitting._collapsed_log_likelihood(data, params), rtol=1e-10)
+
+
+def test_censored_emission_matches_normal_cdf():
+    from scipy.stats import norm
+
+    torch.set_default_dtype(torch.float64)
+    scores = torch.tensor([[0.0, 2.5, 12.0]]).T.expand(3, 8)
+    means = torch.tensor([0.0, 3.0, 6.0]).expand(8, 3)
+    spread = torch.full((8,), 1.3)
+    out = fitting._emission_log(scores, means, spread, 12.0)
+    assert np.allclose(out[0, 0].numpy(), norm.logcdf(0.0, [0.0, 3.0, 6.0], 1.3))
+    assert np.allclose(out[1, 0].numpy(), norm.logpdf(2.5, [0.0, 3.0, 6.0], 1.3))
+    assert np.allclose(out[2, 0].numpy(), norm.logsf(12.0, [0.0, 3.0, 6.0], 1.3))
+
+
+def test_stationary_distribution_is_left_fixed_by_the_chain():
+    torch.set_default_dtype(torch.float64)
+    params = _params()
+    pi = fitting._stationary(params["benign_to_precursor"], params["precursor_exit"], params["execution_to_benign"])
+    matrix = fitting._transition_log(params["benign_to_precursor"], params["precursor_exit"],
+                                     params["execution_to_benign"]).exp()
+    assert torch.allclose((pi.unsqueeze(-1) * matrix).sum(-2), pi, atol=1e-12)
+
+
+def test_transition_matrix_rows_match_the_defender():
+    from bayes_defense.stream.defender import StreamingDefender
+
+    torch.set_default_dtype(torch.float64)
+    params = _params()
+    ours = fitting._transition_log(params["benign_to_precursor"], params["precursor_exit"],
+                                   params["execution_to_benign"]).exp().numpy()
+    defender_params = fitting._to_defender({name: value.numpy()[None] for name, value in params.items()})
+    theirs = np.exp(StreamingDefender._transitions({k: v[0] for k, v in defender_params.items()}))
+    assert np.allclose(ours, theirs, atol=1e-12)
