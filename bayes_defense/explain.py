@@ -23,7 +23,6 @@ pass for all replicas together.
 
 from __future__ import annotations
 
-import functools
 import itertools
 from dataclasses import dataclass, field
 
@@ -177,9 +176,16 @@ def explain(model, evidence: dict, outcome: dict, *, threshold: float = 0.0, lev
     loo = base.outputs["loo"]
     zero = fast_probability(0.0, level)
 
+    shared: dict = {}
+
     def combine(values_by_draw, weights_by_draw):
         if z == 1:
-            return fast_probability(float(values_by_draw[0]), level)
+            # Estimates are immutable: replicas with the same evidence share one object per value.
+            value = float(values_by_draw[0])
+            found = shared.get(value)
+            if found is None:
+                found = shared[value] = fast_probability(value, level)
+            return found
         w = weights_by_draw * np.exp(np.where(np.isfinite(base.scale), base.scale - np.max(base.scale), -np.inf))
         if w.sum() <= 0:
             return draw_estimate(np.zeros(z), np.full(z, 1.0 / z), level=level)
@@ -190,6 +196,7 @@ def explain(model, evidence: dict, outcome: dict, *, threshold: float = 0.0, lev
             return np.where(den > 0, num / np.where(den > 0, den, 1.0), 0.0)
 
     causes = []
+    draw_weights = _weights(base)
     cae = base.outputs["cae"]
     precursors = base.outputs["precursors"]
     for i, attack in enumerate(ATTACK_NAMES):
@@ -238,66 +245,65 @@ def explain(model, evidence: dict, outcome: dict, *, threshold: float = 0.0, lev
         D = loo[i]                                                       # (t, z, x, k, u)
         # x = pre * 4 + pre' * 2 + P with pre' = pre in this pass.
         Dap = D[:, :, [0, 1, 6, 7]].reshape(D.shape[0], z, 2, 2, *D.shape[3:])   # (t, z, a, p, k, u)
-        for axis, kind, level_name in ((3, "attack", "executing"), (2, "precursor", "precursor"),
-                                       (1, "precondition", "precondition")):
+        # The three levels at once (axis L): executing, precursor, precondition.
+        # q: P(counterfactual success) when the level is switched on from an observed "off".
+        q = np.stack([kp, pe[:, None, None] * kp, pa[:, None, None] * pe[:, None, None] * kp])   # (L, z, k, u)
+        masks = np.zeros((3, 2, 1, 2, 2, 2, 1, 1, 1))                       # (L, X, z, a, p, e, s, k, u)
+        masks[0, :, 0, :, :, :] = np.eye(2)[:, None, None, :, None, None, None]
+        masks[1, :, 0, :, :, :] = np.eye(2)[:, None, :, None, None, None, None]
+        masks[2, :, 0, :, :, :] = np.eye(2)[:, :, None, None, None, None, None]
+        split = (chain[None, None] * masks).sum(5)                            # (L, X, z, a, p, s, k, u)
+        on = split[:, 1]                                                     # X = 1: (L, z, a, p, s, k, u)
+        off = split[:, 0].sum(4)                                             # X = 0 forces S = 0: (L, z, a, p, k, u)
+        num, den, a_ps, b_ps, c_ps, d_ps = (np.zeros((3, z)) for _ in range(6))
+        for t, (c_e, _, subset) in enumerate(layout):
+            own, fact_k, zero_one, w_k = weights_s[t]
+            d_t = Dap[t][None]                                               # (1, z, a, p, k, u)
+            on_t = (d_t[:, :, :, :, None] * on).sum((2, 3, 5, 6))           # (L, z, s)
+            den += coef[t] * (on_t * (own * fact_k)[None]).sum(2)
+            num += coef[t] * (on_t * (own * zero_one)[None]).sum(2)
+            zero_target = np.ones(z)
+            for o in subset:
+                if not target[o]:
+                    zero_target = zero_target * (1.0 - eng.impact[:, OUTCOME_NAMES.index(o), i])
+            fresh = (1.0 - q) + q * w_k[None, :, None, None]                 # (L, z, k, u)
+            fresh_b = (1.0 - q) + q * zero_target[None, :, None, None]
+            off_t = (d_t * off).sum((2, 3))                                  # (L, z, k, u)
+            a_ps += coef[t] * (off_t * fresh).sum((2, 3))
+            b_ps += coef[t] * (off_t * fresh_b).sum((2, 3))
+            plain = off_t.sum((2, 3))
+            d_ps += coef[t] * plain
+            if not subset:
+                c_ps += c_e * plain
+        for row, (kind, level_name) in enumerate((("attack", "executing"), ("precursor", "precursor"),
+                                                    ("precondition", "precondition"))):
             site = f"{attack}.{level_name}"
-            num = np.zeros(z)
-            den = np.zeros(z)
-            a_ps = np.zeros(z)
-            b_ps = np.zeros(z)
-            c_ps = np.zeros(z)
-            d_ps = np.zeros(z)
-            # q: P(counterfactual success) when switched on from an observed "off".
-            q = {1: pa[:, None, None] * pe[:, None, None] * kp, 2: pe[:, None, None] * kp, 3: kp}[axis]
-            shape = [1] * chain.ndim
-            shape[axis] = 2
-            on = (chain * (one == 1).reshape(shape)).sum(3)              # X = 1: (z, a, p, s, k, u)
-            off = (chain * (one == 0).reshape(shape)).sum((3, 4))       # X = 0 forces S = 0: (z, a, p, k, u)
-            for t, (c_e, _, subset) in enumerate(layout):
-                own, fact_k, zero_one, w_k = weights_s[t]
-                d_t = Dap[t]                                             # (z, a, p, k, u)
-                factual = (on * (own * fact_k)[:, None, None, :, None, None]).sum(3)
-                necessary = (on * (own * zero_one)[:, None, None, :, None, None]).sum(3)
-                contrib = functools.partial(_contribution, d_t)
-                den += coef[t] * contrib(factual)
-                num += coef[t] * contrib(necessary)
-                fresh = (1.0 - q) + q * w_k[:, None, None]
-                zero_target = np.ones(z)
-                for o in subset:
-                    if not target[o]:
-                        zero_target = zero_target * (1.0 - eng.impact[:, OUTCOME_NAMES.index(o), i])
-                fresh_b = (1.0 - q) + q * zero_target[:, None, None]
-                a_ps += coef[t] * contrib(off * fresh[:, None, None])
-                b_ps += coef[t] * contrib(off * fresh_b[:, None, None])
-                d_ps += coef[t] * contrib(off)
-                if not subset:
-                    c_ps += c_e * contrib(off)
-            posterior = ratio(den, total)
-            necessity = 1.0 - ratio(num, den)
-            sufficiency = ratio(a_ps - b_ps, c_ps - d_ps)
-            p_mean = float(np.dot(posterior, _weights(base)))
-            if p_mean < threshold:
-                necessity = np.zeros(z)
-                sufficiency = np.zeros(z)
+            posterior = ratio(den[row], total)
+            necessity = 1.0 - ratio(num[row], den[row])
+            sufficiency = ratio(a_ps[row] - b_ps[row], c_ps[row] - d_ps[row])
+            if float(np.dot(posterior, draw_weights)) < threshold:
+                necessity = sufficiency = np.zeros(z)
                 score = posterior
             else:
-                score = ratio(den - num, total)
+                score = ratio(den[row] - num[row], total)
             name = attack if kind == "attack" else f"{attack} {kind}"
-            causes.append(Cause(name, kind, attack, site, combine(posterior, total), combine(necessity, den),
-                                combine(np.clip(sufficiency, 0, 1), np.maximum(c_ps - d_ps, 0)),
+            causes.append(Cause(name, kind, attack, site, combine(posterior, total), combine(necessity, den[row]),
+                                combine(np.clip(sufficiency, 0, 1), np.maximum(c_ps[row] - d_ps[row], 0)),
                                 combine(score, total)))
     # Replicas: attacker = k against no attacker inside, one twin pass for every k.
     with_outcome = ({**cluster, **target}, parsed[1], parsed[2])
     twin = eng.run(evidence=with_outcome, cf={"attacker": 0}, outcome_cf=target, outputs=("attacker",))
     node_den = base.outputs["attacker"]                                  # (z, N): P(a, evidence, outcome)
     node_num = twin.outputs["attacker"]
+    # All replicas at once: (z, n) arrays.
+    den = node_den[:, 1:]
+    posteriors = ratio(den, total[:, None])
+    necessities = 1.0 - ratio(node_num[:, 1:], den)
+    scores = ratio(den - node_num[:, 1:], total[:, None])
     for replica in range(model.n_nodes):
-        den = node_den[:, replica + 1]
-        posterior = ratio(den, total)
-        necessity = 1.0 - ratio(node_num[:, replica + 1], den)
-        causes.append(Cause(f"r{replica}", "node", None, f"r{replica}.faulty", combine(posterior, total),
-                            combine(necessity, den), zero,
-                            combine(ratio(den - node_num[:, replica + 1], total), total)))
+        causes.append(Cause(f"r{replica}", "node", None, f"r{replica}.faulty",
+                            combine(posteriors[:, replica], total), combine(necessities[:, replica], den[:, replica]),
+                            zero, combine(scores[:, replica], total)))
     causes.sort(key=lambda c: (-round(c.score.mean, 12), _KIND_ORDER[c.kind], -c.sufficiency.mean))
     return Explanation(dict(outcome), causes, evidence)
 
@@ -307,8 +313,3 @@ def _weights(result) -> np.ndarray:
         return result.weights()
     except Exception:  # noqa: BLE001 - an impossible outcome is reported by the caller's checks
         return np.full(result.total.shape, 1.0 / result.total.size)
-
-
-def _contribution(loo_term, factor) -> np.ndarray:
-    """Per draw, the sum of one term of the other attacks' product times this attack's factor."""
-    return (loo_term * factor).sum((1, 2, 3, 4))
