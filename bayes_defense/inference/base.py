@@ -155,20 +155,12 @@ def make_query(query, info: ModelInfo, role: str = "query") -> Query:
         return Query(fn=event, description=" & ".join(f"{k}={v}" for k, v in query.items()),
                      probability=True, key=key)
     if callable(query):
-        return Query(fn=query, description=getattr(query, "__name__", "query"), key=_callable_key(query))
+        # No key: a callable may read state that changes between queries.
+        return Query(fn=query, description=getattr(query, "__name__", "query"))
     raise InvalidInputError(
         f"{role} must be a site name, a {{site: value}} dict or a callable on {{site: tensor}}; "
         f"got {type(query).__name__}"
     )
-
-
-def _callable_key(fn) -> object:
-    """Key a callable query by identity: equal objects compute the same function."""
-    try:
-        hash(fn)
-    except TypeError:
-        return None
-    return ("callable", fn)
 
 
 class _ParticlePlate(PlateMessenger):

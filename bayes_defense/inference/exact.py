@@ -293,7 +293,7 @@ def _indicator(support, value, name: str, role: str) -> numpy.ndarray:
     return match.astype(numpy.float64)
 
 
-#: Query tables kept per network; callables are keyed by identity, so bound the cache.
+#: Query tables kept per network (keys name sites and values, so the cache stays small; bound it anyway).
 _MAX_QUERY_TABLES = 128
 
 

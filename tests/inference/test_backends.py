@@ -109,3 +109,22 @@ def test_probability_estimate_type_and_bounds():
     assert (estimate.lower, estimate.upper) == (0.0, 1.0)
     with pytest.raises(ValueError):
         bd.Estimate(mean=float("nan"), lower=0.0, upper=1.0)
+
+
+def test_exact_reuses_no_stale_table_across_values_or_callables():
+    """Contraction paths are cached per pattern; values and callable queries are read afresh."""
+    def model():
+        x = pyro.sample("x", dist.Bernoulli(0.3))
+        pyro.sample("y", dist.Bernoulli(0.2 + 0.6 * x))
+
+    p_y1 = 0.3 * 0.8 + 0.7 * 0.2
+    assert bd.intervene(model, {}, "x", evidence={"y": 1.0}).mean == pytest.approx(0.3 * 0.8 / p_y1, abs=1e-12)
+    assert bd.intervene(model, {}, "x", evidence={"y": 0.0}).mean == pytest.approx(0.3 * 0.2 / (1 - p_y1), abs=1e-12)
+    threshold = {"value": 0.5}
+
+    def above(values):
+        return values["y"] > threshold["value"]
+
+    assert bd.intervene(model, {"x": 1.0}, above).mean == pytest.approx(0.8, abs=1e-12)
+    threshold["value"] = 1.5
+    assert bd.intervene(model, {"x": 1.0}, above).mean == 0.0
