@@ -118,6 +118,12 @@ class Result:
             return np.where(total > 0, out / np.where(total > 0, total, 1.0), 0.0)
 
 
+def _code_counts(codes, width) -> np.ndarray:
+    """How many replicas made each observation, from their bit codes."""
+    codes = np.fromiter(codes, dtype=np.int64)
+    return ((codes[:, None] >> np.arange(width)) & 1).sum(0).astype(np.float64)
+
+
 def fast_probability(value: float, level: float = 0.9) -> Probability:
     """An exact :class:`Probability` (zero-width interval) for a value already in [0, 1].
 
@@ -307,26 +313,22 @@ class Engine:
         do = self.check_do(do)
         parsed = self._split(evidence)
         sites = list(sites)
-        kinds = {site: self.site_kind(site) for site in sites}
-        outputs = {k for k in kinds.values() if k != "leaf"}
-        local_for = sorted({site.split(".")[0] for site, kind in kinds.items() if kind == "local"})
+        fact = {**parsed[0], **do}
+        shape_key = ("query", tuple(sites), tuple(sorted(fact.items())))
+        kinds, outputs, local_for, cae_sites, indicators = self._cached(
+            shape_key, functools.partial(self._query_shape, sites, fact))
         result = self.run(do=do, evidence=parsed, outputs=outputs, local_for=local_for)
         weights = result.weights(evidence)
-        fact = {**parsed[0], **do}
         values = {}
-        if "cae" in outputs:
-            cae = result.conditional("cae")
-            footing = self._footing(_CAE[:, 0], _CAE[:, 1], _CAE[:, 2], fact)
+        if cae_sites:
+            # One product for every site that is a function of the root state.
+            for site, column in zip(cae_sites, (result.conditional("cae") @ indicators).T, strict=True):
+                values[site] = column
         for site, kind in kinds.items():
             if kind == "attacker":
                 values[site] = result.conditional("attacker")
             elif kind == "cae":
-                if site.endswith(".precondition"):
-                    indicator = self._precondition(site.split(".")[0], footing, fact)
-                else:
-                    indicator = {"admission_open": _CAE[:, 1], "peer_table_exposed": _CAE[:, 2]}.get(site)
-                    indicator = footing[site] if indicator is None else indicator
-                values[site] = cae @ indicator.astype(np.float64)
+                continue
             elif kind == "precursors":
                 values[site] = result.conditional("precursors")[:, ATTACK_NAMES.index(site.split(".")[0])]
             elif kind == "local":
@@ -346,6 +348,22 @@ class Engine:
         """``attack.precondition`` on each of the 12 root states of output ``"cae"`` (after ``fixed`` do/evidence)."""
         footing = self._footing(_CAE[:, 0], _CAE[:, 1], _CAE[:, 2], fixed)
         return self._precondition(attack, footing, fixed).astype(np.float64)
+
+    def _query_shape(self, sites, fact):
+        kinds = {site: self.site_kind(site) for site in sites}
+        outputs = frozenset(k for k in kinds.values() if k != "leaf")
+        local_for = tuple(sorted({site.split(".")[0] for site, kind in kinds.items() if kind == "local"}))
+        cae_sites = [site for site, kind in kinds.items() if kind == "cae"]
+        footing = self._footing(_CAE[:, 0], _CAE[:, 1], _CAE[:, 2], fact)
+        columns = []
+        for site in cae_sites:
+            if site.endswith(".precondition"):
+                columns.append(self._precondition(site.split(".")[0], footing, fact))
+            else:
+                indicator = {"admission_open": _CAE[:, 1], "peer_table_exposed": _CAE[:, 2]}.get(site)
+                columns.append(footing[site] if indicator is None else indicator)
+        indicators = np.stack(columns, 1).astype(np.float64) if columns else None
+        return kinds, outputs, local_for, cae_sites, indicators
 
     def marginals(self, sites, *, do=None, evidence=None) -> dict:
         """Posterior marginals ``{site: P(site = 1)}`` averaged over draws (a vector for ``attacker``)."""
@@ -667,28 +685,31 @@ class Engine:
         Returns ``pattern`` (N,), ``factor`` (z, patterns, 256) scaled by ``exp(-scale)``, ``scale`` (z,).
         """
         z, N = prior_a.shape
-        pattern = np.zeros(N, dtype=np.intp)
         if not telemetry:
-            return pattern, np.ones((z, 1, 2 ** _NA)), np.zeros(z)
-        replicas = sorted({k for k, _ in telemetry})
-        row = {k: i for i, k in enumerate(replicas)}
+            return np.zeros(N, dtype=np.intp), np.ones((z, 1, 2 ** _NA)), np.zeros(z)
         T = len(TELEMETRY)
-        observed = np.zeros((len(replicas), 2 * T))
+        # Each replica's observations as a bit code (bit t: observed 0, bit T + t: observed 1).
+        code: dict = {}
         for (k, t), value in telemetry.items():
-            observed[row[k], t + (T if value else 0)] = 1.0
-        codes = observed @ (2.0 ** np.arange(2 * T))
-        _, first, inverse = np.unique(codes, return_index=True, return_inverse=True)
-        pattern[np.array(replicas) + 1] = inverse.reshape(-1) + 1
+            code[k] = code.get(k, 0) | (1 << (t + T * value))
+        ids: dict = {}
+        pattern = [0] * N
+        for k, c in code.items():
+            pattern[k + 1] = ids.setdefault(c, len(ids) + 1)
+        pattern = np.array(pattern, dtype=np.intp)
+        bits = (np.array([0, *ids], dtype=np.int64)[:, None] >> np.arange(2 * T)) & 1            # (1 + P, 2T)
+        counts = bits.astype(np.float64)
+        counts[0] = _code_counts(code.values(), 2 * T)
         # Row 0: every observation with faulty = 0; row p: pattern p's observations.
-        counts = np.concatenate([observed.sum(0, keepdims=True), observed[first]], 0)     # (1 + P, 2T)
         X = (counts[:, :T] @ self._log_off_flat + counts[:, T:] @ self._log_on_flat).reshape(
-            len(first) + 1, z, 2, 2 ** _NA)
+            len(ids) + 1, z, 2, 2 ** _NA)
         base = X[0, :, 0]                                                        # (z, 256)
-        log = np.concatenate([base[:, None, :], base[:, None, :] + np.swapaxes(X[1:, :, 1] - X[1:, :, 0], 0, 1)], 1)
-        rows = first
-        mass = np.zeros((z, len(rows) + 1))
-        np.add.at(mass.T, pattern, prior_a.T)
-        log = np.where((log < -1e200) | (mass[:, :, None] <= 0), -np.inf, log)
+        log = np.empty((z, len(ids) + 1, 2 ** _NA))
+        log[:, 0] = base
+        log[:, 1:] = base[:, None, :] + np.swapaxes(X[1:, :, 1] - X[1:, :, 0], 0, 1)
+        members = (pattern[None, :] == np.arange(len(ids) + 1)[:, None]).astype(np.float64)   # (P + 1, N)
+        mass = prior_a @ members.T                                               # (z, P + 1)
+        log[(log < -1e200) | (mass[:, :, None] <= 0)] = -np.inf
         scale = log.max((1, 2))
         safe = np.where(np.isfinite(scale), scale, 0.0)
         return pattern, np.exp(log - safe[:, None, None]), scale
