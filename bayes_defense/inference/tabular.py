@@ -12,7 +12,10 @@ row. This is the canonical coupling of :mod:`bayes_defense.causal.noise`
 ``u ~ Uniform(F(k - 1), F(k))`` with weight ``P(x = k | parents)``), so the
 particles have the same distribution as those of a model run; only the cost
 differs, a few array operations per site instead of the model's own
-arithmetic, distribution objects and Pyro's handler stack.
+arithmetic, distribution objects and Pyro's handler stack. The noise is drawn
+from torch's generator in the model run's order, so for a given seed both
+paths weight the same particles (up to draws within float rounding of a
+threshold).
 
 The path declines (and the backend runs the model) when a site is observed by
 the model itself, or when an intervened or observed value lies outside its
@@ -52,6 +55,8 @@ class _Site:
         self.cdf = numpy.cumsum(pmf, axis=1)
         # Contiguous columns: numpy.take on a 1-d table is the cheapest gather.
         self.cdf_columns = [numpy.ascontiguousarray(self.cdf[:, k]) for k in range(self.size)]
+        # A model run compares float32 noise with the float32 ``1 - p``; so do two-valued sites here.
+        self.threshold32 = self.cdf_columns[0].astype(numpy.float32)
         with numpy.errstate(divide="ignore"):
             self.log_pmf_columns = [numpy.ascontiguousarray(numpy.log(pmf[:, k])) for k in range(self.size)]
         self.support = network.numpy_support(name)
@@ -73,7 +78,7 @@ class _Site:
         if self.deterministic:
             return self.point.take(row) if numpy.ndim(row) else numpy.full(n, self.point[row], numpy.int32)
         if self.size == 2:
-            return numpy.greater(u, self.cdf_columns[0].take(row)).astype(numpy.int32)
+            return numpy.greater(u, self.threshold32.take(row)).astype(numpy.int32)
         thresholds = self.cdf[row, :-1] if numpy.ndim(row) else self.cdf[row, :-1][None, :]
         return (u[:, None] > thresholds).sum(axis=1, dtype=numpy.int32)
 
@@ -118,6 +123,17 @@ class _Values(Mapping):
         return len(self._sites)
 
 
+def _uniform(n: int) -> numpy.ndarray:
+    """One site's uniform noise, drawn exactly as a model run draws it.
+
+    The model run (:class:`~bayes_defense.causal.noise.World`) draws one
+    ``torch.rand`` per site in execution order, observed sites included (for
+    their abducted noise); drawing the same here makes the particles of both
+    paths the same for a given seed, up to thresholds within float rounding.
+    """
+    return torch.rand(n).numpy()
+
+
 class TabularSampler:
     """Likelihood weighting over a compiled discrete network (see the module docstring)."""
 
@@ -159,9 +175,6 @@ class TabularSampler:
         n = problem.num_samples
         counterfactual = problem.counterfactual
         affected = self._affected(problem.do) if counterfactual else frozenset()
-        # One generator per query, seeded from torch's so that ``seed=`` and
-        # torch.manual_seed make runs reproducible.
-        rng = numpy.random.Generator(numpy.random.SFC64(int(torch.randint(2**62, ()))))
         log_weight = numpy.zeros(n)
         index: list = [None] * len(self.sites)
         # Noise is kept only where the counterfactual world replays it.
@@ -176,10 +189,12 @@ class TabularSampler:
                 k = evidence[name]
                 index[i] = k
                 log_weight += site.log_pmf(k, row)
-                if name in affected and not site.deterministic:
-                    noise[name] = site.abduct(k, row, rng.random(n))
+                if not site.deterministic:
+                    draw = _uniform(n)
+                    if name in affected:
+                        noise[name] = site.abduct(k, row, draw)
                 continue
-            u = None if site.deterministic else rng.random(n)
+            u = None if site.deterministic else _uniform(n)
             if name in affected:
                 noise[name] = u
             index[i] = site.invert(u, row, n)
