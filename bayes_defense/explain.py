@@ -192,8 +192,9 @@ def explain(model, evidence: dict, outcome: dict, *, threshold: float = 0.0, lev
         return draw_estimate(values_by_draw, w / w.sum(), level=level)
 
     def ratio(num, den):
-        with np.errstate(invalid="ignore", divide="ignore"):
-            return np.where(den > 0, num / np.where(den > 0, den, 1.0), 0.0)
+        out = np.zeros(np.broadcast_shapes(np.shape(num), np.shape(den)))
+        np.divide(num, den, out=out, where=np.broadcast_to(den > 0, out.shape))
+        return out
 
     causes = []
     draw_weights = _weights(base)

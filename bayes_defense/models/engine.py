@@ -346,8 +346,11 @@ class Engine:
 
     def precondition_indicator(self, attack: str, fixed: dict) -> np.ndarray:
         """``attack.precondition`` on each of the 12 root states of output ``"cae"`` (after ``fixed`` do/evidence)."""
-        footing = self._footing(_CAE[:, 0], _CAE[:, 1], _CAE[:, 2], fixed)
-        return self._precondition(attack, footing, fixed).astype(np.float64)
+        def build():
+            footing = self._footing(_CAE[:, 0], _CAE[:, 1], _CAE[:, 2], fixed)
+            return {a: self._precondition(a, footing, fixed).astype(np.float64) for a in ATTACK_NAMES}
+
+        return self._cached(("preconditions", tuple(sorted(fixed.items()))), build)[attack]
 
     def _query_shape(self, sites, fact):
         kinds = {site: self.site_kind(site) for site in sites}
@@ -481,9 +484,11 @@ class Engine:
                 out["precursors"] = by_state @ _BITS[st.p_idx].astype(np.float64)                 # (z, 8)
         if "attacker" in outputs:
             R = (st.coef[:, :, None, None] * st.G).sum(0) * st.cae_weight[:, :, None]            # (z, ns, u|1)
-            Wn = prior_a[:, :, None] * factor[:, :, st.p_idx][:, pattern] * st.class_match    # (z, N, ns)
+            # Per observation pattern and attacker class first; replicas alike share the work.
+            by_class = (R[:, :, None, :] * st.state_class_onehot[None, :, :, None]).reshape(z, R.shape[1], -1)
+            Y = np.matmul(factor[:, :, st.p_idx], by_class).reshape(z, factor.shape[1], 3, R.shape[2])
             C_f = C if st.G.shape[3] > 1 else C.sum(2, keepdims=True)
-            out["attacker"] = (np.matmul(Wn, R) * C_f).sum(2) * st.draw_weight[:, None]
+            out["attacker"] = (Y[:, pattern, self.classes] * C_f).sum(2) * prior_a * st.draw_weight[:, None]
         if st.wanted:
             loc, loo = {}, {}
             full = B[None, :, :, None, :] * st.Pi[None, :, None, :, None]
@@ -654,7 +659,7 @@ class Engine:
             groups[i] = group.T.copy()
         return _Structure(
             prior_a=prior_a, join=join, C=C, pairs=pairs, cae_idx=cae_idx, p_idx=p_idx, state_class=state_class,
-            cae_weight=cae_weight[:, cae_idx], class_match=(self.classes[:, None] == state_class[None, :]),
+            cae_weight=cae_weight[:, cae_idx], state_class_onehot=(state_class[:, None] == np.arange(3)).astype(float),
             coef=coef, draw_weight=draw_weight, G=G, Pi=Pi, keep=keep_f, local=local, local_for=local_for,
             wanted=wanted, leave_one_out=leave_one_out, groups=groups, n_terms=len(terms))
 
@@ -718,7 +723,7 @@ class Engine:
         """Memoise a piece that depends only on the query's shape (bounded, per engine)."""
         value = self._cache.get(key)
         if value is None:
-            if len(self._cache) > 512:
+            if len(self._cache) > 128:
                 self._cache.clear()
             value = self._cache[key] = build()
         return value
