@@ -134,6 +134,12 @@ def run_defend(args: argparse.Namespace) -> int:
 
     reader = read_events(args.events, strict=False)
     defender = StreamingDefender(_load_parameters(args.posterior), threshold=args.threshold)
+    # Load the planner's modules (torch, Pyro) before the clock starts: the
+    # first alert would load them anyway, and events_per_second should time
+    # the defender, not an import.
+    import bayes_defense.models  # noqa: F401
+    import bayes_defense.planning  # noqa: F401
+
     bar = progress_bar(None, "defend")
     stats = defend_stream(reader, defender, bar=bar)
     bar.close()
