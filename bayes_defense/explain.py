@@ -32,6 +32,13 @@ from bayes_defense.errors import ImpossibleEvidenceError, InvalidInputError
 
 __all__ = ["explain", "Explanation", "Cause"]
 
+# Indicators of "level = X" for the levels executing, precursor, precondition of one attack's chain:
+# axes (level, X, z, pre, P, E, S, controls, cut pairs).
+_LEVEL_MASKS = np.zeros((3, 2, 1, 2, 2, 2, 1, 1, 1))
+_LEVEL_MASKS[0, :, 0] = np.eye(2)[:, None, None, :, None, None, None]
+_LEVEL_MASKS[1, :, 0] = np.eye(2)[:, None, :, None, None, None, None]
+_LEVEL_MASKS[2, :, 0] = np.eye(2)[:, :, None, None, None, None, None]
+
 _KIND_ORDER = {"attack": 0, "precursor": 1, "precondition": 2, "node": 3}
 
 
@@ -192,8 +199,10 @@ def explain(model, evidence: dict, outcome: dict, *, threshold: float = 0.0, lev
         return draw_estimate(values_by_draw, w / w.sum(), level=level)
 
     def ratio(num, den):
-        out = np.zeros(np.broadcast_shapes(np.shape(num), np.shape(den)))
-        np.divide(num, den, out=out, where=np.broadcast_to(den > 0, out.shape))
+        if num.shape != den.shape:
+            num, den = np.broadcast_arrays(num, den)
+        out = np.zeros(num.shape)
+        np.divide(num, den, out=out, where=den > 0)
         return out
 
     causes = []
@@ -249,11 +258,7 @@ def explain(model, evidence: dict, outcome: dict, *, threshold: float = 0.0, lev
         # The three levels at once (axis L): executing, precursor, precondition.
         # q: P(counterfactual success) when the level is switched on from an observed "off".
         q = np.stack([kp, pe[:, None, None] * kp, pa[:, None, None] * pe[:, None, None] * kp])   # (L, z, k, u)
-        masks = np.zeros((3, 2, 1, 2, 2, 2, 1, 1, 1))                       # (L, X, z, a, p, e, s, k, u)
-        masks[0, :, 0, :, :, :] = np.eye(2)[:, None, None, :, None, None, None]
-        masks[1, :, 0, :, :, :] = np.eye(2)[:, None, :, None, None, None, None]
-        masks[2, :, 0, :, :, :] = np.eye(2)[:, :, None, None, None, None, None]
-        split = (chain[None, None] * masks).sum(5)                            # (L, X, z, a, p, s, k, u)
+        split = (chain[None, None] * _LEVEL_MASKS).sum(5)                     # (L, X, z, a, p, s, k, u)
         on = split[:, 1]                                                     # X = 1: (L, z, a, p, s, k, u)
         off = split[:, 0].sum(4)                                             # X = 0 forces S = 0: (L, z, a, p, k, u)
         num, den, a_ps, b_ps, c_ps, d_ps = (np.zeros((3, z)) for _ in range(6))
