@@ -1322,8 +1322,8 @@ def fit(model: Any = "defender", incidents: Any = None, *, labels: Any = None, m
     --------
     >>> truth = {"score_precursor": 3.0, "score_execution": 5.0, "spread": 1.2, "benign_to_precursor": 0.01,
     ...          "precursor_to_execution": 0.05, "precursor_to_benign": 0.01, "execution_to_benign": 0.05}
-    >>> data = simulate_windows(truth, n_windows=2000, seed=3)
-    >>> post = fit("defender", data, method="svi", num_steps=400, num_samples=200, progress=False, check=False)
+    >>> data = simulate_windows(truth, n_windows=1500, seed=3)
+    >>> post = fit("defender", data, method="svi", num_steps=300, num_samples=200, progress=False, check=False)
     >>> low, high = post.interval("spread", 0.99)[0]
     >>> bool(low < 1.2 < high)
     True
