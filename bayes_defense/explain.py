@@ -28,6 +28,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from bayes_defense._callable import make_module_callable
 from bayes_defense.errors import ImpossibleEvidenceError, InvalidInputError
 
 __all__ = ["explain", "Explanation", "Cause"]
@@ -125,10 +126,9 @@ def explain(model, evidence: dict, outcome: dict, *, threshold: float = 0.0, lev
     Examples
     --------
     >>> import bayes_defense as bd
-    >>> from bayes_defense.explain import explain  # bd.explain; the module of that name can shadow it
     >>> model = bd.models.cluster(4)
     >>> evidence = {"r0.msg_rate": 1, "r0.mac_fail": 1}
-    >>> result = explain(model, evidence, {"throughput_low": 1})
+    >>> result = bd.explain(model, evidence, {"throughput_low": 1})
     >>> result.top_attack
     'flooding'
     """
@@ -319,3 +319,7 @@ def _weights(result) -> np.ndarray:
         return result.weights()
     except Exception:  # noqa: BLE001 - an impossible outcome is reported by the caller's checks
         return np.full(result.total.shape, 1.0 / result.total.size)
+
+
+# bd.explain stays callable after ``import bayes_defense.explain`` rebinds it.
+make_module_callable(__name__)
