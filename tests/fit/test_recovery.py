@@ -48,7 +48,7 @@ def test_svi_minibatch_recovers_known_parameters_labelled():
 @pytest.mark.slow
 def test_nuts_recovers_known_parameters_labelled():
     data = simulate_windows(TRUTH, n_windows=6000, seed=22)
-    post = fit("defender", data, method="nuts", num_chains=2, num_warmup=300, num_samples=500, seed=0,
+    post = fit("defender", data, method="nuts", num_chains=2, num_warmup=500, num_samples=1000, seed=0,
                progress=False, ppc_draws=5)
     assert post.diagnostics_ok, post.problems
     _check(post)
