@@ -34,7 +34,6 @@ import json
 import math
 import os
 import sys
-import types
 import warnings
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -43,6 +42,7 @@ from typing import Any
 
 import numpy as np
 
+from bayes_defense._callable import make_module_callable
 from bayes_defense.errors import InvalidInputError, MalformedEventError
 
 __all__ = [
@@ -1560,17 +1560,7 @@ def plot_ppc(posterior: Posterior, path: str | os.PathLike[str] | None = None):
 
 
 
-class _CallableModule(types.ModuleType):
-    """This module, callable as :func:`fit`.
 
-    ``bd.fit`` is the function :func:`fit` (DESIGN.md), but importing the
-    submodule ``bayes_defense.fit`` makes Python bind the package attribute
-    ``fit`` to the module. Calling the module forwards to the function, so
-    ``bd.fit(model, incidents, ...)`` works whichever of the two it holds.
-    """
-
-    def __call__(self, *args: Any, **kwargs: Any) -> Posterior:
-        return fit(*args, **kwargs)
-
-
-sys.modules[__name__].__class__ = _CallableModule
+# bd.fit is the function; importing this submodule binds the package attribute
+# to the module, so the module forwards calls to fit() (see _callable).
+make_module_callable(__name__)
