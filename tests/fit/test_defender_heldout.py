@@ -4,15 +4,15 @@ Training runs use seeds 100-107, held-out runs seeds 200-207 (4 replicas,
 600 s, random attacks and benign faults, random intensities). The fitted
 defender must detect at least as many held-out attacks as the defender with
 its default prior, and its false-positive rate (DESIGN.md section 6) must not
-rise significantly: a one-sided Fisher exact test of "fitted FPR > default
-FPR" over the benign 10 s windows must not reject at level 0.05. (Recorded
-run, 2026-11-24: 12/12 attacks detected by both; benign windows alerted 1/257
-by default, 2/257 fitted, Fisher p = 0.5; median lead time 29.6 s by default,
-46.9 s fitted.)
+rise, as issue 6 asks. Recorded run, 2026-11-24: 12/12 attacks detected by
+both; median lead time 29.6 s by default, 46.9 s fitted; but benign windows
+alerted 1/257 by default and 2/257 fitted, so the FPR rose by one window and
+the test is marked as an expected failure (strict, so that it reports when a
+better fit stops raising the FPR). A significance test would pass it, but with
+257 windows it has almost no power, so the literal criterion is kept.
 """
 
 import pytest
-from scipy import stats
 
 from bayes_defense.fit import fit
 from bayes_defense.sim import random_scenario, simulate
@@ -36,6 +36,7 @@ def _report(runs, parameters):
 
 
 @pytest.mark.slow
+@pytest.mark.xfail(strict=True, reason="measured: fitted FPR 2/257 against 1/257 with the default prior")
 def test_fitted_defender_no_worse_on_held_out_runs(tmp_path):
     training = _runs(tmp_path, range(100, 108))
     held_out = _runs(tmp_path, range(200, 208))
@@ -47,6 +48,4 @@ def test_fitted_defender_no_worse_on_held_out_runs(tmp_path):
     print("default", default)
     print("fitted", fitted)
     assert fitted["detection_rate"] >= default["detection_rate"]
-    table = [[fitted["benign_windows_alerted"], fitted["benign_windows"] - fitted["benign_windows_alerted"]],
-             [default["benign_windows_alerted"], default["benign_windows"] - default["benign_windows_alerted"]]]
-    assert stats.fisher_exact(table, alternative="greater").pvalue > 0.05
+    assert fitted["false_positive_rate"] <= default["false_positive_rate"]
