@@ -59,18 +59,22 @@ class FitSuite:
     def setup_cache(self):
         return _make_logs()
 
+    @staticmethod
+    def _fit(logs, method, events):
+        return fit("defender", logs[events], progress=False, check=False, ppc_draws=20, **SETTINGS[method])
+
     def time_fit(self, logs, method, events):
-        fit("defender", logs[events], progress=False, check=False, ppc_draws=20, **SETTINGS[method])
+        self._fit(logs, method, events)
 
     def peakmem_fit(self, logs, method, events):
-        fit("defender", logs[events], progress=False, check=False, ppc_draws=20, **SETTINGS[method])
+        self._fit(logs, method, events)
 
     def track_ess_per_second(self, logs, method, events):
         """Smallest bulk ESS over the parameters per second of the whole fit (NUTS only)."""
         if method != "nuts":
             return float("nan")
         started = time.perf_counter()
-        posterior = fit("defender", logs[events], progress=False, check=False, ppc_draws=20, **SETTINGS[method])
+        posterior = self._fit(logs, method, events)
         seconds = time.perf_counter() - started
         return float(posterior.diagnostics["ess_bulk"].min()) / seconds
 
