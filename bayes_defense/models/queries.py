@@ -68,9 +68,9 @@ def precondition_check(model, evidence: dict | None = None, attacks=None, **kwar
     --------
     >>> import bayes_defense as bd
     >>> model = bd.models.cluster(4)
-    >>> checks = bd.models.precondition_check(model, {"r0.duplicates": 1, "r0.sig_fail": 1})
+    >>> checks = bd.models.precondition_check(model, {"r0.conflicting": 1, "r0.sig_fail": 1})
     >>> round(checks["equivocation"].mean, 3)
-    0.992
+    1.0
     """
     names = check_attacks(attacks)
     sites = [f"{a}.precondition" for a in names]
@@ -122,7 +122,7 @@ def simulate_attack(model, evidence: dict, attack: str | None = None, countermea
     --------
     >>> import bayes_defense as bd
     >>> model = bd.models.cluster(4)
-    >>> incident = {"r0.duplicates": 1, "r0.sig_fail": 1, "safety_violated": 1}
+    >>> incident = {"r0.conflicting": 1, "r0.sig_fail": 1, "safety_violated": 1}
     >>> sim = bd.models.simulate_attack(model, incident, attack="equivocation")
     >>> sim["safety_violated"].mean < 0.5
     True

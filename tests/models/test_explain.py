@@ -84,16 +84,19 @@ def _incidents(model, attack, count, seed, samples=4000):
     return [({s: float(trace.nodes[s]["value"][i]) for s in names}, {outcome: 1}) for i in seen]
 
 
-# Measured (n = 10, seed 0): equivocation 94, slow_leader 100, censorship 99, flooding 97,
-# view_change_abuse 95, replay 93, sybil 95, eclipse 94. The Bayes classifier that names the attack
-# with the largest posterior P(A.executing | incident) scores 93, 100, 98, 96, 91, 93, 93, 94 on the
-# same incidents: where the requirement is missed the incidents do not carry the information (a
-# precursor that showed no signal, benign alarms at other replicas), not the ranking.
-SHORT_OF_TARGET = {"equivocation", "replay", "eclipse"}
+# Measured (n = 10, seed 0, the catalogue of 2026-11-24): equivocation 97, slow_leader 100,
+# censorship 100, flooding 99, view_change_abuse 93, replay 100, sybil 98, eclipse 99. The Bayes
+# classifier that names the attack with the largest posterior P(A.executing | incident) scores 97,
+# 100, 100, 97, 93, 100, 97, 98 on the same incidents, so view_change_abuse's shortfall is in the
+# incidents, not the ranking: its misses are incidents where the abusing backup sent no VIEW-CHANGE
+# burst (P = 0.05 per window in the catalogue). On larger samples (seed 11, 1000 incidents) the
+# explanation names it in 97.0% (SE 0.5%) and equivocation in 97.7% (SE 0.5%), so 95 of 100 holds
+# for a typical seed but not for every one; docs/models.md has the figures for every attack.
+SHORT_OF_TARGET = {"view_change_abuse"}
 
 
 @pytest.mark.parametrize("attack", [pytest.param(a, marks=pytest.mark.xfail(
-    strict=True, reason="fewer than 95 of 100 incidents identify the injected attack (information limit)"))
+    strict=True, reason="93 of 100 at seed 0: incidents without the main signal (information limit)"))
     if a in SHORT_OF_TARGET else a for a in ATTACKS])
 def test_explanation_ranks_the_injected_attack_first(attack):
     model = bd.models.cluster(10)
