@@ -1278,9 +1278,11 @@ def fit(model: Any = "defender", incidents: Any = None, *, labels: Any = None, m
 
     Parameters
     ----------
-    model : "defender" or StreamingDefender
+    model : "defender", StreamingDefender or ClusterModel
         What to fit: the defender's model (a defender instance lends its
-        window length).
+        window length), or a cluster SCM ``bd.models.cluster(n)``, whose named
+        parameters are fitted to incident tables by
+        :func:`bayes_defense.fit_cluster.fit_cluster` (see docs/fit_cluster.md).
     incidents : path-like, (events, labels) pair, WindowFeatures, or a list of them
         Event logs (files or simulation directories; a directory's
         ``labels.json`` is used when present) or precomputed features.
@@ -1332,8 +1334,19 @@ def fit(model: Any = "defender", incidents: Any = None, *, labels: Any = None, m
 
     import torch
 
+    from bayes_defense.models.cluster import ClusterModel
     from bayes_defense.stream.defender import StreamingDefender
 
+    if isinstance(model, ClusterModel):
+        from bayes_defense.fit_cluster import fit_cluster
+
+        if window is not None or allow_unknown_kind:
+            raise InvalidInputError("window and allow_unknown_kind apply to event logs; a cluster model is fitted "
+                                    "to incident tables (one row per incident window)")
+        return fit_cluster(model, incidents, labels=labels, method=method, prior=prior, num_samples=num_samples,
+                           num_warmup=num_warmup, num_chains=num_chains, num_steps=num_steps, batch_size=batch_size,
+                           learning_rate=learning_rate, level=level, seed=seed, progress=progress, check=check,
+                           ppc_draws=ppc_draws)
     if method not in ("svi", "nuts"):
         raise InvalidInputError(f"method must be 'svi' or 'nuts', got {method!r}")
     if isinstance(model, StreamingDefender):
@@ -1456,6 +1469,10 @@ def load_posterior(path: str | os.PathLike[str]) -> Posterior:
         raise InvalidInputError(f"{path.name} cannot be read as NetCDF-4 ({' '.join(str(error).split())[:200]}); "
                                 f"expected a posterior written by bayes-defense fit") from None
     posterior = groups.get("posterior")
+    from bayes_defense import fit_cluster
+
+    if posterior is not None and posterior.attrs.get("format") == fit_cluster.CLUSTER_FORMAT_NAME:
+        return fit_cluster.posterior_from_groups(path, groups)
     if posterior is None or posterior.attrs.get("format") != FORMAT_NAME:
         found = None if posterior is None else posterior.attrs.get("format")
         raise InvalidInputError(
