@@ -10,8 +10,13 @@ from bayes_defense.models.catalogue import (
 )
 from bayes_defense.models.cluster import ClusterModel, cluster
 from bayes_defense.models.parameters import PARAMETERS, Parameter
-from bayes_defense.models.queries import precondition_check, simulate_attack, success_probability
+from bayes_defense.models.queries import (
+    precondition_check,
+    sample_incidents,
+    simulate_attack,
+    success_probability,
+)
 
 __all__ = ["cluster", "ClusterModel", "ATTACKS", "COUNTERMEASURES", "TELEMETRY", "OUTCOMES", "Attack",
            "Countermeasure", "PARAMETERS", "Parameter", "precondition_check", "success_probability",
-           "simulate_attack"]
+           "simulate_attack", "sample_incidents"]

@@ -15,7 +15,8 @@ from bayes_defense.causal.queries import counterfactual, intervene
 from bayes_defense.errors import InvalidInputError
 from bayes_defense.models.catalogue import ATTACKS, COUNTERMEASURES
 
-__all__ = ["precondition_check", "success_probability", "simulate_attack", "countermeasure_do", "check_attacks"]
+__all__ = ["precondition_check", "success_probability", "simulate_attack", "sample_incidents", "countermeasure_do",
+           "check_attacks"]
 
 
 def check_attacks(attacks) -> list[str]:
@@ -142,3 +143,95 @@ def simulate_attack(model, evidence: dict, attack: str | None = None, countermea
         values, weights = engine(model).counterfactual_outcomes(evidence, do, outcomes)
         return {o: draw_estimate(values[o], weights, level=kwargs.get("level", 0.9)) for o in outcomes}
     return {o: counterfactual(model, evidence, do, {o: 1.0}, **kwargs) for o in outcomes}
+
+
+#: How each footing is forced when an attack is injected: the attacker's point of presence is the
+#: primary r0 for primary attacks and the backup r1 for the others.
+_INJECTED_FOOTING = {
+    "primary_faulty": {"attacker": 1.0},
+    "attacker_inside": {"attacker": 2.0},
+    "backup_faulty": {"attacker": 2.0},
+    "admission_open": {"admission_open": 1.0},
+    "eclipse_footing": {"attacker": 2.0, "peer_table_exposed": 1.0},
+}
+
+
+def sample_incidents(model, attack: str, count: int, *, seed: int = 0, outcome: str | None = None,
+                     batch: int | None = None) -> list[tuple[dict, dict]]:
+    """Incidents sampled from the model with one attack injected as their known cause.
+
+    The attack's footing, precursor and execution are forced on and every
+    other attack's precursor off (``do``); the model is run in batches of
+    ``batch`` independent incident windows and the first ``count`` in which
+    ``outcome`` failed are kept. Each incident is its full indicator
+    telemetry (every replica and ``join_rate``) with the outcome, the input
+    :func:`bayes_defense.explain` takes; the injected attack is the answer an
+    explanation should give.
+
+    Parameters
+    ----------
+    model : ClusterModel
+        An indicator-mode cluster model.
+    attack : str
+        The injected attack (a key of :data:`ATTACKS`).
+    count : int
+        Incidents to return.
+    seed : int
+        Seed of the sampler (``pyro.set_rng_seed``); the same seed gives the same incidents.
+    outcome : str, optional
+        The outcome that must have failed; default the attack's most likely impact.
+    batch : int, optional
+        Windows simulated per batch (default ``40 * count``).
+
+    Returns
+    -------
+    list of (dict, dict)
+        ``(telemetry evidence, {outcome: 1})`` pairs.
+
+    Examples
+    --------
+    >>> import bayes_defense as bd
+    >>> model = bd.models.cluster(4)
+    >>> cases = bd.models.sample_incidents(model, "replay", 3, seed=0)
+    >>> evidence, seen = cases[0]
+    >>> seen, len(evidence)
+    ({'safety_violated': 1}, 45)
+    >>> bd.explain(model, evidence, seen).top_attack in bd.models.ATTACKS
+    True
+    """
+    import pyro
+    import torch
+    from pyro import poutine
+
+    from bayes_defense.models.catalogue import OUTCOMES, TELEMETRY
+
+    check_attacks([attack])
+    if getattr(model, "telemetry", None) != "indicators":
+        raise InvalidInputError("sample_incidents needs an indicator-mode cluster model "
+                                "(bd.models.cluster(n), telemetry='indicators')")
+    if not isinstance(count, int) or count < 1:
+        raise InvalidInputError(f"count must be a positive integer; got {count!r}")
+    spec = ATTACKS[attack]
+    outcome = max(spec.impacts, key=spec.impacts.get) if outcome is None else outcome
+    valid = [name for name, _, _ in OUTCOMES]
+    if outcome not in valid:
+        raise InvalidInputError(f"unknown outcome {outcome!r}; valid outcomes: {', '.join(valid)}")
+    do = {**_INJECTED_FOOTING[spec.footing], f"{attack}.precursor": 1.0, f"{attack}.executing": 1.0}
+    do.update({f"{other}.precursor": 0.0 for other in ATTACKS if other != attack})
+    do = {site: torch.tensor(value) for site, value in do.items()}
+    names = [f"r{k}.{t.name}" for k in range(model.n_nodes) for t in TELEMETRY] + ["join_rate"]
+    batch = 40 * count if batch is None else int(batch)
+    pyro.set_rng_seed(seed)
+    incidents: list[tuple[dict, dict]] = []
+    # An outcome of probability zero under the injection would loop forever; a thousand empty
+    # batches say so instead.
+    for _ in range(1000):
+        with pyro.plate("incidents", batch, dim=-1):
+            trace = poutine.trace(poutine.do(model, do)).get_trace()
+        values = {s: trace.nodes[s]["value"] for s in names}
+        for i in torch.nonzero(trace.nodes[outcome]["value"] == 1).reshape(-1).tolist():
+            incidents.append(({s: float(values[s][i]) for s in names}, {outcome: 1}))
+            if len(incidents) == count:
+                return incidents
+    raise InvalidInputError(f"{outcome} failed in none of {1000 * batch} windows with {attack} injected; "
+                            f"choose an outcome the attack can cause: {', '.join(spec.impacts)}")

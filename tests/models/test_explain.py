@@ -3,14 +3,11 @@
 import json
 
 import numpy as np
-import pyro
 import pytest
-import torch
-from pyro import poutine
 
 import bayes_defense as bd
 from bayes_defense.explain import explain
-from bayes_defense.models import ATTACKS, TELEMETRY
+from bayes_defense.models import ATTACKS
 
 
 def _check_against_generic(model, evidence, outcome, count):
@@ -66,24 +63,6 @@ def test_explanation_outputs():
     assert list(frame["name"]) == [c.name for c in result.causes]
 
 
-def _incidents(model, attack, count, seed, samples=4000):
-    """Incidents sampled from the model with ``attack`` injected as the only attack, and its main outcome seen."""
-    spec = ATTACKS[attack]
-    footing = {"primary_faulty": {"attacker": 1.0}, "attacker_inside": {"attacker": 2.0},
-               "backup_faulty": {"attacker": 2.0}, "admission_open": {"admission_open": 1.0},
-               "eclipse_footing": {"attacker": 2.0, "peer_table_exposed": 1.0}}[spec.footing]
-    do = {**footing, f"{attack}.precursor": 1.0, f"{attack}.executing": 1.0}
-    do.update({f"{other}.precursor": 0.0 for other in ATTACKS if other != attack})
-    outcome = max(spec.impacts, key=spec.impacts.get)
-    pyro.set_rng_seed(seed)
-    with pyro.plate("incidents", samples, dim=-1):
-        trace = poutine.trace(poutine.do(model, {k: torch.tensor(v) for k, v in do.items()})).get_trace()
-    names = [f"r{k}.{t.name}" for k in range(model.n_nodes) for t in TELEMETRY] + ["join_rate"]
-    seen = torch.nonzero(trace.nodes[outcome]["value"] == 1).reshape(-1)[:count].tolist()
-    assert len(seen) == count
-    return [({s: float(trace.nodes[s]["value"][i]) for s in names}, {outcome: 1}) for i in seen]
-
-
 # Measured (n = 10, seed 0, the catalogue of 2026-11-24): equivocation 97, slow_leader 100,
 # censorship 100, flooding 99, view_change_abuse 93, replay 100, sybil 98, eclipse 99. The Bayes
 # classifier that names the attack with the largest posterior P(A.executing | incident) scores 97,
@@ -100,7 +79,7 @@ SHORT_OF_TARGET = {"view_change_abuse"}
     if a in SHORT_OF_TARGET else a for a in ATTACKS])
 def test_explanation_ranks_the_injected_attack_first(attack):
     model = bd.models.cluster(10)
-    cases = _incidents(model, attack, 100, seed=0)
+    cases = bd.models.sample_incidents(model, attack, 100, seed=0)
     hits = sum(explain(model, evidence, outcome).top_attack == attack for evidence, outcome in cases)
     assert hits >= 95, hits
 
