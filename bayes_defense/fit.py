@@ -83,6 +83,8 @@ _STATISTICS: tuple[str, ...] = ("positive_fraction", "mean", "q90")
 # a unit of the minibatch plate. Segments after a run's first start from the
 # chain's stationary distribution.
 _SEGMENT = 64
+# Windows per block when statistics are accumulated over a long log.
+_BLOCK = 16_384
 # The defender's initial phase probabilities (StreamingDefender.reset).
 _INITIAL = (1 - 2e-4, 1e-4, 1e-4)
 # Diagnostic thresholds (Vehtari et al. 2021): split r_hat below 1.01 and
@@ -318,7 +320,7 @@ def _recorder(window: float):
         def __init__(self) -> None:
             super().__init__(window=window, ensemble=2)
             self.rows = _Chunks(len(_attacks()), np.float32)
-            self.ends: list[float] = []
+            self.ends = _Chunks(1, np.float64)
 
         def _close_window(self) -> None:
             score, _ = self._evidence()
@@ -447,7 +449,7 @@ def extract_features(events: Any, labels: Any = None, *, window: float = 1.0, pr
                                 f"{dict(recorder.rejected) or 'none'}); nothing to fit")
     recorder.flush()
     scores = recorder.rows.array()
-    ends = np.asarray(recorder.ends)
+    ends = recorder.ends.array()[:, 0]
     skip = _warmup_windows()
     if len(scores) <= skip:
         raise InvalidInputError(
@@ -555,26 +557,33 @@ def _stationary(bp, exits, eb):
 
 
 class _Data:
-    """Model-ready tensors: labelled windows, and unlabelled runs cut into segments."""
+    """Model-ready tensors: labelled windows, and unlabelled runs cut into segments.
+
+    Scores are kept as float32 and phases as int8, as the features hold them
+    (about 40 bytes per window), and converted to float64 and int64 one
+    minibatch at a time, so that memory stays close to the features' own
+    size however long the log.
+    """
 
     def __init__(self, features: WindowFeatures) -> None:
         import torch
 
-        dtype = torch.float64
         labelled = (features.phases >= 0).all(axis=1)
         # Windows of labelled runs (a run is labelled as a whole).
         rows = np.flatnonzero(labelled)
         run = features.run[rows]
-        phases = features.phases[rows].astype(np.int64)
+        phases = features.phases[rows].astype(np.int8)
         previous = np.full_like(phases, -1)
         same = np.zeros(len(rows), bool)
         same[1:] = (run[1:] == run[:-1]) & (rows[1:] == rows[:-1] + 1)
         previous[1:][same[1:]] = phases[:-1][same[1:]]
-        self.scores = torch.as_tensor(features.scores[rows], dtype=dtype)
+        del run, same
+        scores = features.scores[rows].astype(np.float32)
+        self.scores = torch.as_tensor(scores)
         self.phases = torch.as_tensor(phases)
         self.previous = torch.as_tensor(previous)
         self.cap = _score_cap()
-        self._sufficient_statistics(features.scores[rows].astype(np.float64), phases, previous)
+        self._sufficient_statistics(scores, phases, previous)
         # Unlabelled runs, each cut into segments of _SEGMENT windows (the last one padded).
         segments, masks, firsts = [], [], []
         unlabelled = np.flatnonzero(~labelled)
@@ -582,7 +591,7 @@ class _Data:
             block = features.scores[unlabelled[features.run[unlabelled] == run_id]]
             for start in range(0, len(block), _SEGMENT):
                 piece = block[start:start + _SEGMENT]
-                padded = np.zeros((_SEGMENT, block.shape[1]), np.float64)
+                padded = np.zeros((_SEGMENT, block.shape[1]), np.float32)
                 padded[: len(piece)] = piece
                 mask = np.zeros(_SEGMENT, bool)
                 mask[: len(piece)] = True
@@ -590,7 +599,7 @@ class _Data:
                 masks.append(mask)
                 firsts.append(start == 0)
         attacks = features.scores.shape[1]
-        self.segments = torch.as_tensor(np.array(segments).reshape(-1, _SEGMENT, attacks), dtype=dtype)
+        self.segments = torch.as_tensor(np.array(segments, np.float32).reshape(-1, _SEGMENT, attacks))
         self.masks = torch.as_tensor(np.array(masks, bool).reshape(-1, _SEGMENT))
         self.firsts = torch.as_tensor(np.array(firsts, bool))
         self.attacks = attacks
@@ -603,15 +612,21 @@ class _Data:
         low = np.zeros((attacks, 3))
         high, middle, first, second = np.zeros_like(low), np.zeros_like(low), np.zeros_like(low), np.zeros_like(low)
         counts = np.zeros((attacks, 3, 3))
-        for k in range(3):
-            in_phase = phases == k
-            is_low, is_high = in_phase & (scores <= 0.0), in_phase & (scores >= self.cap)
-            is_mid = in_phase & ~is_low & ~is_high
-            low[:, k], high[:, k], middle[:, k] = is_low.sum(0), is_high.sum(0), is_mid.sum(0)
-            first[:, k] = np.where(is_mid, scores, 0.0).sum(0)
-            second[:, k] = np.where(is_mid, scores * scores, 0.0).sum(0)
-            for j in range(3):
-                counts[:, j, k] = ((previous == j) & in_phase).sum(0)
+        # In blocks of windows: the temporaries stay a few MB however long the log.
+        for begin in range(0, len(scores), _BLOCK):
+            block = scores[begin:begin + _BLOCK].astype(np.float64)
+            block_phases, block_previous = phases[begin:begin + _BLOCK], previous[begin:begin + _BLOCK]
+            for k in range(3):
+                in_phase = block_phases == k
+                is_low, is_high = in_phase & (block <= 0.0), in_phase & (block >= self.cap)
+                is_mid = in_phase & ~is_low & ~is_high
+                low[:, k] += is_low.sum(0)
+                high[:, k] += is_high.sum(0)
+                middle[:, k] += is_mid.sum(0)
+                first[:, k] += np.where(is_mid, block, 0.0).sum(0)
+                second[:, k] += np.where(is_mid, block * block, 0.0).sum(0)
+                for j in range(3):
+                    counts[:, j, k] += ((block_previous == j) & in_phase).sum(0)
         self.stats = {name: torch.as_tensor(value, dtype=torch.float64) for name, value in
                       (("low", low), ("high", high), ("middle", middle), ("first", first), ("second", second),
                        ("counts", counts))}
@@ -698,15 +713,15 @@ def _log_likelihoods(data: _Data, params: Mapping[str, Any], windows=None, segme
     log_t = _transition_log(params["benign_to_precursor"], params["precursor_exit"], params["execution_to_benign"])
     window_ll = segment_ll = None
     if windows is not None:
-        emission = _emission_log(data.scores[windows], means, spread, data.cap)
-        phase = data.phases[windows]
-        previous = data.previous[windows]
+        emission = _emission_log(data.scores[windows].to(spread.dtype), means, spread, data.cap)
+        phase = data.phases[windows].long()
+        previous = data.previous[windows].long()
         ll = emission.gather(-1, phase.unsqueeze(-1)).squeeze(-1)
         attack = torch.arange(data.attacks)
         step = log_t[attack, previous.clamp(min=0), phase]
         window_ll = (ll + torch.where(previous >= 0, step, torch.zeros_like(step))).sum(-1)
     if segments is not None:
-        emission = _emission_log(data.segments[segments], means, spread, data.cap)  # (S, L, A, 3)
+        emission = _emission_log(data.segments[segments].to(spread.dtype), means, spread, data.cap)  # (S, L, A, 3)
         matrices = log_t.unsqueeze(0).unsqueeze(0) + emission.unsqueeze(-2)  # (S, L, A, 3, 3)
         eye = torch.full((3, 3), -1e30, dtype=matrices.dtype)
         eye[[0, 1, 2], [0, 1, 2]] = 0.0
@@ -793,8 +808,13 @@ def simulate_windows(parameters: Mapping[str, np.ndarray] | None = None, *, n_wi
             phases[t] = state
     phases = np.asarray(phases, np.int8)
     means = np.stack([np.zeros(attacks), p["score_precursor"], p["score_execution"]], -1)
-    mu = np.take_along_axis(means[None].repeat(len(phases), 0), phases[..., None].astype(np.int64), -1)[..., 0]
-    scores = np.clip(mu + p["spread"] * rng.standard_normal(phases.shape), 0.0, _score_cap()).astype(np.float32)
+    scores = np.empty(phases.shape, np.float32)
+    # In blocks of windows, to bound the temporaries on long logs; the normal
+    # draws come out in the same order as in one call.
+    for begin in range(0, len(phases), _BLOCK):
+        block = phases[begin:begin + _BLOCK]
+        mu = means[np.arange(attacks), block.astype(np.intp)]
+        scores[begin:begin + _BLOCK] = np.clip(mu + p["spread"] * rng.standard_normal(block.shape), 0.0, _score_cap())
     if not labelled:
         phases = np.full(phases.shape, -1, np.int8)
     return WindowFeatures(scores, phases, np.zeros(len(phases), np.int32), 1.0, 0, [(0.0, float(len(phases)))])
