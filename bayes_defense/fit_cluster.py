@@ -268,25 +268,27 @@ class _Data:
         self.N = N
         self.columns = columns
 
+        import pandas as pd
+
+        duplicated = sorted({c for c in columns if columns.count(c) > 1})
+        if duplicated:
+            raise InvalidInputError(f"column(s) {', '.join(duplicated)} appear more than once; give each site once")
+
         def column(name: str, top: int = 1) -> np.ndarray:
             if name not in table.columns:
                 return np.full(N, -1, np.int64)
             raw = table[name]
-            values = np.asarray(raw.astype("float64", errors="ignore") if raw.dtype == bool else raw, dtype=object)
-            out = np.full(N, -1, np.int64)
-            for i, v in enumerate(values):
-                if v is None or (isinstance(v, float) and math.isnan(v)):
-                    continue
-                try:
-                    x = float(v)
-                except (TypeError, ValueError):
-                    raise InvalidInputError(f"column {name!r}, row {i}: expected {_expected(top)}, got {v!r}") from None
-                if math.isnan(x):
-                    continue
-                if not (x.is_integer() and 0 <= x <= top):
-                    raise InvalidInputError(f"column {name!r}, row {i}: expected {_expected(top)}, got {v!r}")
-                out[i] = int(x)
-            return out
+            numeric = raw.astype(float) if raw.dtype == bool else pd.to_numeric(raw, errors="coerce")
+            values = np.asarray(numeric, dtype=float)
+            missing = np.asarray(raw.isna())
+            with np.errstate(invalid="ignore"):
+                valid = (values == np.round(values)) & (values >= 0) & (values <= top)
+            bad = ~missing & ~valid
+            if bad.any():
+                i = int(np.flatnonzero(bad)[0])
+                raise InvalidInputError(f"column {name!r}, row {i}: expected {_expected(top)}, got {raw.iloc[i]!r}"
+                                        f"{f' ({int(bad.sum())} such rows)' if bad.sum() > 1 else ''}")
+            return np.where(missing, -1, np.nan_to_num(values)).astype(np.int64)
 
         n = s.n
         self.tel = np.stack([np.stack([column(f"r{k}.{t}") for t in s.telemetry], -1) for k in range(n)], 1)  # (N,n,T)
@@ -673,7 +675,7 @@ def _moment_matched(draws: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 
 # --------------------------------------------------------------- inference
 def _active_parameters(likelihood: _Likelihood, a: np.ndarray, b: np.ndarray, batch: int, seed: int) -> np.ndarray:
-    """Parameters the likelihood depends on: a non-zero gradient at one of two random prior draws.
+    """Parameters the likelihood depends on: a non-zero gradient at a random prior draw.
 
     A parameter outside this set (say ``collusion_gain`` with no colluders,
     or the efficacies of an attack the labels show never executing) has
@@ -684,13 +686,12 @@ def _active_parameters(likelihood: _Likelihood, a: np.ndarray, b: np.ndarray, ba
     rng = np.random.default_rng([seed, 0xAC7])
     grads = np.zeros(len(a))
     rows = np.arange(likelihood.data.N)
-    for _ in range(2):
-        theta = torch.tensor(rng.beta(a, b), requires_grad=True)
-        tables = likelihood.tables(theta)
-        total = 0.0
-        for start in range(0, len(rows), batch):
-            total = total + likelihood(theta, rows[start:start + batch], tables).sum()
-        (gradient,) = torch.autograd.grad(total, theta)
+    # A gradient that vanishes at a random interior point but not identically has probability zero.
+    theta = torch.tensor(rng.beta(a, b), requires_grad=True)
+    tables = likelihood.tables(theta)
+    for start in range(0, len(rows), batch):
+        (gradient,) = torch.autograd.grad(likelihood(theta, rows[start:start + batch], tables).sum(), theta,
+                                          retain_graph=True)
         grads += np.abs(gradient.numpy())
     return grads > 0
 
