@@ -1363,10 +1363,15 @@ def fit(model: Any = "defender", incidents: Any = None, *, labels: Any = None, m
         if window is not None or allow_unknown_kind:
             raise InvalidInputError("window and allow_unknown_kind apply to event logs; a cluster model is fitted "
                                     "to incident tables (one row per incident window)")
+        # Sizes left at this function's defaults take fit_cluster's own (tuned to its cost per step).
+        import inspect
+
+        defaults = inspect.signature(fit).parameters
+        sizes = {"num_steps": num_steps, "batch_size": batch_size, "ppc_draws": ppc_draws}
         return fit_cluster(model, incidents, labels=labels, method=method, prior=prior, num_samples=num_samples,
-                           num_warmup=num_warmup, num_chains=num_chains, num_steps=num_steps, batch_size=batch_size,
-                           learning_rate=learning_rate, level=level, seed=seed, progress=progress, check=check,
-                           ppc_draws=ppc_draws)
+                           num_warmup=num_warmup, num_chains=num_chains, learning_rate=learning_rate, level=level,
+                           seed=seed, progress=progress, check=check,
+                           **{name: value for name, value in sizes.items() if value != defaults[name].default})
     if method not in ("svi", "nuts"):
         raise InvalidInputError(f"method must be 'svi' or 'nuts', got {method!r}")
     if isinstance(model, StreamingDefender):

@@ -61,8 +61,6 @@ DEFAULT_CONCENTRATION = 20.0
 
 # Probabilities are kept this far from 0 and 1 so that every logarithm is finite.
 _EPS = 1e-9
-# A cluster fit with more than this many summed control configurations per row is refused.
-_LABEL_STATES = 9   # (executing, success) labels: each unknown, 0 or 1
 
 
 # ----------------------------------------------------------------- structure
@@ -1204,7 +1202,11 @@ def fit_cluster(model, incidents: Any, *, labels: Any = None, method: str = "svi
         Start from an earlier posterior (moment-matched to one Beta per
         parameter; correlations dropped) to learn from new incidents.
     num_samples, num_warmup, num_chains, num_steps, batch_size, learning_rate
-        As in :func:`bayes_defense.fit.fit`.
+        As in :func:`bayes_defense.fit.fit`. ``num_steps``, ``batch_size`` and
+        ``ppc_draws`` left at ``bd.fit``'s defaults take this function's
+        (2000 steps of 1024 rows, 50 replicates): a step costs about 30 ms
+        for 1024 labelled rows and 80 ms for 1024 unlabelled rows of a
+        4-replica model on one CPU thread.
     level : float
         Credible level of reported intervals.
     seed : int
@@ -1225,10 +1227,13 @@ def fit_cluster(model, incidents: Any, *, labels: Any = None, method: str = "svi
     Examples
     --------
     >>> import bayes_defense as bd
-    >>> rows = [{"r0.sig_fail": 1, "attacker": 0}] * 5 + [{"r0.sig_fail": 0, "attacker": 0}] * 95
-    >>> post = bd.fit(bd.models.cluster(4), rows, num_steps=300, num_samples=200, progress=False, ppc_draws=4)
-    >>> low, high = post.interval("telemetry.sig_fail.baseline")
-    >>> bool(0.01 < low < 0.05 < high < 0.12)
+    >>> t = bd.models.TELEMETRY[0].name
+    >>> rows = [{f"r0.{t}": 1, "attacker": 0}] * 20 + [{f"r0.{t}": 0, "attacker": 0}] * 180
+    >>> post = bd.fit(bd.models.cluster(4), rows, num_steps=300, num_samples=400, progress=False, check=False,
+    ...               ppc_draws=4)
+    >>> i = post.names.index(f"telemetry.{t}.baseline")
+    >>> exact = (post.prior_a[i] + 20) / (post.prior_a[i] + post.prior_b[i] + 200)   # conjugate Beta posterior
+    >>> bool(abs(post.estimate(f"telemetry.{t}.baseline").mean - exact) < 0.01)
     True
     """
     import torch
