@@ -349,9 +349,6 @@ class _Data:
         A1 = s.n + 1
         attacker = np.arange(A1)
         self.attacker_mask = np.where(self.attacker[:, None] < 0, True, self.attacker[:, None] == attacker[None])
-        # Precursor labels restrict the configurations (N, 2^A) for rows with partial labels.
-        pre = self.precursor[:, None, :]
-        self.precursor_mask = np.where(pre < 0, True, pre == s.P[None]).all(-1)
         self.precursor_index = np.where(self.labelled, (np.clip(self.precursor, 0, 1) << np.arange(len(s.attacks))).sum(1), 0)
         state = 3 * (self.executing + 1) + (self.success + 1)            # (N, A): 0..8, 0 = both unknown
         self.label_state = state
@@ -434,7 +431,6 @@ class _Likelihood:
         self.tensors = {name: t(getattr(data, name)) for name in (
             "tel_on", "tel_off", "count_on", "count_off", "outcome_coefficient", "footing_record")}
         self.tensors["attacker_mask"] = torch.as_tensor(data.attacker_mask)
-        self.tensors["precursor_mask"] = torch.as_tensor(data.precursor_mask)
         self.tensors["isolated_cut"] = torch.as_tensor(data.isolated_cut)
         self.strict = False
 
@@ -620,7 +616,11 @@ class _Likelihood:
         d_on, d_off = (on[1] - on[0]), (off[1] - off[0])
         exp_footing = torch.exp(tables["footing"])                                               # (3, 2, 2, P)
         record = T["footing_record"][r]
-        precursor = torch.log(T["precursor_mask"][r].to(base.dtype))                             # (R, P)
+        # Precursor labels (rows may label some attacks) restrict the configurations; built per batch, as a
+        # table over all rows would take 2 ** len(ATTACKS) bytes per row.
+        labels = d.precursor[rows][:, None, :]
+        allowed = ((labels < 0) | (labels == s.P[None])).all(-1)                                 # (R, P)
+        precursor = torch.log(torch.as_tensor(allowed).to(base.dtype))
         join = self._join(tables, rows)                                                          # (R, P)
         # Outcome table over (U, cut, P, controls) for rows without execution / success labels.
         C = len(s.controls)
@@ -673,7 +673,12 @@ def _moment_matched(draws: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 
 # --------------------------------------------------------------- inference
 def _active_parameters(likelihood: _Likelihood, a: np.ndarray, b: np.ndarray, batch: int, seed: int) -> np.ndarray:
-    """Parameters the likelihood depends on: a non-zero gradient at a random prior draw.
+    """Parameters the likelihood depends on: a gradient at a random prior draw above rounding error.
+
+    Rounding error: 1e-9 of the largest gradient component. Sums that are
+    mathematically constant in a parameter (the prior of a control no
+    recorded site depends on sums to one over the control's values) leave
+    gradients of order 1e-16 relative.
 
     A parameter outside this set (say ``collusion_gain`` with no colluders,
     or the efficacies of an attack the labels show never executing) has
@@ -685,13 +690,15 @@ def _active_parameters(likelihood: _Likelihood, a: np.ndarray, b: np.ndarray, ba
     grads = np.zeros(len(a))
     rows = np.arange(likelihood.data.N)
     # A gradient that vanishes at a random interior point but not identically has probability zero.
+    # Batches' gradients are summed with their signs: rounding is judged on the total log-likelihood.
     theta = torch.tensor(rng.beta(a, b), requires_grad=True)
     tables = likelihood.tables(theta)
     for start in range(0, len(rows), batch):
         (gradient,) = torch.autograd.grad(likelihood(theta, rows[start:start + batch], tables).sum(), theta,
                                           retain_graph=True)
-        grads += np.abs(gradient.numpy())
-    return grads > 0
+        grads += gradient.numpy()
+    grads = np.abs(grads)
+    return grads > 1e-9 * grads.max()
 
 
 def _impossible_rows(likelihood: _Likelihood, theta: np.ndarray, batch: int) -> np.ndarray:

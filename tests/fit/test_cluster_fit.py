@@ -88,8 +88,7 @@ def test_probabilities_of_every_pattern_sum_to_one():
 
 def test_labelled_and_unlabelled_paths_agree():
     # With every precursor labelled, summing executing / success / outcomes over all their values gives
-    # P(precursors, telemetry) on the labelled path; the unlabelled path (precursor labels only) gives
-    # the same number directly.
+    # P(precursors, telemetry) directly.
     model = bd.models.cluster(4)
     attacks = list(ATTACKS)
     # Two attacks an attacker on the primary (attacker = 1) can run.
@@ -109,6 +108,14 @@ def test_labelled_and_unlabelled_paths_agree():
     direct = np.exp(_log_likelihood(model, [base]))[0]
     assert len(on) == 2 and direct > 0
     assert summed == pytest.approx(direct, rel=1e-9)
+    # Across the two paths: the unlabelled row (precursors summed out) equals the sum of the labelled
+    # rows over every precursor configuration.
+    evidence = {f"r0.{TELEMETRY[0].name}": 1.0, f"r2.{TELEMETRY[-1].name}": 0.0, outcomes[0]: 0.0,
+                outcomes[1]: 1.0, "join_rate": 1.0}
+    labelled = [evidence | {f"{a}.precursor": float(bit) for a, bit in zip(attacks, bits, strict=True)}
+                for bits in itertools.product([0, 1], repeat=len(attacks))]
+    unlabelled = np.exp(_log_likelihood(model, [evidence]))[0]
+    assert np.exp(_log_likelihood(model, labelled)).sum() == pytest.approx(unlabelled, rel=1e-9)
 
 
 def test_likelihood_matches_monte_carlo_frequencies_of_the_model():
@@ -186,6 +193,32 @@ def test_unlabelled_fit_learns_telemetry_baselines():
     assert sum(covered) >= _coverage_floor(len(covered)), dict(zip(names, covered, strict=True))
     # Each baseline moved from its prior mean towards the truth.
     assert all(abs(post.flat(n).mean() - truth[n]) < abs(PARAMETERS[n].default - truth[n]) for n in names)
+
+
+@pytest.mark.parametrize("method", [pytest.param("nuts", marks=pytest.mark.slow), "svi"])
+def test_posterior_matches_the_exact_conjugate_posterior(method):
+    # Rows recording only attacker = 0 and one replica's indicator of a variable without cluster-side
+    # effects: the likelihood is (1 - prior.attacker_inside)^N * b^k (1 - b)^(N - k) in that variable's
+    # baseline b, so both posteriors are Beta and known exactly; every other parameter keeps its prior.
+    t = next(t.name for t in TELEMETRY if not t.cluster_side)
+    rows = [{f"r1.{t}": 1, "attacker": 0}] * 30 + [{f"r1.{t}": 0, "attacker": 0}] * 170
+    settings = {"nuts": dict(method="nuts", num_samples=300, num_warmup=200, num_chains=2),
+                "svi": dict(num_steps=400, batch_size=200, num_samples=1000)}[method]
+    post = bd.fit(bd.models.cluster(4), rows, seed=0, check=False, **settings, **QUICK)
+    exact = {f"telemetry.{t}.baseline": (30, 170), "prior.attacker_inside": (0, 200)}
+    assert sorted(np.array(post.names)[post.active]) == sorted(exact)
+    for name, (k, m) in exact.items():
+        i = post.names.index(name)
+        beta = stats.beta(post.prior_a[i] + k, post.prior_b[i] + m)
+        draws = post.flat(name)
+        if method == "nuts":
+            ess = float(post.diagnostics.loc[f"theta[{name}]", "ess_bulk"])
+            assert abs(draws.mean() - beta.mean()) < 5 * beta.std() / math.sqrt(ess)
+            assert draws.std() == pytest.approx(beta.std(), rel=0.25)
+        else:
+            # A logit-normal guide approximates the Beta: means within a tenth of a posterior sd, sds within 10%.
+            assert abs(draws.mean() - beta.mean()) < 0.1 * beta.std() + 5 * beta.std() / math.sqrt(len(draws))
+            assert draws.std() == pytest.approx(beta.std(), rel=0.1)
 
 
 def test_parameters_the_likelihood_does_not_depend_on_keep_their_exact_prior():
