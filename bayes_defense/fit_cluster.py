@@ -565,15 +565,22 @@ class _Likelihood:
                 index = index * 2 + bits[:, m]
         return table, self.torch.as_tensor(index)
 
+    def _subsets(self, rows):
+        """The outcome subsets U with a non-zero coefficient in some row (only those tables are built)."""
+        d = self.data
+        used = np.abs(d.outcome_patterns[np.unique(d.outcome_pattern[rows])]).sum(0) > 0
+        return np.flatnonzero(used)
+
     def _outcome_rows(self, table, tables, rows, pattern, groups):
         """Per row, sum_U C[row, U] table[group of row, U, cut, ..., control config], controls summed out.
 
-        ``table`` is ``(groups, U, 2, ..., 2 ** C)``; ``groups`` gives each row's group.
+        ``table`` is ``(groups, U, 2, ..., 2 ** C)`` over the subsets of :meth:`_subsets`; ``groups`` gives
+        each row's group.
         """
         torch = self.torch
         d = self.data
         patterns, pattern_of_row = np.unique(d.outcome_pattern[rows], return_inverse=True)
-        coefficient = torch.as_tensor(d.outcome_patterns[patterns], dtype=table.dtype)         # (k, U)
+        coefficient = torch.as_tensor(d.outcome_patterns[patterns][:, self._subsets(rows)], dtype=table.dtype)
         mixed = torch.einsum("ku,gu...->gk...", coefficient, table)                               # (g, k, 2, ..., ctrl)
         mixed, index = self._marginal_controls(mixed, tables, rows, pattern)
         picked = mixed[torch.as_tensor(groups), torch.as_tensor(pattern_of_row.reshape(-1)), ..., index]
@@ -598,7 +605,9 @@ class _Likelihood:
         attack = torch.as_tensor(d.signature_attack[signatures])                                 # (g, K)
         state = torch.as_tensor(d.signature_state[signatures])
         lf = torch.cat([tables["log_factor"], torch.zeros_like(tables["log_factor"][..., :1])], -1)
-        log_table = lf[state, :, :, attack].sum(1) + tables["log_b"][None, :, None]               # (g, U, cfg)
+        used = torch.as_tensor(self._subsets(rows))
+        log_table = lf[state[..., None], used[None, None, :], :, attack[..., None]].sum(1) \
+            + tables["log_b"][used][None, :, None]                                                # (g, U, cfg)
         C = len(s.controls)
         table = torch.exp(log_table).reshape(len(signatures), -1, 2, 2 ** C)                    # (g, U, cut, ctrl)
         outcome = self._outcome_rows(table, tables, rows, pattern, signature_of_row.reshape(-1))   # (R, 2)
@@ -624,8 +633,9 @@ class _Likelihood:
         join = self._join(tables, rows)                                                          # (R, P)
         # Outcome table over (U, cut, P, controls) for rows without execution / success labels.
         C = len(s.controls)
-        lf = tables["log_factor"][0]                                                             # (U, cfg, A)
-        log_g = tables["log_b"][:, None, None] + lf @ self.P.T                                  # (U, cfg, P)
+        used = torch.as_tensor(self._subsets(rows))
+        lf = tables["log_factor"][0, used]                                                       # (U, cfg, A)
+        log_g = tables["log_b"][used][:, None, None] + lf @ self.P.T                            # (U, cfg, P)
         g = torch.exp(log_g).reshape(lf.shape[0], 2, 2 ** C, -1).transpose(2, 3)                # (U, cut, P, ctrl)
         outcome = self._outcome_rows(g[None], tables, rows, pattern, np.zeros(len(rows), np.int64))   # (R, 2, P)
         parts = []
