@@ -1221,9 +1221,9 @@ def fit_cluster(model, incidents: Any, *, labels: Any = None, method: str = "svi
     num_samples, num_warmup, num_chains, num_steps, batch_size, learning_rate
         As in :func:`bayes_defense.fit.fit`. ``num_steps``, ``batch_size`` and
         ``ppc_draws`` left at ``bd.fit``'s defaults take this function's
-        (2000 steps of 1024 rows, 50 replicates): a step costs about 30 ms
-        for 1024 labelled rows and 80 ms for 1024 unlabelled rows of a
-        4-replica model on one CPU thread.
+        (2000 steps of 1024 rows, 50 replicates): a step costs about 35 ms
+        for 1024 labelled rows and 105 ms for 1024 unlabelled rows of a
+        4-replica model on one CPU thread (docs/fit_cluster.md).
     level : float
         Credible level of reported intervals.
     seed : int
