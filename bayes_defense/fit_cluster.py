@@ -1073,6 +1073,52 @@ class ClusterPosterior:
         return path
 
 
+    # ------------------------------------------------------------ figure
+    def plot_ppc(self, path: str | os.PathLike[str] | None = None):
+        """Posterior predictive check: observed share of 1s per summary column against replicated ones.
+
+        Per column recorded in the incidents, the replicates' 90% interval
+        as a bar and the observed share as a dot; a dot outside its bar is a
+        feature of the incidents the fitted model does not reproduce.
+
+        Examples
+        --------
+        >>> import bayes_defense as bd
+        >>> post = bd.fit(bd.models.cluster(4), [{"join_rate": 1}, {"join_rate": 0}] * 10, num_steps=20,
+        ...               num_samples=20, progress=False, check=False, ppc_draws=5)
+        >>> len(post.plot_ppc().axes)
+        1
+        """
+        import matplotlib
+
+        matplotlib.use("Agg", force=False)
+        import matplotlib.pyplot as plt
+
+        if self.observed.size == 0 or self.replicated.size == 0:
+            raise InvalidInputError("this posterior carries no posterior predictive draws to plot (ppc_draws=0)")
+        shown = np.flatnonzero(np.isfinite(self.observed))
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", RuntimeWarning)   # all-NaN columns: nothing recorded
+            low = np.nanquantile(self.replicated, 0.05, axis=0)
+            high = np.nanquantile(self.replicated, 0.95, axis=0)
+        figure, ax = plt.subplots(figsize=(7, 0.25 * len(shown) + 1.5))
+        for position, j in enumerate(shown):
+            ax.plot([low[j], high[j]], [position, position], color="tab:blue", linewidth=4, alpha=0.4,
+                    solid_capstyle="butt")
+            ax.plot(self.observed[j], position, "o", color="black", markersize=3)
+        ax.set_yticks(range(len(shown)), [self.summary_names[j] for j in shown], fontsize=7)
+        ax.invert_yaxis()
+        ax.set_xlabel("share of recorded entries equal to 1: bar = replicated 90% interval, dot = observed")
+        ax.set_title(f"posterior predictive check, cluster({self.info.get('n_nodes')}), {self.info.get('rows')} "
+                     f"incidents ({self.method})")
+        ax.grid(axis="x", alpha=0.3)
+        figure.tight_layout()
+        if path is not None:
+            figure.savefig(path, dpi=120)
+            plt.close(figure)
+        return figure
+
+
 def posterior_from_groups(path: Path, groups: Mapping[str, Any]) -> ClusterPosterior:
     """Rebuild a :class:`ClusterPosterior` from the NetCDF groups :meth:`ClusterPosterior.save` wrote.
 
