@@ -28,9 +28,8 @@ parameters:
   summed per attacker value.
 
 Rows whose precursors are all labelled take the cheaper path (one precursor
-configuration); rows with no attack-state labels take the full sum. A row
-that labels ``executing`` or ``success`` of some attack but leaves a
-precursor unlabelled is refused (see :func:`fit_cluster`).
+configuration); other rows take the full sum, restricted by whatever
+precursor, execution or success labels they carry.
 """
 
 from __future__ import annotations
@@ -315,16 +314,7 @@ class _Data:
                     raise InvalidInputError(
                         f"rows {', '.join(map(str, rows[:5]))}: {attack} {why}; the model has probability zero for "
                         f"that (an attack executes only after its precursor phase and succeeds only when executing)")
-        labelled_states = (self.executing >= 0) | (self.success >= 0)
         all_precursors = (self.precursor >= 0).all(1)
-        bad = labelled_states.any(1) & ~all_precursors
-        if bad.any():
-            row = int(np.flatnonzero(bad)[0])
-            raise InvalidInputError(
-                f"{int(bad.sum())} row(s) (first: row {row}) label executing or success of some attack but leave the "
-                f"precursor of another attack unlabelled. Label every attack's precursor in a row that labels "
-                f"execution or success (0 where the attack was absent), or drop those labels: the exact sum over "
-                f"unlabelled precursor phases is written for rows without execution or success labels")
         self.labelled = all_precursors
 
     def _constants(self) -> None:
@@ -627,17 +617,23 @@ class _Likelihood:
         record = T["footing_record"][r]
         # Precursor labels (rows may label some attacks) restrict the configurations; built per batch, as a
         # table over all rows would take 2 ** len(ATTACKS) bytes per row.
-        labels = d.precursor[rows][:, None, :]
+        # An execution or success labelled 1 implies the precursor phase.
+        implied = np.where((d.executing[rows] == 1) | (d.success[rows] == 1), 1, d.precursor[rows])
+        labels = implied[:, None, :]
         allowed = ((labels < 0) | (labels == s.P[None])).all(-1)                                 # (R, P)
         precursor = torch.log(torch.as_tensor(allowed).to(base.dtype))
         join = self._join(tables, rows)                                                          # (R, P)
-        # Outcome table over (U, cut, P, controls) for rows without execution / success labels.
+        # Outcome tables over (U, cut, P, controls), one per pattern of execution / success labels
+        # (one table when the rows carry none): a precursor that is off contributes a factor 1.
         C = len(s.controls)
         used = torch.as_tensor(self._subsets(rows))
-        lf = tables["log_factor"][0, used]                                                       # (U, cfg, A)
-        log_g = tables["log_b"][used][:, None, None] + lf @ self.P.T                            # (U, cfg, P)
-        g = torch.exp(log_g).reshape(lf.shape[0], 2, 2 ** C, -1).transpose(2, 3)                # (U, cut, P, ctrl)
-        outcome = self._outcome_rows(g[None], tables, rows, pattern, np.zeros(len(rows), np.int64))   # (R, 2, P)
+        states, state_of_row = np.unique(d.label_state[rows], axis=0, return_inverse=True)
+        lf = tables["log_factor"][:, used].permute(3, 0, 1, 2)                                    # (A, 9, U, cfg)
+        lf = lf[torch.arange(lf.shape[0])[None], torch.as_tensor(states)]                        # (g, A, U, cfg)
+        log_g = tables["log_b"][used][None, :, None, None] \
+            + torch.einsum("gauc,pa->gucp", lf, self.P)                                           # (g, U, cfg, P)
+        g = torch.exp(log_g).reshape(len(states), len(used), 2, 2 ** C, -1).transpose(3, 4)    # (g, U, cut, P, ctrl)
+        outcome = self._outcome_rows(g, tables, rows, pattern, state_of_row.reshape(-1))        # (R, 2, P)
         parts = []
         n = s.n
         # Attacker none (class 0), the primary r0 (class 1), a backup (class 2): only the precursor
@@ -1253,8 +1249,8 @@ def fit_cluster(model, incidents: Any, *, labels: Any = None, method: str = "svi
         ``attacker``, ``admission_open``, ``peer_table_exposed``) and labels
         ``<attack>.precursor`` / ``.executing`` / ``.success``. Missing columns
         and NaN are unobserved. Values are 0 / 1 (``attacker`` and
-        ``isolated``: 0 none, k + 1 replica k). A row that labels executing or
-        success must label every attack's precursor.
+        ``isolated``: 0 none, k + 1 replica k). Any subset of the labels may
+        be given per row.
     labels : same forms, optional
         Label columns given separately, one row per incident.
     method : {"svi", "nuts"}
