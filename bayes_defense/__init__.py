@@ -49,6 +49,7 @@ _LAZY: dict[str, tuple[str, str | None]] = {
     "fit": ("bayes_defense.fit", "fit"),
     "Posterior": ("bayes_defense.fit", "Posterior"),
     "load_posterior": ("bayes_defense.fit", "load_posterior"),
+    "ClusterPosterior": ("bayes_defense.fit_cluster", "ClusterPosterior"),
 }
 
 __all__ = sorted(_LAZY)
