@@ -1,4 +1,4 @@
-"""The ``fit`` subcommand: fit the defender's model to incident logs and write a NetCDF posterior."""
+"""The ``fit`` subcommand: fit the defender's model to event logs, or the cluster model to incident tables (``--nodes``), and write a NetCDF posterior."""
 
 from __future__ import annotations
 
@@ -26,10 +26,12 @@ def register(subparsers: Any) -> None:
     'svi'
     """
     parser = subparsers.add_parser(
-        "fit", help="fit the defender's model to incident logs; write posterior draws (NetCDF)",
+        "fit", help="fit the defender's model to event logs (or, with --nodes, the cluster model to incident "
+                    "tables); write posterior draws (NetCDF)",
         description="Fit the streaming defender's observation and transition model to one or more incident "
                     "logs (with labels, or without: the attack phase is then latent) and write the posterior "
-                    "as NetCDF for `bayes-defense defend --posterior`.")
+                    "as NetCDF for `bayes-defense defend --posterior`. With --nodes N, fit the N-replica cluster "
+                    "model's parameters to incident tables instead.")
     parser.add_argument("events", nargs="+", help="events.jsonl/.csv/.parquet or simulation directories")
     parser.add_argument("--labels", metavar="FILE", action="append",
                         help="labels.json of each log, in order (a directory's own labels.json is used otherwise)")
@@ -42,6 +44,13 @@ def register(subparsers: Any) -> None:
     parser.add_argument("--steps", type=int, default=3000, help="SVI steps (default 3000)")
     parser.add_argument("--batch-size", type=int, default=4096, help="SVI windows per minibatch (default 4096)")
     parser.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
+    parser.add_argument("--nodes", type=int, metavar="N",
+                        help="fit the N-replica cluster model instead: the inputs are incident tables (.csv, .parquet, "
+                             ".jsonl; one row per incident window, columns named after the model's sites, see "
+                             "docs/fit_cluster.md) and --labels, if given, one label table of the same rows; --steps and "
+                             "--batch-size left at their defaults become the cluster fit's own (2000 steps of 1024 rows)")
+    parser.add_argument("--colluders", type=int, metavar="C",
+                        help="with --nodes: colluders helping the attacker (default f, as bd.models.cluster)")
     parser.add_argument("--ppc", metavar="FIG", help="also save the posterior predictive check figure (.png/.pdf/.svg)")
     parser.add_argument("--json", action="store_true", help="print a machine-readable summary on stdout")
     parser.set_defaults(func=run_fit)
@@ -49,8 +58,12 @@ def register(subparsers: Any) -> None:
 
 def run_fit(args: argparse.Namespace) -> int:
     """Run ``bayes-defense fit``; return the exit status (1 when diagnostics failed)."""
-    from bayes_defense.fit import FitDiagnosticsWarning, fit, load_posterior
+    from bayes_defense.fit import load_posterior
 
+    if args.nodes is not None:
+        return _run_cluster_fit(args)
+    if args.colluders is not None:
+        raise InvalidInputError("--colluders applies to the cluster model only; give --nodes N with it")
     labels = args.labels or []
     if labels and len(labels) != len(args.events):
         raise InvalidInputError(f"give one --labels per event log: {len(args.events)} log(s), {len(labels)} --labels")
@@ -59,19 +72,71 @@ def run_fit(args: argparse.Namespace) -> int:
         if not Path(events).exists():
             raise FileNotFoundError(f"no such event log: {events!r}")
     prior = load_posterior(args.prior) if args.prior else None
+    if prior is not None and prior.__class__.__name__ == "ClusterPosterior":
+        raise InvalidInputError(f"--prior {args.prior!r} is a cluster-model posterior; to update it give --nodes N "
+                                f"and incident tables, or give a defender posterior here")
     out = Path(args.out)
     if out.exists() and out.is_dir():
         raise InvalidInputError(f"--out {str(out)!r} is a directory; give a file name such as posterior.nc")
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always", FitDiagnosticsWarning)
-        posterior = fit("defender", incidents, method=args.method, prior=prior, num_samples=args.samples,
-                        num_warmup=args.warmup, num_chains=args.chains, num_steps=args.steps,
-                        batch_size=args.batch_size, seed=args.seed, progress=sys.stderr.isatty() and not args.json)
+    return _fit_and_write("defender", incidents, prior, out, args, lambda summary: (
+        f"fitted {summary['windows']} windows from {summary['events']} events ({summary['runs']} log(s), "
+        f"{'labelled' if summary['labelled'] else 'phases latent'}) by {summary['method']}: "
+        f"r_hat max {summary['r_hat_max']:.3f}, ESS min {summary['ess_bulk_min']:.0f}; wrote {out}"))
+
+
+def _report_warnings(caught) -> None:
+    """Print diagnostics warnings as one line each; pass any other warning on unchanged."""
+    from bayes_defense.fit import FitDiagnosticsWarning
+
     for warning in caught:
         if issubclass(warning.category, FitDiagnosticsWarning):
             print(f"bayes-defense fit: warning: {' '.join(str(warning.message).split())}", file=sys.stderr)
         else:  # pragma: no cover - pass other warnings on unchanged
             warnings.warn_explicit(warning.message, warning.category, warning.filename, warning.lineno)
+
+
+def _run_cluster_fit(args: argparse.Namespace) -> int:
+    """``bayes-defense fit --nodes N TABLE ...``: fit the cluster model to incident tables."""
+    import pandas as pd
+
+    import bayes_defense as bd
+    from bayes_defense.fit import load_posterior
+    from bayes_defense.fit_cluster import ClusterPosterior, read_incidents
+
+    if args.labels and len(args.labels) != len(args.events):
+        raise InvalidInputError(f"with --nodes give one --labels table per incident table: {len(args.events)} "
+                                f"table(s), {len(args.labels)} --labels")
+    for table in args.events:
+        if not Path(table).is_file():
+            raise FileNotFoundError(f"no such incident table: {table!r}")
+    labels = args.labels or [None] * len(args.events)
+    frames = [read_incidents(table, label) for table, label in zip(args.events, labels, strict=True)]
+    incidents = pd.concat(frames, ignore_index=True) if len(frames) > 1 else frames[0]
+    model = bd.models.cluster(args.nodes, colluders=args.colluders)
+    prior = load_posterior(args.prior) if args.prior else None
+    if prior is not None and not isinstance(prior, ClusterPosterior):
+        raise InvalidInputError(f"--prior {args.prior!r} is a defender posterior; with --nodes give a cluster "
+                                f"posterior written by `bayes-defense fit --nodes`")
+    out = Path(args.out)
+    if out.exists() and out.is_dir():
+        raise InvalidInputError(f"--out {str(out)!r} is a directory; give a file name such as posterior.nc")
+    return _fit_and_write(model, incidents, prior, out, args, lambda summary: (
+        f"fitted {summary['model']} to {summary['rows']} incident windows ({summary['labelled_rows']} "
+        f"labelled) by {summary['method']}: {summary['fitted_parameters']} parameters fitted, "
+        f"{summary['prior_only_parameters']} left at their prior; r_hat max {summary['r_hat_max']:.3f}, "
+        f"ESS min {summary['ess_bulk_min']:.0f}; wrote {out}"))
+
+
+def _fit_and_write(model, incidents, prior, out: Path, args: argparse.Namespace, line) -> int:
+    """Fit, report diagnostics warnings, save, plot the PPC and print the summary (JSON or ``line(summary)``)."""
+    from bayes_defense.fit import FitDiagnosticsWarning, fit
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", FitDiagnosticsWarning)
+        posterior = fit(model, incidents, method=args.method, prior=prior, num_samples=args.samples,
+                        num_warmup=args.warmup, num_chains=args.chains, num_steps=args.steps,
+                        batch_size=args.batch_size, seed=args.seed, progress=sys.stderr.isatty() and not args.json)
+    _report_warnings(caught)
     posterior.save(out)
     if args.ppc:
         posterior.plot_ppc(args.ppc)
@@ -79,10 +144,5 @@ def run_fit(args: argparse.Namespace) -> int:
     summary["out"] = str(out)
     if args.ppc:
         summary["ppc"] = str(args.ppc)
-    if args.json:
-        print(json.dumps(summary))
-    else:
-        print(f"fitted {summary['windows']} windows from {summary['events']} events ({summary['runs']} log(s), "
-              f"{'labelled' if summary['labelled'] else 'phases latent'}) by {summary['method']}: "
-              f"r_hat max {summary['r_hat_max']:.3f}, ESS min {summary['ess_bulk_min']:.0f}; wrote {out}")
+    print(json.dumps(summary) if args.json else line(summary))
     return 0 if posterior.diagnostics_ok else 1

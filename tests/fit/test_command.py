@@ -48,3 +48,32 @@ def test_fit_command_bad_input_gives_one_line(replay_run, tmp_path, capsys, argu
     assert main(argv) == 2
     error = capsys.readouterr().err.strip()
     assert error.startswith("bayes-defense fit: error:") and message in error and "\n" not in error
+
+
+def _incident_table(path):
+    import pandas as pd
+
+    import bayes_defense as bd
+
+    rows = [{**evidence, **seen} for attack in ("replay", "flooding")
+            for evidence, seen in bd.models.sample_incidents(bd.models.cluster(4), attack, 20, seed=1)]
+    pd.DataFrame(rows).to_csv(path, index=False)
+    return path
+
+
+def test_fit_command_fits_the_cluster_model_to_incident_tables(tmp_path, capsys):
+    from bayes_defense.fit_cluster import ClusterPosterior
+
+    table, out = _incident_table(tmp_path / "incidents.csv"), tmp_path / "cluster.nc"
+    status = main(["fit", str(table), "--nodes", "4", "--steps", "40", "--samples", "30", "--out", str(out),
+                   "--json"])
+    summary = json.loads(capsys.readouterr().out)
+    assert status in (0, 1) and (status == 0) == summary["diagnostics_ok"]
+    assert summary["model"] == "cluster(4)" and summary["rows"] == 40 and summary["out"] == str(out)
+    posterior = load_posterior(out)
+    assert isinstance(posterior, ClusterPosterior) and posterior.num_draws == 30
+    # A cluster posterior is not a defender prior, and the reverse.
+    assert main(["fit", str(table), "--prior", str(out), "--out", str(tmp_path / "x.nc")]) == 2
+    assert "cluster-model posterior" in capsys.readouterr().err
+    assert main(["fit", str(table), "--nodes", "2", "--out", str(tmp_path / "y.nc")]) == 2
+    assert "n_nodes must be from 4 to 100" in capsys.readouterr().err
