@@ -869,12 +869,41 @@ def _replicate(draws: Mapping[str, np.ndarray], features: WindowFeatures, seed: 
 
 
 # ----------------------------------------------------------- inference
+def svi_multivariate_normal(model, init_loc_fn, *, num_steps: int, learning_rate: float, show: bool, desc: str):
+    """Fit an ``AutoMultivariateNormal`` guide to ``model`` by SVI; return ``(guide, losses)``.
+
+    ClippedAdam with the step size decaying tenfold over the run; a tqdm bar
+    (``desc``) when ``show``. Shared by the defender fit and the cluster fit.
+    """
+    import pyro
+    from pyro.infer import SVI, Trace_ELBO
+    from pyro.infer.autoguide import AutoMultivariateNormal
+
+    guide = AutoMultivariateNormal(model, init_loc_fn=init_loc_fn, init_scale=0.05)
+    svi = SVI(model, guide, pyro.optim.ClippedAdam({"lr": learning_rate, "lrd": 0.1 ** (1 / max(num_steps, 1))}),
+              Trace_ELBO())
+    losses = np.empty(num_steps)
+    bar = None
+    if show:
+        from tqdm import tqdm
+
+        bar = tqdm(total=num_steps, desc=desc, unit="step", leave=False)
+    try:
+        for step in range(num_steps):
+            losses[step] = svi.step()
+            if bar is not None:
+                bar.update(1)
+    finally:
+        if bar is not None:
+            bar.close()
+    return guide, losses
+
+
 def _run_svi(data: _Data, prior: FitPrior, *, num_steps: int, batch_size: int, learning_rate: float,
              num_samples: int, seed: int, show: bool) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
     import pyro
     import torch
-    from pyro.infer import SVI, Trace_ELBO
-    from pyro.infer.autoguide import AutoMultivariateNormal, init_to_median
+    from pyro.infer.autoguide import init_to_median
 
     pyro.set_rng_seed(seed)
     pyro.clear_param_store()
@@ -884,23 +913,8 @@ def _run_svi(data: _Data, prior: FitPrior, *, num_steps: int, batch_size: int, l
     def model():
         return _model(data, prior, window_batch, segment_batch)
 
-    guide = AutoMultivariateNormal(model, init_loc_fn=init_to_median, init_scale=0.05)
-    svi = SVI(model, guide, pyro.optim.ClippedAdam({"lr": learning_rate, "lrd": 0.1 ** (1 / max(num_steps, 1))}),
-              Trace_ELBO())
-    losses = np.empty(num_steps)
-    bar = None
-    if show:
-        from tqdm import tqdm
-
-        bar = tqdm(total=num_steps, desc="SVI", unit="step", leave=False)
-    try:
-        for step in range(num_steps):
-            losses[step] = svi.step()
-            if bar is not None:
-                bar.update(1)
-    finally:
-        if bar is not None:
-            bar.close()
+    guide, losses = svi_multivariate_normal(model, init_to_median, num_steps=num_steps, learning_rate=learning_rate,
+                                            show=show, desc="SVI")
     with torch.no_grad():
         rows = [guide() for _ in range(num_samples)]
     # Guide draws are independent; two halves as two "chains" let split r_hat and ESS check the draws.
@@ -1207,29 +1221,9 @@ class Posterior:
         over the last tenth of the steps (its draws are independent, so r_hat
         and ESS are reported but not judged).
         """
-        problems = []
-        table = self.diagnostics
-        if self.method != "nuts":
-            # Guide draws are independent by construction: r_hat and ESS are
-            # reported but say nothing about convergence; the loss trend does.
-            table = table.iloc[:0]
-        rhat = table["r_hat"].to_numpy(dtype=float)
-        bad = table.index[~(rhat < _RHAT_MAX)]
-        if len(bad) and self.num_draws >= 4:
-            problems.append(f"r_hat >= {_RHAT_MAX} for {len(bad)} parameter(s), e.g. {', '.join(bad[:3])}")
-        for column in ("ess_bulk", "ess_tail"):
-            low = table.index[~(table[column].to_numpy(dtype=float) >= _ESS_MIN)]
-            if len(low):
-                problems.append(f"{column} < {_ESS_MIN:g} for {len(low)} parameter(s), e.g. {', '.join(low[:3])}")
-        if "diverging" in self.sample_stats and self.sample_stats["diverging"].any():
-            problems.append(f"{int(self.sample_stats['diverging'].sum())} divergent NUTS transition(s)")
-        losses = self.info.get("loss_trend")
-        if losses is not None and losses.get("still_falling"):
-            problems.append(f"the SVI loss was still falling at the end (last-tenth mean {losses['last']:.4g} vs "
-                            f"{losses['previous']:.4g} before, standard error {losses['se']:.3g}); "
-                            f"raise num_steps")
-        self.problems = problems
-        return problems
+        self.problems = convergence_problems(self.method, self.diagnostics, self.num_draws, self.sample_stats,
+                                             self.info.get("loss_trend"))
+        return self.problems
 
     def summary(self) -> dict[str, Any]:
         """A JSON-ready summary (what ``bayes-defense fit --json`` prints)."""
@@ -1262,18 +1256,55 @@ class Posterior:
         >>> bool(np.allclose(load_posterior(path).draws["spread"], post.draws["spread"]))
         True
         """
-        from bayes_defense import _arviz
-
-        path = Path(path)
-        if path.exists() and path.is_dir():
-            raise InvalidInputError(f"cannot write the posterior to {str(path)!r}: it is a directory")
-        _arviz.to_netcdf(self.to_inference_data(), path)
-        return path
+        return save_posterior(self, path)
 
     # ------------------------------------------------------------ figure
     def plot_ppc(self, path: str | os.PathLike[str] | None = None):
         """Posterior predictive check figure; see :func:`plot_ppc`."""
         return plot_ppc(self, path)
+
+
+def save_posterior(posterior, path: str | os.PathLike[str]) -> Path:
+    """Write ``posterior.to_inference_data()`` to NetCDF-4 at ``path`` (refusing a directory); return the path."""
+    from bayes_defense import _arviz
+
+    path = Path(path)
+    if path.exists() and path.is_dir():
+        raise InvalidInputError(f"cannot write the posterior to {str(path)!r}: it is a directory")
+    _arviz.to_netcdf(posterior.to_inference_data(), path)
+    return path
+
+
+def convergence_problems(method: str, table, num_draws: int, sample_stats: Mapping[str, Any],
+                         loss_trend: Mapping[str, Any] | None) -> list[str]:
+    """The failed convergence checks of a fit, one readable line each (empty when all pass).
+
+    NUTS: split r_hat below 1.01, bulk and tail ESS at least 100 for every
+    parameter of ``table`` (an ``az.summary`` frame), no divergent
+    transitions. SVI: the loss no longer falling over the last tenth of the
+    steps (``loss_trend``, see :func:`_loss_trend`). Shared by the defender
+    and cluster posteriors.
+    """
+    problems = []
+    if method != "nuts":
+        # Guide draws are independent by construction: r_hat and ESS are
+        # reported but say nothing about convergence; the loss trend does.
+        table = table.iloc[:0]
+    rhat = table["r_hat"].to_numpy(dtype=float)
+    bad = table.index[~(rhat < _RHAT_MAX)]
+    if len(bad) and num_draws >= 4:
+        problems.append(f"r_hat >= {_RHAT_MAX} for {len(bad)} parameter(s), e.g. {', '.join(bad[:3])}")
+    for column in ("ess_bulk", "ess_tail"):
+        low = table.index[~(table[column].to_numpy(dtype=float) >= _ESS_MIN)]
+        if len(low):
+            problems.append(f"{column} < {_ESS_MIN:g} for {len(low)} parameter(s), e.g. {', '.join(low[:3])}")
+    if "diverging" in sample_stats and sample_stats["diverging"].any():
+        problems.append(f"{int(sample_stats['diverging'].sum())} divergent NUTS transition(s)")
+    if loss_trend is not None and loss_trend.get("still_falling"):
+        problems.append(f"the SVI loss was still falling at the end (last-tenth mean {loss_trend['last']:.4g} vs "
+                        f"{loss_trend['previous']:.4g} before, standard error {loss_trend['se']:.3g}); "
+                        f"raise num_steps")
+    return problems
 
 
 def _loss_trend(losses: np.ndarray) -> dict[str, Any]:

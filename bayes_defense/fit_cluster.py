@@ -727,8 +727,9 @@ def _run_svi(likelihood, a, b, active, *, num_steps, batch_size, learning_rate, 
     import pyro
     import pyro.distributions as dist
     import torch
-    from pyro.infer import SVI, Trace_ELBO
-    from pyro.infer.autoguide import AutoMultivariateNormal, init_to_mean
+    from pyro.infer.autoguide import init_to_mean
+
+    from bayes_defense.fit import svi_multivariate_normal
 
     pyro.set_rng_seed(seed)
     pyro.clear_param_store()
@@ -744,23 +745,8 @@ def _run_svi(likelihood, a, b, active, *, num_steps, batch_size, learning_rate, 
         with pyro.plate("incidents", N, subsample_size=batch) as rows:
             pyro.factor("incident", likelihood(theta, rows.numpy()))
 
-    guide = AutoMultivariateNormal(model, init_loc_fn=init_to_mean, init_scale=0.05)
-    svi = SVI(model, guide, pyro.optim.ClippedAdam({"lr": learning_rate, "lrd": 0.1 ** (1 / max(num_steps, 1))}),
-              Trace_ELBO())
-    losses = np.empty(num_steps)
-    bar = None
-    if show:
-        from tqdm import tqdm
-
-        bar = tqdm(total=num_steps, desc="SVI (cluster)", unit="step", leave=False)
-    try:
-        for step in range(num_steps):
-            losses[step] = svi.step()
-            if bar is not None:
-                bar.update(1)
-    finally:
-        if bar is not None:
-            bar.close()
+    guide, losses = svi_multivariate_normal(model, init_to_mean, num_steps=num_steps, learning_rate=learning_rate,
+                                            show=show, desc="SVI (cluster)")
     with torch.no_grad():
         rows = torch.stack([guide()["theta"] for _ in range(num_samples)]).numpy()
     return rows, {"losses": losses}
@@ -1003,28 +989,11 @@ class ClusterPosterior:
         the steps (guide draws are independent, so r_hat and ESS are reported
         but not judged).
         """
-        from bayes_defense.fit import _ESS_MIN, _RHAT_MAX
+        from bayes_defense.fit import convergence_problems
 
-        problems = []
-        table = self.diagnostics
-        if self.method != "nuts":
-            table = table.iloc[:0]
-        rhat = table["r_hat"].to_numpy(dtype=float)
-        bad = table.index[~(rhat < _RHAT_MAX)]
-        if len(bad) and self.num_draws >= 4:
-            problems.append(f"r_hat >= {_RHAT_MAX} for {len(bad)} parameter(s), e.g. {', '.join(bad[:3])}")
-        for column in ("ess_bulk", "ess_tail"):
-            low = table.index[~(table[column].to_numpy(dtype=float) >= _ESS_MIN)]
-            if len(low):
-                problems.append(f"{column} < {_ESS_MIN:g} for {len(low)} parameter(s), e.g. {', '.join(low[:3])}")
-        if "diverging" in self.sample_stats and self.sample_stats["diverging"].any():
-            problems.append(f"{int(self.sample_stats['diverging'].sum())} divergent NUTS transition(s)")
-        losses = self.info.get("loss_trend")
-        if losses is not None and losses.get("still_falling"):
-            problems.append(f"the SVI loss was still falling at the end (last-tenth mean {losses['last']:.4g} vs "
-                            f"{losses['previous']:.4g} before, standard error {losses['se']:.3g}); raise num_steps")
-        self.problems = problems
-        return problems
+        self.problems = convergence_problems(self.method, self.diagnostics, self.num_draws, self.sample_stats,
+                                             self.info.get("loss_trend"))
+        return self.problems
 
     def summary(self) -> dict[str, Any]:
         """A JSON-ready summary: draws, rows, worst r_hat and ESS, diagnostics, seconds."""
@@ -1060,13 +1029,9 @@ class ClusterPosterior:
         >>> bool(np.allclose(bd.load_posterior(path).draws, post.draws))
         True
         """
-        from bayes_defense import _arviz
+        from bayes_defense.fit import save_posterior
 
-        path = Path(path)
-        if path.exists() and path.is_dir():
-            raise InvalidInputError(f"cannot write the posterior to {str(path)!r}: it is a directory")
-        _arviz.to_netcdf(self.to_inference_data(), path)
-        return path
+        return save_posterior(self, path)
 
 
     # ------------------------------------------------------------ figure
