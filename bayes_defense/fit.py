@@ -1227,7 +1227,6 @@ class Posterior:
 
     def summary(self) -> dict[str, Any]:
         """A JSON-ready summary (what ``bayes-defense fit --json`` prints)."""
-        table = self.diagnostics
         return {
             "method": self.method,
             "draws": self.num_draws,
@@ -1235,12 +1234,7 @@ class Posterior:
             "events": self.info.get("events"),
             "runs": self.info.get("runs"),
             "labelled": self.info.get("labelled"),
-            "r_hat_max": float(np.nanmax(table["r_hat"].to_numpy(dtype=float))),
-            "ess_bulk_min": float(np.nanmin(table["ess_bulk"].to_numpy(dtype=float))),
-            "ess_tail_min": float(np.nanmin(table["ess_tail"].to_numpy(dtype=float))),
-            "diagnostics_ok": self.diagnostics_ok,
-            "problems": list(self.problems),
-            "seconds": self.info.get("seconds"),
+            **diagnostics_summary(self),
         }
 
     # --------------------------------------------------------- storage
@@ -1262,6 +1256,19 @@ class Posterior:
     def plot_ppc(self, path: str | os.PathLike[str] | None = None):
         """Posterior predictive check figure; see :func:`plot_ppc`."""
         return plot_ppc(self, path)
+
+
+def diagnostics_summary(posterior) -> dict[str, Any]:
+    """The diagnostics part of a posterior's JSON summary: worst r_hat and ESS, verdict, problems, seconds."""
+    table = posterior.diagnostics
+    return {
+        "r_hat_max": float(np.nanmax(table["r_hat"].to_numpy(dtype=float))),
+        "ess_bulk_min": float(np.nanmin(table["ess_bulk"].to_numpy(dtype=float))),
+        "ess_tail_min": float(np.nanmin(table["ess_tail"].to_numpy(dtype=float))),
+        "diagnostics_ok": posterior.diagnostics_ok,
+        "problems": list(posterior.problems),
+        "seconds": posterior.info.get("seconds"),
+    }
 
 
 def save_posterior(posterior, path: str | os.PathLike[str]) -> Path:

@@ -997,7 +997,8 @@ class ClusterPosterior:
 
     def summary(self) -> dict[str, Any]:
         """A JSON-ready summary: draws, rows, worst r_hat and ESS, diagnostics, seconds."""
-        table = self.diagnostics
+        from bayes_defense.fit import diagnostics_summary
+
         return {
             "model": f"cluster({self.info.get('n_nodes')})",
             "method": self.method,
@@ -1006,12 +1007,7 @@ class ClusterPosterior:
             "labelled_rows": self.info.get("labelled_rows"),
             "fitted_parameters": int(self.active.sum()),
             "prior_only_parameters": int((~self.active).sum()),
-            "r_hat_max": float(np.nanmax(table["r_hat"].to_numpy(dtype=float))),
-            "ess_bulk_min": float(np.nanmin(table["ess_bulk"].to_numpy(dtype=float))),
-            "ess_tail_min": float(np.nanmin(table["ess_tail"].to_numpy(dtype=float))),
-            "diagnostics_ok": self.diagnostics_ok,
-            "problems": list(self.problems),
-            "seconds": self.info.get("seconds"),
+            **diagnostics_summary(self),
         }
 
     # --------------------------------------------------------- storage

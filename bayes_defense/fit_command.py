@@ -59,6 +59,7 @@ def register(subparsers: Any) -> None:
 def run_fit(args: argparse.Namespace) -> int:
     """Run ``bayes-defense fit``; return the exit status (1 when diagnostics failed)."""
     from bayes_defense.fit import load_posterior
+    from bayes_defense.fit_cluster import ClusterPosterior
 
     if args.nodes is not None:
         return _run_cluster_fit(args)
@@ -72,7 +73,7 @@ def run_fit(args: argparse.Namespace) -> int:
         if not Path(events).exists():
             raise FileNotFoundError(f"no such event log: {events!r}")
     prior = load_posterior(args.prior) if args.prior else None
-    if prior is not None and prior.__class__.__name__ == "ClusterPosterior":
+    if isinstance(prior, ClusterPosterior):
         raise InvalidInputError(f"--prior {args.prior!r} is a cluster-model posterior; to update it give --nodes N "
                                 f"and incident tables, or give a defender posterior here")
     out = Path(args.out)
