@@ -9,7 +9,18 @@ the model :func:`fit` learns from event logs:
   0 (benign), ``score_precursor`` or ``score_execution`` and standard
   deviation ``spread``, clipped to ``[0, 12]`` as the defender clips it (the
   fit uses the censored likelihood, so clipped windows count as what they
-  are: "at most 0" or "at least 12");
+  are: "at most 0" or "at least 12"); a window of the precursor or the
+  execution phase is quiet with probability ``quiet_precursor`` or
+  ``quiet_execution`` and then scores as a benign window does (an attack's
+  signal comes and goes: a Sybil's joins arrive in bursts, between which its
+  score is exactly 0);
+- incidents: with labels, the windows of one incident (one attack's
+  precursor or execution episode in a run) share that incident's own mean,
+  ``score_k * exp(incident_scale * z)`` with ``z`` standard normal, so that
+  an incident counts as one draw of the attack's mean however many windows
+  it lasts: a log with one weak censorship incident moves the censorship
+  mean about as far as one observation should (``incident_scale`` is a prior
+  hyperparameter, 0.5 by default; unlabelled windows use ``score_k``);
 - phases: a Markov chain per window with ``benign_to_precursor``,
   ``precursor_to_execution``, ``precursor_to_benign`` and
   ``execution_to_benign``.
@@ -63,19 +74,22 @@ __all__ = [
 #: Written on every group of a saved posterior; a file without it is refused.
 FORMAT_NAME = "bayes_defense.posterior"
 #: Version of the stored layout; a file with another major version is refused.
-FORMAT_VERSION = "1.0"
+#: 1.1 added the quiet-window probabilities; a 1.0 file is read with them 0.
+FORMAT_VERSION = "1.1"
 
 #: Defender parameters the fit learns, in the order of ``default_parameters``.
 PARAMETER_NAMES: tuple[str, ...] = (
     "score_precursor", "score_execution", "spread", "benign_to_precursor",
     "precursor_to_execution", "precursor_to_benign", "execution_to_benign",
+    "quiet_precursor", "quiet_execution",
 )
+_QUIET = ("quiet_precursor", "quiet_execution")
 
 # Pyro sample sites of the fit model: the precursor row of the transition
 # matrix is one Dirichlet site (stay, to benign, to execution), so that its
 # three probabilities always sum to one.
 _SITES: tuple[str, ...] = ("score_precursor", "score_execution", "spread", "benign_to_precursor",
-                           "precursor_exit", "execution_to_benign")
+                           "precursor_exit", "execution_to_benign", "quiet_precursor", "quiet_execution")
 _TRANSITION_SITES = frozenset({"benign_to_precursor", "precursor_exit", "execution_to_benign"})
 _PHASE_GROUPS: tuple[str, ...] = ("benign", "precursor", "execution", "all")
 _STATISTICS: tuple[str, ...] = ("positive_fraction", "mean", "q90")
@@ -127,12 +141,18 @@ class FitPrior:
     """Hyperparameters of the fit's prior, one entry per attack hypothesis.
 
     Scores and spread are LogNormal (``*_loc``, ``*_scale`` on the log
-    scale); ``benign_to_precursor`` and ``execution_to_benign`` are Beta;
-    the precursor row ``(stay, to benign, to execution)`` is Dirichlet. The
-    default centres on the means of the defender's default ensemble
+    scale); ``benign_to_precursor``, ``execution_to_benign`` and the quiet
+    probabilities are Beta; the precursor row ``(stay, to benign, to
+    execution)`` is Dirichlet. The default centres on the means of the
+    defender's default ensemble
     (:func:`bayes_defense.stream.defender.default_parameters`) but is weaker:
     scores and spread vary by about 50% and 30%, and each transition
-    probability is worth about one observed transition.
+    probability is worth about one observed transition. The quiet
+    probabilities are Beta(1, 9): mean 0.1 and mode 0 (the default
+    ensemble's value), worth ten windows, which the hundreds of windows of
+    an incident outweigh. ``incident_scale`` (0.5) is the standard deviation
+    of one incident's log mean score around the attack's (its windows share
+    it); 0 treats every window as an independent draw of the attack's mean.
 
     Examples
     --------
@@ -152,6 +172,19 @@ class FitPrior:
     precursor_exit: np.ndarray  # (attacks, 3) Dirichlet concentration
     execution_to_benign_a: np.ndarray
     execution_to_benign_b: np.ndarray
+    quiet_precursor_a: np.ndarray = None
+    quiet_precursor_b: np.ndarray = None
+    quiet_execution_a: np.ndarray = None
+    quiet_execution_b: np.ndarray = None
+    incident_scale: float = 0.5
+
+    def __post_init__(self) -> None:
+        # Priors written before the quiet probabilities existed get the default Beta(1, 9).
+        n = len(np.atleast_1d(self.spread_loc))
+        for name, value in (("quiet_precursor_a", 1.0), ("quiet_precursor_b", 9.0),
+                            ("quiet_execution_a", 1.0), ("quiet_execution_b", 9.0)):
+            if getattr(self, name) is None:
+                object.__setattr__(self, name, np.full(n, value))
 
     @classmethod
     def default(cls, attacks: int | None = None) -> FitPrior:
@@ -170,10 +203,12 @@ class FitPrior:
             benign_to_precursor_a=full(0.5), benign_to_precursor_b=full(1500.0),
             precursor_exit=np.tile([88.0, 0.25, 1.0], (n, 1)),
             execution_to_benign_a=full(1.0), execution_to_benign_b=full(59.0),
+            quiet_precursor_a=full(1.0), quiet_precursor_b=full(9.0),
+            quiet_execution_a=full(1.0), quiet_execution_b=full(9.0),
         )
 
     @classmethod
-    def from_draws(cls, draws: Mapping[str, np.ndarray]) -> FitPrior:
+    def from_draws(cls, draws: Mapping[str, np.ndarray], incident_scale: float = 0.5) -> FitPrior:
         """Moment-match independent LogNormal/Beta/Dirichlet factors to posterior draws.
 
         ``draws`` maps each of the fit's sites to an array ``(samples, attacks[, 3])``.
@@ -198,7 +233,14 @@ class FitPrior:
         sd, sds = lognormal(draws["spread"])
         ba, bb = beta(draws["benign_to_precursor"])
         ea, eb = beta(draws["execution_to_benign"])
-        return cls(sp, ss, se, ses, sd, sds, ba, bb, mean * total[:, None], ea, eb)
+        quiet = []
+        for name in ("quiet_precursor", "quiet_execution"):
+            values = np.asarray(draws[name], float)
+            # A posterior of format 1.0 has no quiet windows (all draws 0): start from the default prior.
+            quiet.extend(beta(values) if values.any() else (np.ones(values.shape[1:]), np.full(values.shape[1:], 9.0)))
+        qpa, qpb, qea, qeb = quiet
+        return cls(sp, ss, se, ses, sd, sds, ba, bb, mean * total[:, None], ea, eb, qpa, qpb, qea, qeb,
+                   float(incident_scale))
 
     def as_dict(self) -> dict[str, list]:
         """JSON-ready hyperparameters (stored in a saved posterior)."""
@@ -207,7 +249,10 @@ class FitPrior:
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> FitPrior:
         """Inverse of :meth:`as_dict`."""
-        return cls(**{name: np.asarray(data[name], dtype=float) for name in cls.__dataclass_fields__})
+        out = {name: np.asarray(data[name], dtype=float) for name in cls.__dataclass_fields__ if name in data}
+        if "incident_scale" in out:
+            out["incident_scale"] = float(out["incident_scale"])
+        return cls(**out)
 
 
 # -------------------------------------------------------------- features
@@ -517,17 +562,36 @@ def _transition_log(bp, exits, eb):
     return torch.stack(rows, -2).clamp(min=1e-200).log()
 
 
-def _emission_log(scores, means, spread, cap: float):
-    """Censored-normal log-likelihood ``(..., attacks, 3)`` of scores ``(..., attacks)``."""
+def _censored_log(s, means, sigma, cap: float):
+    """Log-likelihood of scores ``s`` under Normal(means, sigma) clipped to ``[0, cap]`` (broadcast)."""
     import torch
 
-    s = scores.unsqueeze(-1)
-    sigma = spread.unsqueeze(-1)
     z = (s - means) / sigma
     middle = -0.5 * z * z - sigma.log() - 0.5 * math.log(2 * math.pi)
     lower = torch.special.log_ndtr(-means / sigma)
     upper = torch.special.log_ndtr((means - cap) / sigma)
     return torch.where(s <= 0.0, lower, torch.where(s >= cap, upper, middle))
+
+
+def _quiet_mixture(benign, active, quiet):
+    """``log(quiet * e**benign + (1 - quiet) * e**active)``: a phase window that may look benign."""
+    import torch
+
+    return torch.logaddexp(quiet.log() + benign, torch.log1p(-quiet) + active)
+
+
+def _emission_log(scores, means, spread, cap: float, quiet):
+    """Log-likelihood ``(..., attacks, 3)`` of scores ``(..., attacks)`` in each phase.
+
+    ``means`` is ``(attacks, 3)`` (benign mean 0), ``quiet`` is
+    ``(attacks, 2)``: the precursor and execution quiet probabilities.
+    """
+    import torch
+
+    base = _censored_log(scores.unsqueeze(-1), means, spread.unsqueeze(-1), cap)
+    benign = base[..., 0]
+    return torch.stack([benign, _quiet_mixture(benign, base[..., 1], quiet[..., 0]),
+                        _quiet_mixture(benign, base[..., 2], quiet[..., 1])], -1)
 
 
 def _chain_product(matrices):
@@ -577,13 +641,14 @@ class _Data:
         same = np.zeros(len(rows), bool)
         same[1:] = (run[1:] == run[:-1]) & (rows[1:] == rows[:-1] + 1)
         previous[1:][same[1:]] = phases[:-1][same[1:]]
-        del run, same
+        del run
         scores = features.scores[rows].astype(np.float32)
         self.scores = torch.as_tensor(scores)
         self.phases = torch.as_tensor(phases)
         self.previous = torch.as_tensor(previous)
         self.cap = _score_cap()
-        self._sufficient_statistics(scores, phases, previous)
+        self._sufficient_statistics(scores, phases, previous, same)
+        del same
         # Unlabelled runs, each cut into segments of _SEGMENT windows (the last one padded).
         segments, masks, firsts = [], [], []
         unlabelled = np.flatnonzero(~labelled)
@@ -604,18 +669,55 @@ class _Data:
         self.firsts = torch.as_tensor(np.array(firsts, bool))
         self.attacks = attacks
 
-    def _sufficient_statistics(self, scores: np.ndarray, phases: np.ndarray, previous: np.ndarray) -> None:
-        """Counts and sums that carry everything labelled windows say (for the collapsed likelihood)."""
+    def _sufficient_statistics(self, scores: np.ndarray, phases: np.ndarray, previous: np.ndarray,
+                               contiguous: np.ndarray | None = None) -> None:
+        """Counts and sums that carry everything benign windows say, and the incidents' windows one by one."""
         import torch
+
+        if contiguous is None:
+            contiguous = np.zeros(len(scores), bool)
+            contiguous[1:] = True
 
         attacks = scores.shape[1] if scores.ndim == 2 else len(_attacks())
         low = np.zeros((attacks, 3))
+        carry = [-1] * attacks
         high, middle, first, second = np.zeros_like(low), np.zeros_like(low), np.zeros_like(low), np.zeros_like(low)
         counts = np.zeros((attacks, 3, 3))
+        active_scores, active_attacks, active_phases, active_incidents = [], [], [], []
+        # An incident is one attack's unbroken stretch of precursor and execution
+        # windows in one run; numbered across blocks.
+        width = scores.shape[1] if scores.ndim == 2 else 0
+        incidents, was_active = 0, np.zeros(width, bool)
         # In blocks of windows: the temporaries stay a few MB however long the log.
         for begin in range(0, len(scores), _BLOCK):
             block = scores[begin:begin + _BLOCK].astype(np.float64)
             block_phases, block_previous = phases[begin:begin + _BLOCK], previous[begin:begin + _BLOCK]
+            # Precursor and execution windows are kept one by one (a quiet window
+            # makes their likelihood a mixture, which sums do not carry); they are
+            # the few windows of incidents, benign windows are the bulk.
+            is_active = block_phases >= 1
+            before = np.empty_like(is_active)
+            if len(block):
+                before[0] = was_active & contiguous[begin]
+                before[1:] = is_active[:-1] & contiguous[begin + 1:begin + len(block), None]
+                was_active = is_active[-1].copy()
+            number = np.full(is_active.shape, -1, np.int64)
+            for col in range(width):
+                start = is_active[:, col] & ~before[:, col]
+                ids = np.where(start, incidents + np.cumsum(start) - 1, -1)
+                incidents += int(start.sum())
+                # Ids grow down a column, so the running maximum is the latest start's id;
+                # rows before the block's first start continue the previous block's incident.
+                latest = np.maximum.accumulate(ids)
+                latest = np.where(latest < 0, carry[col], latest)
+                number[:, col] = np.where(is_active[:, col], latest, -1)
+                if is_active[-1, col]:
+                    carry[col] = int(latest[-1])
+            rows, columns = np.nonzero(is_active)
+            active_incidents.append(number[rows, columns].astype(np.int64))
+            active_scores.append(block[rows, columns].astype(np.float32))
+            active_attacks.append(columns.astype(np.int8))
+            active_phases.append(block_phases[rows, columns].astype(np.int8))
             for k in range(3):
                 in_phase = block_phases == k
                 is_low, is_high = in_phase & (block <= 0.0), in_phase & (block >= self.cap)
@@ -630,27 +732,70 @@ class _Data:
         self.stats = {name: torch.as_tensor(value, dtype=torch.float64) for name, value in
                       (("low", low), ("high", high), ("middle", middle), ("first", first), ("second", second),
                        ("counts", counts))}
+        incident = np.concatenate(active_incidents) if active_incidents else np.zeros(0, np.int64)
+        # Renumber incidents 0..I-1 in order of appearance.
+        _, incident = np.unique(incident, return_inverse=True)
+        self.incidents = int(incident.max()) + 1 if len(incident) else 0
+        entry_attacks = np.concatenate(active_attacks).astype(np.int64) if active_attacks else np.zeros(0, np.int64)
+        incident_attacks = np.zeros(self.incidents, np.int64)
+        incident_attacks[incident] = entry_attacks
+        self.incident_attacks = torch.as_tensor(incident_attacks)
+        self.active = {
+            "incidents": torch.as_tensor(incident.astype(np.int64)),
+            "scores": torch.as_tensor(np.concatenate(active_scores) if active_scores else np.zeros(0, np.float32)),
+            "attacks": torch.as_tensor(np.concatenate(active_attacks) if active_attacks else np.zeros(0, np.int8)),
+            "phases": torch.as_tensor(np.concatenate(active_phases) if active_phases else np.zeros(0, np.int8)),
+        }
 
 
-def _collapsed_log_likelihood(data: _Data, params: Mapping[str, Any]):
+def _collapsed_log_likelihood(data: _Data, params: Mapping[str, Any], scale: float = 0.0):
     """Log-likelihood of all labelled windows from their sufficient statistics (O(1) in the log's length)."""
     log_t = _transition_log(params["benign_to_precursor"], params["precursor_exit"], params["execution_to_benign"])
-    return _collapsed_emission(data, params) + (data.stats["counts"] * log_t).sum()
+    return _collapsed_emission(data, params, scale) + (data.stats["counts"] * log_t).sum()
 
 
-def _collapsed_emission(data: _Data, params: Mapping[str, Any]):
-    """The score part of :func:`_collapsed_log_likelihood`."""
+def _collapsed_emission(data: _Data, params: Mapping[str, Any], scale: float = 0.0):
+    """The score part of :func:`_collapsed_log_likelihood`.
+
+    Benign windows enter through their sufficient statistics; precursor and
+    execution windows one by one (:func:`_incident_log_likelihood`).
+    """
     import torch
 
-    zeros = torch.zeros_like(params["score_precursor"])
-    means = torch.stack([zeros, params["score_precursor"], params["score_execution"]], -1)
-    sigma = params["spread"].unsqueeze(-1)
+    sigma = params["spread"]
     stats = data.stats
-    squares = stats["second"] - 2 * means * stats["first"] + stats["middle"] * means * means
-    emission = (stats["low"] * torch.special.log_ndtr(-means / sigma)
-                + stats["high"] * torch.special.log_ndtr((means - data.cap) / sigma)
-                - 0.5 * squares / (sigma * sigma) - stats["middle"] * (sigma.log() + 0.5 * math.log(2 * math.pi)))
-    return emission.sum()
+    low, high, middle = stats["low"][:, 0], stats["high"][:, 0], stats["middle"][:, 0]
+    emission = (low * math.log(0.5) + high * torch.special.log_ndtr(-data.cap / sigma)
+                - 0.5 * stats["second"][:, 0] / (sigma * sigma)
+                - middle * (sigma.log() + 0.5 * math.log(2 * math.pi))).sum()
+    return emission + _incident_log_likelihood(data, params, scale)
+
+
+def _incident_log_likelihood(data: _Data, params: Mapping[str, Any], scale: float = 0.0):
+    """Log-likelihood of the labelled precursor and execution windows.
+
+    Each window is a quiet mixture; its mean is its incident's,
+    ``exp(params["incident_log_mean"][incident, phase - 1])`` (absent or
+    ``scale = 0``: the attack's own score).
+    """
+    import torch
+
+    sigma = params["spread"]
+    active = data.active
+    if not len(active["scores"]):
+        return torch.zeros((), dtype=sigma.dtype)
+    attack = active["attacks"].long()
+    phase = active["phases"].long()
+    s = active["scores"].to(sigma.dtype)
+    log_means = params.get("incident_log_mean")
+    if log_means is not None and scale > 0:
+        means = log_means[active["incidents"], phase - 1].exp()
+    else:
+        means = torch.stack([params["score_precursor"], params["score_execution"]], -1)[attack, phase - 1]
+    quiet = torch.stack([params["quiet_precursor"], params["quiet_execution"]], -1)[attack, phase - 1]
+    spread = sigma[attack]
+    benign = _censored_log(s, torch.zeros_like(s), spread, data.cap)
+    return _quiet_mixture(benign, _censored_log(s, means, spread, data.cap), quiet).sum()
 
 
 def _conjugate_posterior(data: _Data, prior: FitPrior) -> dict[str, np.ndarray]:
@@ -700,6 +845,10 @@ def _sample_parameters(prior: FitPrior):
         "precursor_exit": pyro.sample("precursor_exit", dist.Dirichlet(t(prior.precursor_exit)).to_event(1)),
         "execution_to_benign": pyro.sample("execution_to_benign", dist.Beta(
             t(prior.execution_to_benign_a), t(prior.execution_to_benign_b)).to_event(1)),
+        "quiet_precursor": pyro.sample("quiet_precursor", dist.Beta(
+            t(prior.quiet_precursor_a), t(prior.quiet_precursor_b)).to_event(1)),
+        "quiet_execution": pyro.sample("quiet_execution", dist.Beta(
+            t(prior.quiet_execution_a), t(prior.quiet_execution_b)).to_event(1)),
     }
 
 
@@ -710,18 +859,22 @@ def _log_likelihoods(data: _Data, params: Mapping[str, Any], windows=None, segme
     zeros = torch.zeros_like(params["score_precursor"])
     means = torch.stack([zeros, params["score_precursor"], params["score_execution"]], -1)
     spread = params["spread"]
+    quiet = torch.stack([params["quiet_precursor"], params["quiet_execution"]], -1)
     log_t = _transition_log(params["benign_to_precursor"], params["precursor_exit"], params["execution_to_benign"])
     window_ll = segment_ll = None
     if windows is not None:
-        emission = _emission_log(data.scores[windows].to(spread.dtype), means, spread, data.cap)
+        emission = _emission_log(data.scores[windows].to(spread.dtype), means, spread, data.cap, quiet)
         phase = data.phases[windows].long()
         previous = data.previous[windows].long()
         ll = emission.gather(-1, phase.unsqueeze(-1)).squeeze(-1)
+        # Precursor and execution windows are scored with their incidents (_incident_log_likelihood).
+        ll = torch.where(phase >= 1, torch.zeros_like(ll), ll)
         attack = torch.arange(data.attacks)
         step = log_t[attack, previous.clamp(min=0), phase]
         window_ll = (ll + torch.where(previous >= 0, step, torch.zeros_like(step))).sum(-1)
     if segments is not None:
-        emission = _emission_log(data.segments[segments].to(spread.dtype), means, spread, data.cap)  # (S, L, A, 3)
+        emission = _emission_log(data.segments[segments].to(spread.dtype), means, spread, data.cap,
+                                 quiet)  # (S, L, A, 3)
         matrices = log_t.unsqueeze(0).unsqueeze(0) + emission.unsqueeze(-2)  # (S, L, A, 3, 3)
         eye = torch.full((3, 3), -1e30, dtype=matrices.dtype)
         eye[[0, 1, 2], [0, 1, 2]] = 0.0
@@ -736,10 +889,35 @@ def _log_likelihoods(data: _Data, params: Mapping[str, Any], windows=None, segme
     return window_ll, segment_ll
 
 
+def _incident_prior(data: _Data, params: Mapping[str, Any], scale: float):
+    """Normal(log score of the incident's attack and phase, scale) for each incident's log mean ``(I, 2)``.
+
+    Centred: with many windows per incident its log mean is pinned by the data
+    and nearly independent of the attack's score, which NUTS and the SVI guide
+    handle better than the non-centred form.
+    """
+    import pyro.distributions as dist
+    import torch
+
+    log_scores = torch.stack([params["score_precursor"], params["score_execution"]], -1).log()
+    return dist.Normal(log_scores[data.incident_attacks], scale).to_event(2)
+
+
+def _sample_incident_log_means(data: _Data, params: Mapping[str, Any], scale: float):
+    import pyro
+
+    return pyro.sample("incident_log_mean", _incident_prior(data, params, scale))
+
+
 def _model(data: _Data, prior: FitPrior, window_batch: int | None = None, segment_batch: int | None = None):
     import pyro
 
     params = _sample_parameters(prior)
+    scale = float(prior.incident_scale)
+    if data.incidents and scale > 0:
+        params["incident_log_mean"] = _sample_incident_log_means(data, params, scale)
+    if len(data.active["scores"]):
+        pyro.factor("incident_windows", _incident_log_likelihood(data, params, scale))
     if len(data.scores):
         with pyro.plate("windows", len(data.scores), subsample_size=window_batch) as rows:
             window_ll, _ = _log_likelihoods(data, params, windows=rows)
@@ -753,7 +931,7 @@ def _model(data: _Data, prior: FitPrior, window_batch: int | None = None, segmen
 def _to_defender(site_draws: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
     """Fit sites ``(samples, attacks[, 3])`` -> defender names ``(samples, attacks)``."""
     out = {name: np.asarray(site_draws[name]) for name in ("score_precursor", "score_execution", "spread",
-                                                          "benign_to_precursor", "execution_to_benign")}
+                                                          "benign_to_precursor", "execution_to_benign") + _QUIET}
     exits = np.asarray(site_draws["precursor_exit"])
     out["precursor_to_benign"] = exits[..., 1]
     out["precursor_to_execution"] = exits[..., 2]
@@ -762,7 +940,8 @@ def _to_defender(site_draws: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
 
 # -------------------------------------------------------- simulation
 def simulate_windows(parameters: Mapping[str, np.ndarray] | None = None, *, n_windows: int = 600,
-                     phases: np.ndarray | None = None, seed: int = 0, labelled: bool = True) -> WindowFeatures:
+                     phases: np.ndarray | None = None, seed: int = 0, labelled: bool = True,
+                     incident_scale: float = 0.0) -> WindowFeatures:
     """Draw window scores from the defender's model with known parameters.
 
     Parameters
@@ -778,6 +957,11 @@ def simulate_windows(parameters: Mapping[str, np.ndarray] | None = None, *, n_wi
         Seed of the draws.
     labelled : bool
         Keep the phases (True) or mark them unknown (False).
+    incident_scale : float
+        Standard deviation of each incident's log mean score around the
+        attack's (an incident is one attack's unbroken stretch of precursor
+        and execution windows; its two phases get separate effects). 0, the
+        default, gives every incident the attack's means.
 
     Returns
     -------
@@ -793,7 +977,9 @@ def simulate_windows(parameters: Mapping[str, np.ndarray] | None = None, *, n_wi
     attacks = len(_attacks())
     if parameters is None:
         parameters = _prior_mean(FitPrior.default())
-    p = {name: np.broadcast_to(np.asarray(parameters[name], float), (attacks,)) for name in PARAMETER_NAMES}
+    # The quiet probabilities may be left out (0: the model without quiet windows).
+    p = {name: np.broadcast_to(np.asarray(parameters[name] if name in parameters or name not in _QUIET else 0.0,
+                                          float), (attacks,)) for name in PARAMETER_NAMES}
     if phases is None:
         phases = np.zeros((int(n_windows), attacks), np.int8)
         state = np.zeros(attacks, np.int64)
@@ -808,12 +994,33 @@ def simulate_windows(parameters: Mapping[str, np.ndarray] | None = None, *, n_wi
             phases[t] = state
     phases = np.asarray(phases, np.int8)
     means = np.stack([np.zeros(attacks), p["score_precursor"], p["score_execution"]], -1)
+    quiet = np.stack([np.zeros(attacks), p["quiet_precursor"], p["quiet_execution"]], -1)
+    # Quiet windows are drawn from their own stream, so that without them the
+    # scores are the same draws as before they existed.
+    quiet_rng = np.random.default_rng([int(seed), 0xF18]) if quiet.any() else None
+    if incident_scale > 0:
+        # Per window, the factor exp(scale * z) of its incident and phase (1 elsewhere).
+        effect_rng = np.random.default_rng([int(seed), 0xF19])
+        factor = np.ones(phases.shape)
+        for a in range(attacks):
+            active = phases[:, a] >= 1
+            starts = np.flatnonzero(active & ~np.concatenate([[False], active[:-1]]))
+            incident = np.cumsum(np.isin(np.arange(len(active)), starts)) - 1
+            z = effect_rng.standard_normal((len(starts), 2))
+            rows = np.flatnonzero(active)
+            factor[rows, a] = np.exp(incident_scale * z[incident[rows], phases[rows, a] - 1])
+    else:
+        factor = None
     scores = np.empty(phases.shape, np.float32)
     # In blocks of windows, to bound the temporaries on long logs; the normal
     # draws come out in the same order as in one call.
     for begin in range(0, len(phases), _BLOCK):
         block = phases[begin:begin + _BLOCK]
         mu = means[np.arange(attacks), block.astype(np.intp)]
+        if factor is not None:
+            mu = mu * factor[begin:begin + _BLOCK]
+        if quiet_rng is not None:
+            mu = np.where(quiet_rng.random(block.shape) < quiet[np.arange(attacks), block.astype(np.intp)], 0.0, mu)
         scores[begin:begin + _BLOCK] = np.clip(mu + p["spread"] * rng.standard_normal(block.shape), 0.0, _score_cap())
     if not labelled:
         phases = np.full(phases.shape, -1, np.int8)
@@ -830,6 +1037,8 @@ def _prior_mean(prior: FitPrior) -> dict[str, np.ndarray]:
         "precursor_to_execution": exits[:, 2],
         "precursor_to_benign": exits[:, 1],
         "execution_to_benign": prior.execution_to_benign_a / (prior.execution_to_benign_a + prior.execution_to_benign_b),
+        "quiet_precursor": prior.quiet_precursor_a / (prior.quiet_precursor_a + prior.quiet_precursor_b),
+        "quiet_execution": prior.quiet_execution_a / (prior.quiet_execution_a + prior.quiet_execution_b),
     }
 
 
@@ -850,7 +1059,8 @@ def _summaries(scores: np.ndarray, phases: np.ndarray) -> np.ndarray:
     return out
 
 
-def _replicate(draws: Mapping[str, np.ndarray], features: WindowFeatures, seed: int) -> np.ndarray:
+def _replicate(draws: Mapping[str, np.ndarray], features: WindowFeatures, seed: int,
+               incident_scale: float = 0.0) -> np.ndarray:
     """Replicated summaries ``(draws, attacks, group, statistic)``: the posterior predictive."""
     count = next(iter(draws.values())).shape[0]
     out = []
@@ -862,7 +1072,8 @@ def _replicate(draws: Mapping[str, np.ndarray], features: WindowFeatures, seed: 
             run_phases = features.phases[rows]
             known = (run_phases >= 0).all()
             replicated = simulate_windows(one, n_windows=int(rows.sum()), phases=run_phases if known else None,
-                                          seed=seed * 1_000_003 + d * 7919 + int(run_id))
+                                          seed=seed * 1_000_003 + d * 7919 + int(run_id),
+                                          incident_scale=incident_scale if known else 0.0)
             parts.append(replicated.scores)
         out.append(_summaries(np.concatenate(parts), features.phases))
     return np.array(out)
@@ -939,6 +1150,8 @@ def _prior_distributions(prior: FitPrior) -> dict[str, Any]:
         "benign_to_precursor": dist.Beta(t(prior.benign_to_precursor_a), t(prior.benign_to_precursor_b)).to_event(1),
         "precursor_exit": dist.Dirichlet(t(prior.precursor_exit)).to_event(1),
         "execution_to_benign": dist.Beta(t(prior.execution_to_benign_a), t(prior.execution_to_benign_b)).to_event(1),
+        "quiet_precursor": dist.Beta(t(prior.quiet_precursor_a), t(prior.quiet_precursor_b)).to_event(1),
+        "quiet_execution": dist.Beta(t(prior.quiet_execution_a), t(prior.quiet_execution_b)).to_event(1),
     }
 
 
@@ -956,6 +1169,8 @@ def _run_nuts(data: _Data, prior: FitPrior, *, num_samples: int, num_warmup: int
     # (drawn directly, independent draws) and NUTS samples only the scores.
     conjugate = segments is None
     sampled = [name for name in _SITES if not (conjugate and name in _TRANSITION_SITES)]
+    scale = float(prior.incident_scale)
+    incidental = bool(data.incidents and scale > 0)
     transforms = {name: biject_to(priors[name].support) for name in sampled}
 
     def potential(unconstrained: Mapping[str, torch.Tensor]) -> torch.Tensor:
@@ -968,11 +1183,15 @@ def _run_nuts(data: _Data, prior: FitPrior, *, num_samples: int, num_warmup: int
             params[name] = value
             log_density = log_density + priors[name].log_prob(value) + transform.log_abs_det_jacobian(
                 unconstrained[name], value).sum()
+        if incidental:
+            # The incidents' log means (nuisance: sampled, not kept), given the attack's scores.
+            params["incident_log_mean"] = unconstrained["incident_log_mean"]
+            log_density = log_density + _incident_prior(data, params, scale).log_prob(params["incident_log_mean"])
         if conjugate:
-            log_density = log_density + _collapsed_emission(data, params)
+            log_density = log_density + _collapsed_emission(data, params, scale)
             return -log_density
         if len(data.scores):
-            log_density = log_density + _collapsed_log_likelihood(data, params)
+            log_density = log_density + _collapsed_log_likelihood(data, params, scale)
         _, segment_ll = _log_likelihoods(data, params, segments=segments)
         return -(log_density + segment_ll.sum())
 
@@ -986,6 +1205,10 @@ def _run_nuts(data: _Data, prior: FitPrior, *, num_samples: int, num_warmup: int
         for name in sampled:
             median = transforms[name].inv(_prior_median(priors[name]))
             start[name] = median + 0.5 * (transforms[name].inv(priors[name].sample()) - median)
+        if incidental:
+            centre = {name: _prior_median(priors[name]) for name in ("score_precursor", "score_execution")}
+            start["incident_log_mean"] = (_incident_prior(data, centre, scale).mean
+                                          + 0.5 * scale * torch.randn(data.incidents, 2, dtype=torch.float64))
         kernel = NUTS(potential_fn=potential, target_accept_prob=0.85, max_tree_depth=8)
         mcmc = MCMC(kernel, num_samples=num_samples, warmup_steps=num_warmup, num_chains=1,
                     initial_params=start, disable_progbar=not show)
@@ -1171,7 +1394,7 @@ class Posterior:
     def site_draws(self) -> dict[str, np.ndarray]:
         """Draws of the fit's own sites, ``(samples, attacks[, 3])`` (for updating)."""
         out = {name: self.flat(name) for name in ("score_precursor", "score_execution", "spread",
-                                                  "benign_to_precursor", "execution_to_benign")}
+                                                  "benign_to_precursor", "execution_to_benign") + _QUIET}
         pe, pb = self.flat("precursor_to_execution"), self.flat("precursor_to_benign")
         out["precursor_exit"] = np.stack([1 - pe - pb, pb, pe], -1)
         return out
@@ -1437,7 +1660,9 @@ def fit(model: Any = "defender", incidents: Any = None, *, labels: Any = None, m
         raise InvalidInputError(f"features must have one score column per attack ({len(_attacks())}), "
                                 f"got {features.scores.shape[1]}")
     if isinstance(prior, Posterior):
-        hyper = FitPrior.from_draws(prior.site_draws())
+        # The incident scale is kept from the earlier fit's prior (it is not learned).
+        earlier = prior.info.get("prior", {}) if isinstance(prior.info.get("prior"), dict) else {}
+        hyper = FitPrior.from_draws(prior.site_draws(), float(earlier.get("incident_scale", 0.5)))
     elif isinstance(prior, FitPrior):
         hyper = prior
     elif prior is None:
@@ -1471,7 +1696,8 @@ def fit(model: Any = "defender", incidents: Any = None, *, labels: Any = None, m
                       for name, value in _to_defender(flat_sites).items()}
     rng = np.random.default_rng([seed, 0x99C])
     chosen = rng.choice(chains * draws_per_chain, size=min(ppc_draws, chains * draws_per_chain), replace=False)
-    replicated = _replicate({k: v.reshape(-1, v.shape[-1])[chosen] for k, v in defender_draws.items()}, features, seed)
+    replicated = _replicate({k: v.reshape(-1, v.shape[-1])[chosen] for k, v in defender_draws.items()}, features, seed,
+                            float(hyper.incident_scale))
     info = {"attacks": list(_attacks()), "windows": len(features), "events": features.events, "runs": features.runs,
             "labelled": features.labelled, "window": features.window, "seed": seed,
             "prior": hyper.as_dict(), "seconds": round(time.perf_counter() - started, 3),
@@ -1554,6 +1780,10 @@ def load_posterior(path: str | os.PathLike[str]) -> Posterior:
     attacks = list(info.get("attacks", _attacks()))
     draws = {}
     for name in PARAMETER_NAMES:
+        if name in _QUIET and name not in posterior and version == "1.0" and "spread" in posterior:
+            # Written before quiet windows were modelled: that model is the one with them at 0.
+            draws[name] = np.zeros(np.shape(posterior["spread"].values))
+            continue
         if name not in posterior:
             raise InvalidInputError(f"{path.name} lacks the posterior variable {name!r}; the file is damaged or not ours")
         values = np.asarray(posterior[name].values, dtype=float)

@@ -67,8 +67,12 @@ _MAX_SERIES = 8192
 PARAMETER_KEYS: tuple[str, ...] = (
     "score_precursor", "score_execution", "spread", "benign_to_precursor",
     "precursor_to_execution", "precursor_to_benign", "execution_to_benign",
+    "quiet_precursor", "quiet_execution",
 )
-_PROBABILITY_KEYS = frozenset(PARAMETER_KEYS[3:])
+_PROBABILITY_KEYS = frozenset(PARAMETER_KEYS[3:7])
+# Keys that may be left out (zero: every window of the phase shows the attack),
+# so that dictionaries written for the seven-key model still work.
+_QUIET_KEYS = frozenset(PARAMETER_KEYS[7:])
 
 
 def default_parameters(ensemble: int = 24, seed: int = 0) -> dict[str, np.ndarray]:
@@ -88,12 +92,19 @@ def default_parameters(ensemble: int = 24, seed: int = 0) -> dict[str, np.ndarra
     ``precursor_to_execution``  P(precursor -> execution) per window               (0, 1)
     ``precursor_to_benign``     P(precursor -> benign) per window (abandoned)      (0, 1)
     ``execution_to_benign``     P(execution -> benign) per window (attack over)    (0, 1)
+    ``quiet_precursor``         P(a precursor window shows no sign of the attack)  [0, 1)
+    ``quiet_execution``         P(an execution window shows no sign of it)         [0, 1)
     ==========================  =================================================  =============
 
     In the benign phase the score has mean 0; in phase ``k`` it is taken as
     Normal(``score_k``, ``spread``), so a window's log likelihood ratio
-    against benign is ``(score_k * s - score_k**2 / 2) / spread**2`` for its
-    score ``s``. A window is ``StreamingDefender.window`` seconds (1 s by
+    against benign is ``r = (score_k * s - score_k**2 / 2) / spread**2`` for
+    its score ``s``. A quiet window of phase ``k`` (probability ``quiet_k``)
+    looks benign, so the ratio becomes ``log(quiet_k + (1 - quiet_k) e**r)``;
+    attacks whose signal comes and goes (a Sybil's joins arrive in bursts)
+    then lose little in a quiet window. The default ensemble has
+    ``quiet_k = 0``, the model without quiet windows; fitted posteriors learn
+    it (:mod:`bayes_defense.fit`). A window is ``StreamingDefender.window`` seconds (1 s by
     default); ``precursor_to_execution + precursor_to_benign`` must stay
     below 1. A fitted posterior supplies draws of the same keys and shapes,
     either as this dictionary or as an object with a method
@@ -129,6 +140,8 @@ def default_parameters(ensemble: int = 24, seed: int = 0) -> dict[str, np.ndarra
         "precursor_to_execution": np.exp(rng.normal(math.log(1 / 90), 0.4, shape)),
         "precursor_to_benign": np.exp(rng.normal(math.log(1 / 400), 0.5, shape)),
         "execution_to_benign": np.exp(rng.normal(math.log(1 / 60), 0.4, shape)),
+        "quiet_precursor": np.zeros(shape),
+        "quiet_execution": np.zeros(shape),
     }
 
 
@@ -168,15 +181,18 @@ def check_parameters(parameters: Any, *, ensemble: int = 24, seed: int = 0) -> d
         raise InvalidInputError(
             f"parameters must be a dict of arrays as default_parameters() returns, or an object with "
             f"defender_parameters(draws, seed) returning one; got {type(source).__name__}")
-    missing = [key for key in PARAMETER_KEYS if key not in parameters]
+    missing = [key for key in PARAMETER_KEYS if key not in parameters and key not in _QUIET_KEYS]
     unknown = sorted(str(key) for key in parameters if key not in PARAMETER_KEYS)
     if missing or unknown:
         parts = ([f"lack {', '.join(missing)}"] if missing else []) + (
             [f"have unknown keys {', '.join(unknown)}"] if unknown else [])
         raise InvalidInputError(f"defender parameters {' and '.join(parts)}; expected exactly the keys "
-                                f"{', '.join(PARAMETER_KEYS)} (see default_parameters)")
+                                f"{', '.join(PARAMETER_KEYS)} (the last two may be left out; see "
+                                f"default_parameters)")
     out: dict[str, np.ndarray] = {}
     for key in PARAMETER_KEYS:
+        if key not in parameters:
+            continue
         try:
             array = np.array(parameters[key], dtype=float)
         except (TypeError, ValueError):
@@ -188,12 +204,17 @@ def check_parameters(parameters: Any, *, ensemble: int = 24, seed: int = 0) -> d
             raise InvalidInputError(f"defender parameter {key!r} holds non-finite values")
         if key in _PROBABILITY_KEYS and not np.all((array > 0) & (array < 1)):
             raise InvalidInputError(f"defender parameter {key!r} is a per-window probability and must lie in (0, 1)")
-        if key not in _PROBABILITY_KEYS and not np.all(array > 0):
+        if key in _QUIET_KEYS and not np.all((array >= 0) & (array < 1)):
+            raise InvalidInputError(f"defender parameter {key!r} is a probability and must lie in [0, 1)")
+        if key not in _PROBABILITY_KEYS and key not in _QUIET_KEYS and not np.all(array > 0):
             raise InvalidInputError(f"defender parameter {key!r} must be positive")
         out[key] = array
     shapes = {array.shape for array in out.values()}
     if len(shapes) != 1:
         raise InvalidInputError(f"defender parameters must share one shape; got {sorted(shapes)}")
+    for key in _QUIET_KEYS:
+        if key not in out:
+            out[key] = np.zeros_like(out["spread"])
     if np.any(out["precursor_to_execution"] + out["precursor_to_benign"] >= 1):
         raise InvalidInputError("precursor_to_execution + precursor_to_benign must stay below 1 in every draw")
     return out
@@ -787,9 +808,16 @@ class StreamingDefender:
         s = score[:, None]
         variance = params["spread"] ** 2
         log_lik = np.zeros(self._log_alpha.shape)
-        for column, name in ((1, "score_precursor"), (2, "score_execution")):
+        for column, name, quiet in ((1, "score_precursor", "quiet_precursor"),
+                                    (2, "score_execution", "quiet_execution")):
             mu = params[name]
-            log_lik[..., column] = (mu * s - 0.5 * mu * mu) / variance
+            ratio = (mu * s - 0.5 * mu * mu) / variance
+            q = params[quiet]
+            if q.any():
+                # log(q + (1 - q) e^ratio); draws with q = 0 keep the plain ratio exactly.
+                with np.errstate(divide="ignore"):
+                    ratio = np.logaddexp(np.log(q), np.log1p(-q) + ratio)
+            log_lik[..., column] = ratio
         # Bounded weight per window: a single burst (a restart, a partition) cannot decide alone.
         np.clip(log_lik, -_MAX_LOG_RATIO, _MAX_LOG_RATIO, out=log_lik)
         # Forward step in log space: predict through the transitions, then weigh by the evidence.

@@ -49,7 +49,7 @@ def test_sbc_transitions_exact_conjugate_posterior():
     """Fast SBC of the transition part (exact conjugate posterior draws): 150 replicates x 8 attacks."""
     prior, rng, draws = _prior(), np.random.default_rng(20181), 99
     data_prior = fitting._Data(simulate_windows(n_windows=2, seed=0))  # shapes only
-    ranks = {name: [] for name in PARAMETER_NAMES[3:]}
+    ranks = {name: [] for name in PARAMETER_NAMES[3:7]}
     for _ in range(150):
         truth = _draw_truth(prior, rng)
         features = simulate_windows({k: v[0] for k, v in truth.items()}, n_windows=120,
@@ -58,7 +58,8 @@ def test_sbc_transitions_exact_conjugate_posterior():
         torch.manual_seed(int(rng.integers(2**31)))
         sampled = fitting._to_defender(fitting._conjugate_transitions(data, prior, draws) | {
             "score_precursor": np.zeros((draws, 8)), "score_execution": np.zeros((draws, 8)),
-            "spread": np.zeros((draws, 8))})
+            "spread": np.zeros((draws, 8)), "quiet_precursor": np.zeros((draws, 8)),
+            "quiet_execution": np.zeros((draws, 8))})
         for name in ranks:
             ranks[name].extend((sampled[name] < truth[name][0]).sum(0).tolist())
     assert data_prior.attacks == 8
@@ -89,7 +90,7 @@ def test_sbc_scores_nuts():
     phases = np.zeros((150, 8), np.int8)
     phases[50:90] = 1
     phases[90:120] = 2
-    names = ("score_precursor", "score_execution", "spread")
+    names = ("score_precursor", "score_execution", "spread", "quiet_precursor", "quiet_execution")
     ranks = {name: [] for name in names}
     for replicate in range(30):
         truth = _draw_truth(prior, rng)

@@ -12,7 +12,8 @@ from bayes_defense.fit import FitPrior, simulate_windows
 fitting = importlib.import_module("bayes_defense.fit")
 
 TRUTH = {"score_precursor": 3.0, "score_execution": 5.0, "spread": 1.2, "benign_to_precursor": 0.2,
-         "precursor_to_execution": 0.3, "precursor_to_benign": 0.1, "execution_to_benign": 0.25}
+         "precursor_to_execution": 0.3, "precursor_to_benign": 0.1, "execution_to_benign": 0.25,
+         "quiet_precursor": 0.2, "quiet_execution": 0.1}
 
 
 def _params(attacks=8):
@@ -27,13 +28,15 @@ def test_forward_algorithm_equals_sum_over_all_phase_paths():
     data = fitting._Data(features)
     params = {"score_precursor": torch.full((8,), 3.0), "score_execution": torch.full((8,), 5.0),
               "spread": torch.linspace(0.8, 1.6, 8), "benign_to_precursor": torch.full((8,), 0.2),
-              "precursor_exit": torch.tensor([[0.6, 0.1, 0.3]] * 8), "execution_to_benign": torch.full((8,), 0.25)}
+              "precursor_exit": torch.tensor([[0.6, 0.1, 0.3]] * 8), "execution_to_benign": torch.full((8,), 0.25),
+              "quiet_precursor": torch.full((8,), 0.2), "quiet_execution": torch.linspace(0.05, 0.5, 8)}
     _, segment_ll = fitting._log_likelihoods(data, params, segments=torch.arange(len(data.segments)))
     log_t = fitting._transition_log(params["benign_to_precursor"], params["precursor_exit"],
                                     params["execution_to_benign"])
     means = torch.stack([torch.zeros(8), params["score_precursor"], params["score_execution"]], -1)
+    quiet = torch.stack([params["quiet_precursor"], params["quiet_execution"]], -1)
     emission = fitting._emission_log(torch.as_tensor(features.scores, dtype=torch.float64), means,
-                                     params["spread"], 12.0)
+                                     params["spread"], 12.0, quiet)
     initial = torch.tensor(fitting._INITIAL).log()
     total = 0.0
     # The defender's convention: the initial distribution is the phase before the first window.
@@ -70,7 +73,53 @@ def test_sufficient_statistics_equal_the_per_window_likelihood():
     data = fitting._Data(features)
     params = _params()
     windows, _ = fitting._log_likelihoods(data, params, windows=torch.arange(len(data.scores)))
-    assert torch.allclose(windows.sum(), fitting._collapsed_log_likelihood(data, params), rtol=1e-10)
+    incidents = fitting._incident_log_likelihood(data, params)
+    assert torch.allclose(windows.sum() + incidents, fitting._collapsed_log_likelihood(data, params), rtol=1e-10)
+
+
+def test_incident_windows_match_the_per_window_emission(monkeypatch):
+    # Small blocks, so that incidents running across block boundaries are numbered right.
+    monkeypatch.setattr(fitting, "_BLOCK", 7)
+    torch.set_default_dtype(torch.float64)
+    features = fitting.WindowFeatures.concatenate([simulate_windows(TRUTH, n_windows=300, seed=s) for s in (4, 5)])
+    data = fitting._Data(features)
+    params = _params()
+    means = torch.stack([torch.zeros(8), params["score_precursor"], params["score_execution"]], -1)
+    quiet = torch.stack([params["quiet_precursor"], params["quiet_execution"]], -1)
+    phases = features.phases.astype(int)
+    rows, columns = np.nonzero(phases >= 1)
+    # Brute force: an incident is an unbroken stretch of one attack's phase >= 1 within one run.
+    label = {}
+    for t, a in zip(rows, columns, strict=True):
+        same = t > 0 and phases[t - 1, a] >= 1 and features.run[t - 1] == features.run[t]
+        label[t, a] = label[t - 1, a] if same else len(set(label.values()))
+    brute = np.array([label[t, a] for t, a in zip(rows, columns, strict=True)])
+    numbered = data.active["incidents"].numpy()
+    assert data.incidents == len(set(brute)) > 2
+    assert len({(x, y) for x, y in zip(brute, numbered, strict=True)}) == data.incidents  # the same partition
+    assert (data.incident_attacks[data.active["incidents"]] == data.active["attacks"].long()).all()
+    effects = torch.randn(data.incidents, 2)
+    for scale in (0.0, 0.7):
+        factor = torch.ones(phases.shape)
+        for (t, a), number in zip(zip(rows, columns, strict=True), numbered, strict=True):
+            factor[t, a] = torch.exp(scale * effects[number, phases[t, a] - 1])
+        emission = fitting._emission_log(torch.as_tensor(features.scores, dtype=torch.float64), means,
+                                         params["spread"], 12.0, quiet)
+        # Per window, with the window's own mean (its incident's factor) in place of the attack's.
+        expected = 0.0
+        for t, a in zip(rows, columns, strict=True):
+            k = phases[t, a]
+            shifted = means.clone()
+            shifted[a, k] = means[a, k] * factor[t, a]
+            one = fitting._emission_log(torch.as_tensor(features.scores[t:t + 1], dtype=torch.float64), shifted,
+                                        params["spread"], 12.0, quiet)
+            expected = expected + one[0, a, k]
+        if scale == 0.0:
+            assert torch.allclose(expected, emission[rows, columns, phases[rows, columns]].sum(), rtol=1e-12)
+        log_means = torch.stack([params["score_precursor"], params["score_execution"]], -1).log()[
+            data.incident_attacks] + scale * effects
+        got = fitting._incident_log_likelihood(data, {**params, "incident_log_mean": log_means}, scale or 1.0)
+        assert torch.allclose(got, expected, rtol=1e-10)
 
 
 def test_censored_emission_matches_normal_cdf():
@@ -80,10 +129,17 @@ def test_censored_emission_matches_normal_cdf():
     scores = torch.tensor([[0.0, 2.5, 12.0]]).T.expand(3, 8)
     means = torch.tensor([0.0, 3.0, 6.0]).expand(8, 3)
     spread = torch.full((8,), 1.3)
-    out = fitting._emission_log(scores, means, spread, 12.0)
+    out = fitting._emission_log(scores, means, spread, 12.0, torch.zeros(8, 2))
     assert np.allclose(out[0, 0].numpy(), norm.logcdf(0.0, [0.0, 3.0, 6.0], 1.3))
     assert np.allclose(out[1, 0].numpy(), norm.logpdf(2.5, [0.0, 3.0, 6.0], 1.3))
     assert np.allclose(out[2, 0].numpy(), norm.logsf(12.0, [0.0, 3.0, 6.0], 1.3))
+    # A quiet window scores as a benign one: the phase likelihood is the two-part mixture.
+    quiet = torch.tensor([0.3, 0.6]).expand(8, 2)
+    mixed = fitting._emission_log(scores, means, spread, 12.0, quiet)
+    for row, law in ((0, norm.cdf(0.0, [0.0, 3.0, 6.0], 1.3)), (1, norm.pdf(2.5, [0.0, 3.0, 6.0], 1.3)),
+                     (2, norm.sf(12.0, [0.0, 3.0, 6.0], 1.3))):
+        expected = [law[0], 0.3 * law[0] + 0.7 * law[1], 0.6 * law[0] + 0.4 * law[2]]
+        assert np.allclose(mixed[row, 0].numpy(), np.log(expected))
 
 
 def test_stationary_distribution_is_left_fixed_by_the_chain():

@@ -1,8 +1,8 @@
 """Parameter recovery: logs drawn from the defender's model with known parameters.
 
-Each fit yields 56 credible intervals at 90% (7 parameters x 8 attacks, the
+Each fit yields 72 credible intervals at 90% (9 parameters x 8 attacks, the
 attacks independent sub-models with different true values). With calibrated
-intervals the number that cover the truth is about Binomial(56, 0.9); the
+intervals the number that cover the truth is about Binomial(72, 0.9); the
 tests require at least its 0.1% quantile, so a calibrated fit fails them about
 once in a thousand runs, and a biased or overconfident one fails them.
 """
@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from scipy import stats
 
-from bayes_defense.fit import PARAMETER_NAMES, fit, simulate_windows
+from bayes_defense.fit import PARAMETER_NAMES, FitPrior, fit, simulate_windows
 
 ATTACKS = 8
 TRUTH = {
@@ -22,7 +22,11 @@ TRUTH = {
     "precursor_to_execution": np.linspace(0.01, 0.03, ATTACKS),
     "precursor_to_benign": np.linspace(0.004, 0.008, ATTACKS),
     "execution_to_benign": np.linspace(0.02, 0.05, ATTACKS),
+    "quiet_precursor": np.linspace(0.05, 0.4, ATTACKS),
+    "quiet_execution": np.linspace(0.3, 0.02, ATTACKS),
 }
+# Labelled logs are drawn with the incident effects the fit assumes (FitPrior.incident_scale).
+INCIDENT_SCALE = FitPrior.default().incident_scale
 LEAST_COVERED = int(stats.binom.ppf(0.001, ATTACKS * len(PARAMETER_NAMES), 0.9))
 
 
@@ -38,7 +42,7 @@ def _check(post):
 
 
 def test_svi_minibatch_recovers_known_parameters_labelled():
-    data = simulate_windows(TRUTH, n_windows=6000, seed=21)
+    data = simulate_windows(TRUTH, n_windows=6000, seed=21, incident_scale=INCIDENT_SCALE)
     post = fit("defender", data, method="svi", num_steps=800, batch_size=1024, num_samples=400, seed=0,
                progress=False, ppc_draws=5)
     assert post.diagnostics_ok, post.problems
@@ -47,7 +51,7 @@ def test_svi_minibatch_recovers_known_parameters_labelled():
 
 @pytest.mark.slow
 def test_nuts_recovers_known_parameters_labelled():
-    data = simulate_windows(TRUTH, n_windows=6000, seed=22)
+    data = simulate_windows(TRUTH, n_windows=6000, seed=22, incident_scale=INCIDENT_SCALE)
     post = fit("defender", data, method="nuts", num_chains=2, num_warmup=500, num_samples=1000, seed=0,
                progress=False, ppc_draws=5)
     assert post.diagnostics_ok, post.problems

@@ -213,6 +213,7 @@ def test_posterior_object_plugs_into_the_constructor(benign_stream):
     (lambda p: p["spread"].__setitem__((0, 0), math.nan), "non-finite"),
     (lambda p: p["benign_to_precursor"].__setitem__((0, 0), 1.5), "must lie in (0, 1)"),
     (lambda p: p["score_precursor"].__setitem__((0, 0), -1.0), "must be positive"),
+    (lambda p: p["quiet_execution"].__setitem__((0, 0), 1.0), "must lie in [0, 1)"),
 ])
 def test_bad_parameters_are_refused_with_a_reason(change, message):
     from bayes_defense.errors import InvalidInputError
@@ -224,6 +225,41 @@ def test_bad_parameters_are_refused_with_a_reason(change, message):
         StreamingDefender(parameters)
     with pytest.raises(InvalidInputError, match="defender_parameters"):
         StreamingDefender(object())
+
+
+def test_quiet_windows_cost_at_most_their_log_probability(benign_stream):
+    from bayes_defense.stream.defender import default_parameters
+
+    # Seven-key dictionaries (written before quiet windows existed) mean quiet = 0: the same filter.
+    parameters = default_parameters(4, 3)
+    old = {k: v for k, v in parameters.items() if not k.startswith("quiet_")}
+    a = StreamingDefender(parameters).observe_batch(benign_stream[:3000])
+    b = StreamingDefender(old).observe_batch(benign_stream[:3000])
+    np.testing.assert_array_equal(a.active, b.active)
+
+    class Fixed(StreamingDefender):
+        def _evidence(self):
+            return np.zeros(8), {}
+
+    # A window with score 0 against phase k: the plain ratio is -mu^2 / (2 spread^2); with quiet
+    # windows it is log(q + (1 - q) e^ratio), never below log(q).
+    quiet = dict(parameters, quiet_precursor=np.full((8, 4), 0.3), quiet_execution=np.full((8, 4), 0.3))
+    for params, floor in ((parameters, None), (quiet, math.log(0.3))):
+        defender = Fixed(params)
+        before = defender._log_alpha.copy()
+        defender._current = 0
+        defender._close_window()
+        predicted = np.logaddexp.reduce(before[..., :, None] + defender._log_transition, axis=-2)
+        step = (defender._log_alpha - predicted)
+        ratio = (step[..., 1:] - step[..., :1])  # evidence for phases 1, 2 against benign
+        mu = np.stack([params["score_precursor"], params["score_execution"]], -1)
+        plain = np.maximum(-mu * mu / (2 * params["spread"][..., None] ** 2), -4.0)
+        if floor is None:
+            np.testing.assert_allclose(ratio, plain, atol=1e-9)
+        else:
+            expected = np.log(0.3 + 0.7 * np.exp(-mu * mu / (2 * params["spread"][..., None] ** 2)))
+            np.testing.assert_allclose(ratio, np.maximum(expected, -4.0), atol=1e-9)
+            assert (ratio >= floor - 1e-12).all()
 
 
 def test_alert_countermeasure_is_the_planners_choice():
