@@ -124,3 +124,22 @@ def test_public_names():
     post = bd.fit("defender", simulate_windows(TRUTH, n_windows=100, seed=9), num_steps=5, num_samples=8,
                   progress=False, check=False, ppc_draws=2)
     assert isinstance(post, Posterior) and post.method == "svi"
+
+
+def test_a_format_1_0_file_reads_with_no_quiet_windows(tmp_path):
+    h5py = pytest.importorskip("h5py")
+    post = fit("defender", simulate_windows(TRUTH, n_windows=100, seed=0), num_steps=20, num_samples=20,
+               progress=False, check=False, ppc_draws=5)
+    path = post.save(tmp_path / "old.nc")
+    # Make it a file of the layout before quiet windows existed.
+    with h5py.File(path, "r+") as handle:
+        group = handle["posterior"]
+        del group["quiet_precursor"], group["quiet_execution"]
+        group.attrs["format_version"] = "1.0"
+    old = load_posterior(path)
+    assert old.draws["quiet_precursor"].max() == 0.0 == old.draws["quiet_execution"].max()
+    assert old.defender_parameters(4)["quiet_execution"].max() <= 1e-12
+    # Updating from it starts the quiet probabilities from the default prior.
+    again = fit("defender", simulate_windows(TRUTH, n_windows=100, seed=1), prior=old, num_steps=20,
+                num_samples=20, progress=False, check=False, ppc_draws=5)
+    assert again.info["prior"]["quiet_precursor_a"][0] == 1.0 and again.info["prior"]["quiet_execution_b"][0] == 9.0
