@@ -84,6 +84,8 @@ PARAMETER_NAMES: tuple[str, ...] = (
     "quiet_precursor", "quiet_execution",
 )
 _QUIET = ("quiet_precursor", "quiet_execution")
+# Default Beta(a, b) prior of each quiet probability (mean 0.1, mode 0).
+_QUIET_PRIOR = (1.0, 9.0)
 
 # Pyro sample sites of the fit model: the precursor row of the transition
 # matrix is one Dirichlet site (stay, to benign, to execution), so that its
@@ -181,8 +183,8 @@ class FitPrior:
     def __post_init__(self) -> None:
         # Priors written before the quiet probabilities existed get the default Beta(1, 9).
         n = len(np.atleast_1d(self.spread_loc))
-        for name, value in (("quiet_precursor_a", 1.0), ("quiet_precursor_b", 9.0),
-                            ("quiet_execution_a", 1.0), ("quiet_execution_b", 9.0)):
+        for name, value in (("quiet_precursor_a", _QUIET_PRIOR[0]), ("quiet_precursor_b", _QUIET_PRIOR[1]),
+                            ("quiet_execution_a", _QUIET_PRIOR[0]), ("quiet_execution_b", _QUIET_PRIOR[1])):
             if getattr(self, name) is None:
                 object.__setattr__(self, name, np.full(n, value))
 
@@ -203,8 +205,8 @@ class FitPrior:
             benign_to_precursor_a=full(0.5), benign_to_precursor_b=full(1500.0),
             precursor_exit=np.tile([88.0, 0.25, 1.0], (n, 1)),
             execution_to_benign_a=full(1.0), execution_to_benign_b=full(59.0),
-            quiet_precursor_a=full(1.0), quiet_precursor_b=full(9.0),
-            quiet_execution_a=full(1.0), quiet_execution_b=full(9.0),
+            quiet_precursor_a=full(_QUIET_PRIOR[0]), quiet_precursor_b=full(_QUIET_PRIOR[1]),
+            quiet_execution_a=full(_QUIET_PRIOR[0]), quiet_execution_b=full(_QUIET_PRIOR[1]),
         )
 
     @classmethod
@@ -237,7 +239,8 @@ class FitPrior:
         for name in ("quiet_precursor", "quiet_execution"):
             values = np.asarray(draws[name], float)
             # A posterior of format 1.0 has no quiet windows (all draws 0): start from the default prior.
-            quiet.extend(beta(values) if values.any() else (np.ones(values.shape[1:]), np.full(values.shape[1:], 9.0)))
+            quiet.extend(beta(values) if values.any() else
+                         tuple(np.full(values.shape[1:], value) for value in _QUIET_PRIOR))
         qpa, qpb, qea, qeb = quiet
         return cls(sp, ss, se, ses, sd, sds, ba, bb, mean * total[:, None], ea, eb, qpa, qpb, qea, qeb,
                    float(incident_scale))
@@ -670,13 +673,12 @@ class _Data:
         self.attacks = attacks
 
     def _sufficient_statistics(self, scores: np.ndarray, phases: np.ndarray, previous: np.ndarray,
-                               contiguous: np.ndarray | None = None) -> None:
-        """Counts and sums that carry everything benign windows say, and the incidents' windows one by one."""
-        import torch
+                               contiguous: np.ndarray) -> None:
+        """Counts and sums that carry everything benign windows say, and the incidents' windows one by one.
 
-        if contiguous is None:
-            contiguous = np.zeros(len(scores), bool)
-            contiguous[1:] = True
+        ``contiguous[i]`` says that window ``i`` follows window ``i - 1`` in the same run.
+        """
+        import torch
 
         attacks = scores.shape[1] if scores.ndim == 2 else len(_attacks())
         low = np.zeros((attacks, 3))
@@ -686,8 +688,7 @@ class _Data:
         active_scores, active_attacks, active_phases, active_incidents = [], [], [], []
         # An incident is one attack's unbroken stretch of precursor and execution
         # windows in one run; numbered across blocks.
-        width = scores.shape[1] if scores.ndim == 2 else 0
-        incidents, was_active = 0, np.zeros(width, bool)
+        incidents, was_active = 0, np.zeros(attacks, bool)
         # In blocks of windows: the temporaries stay a few MB however long the log.
         for begin in range(0, len(scores), _BLOCK):
             block = scores[begin:begin + _BLOCK].astype(np.float64)
@@ -697,12 +698,11 @@ class _Data:
             # the few windows of incidents, benign windows are the bulk.
             is_active = block_phases >= 1
             before = np.empty_like(is_active)
-            if len(block):
-                before[0] = was_active & contiguous[begin]
-                before[1:] = is_active[:-1] & contiguous[begin + 1:begin + len(block), None]
-                was_active = is_active[-1].copy()
+            before[0] = was_active & contiguous[begin]
+            before[1:] = is_active[:-1] & contiguous[begin + 1:begin + len(block), None]
+            was_active = is_active[-1].copy()
             number = np.full(is_active.shape, -1, np.int64)
-            for col in range(width):
+            for col in range(attacks):
                 start = is_active[:, col] & ~before[:, col]
                 ids = np.where(start, incidents + np.cumsum(start) - 1, -1)
                 incidents += int(start.sum())
@@ -863,12 +863,13 @@ def _log_likelihoods(data: _Data, params: Mapping[str, Any], windows=None, segme
     log_t = _transition_log(params["benign_to_precursor"], params["precursor_exit"], params["execution_to_benign"])
     window_ll = segment_ll = None
     if windows is not None:
-        emission = _emission_log(data.scores[windows].to(spread.dtype), means, spread, data.cap, quiet)
+        scores = data.scores[windows].to(spread.dtype)
         phase = data.phases[windows].long()
         previous = data.previous[windows].long()
-        ll = emission.gather(-1, phase.unsqueeze(-1)).squeeze(-1)
-        # Precursor and execution windows are scored with their incidents (_incident_log_likelihood).
-        ll = torch.where(phase >= 1, torch.zeros_like(ll), ll)
+        # Only benign windows are scored here; precursor and execution windows
+        # are scored with their incidents (_incident_log_likelihood).
+        benign = _censored_log(scores, torch.zeros_like(scores), spread, data.cap)
+        ll = torch.where(phase == 0, benign, torch.zeros_like(benign))
         attack = torch.arange(data.attacks)
         step = log_t[attack, previous.clamp(min=0), phase]
         window_ll = (ll + torch.where(previous >= 0, step, torch.zeros_like(step))).sum(-1)
@@ -1004,9 +1005,9 @@ def simulate_windows(parameters: Mapping[str, np.ndarray] | None = None, *, n_wi
         factor = np.ones(phases.shape)
         for a in range(attacks):
             active = phases[:, a] >= 1
-            starts = np.flatnonzero(active & ~np.concatenate([[False], active[:-1]]))
-            incident = np.cumsum(np.isin(np.arange(len(active)), starts)) - 1
-            z = effect_rng.standard_normal((len(starts), 2))
+            start = active & ~np.concatenate([[False], active[:-1]])
+            incident = np.cumsum(start) - 1
+            z = effect_rng.standard_normal((int(start.sum()), 2))
             rows = np.flatnonzero(active)
             factor[rows, a] = np.exp(incident_scale * z[incident[rows], phases[rows, a] - 1])
     else:
