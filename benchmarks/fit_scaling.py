@@ -1,6 +1,7 @@
-"""Whole ``bd.fit(..., method="svi")`` against log size up to 10 million events: wall time and peak memory.
+"""Whole ``bd.fit`` against log size up to 10 million events: wall time, peak memory, NUTS ESS per second.
 
     python benchmarks/fit_scaling.py --sizes 10k 100k 1M 10M --out fit_scaling.json
+    python benchmarks/fit_scaling.py --method nuts --sizes 10k 100k 1M --out fit_scaling_nuts.json
 
 A script rather than an asv benchmark: at 10 million events the log alone
 is a 1 GB file whose simulation (about 5 minutes) and reading (about 2
@@ -20,9 +21,20 @@ in a fresh Python process, which reports
   the package, before the fit, so ``peak_rss_mb - import_rss_mb`` is what
   the fit itself added.
 
-Settings are those of ``bench_fit.SETTINGS["svi"]``: 500 steps of
-4096-window minibatches, 200 draws, 20 posterior predictive draws, no
-convergence check. ``torch`` runs on one thread (as ``fit`` sets it).
+With ``--method nuts`` each fit also reports
+
+- ``ess_bulk_min``, ``ess_tail_min``: the smallest bulk and tail effective
+  sample sizes over the fitted parameters (``az.summary``);
+- ``ess_per_second``: ``ess_bulk_min / fit_seconds``, the figure asv's
+  ``FitSuite.track_ess_per_second`` records;
+- ``problems``: what the fit's convergence check would have said.
+
+Settings are those of ``bench_fit.SETTINGS[method]``: for SVI 500 steps of
+4096-window minibatches and 200 draws, for NUTS two chains of 200 warm-up
+and 200 kept draws; 20 posterior predictive draws, no convergence check
+during the fit. ``torch`` runs on one thread (as ``fit`` sets it). One NUTS
+fit is one process; ``--jobs 2`` runs two sizes at once (on a 2-core machine
+each then has a core).
 """
 
 from __future__ import annotations
@@ -58,7 +70,7 @@ def _peak_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0  # kB on Linux
 
 
-def child(log: str) -> None:
+def child(log: str, method: str) -> None:
     """Fit one log in this process and print one JSON line of figures."""
     import pyro  # noqa: F401
     import torch
@@ -66,45 +78,64 @@ def child(log: str) -> None:
     import bayes_defense  # noqa: F401  (imports counted in import_rss_mb)
     from bayes_defense.fit import fit
 
-    settings = _bench_fit().SETTINGS["svi"]
+    settings = _bench_fit().SETTINGS[method]
     torch.set_num_threads(1)
     import_rss = _peak_mb()
     started = time.perf_counter()
     posterior = fit("defender", log, progress=False, check=False, ppc_draws=20, seed=0, **settings)
     seconds = time.perf_counter() - started
-    print(json.dumps({"events": posterior.info["events"], "windows": posterior.info["windows"],
-                      "fit_seconds": round(seconds, 2), "peak_rss_mb": round(_peak_mb(), 1),
-                      "import_rss_mb": round(import_rss, 1)}))
+    row = {"events": posterior.info["events"], "windows": posterior.info["windows"],
+           "fit_seconds": round(seconds, 2), "peak_rss_mb": round(_peak_mb(), 1),
+           "import_rss_mb": round(import_rss, 1)}
+    if method == "nuts":
+        table = posterior.diagnostics
+        row.update({"ess_bulk_min": round(float(table["ess_bulk"].min()), 1),
+                    "ess_tail_min": round(float(table["ess_tail"].min()), 1),
+                    "ess_per_second": round(float(table["ess_bulk"].min()) / seconds, 3),
+                    "r_hat_max": round(float(table["r_hat"].max()), 4),
+                    "problems": posterior.check()})
+    print(json.dumps(row))
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--method", default="svi", choices=["svi", "nuts"])
     parser.add_argument("--sizes", nargs="+", default=list(SIZES), choices=list(SIZES))
+    parser.add_argument("--jobs", type=int, default=1, help="fits run at once (one process each)")
     parser.add_argument("--repeat", type=int, default=1, help="fits per size (the median is reported)")
     parser.add_argument("--workdir", default="/tmp/bayes_defense_fit_scaling")
     parser.add_argument("--out", default="fit_scaling.json")
     parser.add_argument("--child", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
-        child(args.child)
+        child(args.child, args.method)
         return
     workdir = Path(args.workdir)
     workdir.mkdir(parents=True, exist_ok=True)
-    results = {}
+    logs = {}
     for name in args.sizes:
         started = time.perf_counter()
-        log = make_log(workdir, name)
+        logs[name] = make_log(workdir, name)
         print(f"{name}: log ready in {time.perf_counter() - started:.1f} s", file=sys.stderr)
-        runs = []
-        for _ in range(args.repeat):
-            done = subprocess.run([sys.executable, __file__, "--child", str(log)], check=True, capture_output=True,
-                                  text=True)
-            runs.append(json.loads(done.stdout.strip().splitlines()[-1]))
-        runs.sort(key=lambda run: run["fit_seconds"])
-        results[name] = {**runs[len(runs) // 2], "runs": runs}
-        print(f"{name}: {json.dumps(results[name])}", file=sys.stderr)
-        Path(args.out).write_text(json.dumps({"settings": _bench_fit().SETTINGS["svi"], "results": results},
-                                             indent=2) + "\n")
+    command = [sys.executable, __file__, "--method", args.method, "--child"]
+    jobs = [(name, str(logs[name])) for name in args.sizes for _ in range(args.repeat)]
+    runs: dict[str, list] = {name: [] for name in args.sizes}
+    while jobs:
+        batch, jobs = jobs[:max(1, args.jobs)], jobs[max(1, args.jobs):]
+        started = [(name, subprocess.Popen(command + [log], stdout=subprocess.PIPE, text=True))
+                   for name, log in batch]
+        for name, process in started:
+            out, _ = process.communicate()
+            if process.returncode:
+                raise SystemExit(f"the fit of {name} failed (exit {process.returncode})")
+            runs[name].append(json.loads(out.strip().splitlines()[-1]))
+            print(f"{name}: {json.dumps(runs[name][-1])}", file=sys.stderr)
+    results = {}
+    for name, rows in runs.items():
+        rows.sort(key=lambda run: run["fit_seconds"])
+        results[name] = {**rows[len(rows) // 2], "runs": rows}
+    Path(args.out).write_text(json.dumps({"method": args.method, "settings": _bench_fit().SETTINGS[args.method],
+                                          "jobs": args.jobs, "results": results}, indent=2) + "\n")
     print(json.dumps(results, indent=2))
 
 

@@ -161,3 +161,50 @@ def test_transition_matrix_rows_match_the_defender():
     defender_params = fitting._to_defender({name: value.numpy()[None] for name, value in params.items()})
     theirs = np.exp(StreamingDefender._transitions({k: v[0] for k, v in defender_params.items()}))
     assert np.allclose(ours, theirs, atol=1e-12)
+
+
+def _site_log_density(data, prior, values, sampled, scale):
+    """The NUTS target composed from the Pyro site priors, ``biject_to`` and the fit's likelihood functions."""
+    from torch.distributions import biject_to
+
+    priors = fitting._prior_distributions(prior)
+    total = torch.zeros((), dtype=torch.float64)
+    for name in sampled:
+        transform = biject_to(priors[name].support)
+        unconstrained = transform.inv(values[name])
+        total = total + priors[name].log_prob(values[name]) + transform.log_abs_det_jacobian(
+            unconstrained, values[name]).sum()
+    params = dict(values)
+    if scale > 0 and data.incidents:
+        total = total + fitting._incident_prior(data, params, scale).log_prob(params["incident_log_mean"])
+    return total + fitting._collapsed_emission(data, params, scale)
+
+
+def test_flat_nuts_target_equals_the_site_composition():
+    # The hand-written target NUTS samples must be the density of the Pyro
+    # sites mapped to the real line, at any point, with and without incidents
+    # and with the transition sites sampled (unlabelled runs) or not.
+    torch.set_default_dtype(torch.float64)
+    # A high execution score puts some windows at the cap.
+    features = simulate_windows(dict(TRUTH, score_execution=10.0), n_windows=400, seed=4)
+    data = fitting._Data(features)
+    assert data.incidents >= 2 and len(data.active["scores"]) > 20
+    # Scores at both censoring points take the other branches of the censored likelihood.
+    assert (data.active["scores"] <= 0).any() and (data.active["scores"] >= data.cap).any()
+    prior = FitPrior.default()
+    for scale, sampled in ((0.5, [s for s in fitting._SITES if s not in fitting._TRANSITION_SITES]),
+                           (0.0, list(fitting._SITES))):
+        incidental = scale > 0
+        target = fitting._FlatTarget(data, prior, sampled, scale, incidental)
+        for seed in range(3):
+            torch.manual_seed(seed)
+            values = {name: fitting._prior_distributions(prior)[name].sample() for name in sampled}
+            if incidental:
+                values["incident_log_mean"] = 1.5 + 0.5 * torch.randn(data.incidents, 2)
+            theta = target.join(values)
+            assert theta.shape == (target.size,)
+            split = target.split(theta)
+            for name in sampled:
+                assert torch.allclose(split[name], values[name], rtol=1e-10)
+            expected = _site_log_density(data, prior, values, sampled, scale)
+            assert torch.allclose(target.log_density(theta), expected, rtol=1e-10, atol=1e-8)
