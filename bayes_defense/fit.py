@@ -1169,16 +1169,23 @@ class _FlatTarget:
     distributions' argument checks, event reshapes and per-site transforms
     were most of it).
 
-    Layout of the vector: the LogNormal sites (log values), the Beta sites
-    (logits), the Dirichlet site (stick-breaking coordinates, two per
+    Layout of the full vector: the LogNormal sites (log values), the Beta
+    sites (logits), the Dirichlet site (stick-breaking coordinates, two per
     attack) when sampled, then the incidents' log means ``(incidents, 2)``.
+    NUTS moves its free coordinates only. ``exact_prior`` marks attacks with
+    no precursor or execution window in a fully labelled log: no likelihood
+    term involves their scores and quiet probabilities, so their posterior
+    is their prior, independent of the rest, and they are drawn from it
+    exactly (:meth:`prior_draws`) instead of by NUTS, as the conjugate
+    transitions are.
     """
 
     _LOGNORMAL = ("score_precursor", "score_execution", "spread")
     _BETA = ("benign_to_precursor", "execution_to_benign", "quiet_precursor", "quiet_execution")
+    _PHASE_SITES = ("score_precursor", "score_execution", "quiet_precursor", "quiet_execution")
 
     def __init__(self, data: _Data, prior: FitPrior, sampled: Sequence[str], scale: float,
-                 incidental: bool) -> None:
+                 incidental: bool, exact_prior: np.ndarray | None = None) -> None:
         import torch
 
         def t(x):
@@ -1189,46 +1196,68 @@ class _FlatTarget:
         self.lognormal = [name for name in self._LOGNORMAL if name in sampled]
         self.beta = [name for name in self._BETA if name in sampled]
         self.dirichlet = "precursor_exit" in sampled
-        assert len(self.lognormal) == 3, "the scores and the spread are always sampled"
+        if len(self.lognormal) != 3 or not set(_QUIET) <= set(self.beta):
+            raise ValueError("the scores, the spread and the quiet probabilities are always sampled")
         self.slices: dict[str, slice] = {}
         offset = 0
         for name in self.lognormal + self.beta:
             self.slices[name] = slice(offset, offset + n)
             offset += n
-        self._ln = slice(0, 3 * n)
-        self._b = slice(3 * n, offset)
         if self.dirichlet:
             self.slices["precursor_exit"] = slice(offset, offset + 2 * n)
             offset += 2 * n
         if incidental:
             self.slices["incident_log_mean"] = slice(offset, offset + 2 * data.incidents)
             offset += 2 * data.incidents
-        self.size = offset
+        self.full_size = offset
+        fixed = torch.zeros(offset, dtype=torch.bool)
+        if exact_prior is not None:
+            absent = torch.as_tensor(np.flatnonzero(exact_prior), dtype=torch.long)
+            for name in self._PHASE_SITES:
+                fixed[self.slices[name].start + absent] = True
+        self.fixed = torch.nonzero(fixed).reshape(-1)
+        self.free = torch.nonzero(~fixed).reshape(-1)
+        self.size = len(self.free)
+        # Position of each full coordinate in the free vector (-1: fixed).
+        at = torch.full((offset,), -1, dtype=torch.long)
+        at[self.free] = torch.arange(self.size)
+
+        def free_part(block: slice):
+            index = torch.arange(block.start, block.stop)
+            return index[~fixed[index]]
+
         # LogNormal(loc, scale) of x = e**u: the density of u is Normal(loc, scale).
-        self.ln_loc = torch.cat([t(getattr(prior, f"{name}_loc")) for name in self.lognormal])
-        self.ln_scale = torch.cat([t(getattr(prior, f"{name}_scale")) for name in self.lognormal])
-        constant = -(self.ln_scale.log().sum() + 0.5 * math.log(2 * math.pi) * len(self.ln_loc))
+        self.full_ln_loc = torch.cat([t(getattr(prior, f"{name}_loc")) for name in self.lognormal])
+        self.full_ln_scale = torch.cat([t(getattr(prior, f"{name}_scale")) for name in self.lognormal])
+        ln = free_part(slice(0, 3 * n))
+        self.ln_at, self.ln_loc, self.ln_scale = at[ln], self.full_ln_loc[ln], self.full_ln_scale[ln]
+        constant = -(self.ln_scale.log().sum() + 0.5 * math.log(2 * math.pi) * len(ln))
         # Beta(a, b) of x = sigmoid(u): a log sigmoid(u) + b log sigmoid(-u) - log B(a, b).
-        if self.beta:
-            self.beta_a = torch.cat([t(getattr(prior, f"{name}_a")) for name in self.beta])
-            self.beta_b = torch.cat([t(getattr(prior, f"{name}_b")) for name in self.beta])
-            constant = constant - (torch.lgamma(self.beta_a) + torch.lgamma(self.beta_b)
-                                   - torch.lgamma(self.beta_a + self.beta_b)).sum()
+        self.full_beta_a = torch.cat([t(getattr(prior, f"{name}_a")) for name in self.beta])
+        self.full_beta_b = torch.cat([t(getattr(prior, f"{name}_b")) for name in self.beta])
+        beta = free_part(slice(3 * n, 3 * n + len(self.beta) * n))
+        self.beta_at = at[beta]
+        self.beta_a, self.beta_b = self.full_beta_a[beta - 3 * n], self.full_beta_b[beta - 3 * n]
+        constant = constant - (torch.lgamma(self.beta_a) + torch.lgamma(self.beta_b)
+                               - torch.lgamma(self.beta_a + self.beta_b)).sum()
         if self.dirichlet:
             import pyro.distributions as dist
             from torch.distributions import biject_to
 
             self.dirichlet_prior = dist.Dirichlet(t(prior.precursor_exit), validate_args=False)
             self.stick = biject_to(self.dirichlet_prior.support)
+            self.dirichlet_at = at[free_part(self.slices["precursor_exit"])]
         # Incidents: Normal(log score of the incident's attack and phase, scale).
         if incidental:
             attack = data.incident_attacks
-            # Index of each incident mean's prior centre in the flat vector (score_precursor, score_execution).
-            self.incident_centre = torch.stack([attack, attack + n], -1).reshape(-1)
+            self.incident_at = at[free_part(self.slices["incident_log_mean"])]
+            # Where each incident mean's prior centre (its attack's log score in that phase) sits.
+            self.incident_centre = at[torch.stack([attack, attack + n], -1).reshape(-1)]
             constant = constant - 2 * data.incidents * (math.log(self.scale) + 0.5 * math.log(2 * math.pi))
         self.constant = float(constant)
         # Benign windows: everything but the spread is a constant of their sufficient statistics.
         stats = data.stats
+        self.spread_of_attack = at[self.slices["spread"].start + torch.arange(n)]
         self.benign_low = float(stats["low"][:, 0].sum()) * math.log(0.5)
         self.benign_high, self.benign_middle = stats["high"][:, 0], stats["middle"][:, 0]
         self.benign_second = stats["second"][:, 0]
@@ -1236,32 +1265,56 @@ class _FlatTarget:
         active = data.active
         self.s = active["scores"].to(torch.float64)
         attack_of, phase_of = active["attacks"].long(), active["phases"].long()
-        self.spread_at = attack_of + 2 * n
+        self.spread_at = self.spread_of_attack[attack_of]
         if incidental:
-            self.mean_at = self.slices["incident_log_mean"].start + 2 * active["incidents"] + phase_of - 1
+            self.mean_at = at[self.slices["incident_log_mean"].start + 2 * active["incidents"] + phase_of - 1]
         else:
-            self.mean_at = attack_of + (phase_of - 1) * n
-        quiet = self.slices["quiet_precursor"].start
-        self.quiet_at = quiet + attack_of + (phase_of - 1) * n
+            self.mean_at = at[attack_of + (phase_of - 1) * n]
+        self.quiet_at = at[self.slices["quiet_precursor"].start + attack_of + (phase_of - 1) * n]
+        if len(self.s) and min(int(self.mean_at.min()), int(self.quiet_at.min())) < 0:
+            raise ValueError("an attack with precursor or execution windows was marked exact_prior")
         self.low, self.high = self.s <= 0.0, self.s >= data.cap
         self.cap = data.cap
 
-    def split(self, theta) -> dict[str, Any]:
-        """Constrained site values ``(..., attacks[, 3])`` from flat vectors ``(..., size)``."""
+    def prior_draws(self, num: int):
+        """``(num, fixed coordinates)`` exact draws of the fixed coordinates from their prior (torch's generator)."""
         import torch
 
-        out = {name: theta[..., self.slices[name]].exp() for name in self.lognormal}
-        out.update({name: torch.sigmoid(theta[..., self.slices[name]]) for name in self.beta})
+        u = torch.empty(num, len(self.fixed), dtype=torch.float64)
+        ln = self.fixed < len(self.full_ln_loc)
+        index = self.fixed[ln]
+        u[:, ln] = self.full_ln_loc[index] + self.full_ln_scale[index] * torch.randn(num, len(index),
+                                                                                      dtype=torch.float64)
+        index = self.fixed[~ln] - len(self.full_ln_loc)
+        if len(index):
+            u[:, ~ln] = torch.logit(torch.distributions.Beta(self.full_beta_a[index], self.full_beta_b[index])
+                                    .sample((num,)))
+        return u
+
+    def split(self, theta, fill=None) -> dict[str, Any]:
+        """Constrained site values ``(..., attacks[, 3])`` from free vectors ``(..., size)``.
+
+        ``fill`` ``(..., fixed coordinates)`` holds the fixed coordinates (see
+        :meth:`prior_draws`); without it they come out as NaN.
+        """
+        import torch
+
+        full = torch.full(theta.shape[:-1] + (self.full_size,), math.nan, dtype=theta.dtype)
+        full[..., self.free] = theta
+        if fill is not None:
+            full[..., self.fixed] = fill.to(theta.dtype)
+        out = {name: full[..., self.slices[name]].exp() for name in self.lognormal}
+        out.update({name: torch.sigmoid(full[..., self.slices[name]]) for name in self.beta})
         if self.dirichlet:
-            u = theta[..., self.slices["precursor_exit"]]
+            u = full[..., self.slices["precursor_exit"]]
             out["precursor_exit"] = self.stick(u.reshape(u.shape[:-1] + (self.data.attacks, 2)))
         if self.incidental:
-            u = theta[..., self.slices["incident_log_mean"]]
+            u = full[..., self.slices["incident_log_mean"]]
             out["incident_log_mean"] = u.reshape(u.shape[:-1] + (self.data.incidents, 2))
         return out
 
     def join(self, values: Mapping[str, Any]):
-        """Inverse of :meth:`split` (one point; ``incident_log_mean`` as it is)."""
+        """The free vector of one point given by site values (``incident_log_mean`` as it is)."""
         import torch
 
         parts = [values[name].log() for name in self.lognormal]
@@ -1270,34 +1323,35 @@ class _FlatTarget:
             parts.append(self.stick.inv(values["precursor_exit"]).reshape(-1))
         if self.incidental:
             parts.append(values["incident_log_mean"].reshape(-1))
-        return torch.cat(parts)
+        return torch.cat(parts)[self.free]
 
     def log_density(self, theta):
-        """Log prior (Jacobians included) plus log-likelihood at one flat vector ``theta``."""
+        """Log prior (Jacobians included) plus log-likelihood at one free vector ``theta``.
+
+        The fixed coordinates' prior is left out: it is the whole of their
+        posterior, which they are drawn from separately.
+        """
         import torch.nn.functional as nnf
 
-        u = theta[self._ln]
-        density = self.constant - 0.5 * (((u - self.ln_loc) / self.ln_scale) ** 2).sum()
-        if self.beta:
-            v = theta[self._b]
-            density = density + (self.beta_a * nnf.logsigmoid(v) + self.beta_b * nnf.logsigmoid(-v)).sum()
+        density = self.constant - 0.5 * (((theta[self.ln_at] - self.ln_loc) / self.ln_scale) ** 2).sum()
+        v = theta[self.beta_at]
+        density = density + (self.beta_a * nnf.logsigmoid(v) + self.beta_b * nnf.logsigmoid(-v)).sum()
         if self.incidental:
-            m = theta[self.slices["incident_log_mean"]]
-            density = density - 0.5 * (((m - u[self.incident_centre]) / self.scale) ** 2).sum()
+            m = theta[self.incident_at]
+            density = density - 0.5 * (((m - theta[self.incident_centre]) / self.scale) ** 2).sum()
         if self.dirichlet:
-            w = theta[self.slices["precursor_exit"]].reshape(self.data.attacks, 2)
+            w = theta[self.dirichlet_at].reshape(self.data.attacks, 2)
             row = self.stick(w)
             density = density + (self.dirichlet_prior.log_prob(row)
                                  + self.stick.log_abs_det_jacobian(w, row)).sum()
         return density + self._emission(theta)
 
     def _emission(self, theta):
-        """The score part of the likelihood (:func:`_collapsed_emission`, written on the flat vector)."""
+        """The score part of the likelihood (:func:`_collapsed_emission`, written on the free vector)."""
         import torch
         import torch.nn.functional as nnf
 
-        n = self.data.attacks
-        log_sigma = theta[2 * n:3 * n]
+        log_sigma = theta[self.spread_of_attack]
         sigma = log_sigma.exp()
         emission = (self.benign_low + (self.benign_high * torch.special.log_ndtr(-self.cap / sigma)).sum()
                     - 0.5 * (self.benign_second / (sigma * sigma)).sum()
@@ -1334,7 +1388,11 @@ def _run_nuts(data: _Data, prior: FitPrior, *, num_samples: int, num_warmup: int
     scale = float(prior.incident_scale)
     incidental = bool(data.incidents and scale > 0)
     transforms = {name: biject_to(priors[name].support) for name in sampled}
-    target = _FlatTarget(data, prior, sampled, scale, incidental)
+    # In a fully labelled log an attack without precursor or execution windows
+    # leaves its scores and quiet probabilities to their prior (drawn exactly).
+    absent = (np.bincount(data.active["attacks"].numpy().astype(np.int64), minlength=data.attacks) == 0
+              if conjugate else None)
+    target = _FlatTarget(data, prior, sampled, scale, incidental, exact_prior=absent)
 
     def potential(unconstrained: Mapping[str, torch.Tensor]) -> torch.Tensor:
         # Labelled windows enter through their sufficient statistics and the
@@ -1369,7 +1427,7 @@ def _run_nuts(data: _Data, prior: FitPrior, *, num_samples: int, num_warmup: int
         mcmc = MCMC(kernel, num_samples=num_samples, warmup_steps=num_warmup, num_chains=1,
                     initial_params={"theta": target.join(start)}, disable_progbar=not show)
         mcmc.run()
-        values = target.split(mcmc.get_samples()["theta"])
+        values = target.split(mcmc.get_samples()["theta"], fill=target.prior_draws(num_samples))
         draws_of_chain = {name: values[name].detach().numpy() for name in sampled}
         if conjugate:
             draws_of_chain.update(_conjugate_transitions(data, prior, num_samples))

@@ -208,3 +208,65 @@ def test_flat_nuts_target_equals_the_site_composition():
                 assert torch.allclose(split[name], values[name], rtol=1e-10)
             expected = _site_log_density(data, prior, values, sampled, scale)
             assert torch.allclose(target.log_density(theta), expected, rtol=1e-10, atol=1e-8)
+
+
+def _unconstrained_prior(prior, name, value):
+    """Log density of one site's value on NUTS's scale (log or logit), per attack."""
+    if name.startswith("score") or name == "spread":
+        return torch.distributions.Normal(torch.as_tensor(getattr(prior, f"{name}_loc")),
+                                          torch.as_tensor(getattr(prior, f"{name}_scale"))).log_prob(value.log())
+    a, b = torch.as_tensor(getattr(prior, f"{name}_a")), torch.as_tensor(getattr(prior, f"{name}_b"))
+    return torch.distributions.Beta(a, b).log_prob(value) + value.log() + torch.log1p(-value)
+
+
+def _phases_of_two_attacks(windows=300):
+    # Attacks 0-5 never leave the benign phase; 6 and 7 have one incident each.
+    phases = np.zeros((windows, 8), np.int8)
+    phases[100:160, 6], phases[160:200, 6] = 1, 2
+    phases[150:190, 7], phases[190:230, 7] = 1, 2
+    return phases
+
+
+def test_flat_target_leaves_attacks_without_windows_to_their_prior():
+    torch.set_default_dtype(torch.float64)
+    features = simulate_windows(TRUTH, phases=_phases_of_two_attacks(), seed=6)
+    data = fitting._Data(features)
+    prior = FitPrior.default()
+    sampled = [s for s in fitting._SITES if s not in fitting._TRANSITION_SITES]
+    absent = np.arange(8) < 6
+    target = fitting._FlatTarget(data, prior, sampled, 0.5, True, exact_prior=absent)
+    # 8 spreads, 4 scores and quiet probabilities of each of the two attacks, 2 means per incident.
+    assert target.size == 8 + 2 * 4 + 2 * data.incidents and data.incidents == 2
+    torch.manual_seed(3)
+    values = {name: fitting._prior_distributions(prior)[name].sample() for name in sampled}
+    values["incident_log_mean"] = 1.5 + 0.5 * torch.randn(data.incidents, 2)
+    # The site composition = the free target + the fixed coordinates' own prior (no likelihood term has them).
+    fixed = sum(_unconstrained_prior(prior, name, values[name])[:6].sum() for name in fitting._FlatTarget._PHASE_SITES)
+    expected = _site_log_density(data, prior, values, sampled, 0.5)
+    assert torch.allclose(target.log_density(target.join(values)) + fixed, expected, rtol=1e-10)
+    # Splitting restores the fixed coordinates from the fill, the free ones from the vector.
+    fill = target.prior_draws(4000)
+    split = target.split(target.join(values).expand(4000, -1), fill=fill)
+    assert torch.allclose(split["spread"][0], values["spread"]) and torch.allclose(split["score_precursor"][0, 6:],
+                                                                                   values["score_precursor"][6:])
+    # Exact prior draws: log scores Normal(loc, scale), quiet probabilities Beta(a, b); means within 5 SE.
+    logs = split["score_precursor"][:, :6].log()
+    assert (abs(logs.mean(0) - torch.as_tensor(prior.score_precursor_loc[:6])) < 5 * 0.5 / 4000 ** 0.5).all()
+    assert (abs(logs.std(0) - 0.5) < 5 * 0.5 / (2 * 3999) ** 0.5).all()
+    quiet = split["quiet_execution"][:, :6]
+    beta_sd = (0.1 * 0.9 / 11) ** 0.5
+    assert (abs(quiet.mean(0) - 0.1) < 5 * beta_sd / 4000 ** 0.5).all()
+
+
+def test_nuts_fit_marks_absent_attacks_exact():
+    # In the fit, the six attacks without windows keep their prior and the
+    # draws are independent (ESS about the number of draws).
+    features = simulate_windows(TRUTH, phases=_phases_of_two_attacks(), seed=7)
+    post = fitting.fit("defender", features, method="nuts", num_chains=1, num_warmup=50, num_samples=300, seed=2,
+                       progress=False, check=False, ppc_draws=2)
+    table = post.diagnostics
+    for attack in post.attacks[:6]:
+        for name in ("score_precursor", "quiet_execution"):
+            assert table.loc[f"{name}[{attack}]", "ess_bulk"] > 200
+    logs = np.log(post.flat("score_execution")[:, :6])
+    assert abs(logs.mean() - np.log(6.0)) < 5 * 0.5 / np.sqrt(logs.size)
