@@ -15,7 +15,12 @@ with the log; the reading time does, linearly. ``peakmem_features_stream`` feeds
 events without a file: memory grows by 32 bytes per 1 s window, not per event.
 The whole SVI fit at 10 million events is measured by
 ``benchmarks/fit_scaling.py`` (a script: the 1 GB log is too slow to make and
-read for asv's per-benchmark processes and timeouts).
+read for asv's per-benchmark processes and timeouts); with ``--method nuts``
+the same script gives this suite's NUTS figures one fit per size (asv's
+three NUTS benchmarks fit once each). Of the Sybil and replay attacks' eight
+hypotheses, six have no attack window in these logs: their scores and
+quiet probabilities are drawn exactly from the prior, and NUTS samples the
+spreads, the two present attacks' parameters and the incident means.
 """
 
 from __future__ import annotations
