@@ -6,7 +6,7 @@ import itertools
 import numpy as np
 import torch
 
-from bayes_defense.fit import FitPrior, simulate_windows
+from bayes_defense.fit import PARAMETER_NAMES, FitPrior, simulate_windows
 
 # The module itself: the package attribute `bayes_defense.fit` is the function bd.fit.
 fitting = importlib.import_module("bayes_defense.fit")
@@ -270,3 +270,17 @@ def test_nuts_fit_marks_absent_attacks_exact():
             assert table.loc[f"{name}[{attack}]", "ess_bulk"] > 200
     logs = np.log(post.flat("score_execution")[:, :6])
     assert abs(logs.mean() - np.log(6.0)) < 5 * 0.5 / np.sqrt(logs.size)
+
+
+def test_nuts_samples_transitions_with_unlabelled_windows():
+    # Unlabelled runs: no conjugate shortcut, the flat vector holds the transition sites too.
+    features = simulate_windows(TRUTH, n_windows=64, seed=9, labelled=False)
+    post = fitting.fit("defender", features, method="nuts", num_chains=1, num_warmup=10, num_samples=10, seed=3,
+                       progress=False, check=False, ppc_draws=2)
+    for name in PARAMETER_NAMES:
+        values = post.draws[name]
+        assert values.shape == (1, 10, 8) and np.isfinite(values).all(), name
+    exits = post.draws["precursor_to_execution"] + post.draws["precursor_to_benign"]
+    assert ((exits > 0) & (exits < 1)).all()
+    # Sampled, not fixed: the chain moves.
+    assert np.unique(post.draws["benign_to_precursor"][0, :, 0]).size > 1
