@@ -760,15 +760,17 @@ def _collapsed_emission(data: _Data, params: Mapping[str, Any], scale: float = 0
     Benign windows enter through their sufficient statistics; precursor and
     execution windows one by one (:func:`_incident_log_likelihood`).
     """
+    return _benign_emission(data.stats, params["spread"], data.cap) + _incident_log_likelihood(data, params, scale)
+
+
+def _benign_emission(stats: Mapping[str, Any], sigma, cap: float):
+    """Censored-normal log-likelihood (mean 0) of all benign windows from their sufficient statistics."""
     import torch
 
-    sigma = params["spread"]
-    stats = data.stats
     low, high, middle = stats["low"][:, 0], stats["high"][:, 0], stats["middle"][:, 0]
-    emission = (low * math.log(0.5) + high * torch.special.log_ndtr(-data.cap / sigma)
-                - 0.5 * stats["second"][:, 0] / (sigma * sigma)
-                - middle * (sigma.log() + 0.5 * math.log(2 * math.pi))).sum()
-    return emission + _incident_log_likelihood(data, params, scale)
+    return (low * math.log(0.5) + high * torch.special.log_ndtr(-cap / sigma)
+            - 0.5 * stats["second"][:, 0] / (sigma * sigma)
+            - middle * (sigma.log() + 0.5 * math.log(2 * math.pi))).sum()
 
 
 def _incident_log_likelihood(data: _Data, params: Mapping[str, Any], scale: float = 0.0):
@@ -793,9 +795,16 @@ def _incident_log_likelihood(data: _Data, params: Mapping[str, Any], scale: floa
     else:
         means = torch.stack([params["score_precursor"], params["score_execution"]], -1)[attack, phase - 1]
     quiet = torch.stack([params["quiet_precursor"], params["quiet_execution"]], -1)[attack, phase - 1]
-    spread = sigma[attack]
-    benign = _censored_log(s, torch.zeros_like(s), spread, data.cap)
-    return _quiet_mixture(benign, _censored_log(s, means, spread, data.cap), quiet).sum()
+    return _phase_window_log(s, means, sigma[attack], data.cap, quiet.log(), torch.log1p(-quiet)).sum()
+
+
+def _phase_window_log(s, means, spread, cap: float, log_quiet, log_loud):
+    """Log-likelihood of precursor or execution windows: quiet (benign-looking) with ``e**log_quiet``, else
+    showing their mean, with ``e**log_loud`` (one minus it)."""
+    import torch
+
+    benign = _censored_log(s, torch.zeros_like(s), spread, cap)
+    return torch.logaddexp(log_quiet + benign, log_loud + _censored_log(s, means, spread, cap))
 
 
 def _conjugate_posterior(data: _Data, prior: FitPrior) -> dict[str, np.ndarray]:
@@ -1255,12 +1264,8 @@ class _FlatTarget:
             self.incident_centre = at[torch.stack([attack, attack + n], -1).reshape(-1)]
             constant = constant - 2 * data.incidents * (math.log(self.scale) + 0.5 * math.log(2 * math.pi))
         self.constant = float(constant)
-        # Benign windows: everything but the spread is a constant of their sufficient statistics.
-        stats = data.stats
+        # Benign windows enter through their sufficient statistics, given each attack's spread.
         self.spread_of_attack = at[self.slices["spread"].start + torch.arange(n)]
-        self.benign_low = float(stats["low"][:, 0].sum()) * math.log(0.5)
-        self.benign_high, self.benign_middle = stats["high"][:, 0], stats["middle"][:, 0]
-        self.benign_second = stats["second"][:, 0]
         # Precursor and execution windows one by one: where their mean, spread and quiet probability sit.
         active = data.active
         self.s = active["scores"].to(torch.float64)
@@ -1273,7 +1278,6 @@ class _FlatTarget:
         self.quiet_at = at[self.slices["quiet_precursor"].start + attack_of + (phase_of - 1) * n]
         if len(self.s) and min(int(self.mean_at.min()), int(self.quiet_at.min())) < 0:
             raise ValueError("an attack with precursor or execution windows was marked exact_prior")
-        self.low, self.high = self.s <= 0.0, self.s >= data.cap
         self.cap = data.cap
 
     def prior_draws(self, num: int):
@@ -1348,27 +1352,15 @@ class _FlatTarget:
 
     def _emission(self, theta):
         """The score part of the likelihood (:func:`_collapsed_emission`, written on the free vector)."""
-        import torch
         import torch.nn.functional as nnf
 
-        log_sigma = theta[self.spread_of_attack]
-        sigma = log_sigma.exp()
-        emission = (self.benign_low + (self.benign_high * torch.special.log_ndtr(-self.cap / sigma)).sum()
-                    - 0.5 * (self.benign_second / (sigma * sigma)).sum()
-                    - (self.benign_middle * (log_sigma + 0.5 * math.log(2 * math.pi))).sum())
+        emission = _benign_emission(self.data.stats, theta[self.spread_of_attack].exp(), self.cap)
         if not len(self.s):
             return emission
-        s, log_spread = self.s, theta[self.spread_at]
-        spread = log_spread.exp()
-        mean = theta[self.mean_at].exp()
         logit = theta[self.quiet_at]
-        normal = -0.5 * math.log(2 * math.pi) - log_spread
-        benign = torch.where(self.low, math.log(0.5), torch.where(
-            self.high, torch.special.log_ndtr(-self.cap / spread), normal - 0.5 * (s / spread) ** 2))
-        active = torch.where(self.low, torch.special.log_ndtr(-mean / spread), torch.where(
-            self.high, torch.special.log_ndtr((mean - self.cap) / spread), normal - 0.5 * ((s - mean) / spread) ** 2))
-        # log(q e**benign + (1 - q) e**active) with q = sigmoid(logit).
-        return emission + torch.logaddexp(nnf.logsigmoid(logit) + benign, nnf.logsigmoid(-logit) + active).sum()
+        # Quiet with probability sigmoid(logit): logsigmoid stays finite where 1 - sigmoid(logit) rounds to 0.
+        return emission + _phase_window_log(self.s, theta[self.mean_at].exp(), theta[self.spread_at].exp(), self.cap,
+                                            nnf.logsigmoid(logit), nnf.logsigmoid(-logit)).sum()
 
 
 def _run_nuts(data: _Data, prior: FitPrior, *, num_samples: int, num_warmup: int, num_chains: int, seed: int,
