@@ -120,6 +120,7 @@ def main() -> None:
     command = [sys.executable, __file__, "--method", args.method, "--child"]
     jobs = [(name, str(logs[name])) for name in args.sizes for _ in range(args.repeat)]
     runs: dict[str, list] = {name: [] for name in args.sizes}
+    results: dict[str, dict] = {}
     while jobs:
         batch, jobs = jobs[:max(1, args.jobs)], jobs[max(1, args.jobs):]
         started = [(name, subprocess.Popen(command + [log], stdout=subprocess.PIPE, text=True))
@@ -127,17 +128,18 @@ def main() -> None:
         for name, process in started:
             out, _ = process.communicate()
             if process.returncode:
-                raise SystemExit(f"the fit of {name} failed (exit {process.returncode})")
+                raise SystemExit(f"the fit of {name} failed (exit {process.returncode}); finished sizes are in "
+                                 f"{args.out}")
             runs[name].append(json.loads(out.strip().splitlines()[-1]))
             print(f"{name}: {json.dumps(runs[name][-1])}", file=sys.stderr)
-    results = {}
-    for name, rows in runs.items():
-        rows.sort(key=lambda run: run["fit_seconds"])
-        results[name] = {**rows[len(rows) // 2], "runs": rows}
-    Path(args.out).write_text(json.dumps({"method": args.method, "settings": _bench_fit().SETTINGS[args.method],
-                                          "jobs": args.jobs, "results": results}, indent=2) + "\n")
+        # Written after every batch, so that a later failure keeps the finished fits.
+        for name, rows in runs.items():
+            if rows:
+                rows.sort(key=lambda run: run["fit_seconds"])
+                results[name] = {**rows[len(rows) // 2], "runs": rows}
+        Path(args.out).write_text(json.dumps({"method": args.method, "settings": _bench_fit().SETTINGS[args.method],
+                                              "jobs": args.jobs, "results": results}, indent=2) + "\n")
     print(json.dumps(results, indent=2))
-
 
 if __name__ == "__main__":
     main()
