@@ -46,10 +46,11 @@ _LAZY: dict[str, tuple[str, str | None]] = {
     "Belief": ("bayes_defense.stream.defender", "Belief"),
     "Alert": ("bayes_defense.stream.defender", "Alert"),
     "read_events": ("bayes_defense.stream.io", "read_events"),
-    "fit": ("bayes_defense.fit", "fit"),
-    "Posterior": ("bayes_defense.fit", "Posterior"),
-    "load_posterior": ("bayes_defense.fit", "load_posterior"),
-    "ClusterPosterior": ("bayes_defense.fit_cluster", "ClusterPosterior"),
+    "fit": ("bayes_defense.fitting", "fit"),
+    "Posterior": ("bayes_defense.fitting.defender", "Posterior"),
+    "load_posterior": ("bayes_defense.fitting", "load_posterior"),
+    "ClusterPosterior": ("bayes_defense.fitting.cluster", "ClusterPosterior"),
+    "fitting": ("bayes_defense.fitting", None),
 }
 
 __all__ = sorted(_LAZY)

@@ -13,6 +13,10 @@ from bayes_defense.errors import InvalidInputError
 
 __all__ = ["register", "run_fit"]
 
+# fit option -> command-line flag (attribute of the parsed namespace)
+_SIZE_FLAGS = {"num_samples": "samples", "num_warmup": "warmup", "num_chains": "chains", "num_steps": "steps",
+               "batch_size": "batch_size"}
+
 
 def register(subparsers: Any) -> None:
     """Add ``fit`` to a ``bayes-defense`` parser.
@@ -38,17 +42,17 @@ def register(subparsers: Any) -> None:
     parser.add_argument("--out", metavar="FILE", default="posterior.nc", help="posterior file (default posterior.nc)")
     parser.add_argument("--method", choices=("svi", "nuts"), default="svi", help="inference (default svi)")
     parser.add_argument("--prior", metavar="FILE", help="an earlier posterior.nc to update with these incidents")
-    parser.add_argument("--samples", type=int, default=1000, help="posterior draws per chain (default 1000)")
-    parser.add_argument("--warmup", type=int, default=500, help="NUTS warm-up steps (default 500)")
-    parser.add_argument("--chains", type=int, default=2, help="NUTS chains (default 2)")
-    parser.add_argument("--steps", type=int, default=3000, help="SVI steps (default 3000)")
-    parser.add_argument("--batch-size", type=int, default=4096, help="SVI windows per minibatch (default 4096)")
+    parser.add_argument("--samples", type=int, help="posterior draws per chain (default 1000)")
+    parser.add_argument("--warmup", type=int, help="NUTS warm-up steps (default 500)")
+    parser.add_argument("--chains", type=int, help="NUTS chains (default 2)")
+    parser.add_argument("--steps", type=int, help="SVI steps (default 3000; with --nodes 2000)")
+    parser.add_argument("--batch-size", type=int,
+                        help="SVI windows per minibatch (default 4096; with --nodes 1024 incident rows)")
     parser.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
     parser.add_argument("--nodes", type=int, metavar="N",
                         help="fit the N-replica cluster model instead: the inputs are incident tables (.csv, .parquet, "
                              ".jsonl; one row per incident window, columns named after the model's sites, see "
-                             "docs/fit_cluster.md) and --labels, if given, one label table of the same rows; --steps and "
-                             "--batch-size left at their defaults become the cluster fit's own (2000 steps of 1024 rows)")
+                             "docs/fit_cluster.md) and --labels, if given, one label table of the same rows")
     parser.add_argument("--colluders", type=int, metavar="C",
                         help="with --nodes: colluders helping the attacker (default f, as bd.models.cluster)")
     parser.add_argument("--ppc", metavar="FIG", help="also save the posterior predictive check figure (.png/.pdf/.svg)")
@@ -58,8 +62,8 @@ def register(subparsers: Any) -> None:
 
 def run_fit(args: argparse.Namespace) -> int:
     """Run ``bayes-defense fit``; return the exit status (1 when diagnostics failed)."""
-    from bayes_defense.fit import load_posterior
-    from bayes_defense.fit_cluster import ClusterPosterior
+    from bayes_defense.fitting import load_posterior
+    from bayes_defense.fitting.cluster import ClusterPosterior
 
     if args.nodes is not None:
         return _run_cluster_fit(args)
@@ -82,12 +86,18 @@ def run_fit(args: argparse.Namespace) -> int:
     return _fit_and_write("defender", incidents, prior, out, args, lambda summary: (
         f"fitted {summary['windows']} windows from {summary['events']} events ({summary['runs']} log(s), "
         f"{'labelled' if summary['labelled'] else 'phases latent'}) by {summary['method']}: "
-        f"r_hat max {summary['r_hat_max']:.3f}, ESS min {summary['ess_bulk_min']:.0f}; wrote {out}"))
+        f"r_hat max {_figure(summary['r_hat_max'], '.3f')}, ESS min {_figure(summary['ess_bulk_min'], '.0f')}; "
+        f"wrote {out}"))
+
+
+def _figure(value: float | None, spec: str) -> str:
+    """A diagnostic figure for the summary line; ``n/a`` where the fit has none."""
+    return "n/a" if value is None else format(value, spec)
 
 
 def _report_warnings(caught) -> None:
     """Print diagnostics warnings as one line each; pass any other warning on unchanged."""
-    from bayes_defense.fit import FitDiagnosticsWarning
+    from bayes_defense.fitting.diagnostics import FitDiagnosticsWarning
 
     for warning in caught:
         if issubclass(warning.category, FitDiagnosticsWarning):
@@ -101,8 +111,8 @@ def _run_cluster_fit(args: argparse.Namespace) -> int:
     import pandas as pd
 
     import bayes_defense as bd
-    from bayes_defense.fit import load_posterior
-    from bayes_defense.fit_cluster import ClusterPosterior, read_incidents
+    from bayes_defense.fitting import load_posterior
+    from bayes_defense.fitting.cluster import ClusterPosterior, read_incidents
 
     if args.labels and len(args.labels) != len(args.events):
         raise InvalidInputError(f"with --nodes give one --labels table per incident table: {len(args.events)} "
@@ -124,19 +134,21 @@ def _run_cluster_fit(args: argparse.Namespace) -> int:
     return _fit_and_write(model, incidents, prior, out, args, lambda summary: (
         f"fitted {summary['model']} to {summary['rows']} incident windows ({summary['labelled_rows']} "
         f"labelled) by {summary['method']}: {summary['fitted_parameters']} parameters fitted, "
-        f"{summary['prior_only_parameters']} left at their prior; r_hat max {summary['r_hat_max']:.3f}, "
-        f"ESS min {summary['ess_bulk_min']:.0f}; wrote {out}"))
+        f"{summary['prior_only_parameters']} left at their prior; r_hat max {_figure(summary['r_hat_max'], '.3f')}, "
+        f"ESS min {_figure(summary['ess_bulk_min'], '.0f')}; wrote {out}"))
 
 
 def _fit_and_write(model, incidents, prior, out: Path, args: argparse.Namespace, line) -> int:
     """Fit, report diagnostics warnings, save, plot the PPC and print the summary (JSON or ``line(summary)``)."""
-    from bayes_defense.fit import FitDiagnosticsWarning, fit
+    from bayes_defense.fitting import fit
+    from bayes_defense.fitting.diagnostics import FitDiagnosticsWarning
 
+    # Sizes the user did not give are left out, so each model's fit takes its own defaults.
+    given = {name: getattr(args, flag) for name, flag in _SIZE_FLAGS.items() if getattr(args, flag) is not None}
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always", FitDiagnosticsWarning)
-        posterior = fit(model, incidents, method=args.method, prior=prior, num_samples=args.samples,
-                        num_warmup=args.warmup, num_chains=args.chains, num_steps=args.steps,
-                        batch_size=args.batch_size, seed=args.seed, progress=sys.stderr.isatty() and not args.json)
+        posterior = fit(model, incidents, method=args.method, prior=prior, seed=args.seed,
+                        progress=sys.stderr.isatty() and not args.json, **given)
     _report_warnings(caught)
     posterior.save(out)
     if args.ppc:

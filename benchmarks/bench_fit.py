@@ -29,7 +29,8 @@ import tempfile
 import time
 from pathlib import Path
 
-from bayes_defense.fit import extract_features, fit
+from bayes_defense.fitting import fit
+from bayes_defense.fitting.defender import extract_features
 from bayes_defense.sim import AttackSpec, Scenario, simulate
 from bayes_defense.stream.schema import TELEMETRY_KINDS, Event
 

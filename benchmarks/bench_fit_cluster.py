@@ -28,7 +28,7 @@ def _make_tables() -> dict[str, str]:
     import torch
 
     import bayes_defense as bd
-    from bayes_defense.fit_cluster import _Structure
+    from bayes_defense.fitting.cluster import _Structure
 
     model = bd.models.cluster(4)
     columns = list(_Structure(model).site_names())

@@ -76,7 +76,7 @@ def child(log: str, method: str) -> None:
     import torch
 
     import bayes_defense  # noqa: F401  (imports counted in import_rss_mb)
-    from bayes_defense.fit import fit
+    from bayes_defense.fitting import fit
 
     settings = _bench_fit().SETTINGS[method]
     torch.set_num_threads(1)

@@ -19,7 +19,7 @@ import json
 import tempfile
 from pathlib import Path
 
-from bayes_defense.fit import fit
+from bayes_defense.fitting import fit
 from bayes_defense.sim import random_scenario, simulate
 from bayes_defense.stream.defender import StreamingDefender
 from bayes_defense.stream.io import read_events

@@ -47,6 +47,16 @@ from typing import Any
 import numpy as np
 
 from bayes_defense.errors import InvalidInputError, UnsupportedModelError
+from bayes_defense.fitting import inference_data
+from bayes_defense.fitting.diagnostics import (
+    FitDiagnosticsWarning,
+    convergence_problems,
+    diagnostics_summary,
+    loss_trend,
+)
+from bayes_defense.fitting.options import check_method, check_sizes
+from bayes_defense.fitting.storage import save_posterior
+from bayes_defense.fitting.svi import svi_multivariate_normal
 
 __all__ = ["CLUSTER_FORMAT_NAME", "CLUSTER_FORMAT_VERSION", "DEFAULT_CONCENTRATION", "ClusterPosterior",
            "fit_cluster", "read_incidents"]
@@ -62,7 +72,6 @@ DEFAULT_CONCENTRATION = 20.0
 _EPS = 1e-9
 
 
-# ----------------------------------------------------------------- structure
 class _Structure:
     """Index tables that map the flat parameter vector onto the model's factors.
 
@@ -181,7 +190,6 @@ class _Structure:
         return out
 
 
-# ----------------------------------------------------------------- reading
 def read_incidents(incidents: Any, labels: Any = None):
     """An incident table as a pandas DataFrame, from a DataFrame, a list of dicts or a CSV / Parquet / JSONL file.
 
@@ -368,7 +376,6 @@ class _Data:
         # Precursor configurations with non-zero prior probability per attacker class (none, primary, backup).
         self.feasible_configs = [np.flatnonzero(s.feasible[c].any((0, 1))) for c in range(3)]
 
-    # ------------------------------------------------------------ summaries
     def summary_names(self) -> list[str]:
         s = self.s
         names = [f"telemetry.{t}" for t in s.telemetry] + ["join_rate", *s.outcomes, *s.controls,
@@ -401,7 +408,6 @@ def _frequencies(tel: np.ndarray, flat: np.ndarray) -> np.ndarray:
     return np.concatenate([pooled, rest]).astype(float)
 
 
-# -------------------------------------------------------------- likelihood
 class _Likelihood:
     """Exact per-row log-likelihood ``log P(row | theta)`` in torch (float64), for any subset of rows."""
 
@@ -489,7 +495,6 @@ class _Likelihood:
                 "attacker": attacker, "isolated": isolated, "log_factor": log_factor, "log_b": log_b,
                 "log_control": log_control, "inside": inside, "iso": iso}
 
-    # ------------------------------------------------------------ rows
     def __call__(self, theta, rows: np.ndarray, tables: dict | None = None):
         """Log-likelihood of each row in ``rows`` (a tensor in the same order)."""
         torch = self.torch
@@ -656,7 +661,6 @@ class _Likelihood:
         return torch.logsumexp(torch.cat(parts, 1), 1) + iso_term
 
 
-# ------------------------------------------------------------------- prior
 def _beta_prior(mean: np.ndarray, concentration: float) -> tuple[np.ndarray, np.ndarray]:
     """Beta(a, b) with the given mean and concentration ``a + b``, raised until ``a, b >= 1``.
 
@@ -677,7 +681,6 @@ def _moment_matched(draws: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return mean * total, (1 - mean) * total
 
 
-# --------------------------------------------------------------- inference
 def _active_parameters(likelihood: _Likelihood, a: np.ndarray, b: np.ndarray, batch: int, seed: int) -> np.ndarray:
     """Parameters the likelihood depends on: a gradient at a random prior draw above rounding error.
 
@@ -728,8 +731,6 @@ def _run_svi(likelihood, a, b, active, *, num_steps, batch_size, learning_rate, 
     import pyro.distributions as dist
     import torch
     from pyro.infer.autoguide import init_to_mean
-
-    from bayes_defense.fit import svi_multivariate_normal
 
     pyro.set_rng_seed(seed)
     pyro.clear_param_store()
@@ -792,7 +793,6 @@ def _run_nuts(likelihood, a, b, active, *, num_samples, num_warmup, num_chains, 
     return np.stack(chains), {"diverging": diverging}
 
 
-# --------------------------------------------------------------- posterior
 class ClusterPosterior:
     """Posterior draws of the cluster model's named parameters, with diagnostics and checks.
 
@@ -944,7 +944,6 @@ class ClusterPosterior:
         """Beta ``(a, b)`` per parameter, moment-matched to these draws (for ``fit(..., prior=posterior)``)."""
         return _moment_matched(self.draws.reshape(-1, len(self.names)))
 
-    # ------------------------------------------------------------ ArviZ
     def to_inference_data(self):
         """ArviZ data: posterior, sample_stats, observed_data, posterior_predictive.
 
@@ -956,8 +955,6 @@ class ClusterPosterior:
         >>> post.to_inference_data().posterior["theta"].dims
         ('chain', 'draw', 'parameter')
         """
-        from bayes_defense import _arviz
-
         groups = {
             "posterior": {"theta": self.draws},
             "sample_stats": dict(self.sample_stats),
@@ -970,15 +967,13 @@ class ClusterPosterior:
                     prior_b=self.prior_b.tolist())
         attrs = {"format": CLUSTER_FORMAT_NAME, "format_version": CLUSTER_FORMAT_VERSION, "method": self.method,
                  "info": json.dumps(info), "level": self.level, "problems": json.dumps(self.problems)}
-        return _arviz.from_groups(groups, dims=dims, coords=coords, attrs=attrs)
+        return inference_data.from_groups(groups, dims=dims, coords=coords, attrs=attrs)
 
     @property
     def diagnostics(self):
         """``az.summary`` table: one row per parameter (``theta[<name>]``)."""
         if self._diagnostics is None:
-            from bayes_defense import _arviz
-
-            self._diagnostics = _arviz.summary(self.to_inference_data(), var_names=["theta"], level=self.level)
+            self._diagnostics = inference_data.summary(self.to_inference_data(), var_names=["theta"], level=self.level)
         return self._diagnostics
 
     def check(self) -> list[str]:
@@ -989,7 +984,6 @@ class ClusterPosterior:
         the steps (guide draws are independent, so r_hat and ESS are reported
         but not judged).
         """
-        from bayes_defense.fit import convergence_problems
 
         self.problems = convergence_problems(self.method, self.diagnostics, self.num_draws, self.sample_stats,
                                              self.info.get("loss_trend"))
@@ -997,7 +991,6 @@ class ClusterPosterior:
 
     def summary(self) -> dict[str, Any]:
         """A JSON-ready summary: draws, rows, worst r_hat and ESS, diagnostics, seconds."""
-        from bayes_defense.fit import diagnostics_summary
 
         return {
             "model": f"cluster({self.info.get('n_nodes')})",
@@ -1010,7 +1003,6 @@ class ClusterPosterior:
             **diagnostics_summary(self),
         }
 
-    # --------------------------------------------------------- storage
     def save(self, path: str | os.PathLike[str]) -> Path:
         """Write the posterior to a NetCDF-4 file (numbers and strings only; no pickle).
 
@@ -1025,12 +1017,10 @@ class ClusterPosterior:
         >>> bool(np.allclose(bd.load_posterior(path).draws, post.draws))
         True
         """
-        from bayes_defense.fit import save_posterior
 
         return save_posterior(self, path)
 
 
-    # ------------------------------------------------------------ figure
     def plot_ppc(self, path: str | os.PathLike[str] | None = None):
         """Posterior predictive check: observed share of 1s per summary column against replicated ones.
 
@@ -1127,7 +1117,6 @@ def posterior_from_groups(path: Path, groups: Mapping[str, Any]) -> ClusterPoste
                             level=float(posterior.attrs.get("level", 0.9)), problems=problems)
 
 
-# --------------------------------------------------------- predictive
 def _replicate(structure: _Structure, data: _Data, model, draws: np.ndarray, names: list[str], seed: int,
                rows: int = 2000) -> np.ndarray:
     """Summary frequencies of incidents simulated from the model at each parameter draw.
@@ -1168,7 +1157,24 @@ def _replicate(structure: _Structure, data: _Data, model, draws: np.ndarray, nam
     return np.array(out)
 
 
-# --------------------------------------------------------------------- fit
+def _fit_prior(model, names: list[str], prior: ClusterPosterior | None,
+               concentration: float) -> tuple[np.ndarray, np.ndarray]:
+    """Beta prior ``(a, b)`` of each parameter: at the model's values, or an earlier posterior's where it has them."""
+    if prior is None:
+        if model.n_draws > 1:
+            return _moment_matched(np.stack([model.parameter_values[n] for n in names], 1))
+        return _beta_prior(np.array([model.parameter_values[n][0] for n in names]), concentration)
+    if not isinstance(prior, ClusterPosterior):
+        raise InvalidInputError(f"prior must be a ClusterPosterior (from an earlier cluster fit) or None; got "
+                                f"{type(prior).__name__}")
+    pa, pb = prior.prior_arrays()
+    a, b = _beta_prior(np.array([model.parameter_values[n][0] for n in names]), concentration)
+    for i, name in enumerate(names):
+        if name in prior.names:
+            a[i], b[i] = pa[prior.names.index(name)], pb[prior.names.index(name)]
+    return a, b
+
+
 def fit_cluster(model, incidents: Any, *, labels: Any = None, method: str = "svi",
                 prior: ClusterPosterior | None = None, num_samples: int = 1000, num_warmup: int = 500,
                 num_chains: int = 2, num_steps: int = 2000, batch_size: int = 1024, learning_rate: float = 0.02,
@@ -1234,7 +1240,7 @@ def fit_cluster(model, incidents: Any, *, labels: Any = None, method: str = "svi
         Progress bar (default: when standard error is a terminal).
     check : bool
         Run the convergence checks; a failure warns with
-        :class:`~bayes_defense.fit.FitDiagnosticsWarning`.
+        :class:`~bayes_defense.fitting.diagnostics.FitDiagnosticsWarning`.
     ppc_draws : int
         Posterior draws replicated for the posterior predictive summaries.
     concentration : float
@@ -1258,7 +1264,6 @@ def fit_cluster(model, incidents: Any, *, labels: Any = None, method: str = "svi
     """
     import torch
 
-    from bayes_defense.fit import FitDiagnosticsWarning, _loss_trend
     from bayes_defense.models.cluster import ClusterModel
 
     started = time.perf_counter()
@@ -1268,13 +1273,9 @@ def fit_cluster(model, incidents: Any, *, labels: Any = None, method: str = "svi
         raise UnsupportedModelError("the cluster fit needs telemetry='indicators' (0/1 telemetry, outcomes and "
                                     "join_rate); continuous LogNormal telemetry is not fitted. Threshold the "
                                     "measurements into indicators and fit bd.models.cluster(n)")
-    if method not in ("svi", "nuts"):
-        raise InvalidInputError(f"method must be 'svi' or 'nuts', got {method!r}")
-    for name, value, least in (("num_samples", num_samples, 4), ("num_chains", num_chains, 1),
-                               ("num_steps", num_steps, 1), ("batch_size", batch_size, 1),
-                               ("num_warmup", num_warmup, 0), ("ppc_draws", ppc_draws, 0)):
-        if isinstance(value, bool) or not isinstance(value, int) or value < least:
-            raise InvalidInputError(f"{name} must be an integer >= {least}, got {value!r}")
+    check_method(method)
+    check_sizes(num_samples=num_samples, num_chains=num_chains, num_steps=num_steps, batch_size=batch_size,
+                num_warmup=num_warmup, ppc_draws=ppc_draws)
     if not (isinstance(concentration, (int, float)) and concentration > 0):
         raise InvalidInputError(f"concentration must be a positive number, got {concentration!r}")
     if incidents is None:
@@ -1283,20 +1284,7 @@ def fit_cluster(model, incidents: Any, *, labels: Any = None, method: str = "svi
     structure = _Structure(model)
     data = _Data(read_incidents(incidents, labels), structure)
     names = structure.names
-    if prior is None:
-        if model.n_draws > 1:
-            a, b = _moment_matched(np.stack([model.parameter_values[n] for n in names], 1))
-        else:
-            a, b = _beta_prior(np.array([model.parameter_values[n][0] for n in names]), float(concentration))
-    elif isinstance(prior, ClusterPosterior):
-        pa, pb = prior.prior_arrays()
-        a, b = _beta_prior(np.array([model.parameter_values[n][0] for n in names]), float(concentration))
-        for i, name in enumerate(names):
-            if name in prior.names:
-                a[i], b[i] = pa[prior.names.index(name)], pb[prior.names.index(name)]
-    else:
-        raise InvalidInputError(f"prior must be a ClusterPosterior (from an earlier cluster fit) or None; got "
-                                f"{type(prior).__name__}")
+    a, b = _fit_prior(model, names, prior, float(concentration))
     show = sys.stderr.isatty() if progress is None else bool(progress)
     old_dtype, old_threads = torch.get_default_dtype(), torch.get_num_threads()
     torch.set_default_dtype(torch.float64)
@@ -1318,7 +1306,7 @@ def fit_cluster(model, incidents: Any, *, labels: Any = None, method: str = "svi
             half = num_samples // 2
             fitted = fitted[: 2 * half].reshape(2, half, -1)   # independent draws as two chains
             sample_stats: dict[str, np.ndarray] = {}
-            trend = _loss_trend(extra["losses"])
+            trend = loss_trend(extra["losses"])
         else:
             fitted, extra = _run_nuts(likelihood, a, b, active, num_samples=num_samples, num_warmup=num_warmup,
                                       num_chains=num_chains, seed=seed, show=show, batch=batch_size)

@@ -36,7 +36,8 @@ with minibatches of windows (``pyro.plate(..., subsample_size=...)``) or NUTS.
 Posterior draws feed the defender (:meth:`Posterior.defender_parameters`,
 ``StreamingDefender(parameters=...)``, ``bayes-defense defend --posterior``)
 and later fits (``fit(..., prior=posterior)``). ArviZ conversion and NetCDF
-storage go through :mod:`bayes_defense._arviz`.
+storage go through :mod:`bayes_defense.fitting.inference_data` and
+:mod:`bayes_defense.fitting.storage`.
 """
 
 from __future__ import annotations
@@ -53,8 +54,17 @@ from typing import Any
 
 import numpy as np
 
-from bayes_defense._callable import make_module_callable
 from bayes_defense.errors import InvalidInputError, MalformedEventError
+from bayes_defense.fitting import inference_data
+from bayes_defense.fitting.diagnostics import (
+    FitDiagnosticsWarning,
+    convergence_problems,
+    diagnostics_summary,
+    loss_trend,
+)
+from bayes_defense.fitting.options import check_method, check_sizes
+from bayes_defense.fitting.storage import save_posterior
+from bayes_defense.fitting.svi import svi_multivariate_normal
 
 __all__ = [
     "FORMAT_NAME",
@@ -65,8 +75,8 @@ __all__ = [
     "Posterior",
     "WindowFeatures",
     "extract_features",
-    "fit",
-    "load_posterior",
+    "fit_defender",
+    "posterior_from_groups",
     "plot_ppc",
     "simulate_windows",
 ]
@@ -103,22 +113,6 @@ _SEGMENT = 64
 _BLOCK = 16_384
 # The defender's initial phase probabilities (StreamingDefender.reset).
 _INITIAL = (1 - 2e-4, 1e-4, 1e-4)
-# Diagnostic thresholds (Vehtari et al. 2021): split r_hat below 1.01 and
-# at least 100 effective draws (bulk and tail) per parameter.
-_RHAT_MAX = 1.01
-_ESS_MIN = 100.0
-
-
-class FitDiagnosticsWarning(UserWarning):
-    """A fit's convergence diagnostics failed: its posterior may be wrong.
-
-    Raised (as a warning) by :func:`fit` when r_hat or the effective sample
-    size of some parameter is out of bounds, NUTS diverged, or the SVI loss
-    was still falling; the :class:`Posterior` then has ``diagnostics_ok`` set
-    to False and ``problems`` lists what failed.
-    """
-
-
 def _attacks() -> tuple[str, ...]:
     from bayes_defense.stream.defender import ATTACK_HYPOTHESES
 
@@ -137,7 +131,6 @@ def _warmup_windows() -> int:
     return int(defender._WARMUP_WINDOWS)
 
 
-# ----------------------------------------------------------------- prior
 @dataclass(frozen=True)
 class FitPrior:
     """Hyperparameters of the fit's prior, one entry per attack hypothesis.
@@ -258,7 +251,6 @@ class FitPrior:
         return cls(**out)
 
 
-# -------------------------------------------------------------- features
 @dataclass
 class WindowFeatures:
     """Per-window evidence scores of one or more incident logs: what the fit sees.
@@ -553,7 +545,6 @@ def _as_features(incidents: Any, labels: Any, window: float, progress: bool | No
     return WindowFeatures.concatenate(parts)
 
 
-# ------------------------------------------------------------ the model
 def _transition_log(bp, exits, eb):
     """Log transition matrices ``(attacks, 3, 3)`` from the per-row probabilities."""
     import torch
@@ -948,7 +939,6 @@ def _to_defender(site_draws: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
     return {name: out[name] for name in PARAMETER_NAMES}
 
 
-# -------------------------------------------------------- simulation
 def simulate_windows(parameters: Mapping[str, np.ndarray] | None = None, *, n_windows: int = 600,
                      phases: np.ndarray | None = None, seed: int = 0, labelled: bool = True,
                      incident_scale: float = 0.0) -> WindowFeatures:
@@ -1087,37 +1077,6 @@ def _replicate(draws: Mapping[str, np.ndarray], features: WindowFeatures, seed: 
             parts.append(replicated.scores)
         out.append(_summaries(np.concatenate(parts), features.phases))
     return np.array(out)
-
-
-# ----------------------------------------------------------- inference
-def svi_multivariate_normal(model, init_loc_fn, *, num_steps: int, learning_rate: float, show: bool, desc: str):
-    """Fit an ``AutoMultivariateNormal`` guide to ``model`` by SVI; return ``(guide, losses)``.
-
-    ClippedAdam with the step size decaying tenfold over the run; a tqdm bar
-    (``desc``) when ``show``. Shared by the defender fit and the cluster fit.
-    """
-    import pyro
-    from pyro.infer import SVI, Trace_ELBO
-    from pyro.infer.autoguide import AutoMultivariateNormal
-
-    guide = AutoMultivariateNormal(model, init_loc_fn=init_loc_fn, init_scale=0.05)
-    svi = SVI(model, guide, pyro.optim.ClippedAdam({"lr": learning_rate, "lrd": 0.1 ** (1 / max(num_steps, 1))}),
-              Trace_ELBO())
-    losses = np.empty(num_steps)
-    bar = None
-    if show:
-        from tqdm import tqdm
-
-        bar = tqdm(total=num_steps, desc=desc, unit="step", leave=False)
-    try:
-        for step in range(num_steps):
-            losses[step] = svi.step()
-            if bar is not None:
-                bar.update(1)
-    finally:
-        if bar is not None:
-            bar.close()
-    return guide, losses
 
 
 def _run_svi(data: _Data, prior: FitPrior, *, num_steps: int, batch_size: int, learning_rate: float,
@@ -1440,11 +1399,10 @@ def _prior_median(distribution):
     return base.mean
 
 
-# ----------------------------------------------------------- posterior
 class Posterior:
     """Posterior draws of the defender's parameters, with diagnostics and checks.
 
-    Build with :func:`fit` or :func:`load_posterior`; pass to the defender as
+    Build with :func:`bayes_defense.fit` or :func:`bayes_defense.load_posterior`; pass to the defender as
     ``StreamingDefender(parameters=posterior.defender_parameters(24, seed=0))``.
 
     Attributes
@@ -1515,8 +1473,8 @@ class Posterior:
         Examples
         --------
         >>> from bayes_defense.stream.defender import default_parameters
-        >>> post = fit("defender", simulate_windows(n_windows=100, seed=0), num_steps=20, num_samples=20,
-        ...            progress=False, check=False, ppc_draws=10)
+        >>> post = fit_defender(simulate_windows(n_windows=100, seed=0), num_steps=20, num_samples=20,
+        ...                     progress=False, check=False, ppc_draws=10)
         >>> params = post.defender_parameters(12, seed=1)
         >>> sorted(params) == sorted(default_parameters(12)), params["spread"].shape
         (True, (8, 12))
@@ -1545,8 +1503,8 @@ class Posterior:
         Examples
         --------
         >>> import bayes_defense as bd
-        >>> post = fit("defender", simulate_windows(n_windows=100, seed=0), num_steps=20, num_samples=20,
-        ...            progress=False, check=False, ppc_draws=10)
+        >>> post = fit_defender(simulate_windows(n_windows=100, seed=0), num_steps=20, num_samples=20,
+        ...                     progress=False, check=False, ppc_draws=10)
         >>> model = bd.models.cluster(4, parameters=post.model_parameters(draws=8))
         >>> p = bd.models.success_probability(model)["replay"]
         >>> bool(p.lower < p.upper)
@@ -1567,8 +1525,8 @@ class Posterior:
 
         Examples
         --------
-        >>> post = fit("defender", simulate_windows(n_windows=100, seed=0), num_steps=20, num_samples=20,
-        ...            progress=False, check=False, ppc_draws=10)
+        >>> post = fit_defender(simulate_windows(n_windows=100, seed=0), num_steps=20, num_samples=20,
+        ...                     progress=False, check=False, ppc_draws=10)
         >>> e = post.estimate("benign_to_precursor", "replay")
         >>> 0.0 <= e.lower <= e.mean <= e.upper <= 1.0
         True
@@ -1605,20 +1563,17 @@ class Posterior:
         out["precursor_exit"] = np.stack([1 - pe - pb, pb, pe], -1)
         return out
 
-    # ------------------------------------------------------------ ArviZ
     def to_inference_data(self):
         """The posterior as ArviZ data: posterior, sample_stats, observed_data, posterior_predictive.
 
         Examples
         --------
-        >>> post = fit("defender", simulate_windows(n_windows=100, seed=0), num_steps=20, num_samples=20,
-        ...            progress=False, check=False, ppc_draws=10)
+        >>> post = fit_defender(simulate_windows(n_windows=100, seed=0), num_steps=20, num_samples=20,
+        ...                     progress=False, check=False, ppc_draws=10)
         >>> data = post.to_inference_data()
         >>> data.posterior["spread"].dims
         ('chain', 'draw', 'attack')
         """
-        from bayes_defense import _arviz
-
         dims = {name: ["attack"] for name in PARAMETER_NAMES}
         dims["telemetry_summary"] = ["attack", "phase", "statistic"]
         coords = {"attack": list(self.attacks), "phase": list(_PHASE_GROUPS), "statistic": list(_STATISTICS)}
@@ -1630,16 +1585,14 @@ class Posterior:
         }
         attrs = {"format": FORMAT_NAME, "format_version": FORMAT_VERSION, "method": self.method,
                  "info": json.dumps(self.info), "level": self.level, "problems": json.dumps(self.problems)}
-        return _arviz.from_groups(groups, dims=dims, coords=coords, attrs=attrs)
+        return inference_data.from_groups(groups, dims=dims, coords=coords, attrs=attrs)
 
     @property
     def diagnostics(self):
         """``az.summary`` table: one row per parameter and attack."""
         if self._diagnostics is None:
-            from bayes_defense import _arviz
-
-            self._diagnostics = _arviz.summary(self.to_inference_data(), var_names=list(PARAMETER_NAMES),
-                                               level=self.level)
+            self._diagnostics = inference_data.summary(self.to_inference_data(),
+                                                        var_names=list(PARAMETER_NAMES), level=self.level)
         return self._diagnostics
 
     def check(self) -> list[str]:
@@ -1666,110 +1619,38 @@ class Posterior:
             **diagnostics_summary(self),
         }
 
-    # --------------------------------------------------------- storage
     def save(self, path: str | os.PathLike[str]) -> Path:
         """Write the posterior to a NetCDF-4 file (numbers and strings only; no pickle).
 
         Examples
         --------
         >>> import tempfile, pathlib
-        >>> post = fit("defender", simulate_windows(n_windows=100, seed=0), num_steps=20, num_samples=20,
-        ...            progress=False, check=False, ppc_draws=10)
+        >>> post = fit_defender(simulate_windows(n_windows=100, seed=0), num_steps=20, num_samples=20,
+        ...                     progress=False, check=False, ppc_draws=10)
         >>> path = post.save(pathlib.Path(tempfile.mkdtemp()) / "posterior.nc")
-        >>> bool(np.allclose(load_posterior(path).draws["spread"], post.draws["spread"]))
+        >>> import bayes_defense as bd
+        >>> bool(np.allclose(bd.load_posterior(path).draws["spread"], post.draws["spread"]))
         True
         """
         return save_posterior(self, path)
 
-    # ------------------------------------------------------------ figure
     def plot_ppc(self, path: str | os.PathLike[str] | None = None):
         """Posterior predictive check figure; see :func:`plot_ppc`."""
         return plot_ppc(self, path)
 
 
-def diagnostics_summary(posterior) -> dict[str, Any]:
-    """The diagnostics part of a posterior's JSON summary: worst r_hat and ESS, verdict, problems, seconds."""
-    table = posterior.diagnostics
-    return {
-        "r_hat_max": float(np.nanmax(table["r_hat"].to_numpy(dtype=float))),
-        "ess_bulk_min": float(np.nanmin(table["ess_bulk"].to_numpy(dtype=float))),
-        "ess_tail_min": float(np.nanmin(table["ess_tail"].to_numpy(dtype=float))),
-        "diagnostics_ok": posterior.diagnostics_ok,
-        "problems": list(posterior.problems),
-        "seconds": posterior.info.get("seconds"),
-    }
-
-
-def save_posterior(posterior, path: str | os.PathLike[str]) -> Path:
-    """Write ``posterior.to_inference_data()`` to NetCDF-4 at ``path`` (refusing a directory); return the path."""
-    from bayes_defense import _arviz
-
-    path = Path(path)
-    if path.exists() and path.is_dir():
-        raise InvalidInputError(f"cannot write the posterior to {str(path)!r}: it is a directory")
-    _arviz.to_netcdf(posterior.to_inference_data(), path)
-    return path
-
-
-def convergence_problems(method: str, table, num_draws: int, sample_stats: Mapping[str, Any],
-                         loss_trend: Mapping[str, Any] | None) -> list[str]:
-    """The failed convergence checks of a fit, one readable line each (empty when all pass).
-
-    NUTS: split r_hat below 1.01, bulk and tail ESS at least 100 for every
-    parameter of ``table`` (an ``az.summary`` frame), no divergent
-    transitions. SVI: the loss no longer falling over the last tenth of the
-    steps (``loss_trend``, see :func:`_loss_trend`). Shared by the defender
-    and cluster posteriors.
-    """
-    problems = []
-    if method != "nuts":
-        # Guide draws are independent by construction: r_hat and ESS are
-        # reported but say nothing about convergence; the loss trend does.
-        table = table.iloc[:0]
-    rhat = table["r_hat"].to_numpy(dtype=float)
-    bad = table.index[~(rhat < _RHAT_MAX)]
-    if len(bad) and num_draws >= 4:
-        problems.append(f"r_hat >= {_RHAT_MAX} for {len(bad)} parameter(s), e.g. {', '.join(bad[:3])}")
-    for column in ("ess_bulk", "ess_tail"):
-        low = table.index[~(table[column].to_numpy(dtype=float) >= _ESS_MIN)]
-        if len(low):
-            problems.append(f"{column} < {_ESS_MIN:g} for {len(low)} parameter(s), e.g. {', '.join(low[:3])}")
-    if "diverging" in sample_stats and sample_stats["diverging"].any():
-        problems.append(f"{int(sample_stats['diverging'].sum())} divergent NUTS transition(s)")
-    if loss_trend is not None and loss_trend.get("still_falling"):
-        problems.append(f"the SVI loss was still falling at the end (last-tenth mean {loss_trend['last']:.4g} vs "
-                        f"{loss_trend['previous']:.4g} before, standard error {loss_trend['se']:.3g}); "
-                        f"raise num_steps")
-    return problems
-
-
-def _loss_trend(losses: np.ndarray) -> dict[str, Any]:
-    tenth = max(len(losses) // 10, 1)
-    last, previous = losses[-tenth:], losses[-2 * tenth:-tenth]
-    if len(previous) < 2 or len(last) < 2:
-        return {"last": float(losses[-1]) if len(losses) else math.nan, "previous": math.nan, "se": math.nan,
-                "still_falling": False}
-    se = math.sqrt(last.var(ddof=1) / len(last) + previous.var(ddof=1) / len(previous))
-    drop = previous.mean() - last.mean()
-    # Falling by more than 3 standard errors and by more than 0.1% of the loss: not converged.
-    return {"last": float(last.mean()), "previous": float(previous.mean()), "se": float(se),
-            "still_falling": bool(drop > 3 * se and drop > 1e-3 * abs(last.mean()))}
-
-
-def fit(model: Any = "defender", incidents: Any = None, *, labels: Any = None, method: str = "svi",
-        prior: Posterior | FitPrior | None = None, num_samples: int = 1000, num_warmup: int = 500,
-        num_chains: int = 2, num_steps: int = 3000, batch_size: int = 4096, learning_rate: float = 0.02,
-        window: float | None = None, level: float = 0.9, seed: int = 0, progress: bool | None = None,
-        check: bool = True, allow_unknown_kind: bool = False, ppc_draws: int = 100) -> Posterior:
+def fit_defender(incidents: Any, *, labels: Any = None, method: str = "svi",
+                 prior: Posterior | FitPrior | None = None, num_samples: int = 1000, num_warmup: int = 500,
+                 num_chains: int = 2, num_steps: int = 3000, batch_size: int = 4096, learning_rate: float = 0.02,
+                 window: float = 1.0, level: float = 0.9, seed: int = 0, progress: bool | None = None,
+                 check: bool = True, allow_unknown_kind: bool = False, ppc_draws: int = 100) -> Posterior:
     """Fit the defender's observation and transition model to logged incidents.
+
+    ``bd.fit("defender", incidents, ...)`` and ``bd.fit(defender, ...)`` come
+    here (:func:`bayes_defense.fitting.fit`).
 
     Parameters
     ----------
-    model : "defender", StreamingDefender or ClusterModel
-        What to fit: the defender's model (a defender instance lends its
-        window length), or a cluster SCM ``bd.models.cluster(n)``, whose named
-        parameters are fitted to incident tables by
-        :func:`bayes_defense.fit_cluster.fit_cluster` (see docs/fit_cluster.md).
     incidents : path-like, (events, labels) pair, WindowFeatures, or a list of them
         Event logs (files or simulation directories; a directory's
         ``labels.json`` is used when present) or precomputed features.
@@ -1787,8 +1668,8 @@ def fit(model: Any = "defender", incidents: Any = None, *, labels: Any = None, m
         Draws kept per chain, NUTS warm-up steps, NUTS chains (SVI: one chain of guide draws).
     num_steps, batch_size, learning_rate : int, int, float
         SVI steps, windows per minibatch, Adam step size.
-    window : float, optional
-        Seconds per window (default: the defender's, 1 s).
+    window : float
+        Seconds per window (the defender's, 1 s by default).
     level : float
         Credible level of reported intervals.
     seed : int
@@ -1812,89 +1693,34 @@ def fit(model: Any = "defender", incidents: Any = None, *, labels: Any = None, m
     >>> truth = {"score_precursor": 3.0, "score_execution": 5.0, "spread": 1.2, "benign_to_precursor": 0.01,
     ...          "precursor_to_execution": 0.05, "precursor_to_benign": 0.01, "execution_to_benign": 0.05}
     >>> data = simulate_windows(truth, n_windows=1500, seed=3)
-    >>> post = fit("defender", data, method="svi", num_steps=300, num_samples=200, progress=False, check=False)
+    >>> post = fit_defender(data, method="svi", num_steps=300, num_samples=200, progress=False, check=False)
     >>> low, high = post.interval("spread", 0.99)[0]
     >>> bool(low < 1.2 < high)
     True
     """
     import time
 
-    import torch
-
-    from bayes_defense.models.cluster import ClusterModel
-    from bayes_defense.stream.defender import StreamingDefender
-
-    if isinstance(model, ClusterModel):
-        from bayes_defense.fit_cluster import fit_cluster
-
-        if window is not None or allow_unknown_kind:
-            raise InvalidInputError("window and allow_unknown_kind apply to event logs; a cluster model is fitted "
-                                    "to incident tables (one row per incident window)")
-        # Sizes left at this function's defaults take fit_cluster's own (tuned to its cost per step).
-        import inspect
-
-        defaults = inspect.signature(fit).parameters
-        sizes = {"num_steps": num_steps, "batch_size": batch_size, "ppc_draws": ppc_draws}
-        return fit_cluster(model, incidents, labels=labels, method=method, prior=prior, num_samples=num_samples,
-                           num_warmup=num_warmup, num_chains=num_chains, learning_rate=learning_rate, level=level,
-                           seed=seed, progress=progress, check=check,
-                           **{name: value for name, value in sizes.items() if value != defaults[name].default})
-    if method not in ("svi", "nuts"):
-        raise InvalidInputError(f"method must be 'svi' or 'nuts', got {method!r}")
-    if isinstance(model, StreamingDefender):
-        window = model.window if window is None else window
-    elif model not in ("defender", None):
-        raise InvalidInputError(f"model must be 'defender' or a StreamingDefender (the model whose parameters are "
-                                f"fitted); got {model!r}")
-    window = 1.0 if window is None else float(window)
-    if not window > 0:
-        raise InvalidInputError(f"window must be a positive number of seconds, got {window}")
-    for name, value, least in (("num_samples", num_samples, 4), ("num_chains", num_chains, 1),
-                               ("num_steps", num_steps, 1), ("batch_size", batch_size, 1),
-                               ("num_warmup", num_warmup, 0)):
-        if isinstance(value, bool) or not isinstance(value, int) or value < least:
-            raise InvalidInputError(f"{name} must be an integer >= {least}, got {value!r}")
+    check_method(method)
+    check_sizes(num_samples=num_samples, num_chains=num_chains, num_steps=num_steps, batch_size=batch_size,
+                num_warmup=num_warmup, ppc_draws=ppc_draws)
+    if isinstance(window, bool) or not isinstance(window, int | float) or not window > 0:
+        raise InvalidInputError(f"window must be a positive number of seconds, got {window!r}")
     if incidents is None:
         raise InvalidInputError("no incidents given: pass an event log, a simulation directory, "
                                 "(events, labels) pairs or WindowFeatures")
     show = sys.stderr.isatty() if progress is None else bool(progress)
     started = time.perf_counter()
-    features = _as_features(incidents, labels, window, show, allow_unknown_kind)
+    features = _as_features(incidents, labels, float(window), show, allow_unknown_kind)
     if len(features) == 0:
         raise InvalidInputError("the incidents hold no windows to fit; give longer logs")
     if features.scores.shape[1] != len(_attacks()):
         raise InvalidInputError(f"features must have one score column per attack ({len(_attacks())}), "
                                 f"got {features.scores.shape[1]}")
-    if isinstance(prior, Posterior):
-        # The incident scale is kept from the earlier fit's prior (it is not learned).
-        earlier = prior.info.get("prior", {}) if isinstance(prior.info.get("prior"), dict) else {}
-        hyper = FitPrior.from_draws(prior.site_draws(), float(earlier.get("incident_scale", 0.5)))
-    elif isinstance(prior, FitPrior):
-        hyper = prior
-    elif prior is None:
-        hyper = FitPrior.default()
-    else:
-        raise InvalidInputError(f"prior must be a Posterior, a FitPrior or None, got {type(prior).__name__}")
-    data = _Data(features)
-    old_dtype, old_threads = torch.get_default_dtype(), torch.get_num_threads()
-    torch.set_default_dtype(torch.float64)
-    # The tensors are small (a minibatch of windows, 64 parameters): thread
-    # start-up costs more than it saves, and several-fold on a busy machine.
-    torch.set_num_threads(1)
-    try:
-        if method == "svi":
-            site_draws, extra = _run_svi(data, hyper, num_steps=num_steps, batch_size=batch_size,
-                                         learning_rate=learning_rate, num_samples=num_samples, seed=seed, show=show)
-            sample_stats: dict[str, np.ndarray] = {}
-            trend = _loss_trend(extra["losses"])
-        else:
-            site_draws, extra = _run_nuts(data, hyper, num_samples=num_samples, num_warmup=num_warmup,
-                                          num_chains=num_chains, seed=seed, show=show)
-            sample_stats = {"diverging": extra["diverging"]}
-            trend = None
-    finally:
-        torch.set_default_dtype(old_dtype)
-        torch.set_num_threads(old_threads)
+    hyper = _hyperprior(prior)
+    site_draws, sample_stats, trend = _infer(_Data(features), hyper, method, num_samples=num_samples,
+                                             num_warmup=num_warmup, num_chains=num_chains, num_steps=num_steps,
+                                             batch_size=batch_size, learning_rate=learning_rate, seed=seed,
+                                             show=show)
     chains, draws_per_chain = site_draws["spread"].shape[:2]
     flat_sites = {name: value.reshape((chains * draws_per_chain,) + value.shape[2:])
                   for name, value in site_draws.items()}
@@ -1916,64 +1742,53 @@ def fit(model: Any = "defender", incidents: Any = None, *, labels: Any = None, m
         problems = posterior.check()
         if problems:
             warnings.warn("fit diagnostics failed, do not trust this posterior as is: " + "; ".join(problems),
-                          FitDiagnosticsWarning, stacklevel=2)
+                          FitDiagnosticsWarning, stacklevel=3)
     return posterior
 
 
-# ------------------------------------------------------------ loading
-def load_posterior(path: str | os.PathLike[str]) -> Posterior:
-    """Read a posterior written by :meth:`Posterior.save`.
+def _hyperprior(prior: Posterior | FitPrior | None) -> FitPrior:
+    """The fit's prior: an earlier posterior moment-matched, a FitPrior as given, or the default."""
+    if isinstance(prior, Posterior):
+        # The incident scale is kept from the earlier fit's prior (it is not learned).
+        earlier = prior.info.get("prior", {}) if isinstance(prior.info.get("prior"), dict) else {}
+        return FitPrior.from_draws(prior.site_draws(), float(earlier.get("incident_scale", 0.5)))
+    if isinstance(prior, FitPrior):
+        return prior
+    if prior is None:
+        return FitPrior.default()
+    raise InvalidInputError(f"prior must be a defender Posterior, a FitPrior or None, got {type(prior).__name__}")
 
-    Only NetCDF-4 data is read (through h5netcdf): numbers and strings, never
-    pickled objects or code. A file this package did not write is refused.
 
-    Raises
-    ------
-    FileNotFoundError
-        No such file.
-    InvalidInputError
-        The file is not NetCDF-4, or not a bayes_defense posterior, or of an
-        unsupported format version, or its arrays have the wrong shapes.
+def _infer(data: _Data, hyper: FitPrior, method: str, *, num_samples: int, num_warmup: int, num_chains: int,
+           num_steps: int, batch_size: int, learning_rate: float, seed: int, show: bool):
+    """Run SVI or NUTS in float64 on one thread; return ``(site draws, sample_stats, SVI loss trend)``."""
+    import torch
 
-    Examples
-    --------
-    >>> import tempfile, pathlib
-    >>> bad = pathlib.Path(tempfile.mkdtemp()) / "x.nc"
-    >>> _ = bad.write_bytes(b"not a netcdf file")
-    >>> load_posterior(bad)
-    Traceback (most recent call last):
-    ...
-    bayes_defense.errors.InvalidInputError: x.nc is not a NetCDF-4 file (...); expected a posterior written by bayes-defense fit
-    """
-    from bayes_defense import _arviz
-
-    path = Path(path)
-    if not path.exists():
-        raise FileNotFoundError(f"no such posterior file: {str(path)!r}")
-    if path.is_dir():
-        raise InvalidInputError(f"{str(path)!r} is a directory; expected a posterior .nc file written by bayes-defense fit")
-    with open(path, "rb") as handle:
-        magic = handle.read(8)
-    if magic != b"\x89HDF\r\n\x1a\n":
-        kind = "a NetCDF-3 file" if magic[:3] == b"CDF" else f"starts with {magic[:4]!r}"
-        raise InvalidInputError(f"{path.name} is not a NetCDF-4 file ({kind}); expected a posterior written by "
-                                f"bayes-defense fit")
+    old_dtype, old_threads = torch.get_default_dtype(), torch.get_num_threads()
+    torch.set_default_dtype(torch.float64)
+    # The tensors are small (a minibatch of windows, 64 parameters): thread
+    # start-up costs more than it saves, and several-fold on a busy machine.
+    torch.set_num_threads(1)
     try:
-        groups = _arviz.read_netcdf_groups(path)
-    except (OSError, ValueError) as error:
-        raise InvalidInputError(f"{path.name} cannot be read as NetCDF-4 ({' '.join(str(error).split())[:200]}); "
-                                f"expected a posterior written by bayes-defense fit") from None
-    posterior = groups.get("posterior")
-    from bayes_defense import fit_cluster
+        if method == "svi":
+            site_draws, extra = _run_svi(data, hyper, num_steps=num_steps, batch_size=batch_size,
+                                         learning_rate=learning_rate, num_samples=num_samples, seed=seed, show=show)
+            return site_draws, {}, loss_trend(extra["losses"])
+        site_draws, extra = _run_nuts(data, hyper, num_samples=num_samples, num_warmup=num_warmup,
+                                      num_chains=num_chains, seed=seed, show=show)
+        return site_draws, {"diverging": extra["diverging"]}, None
+    finally:
+        torch.set_default_dtype(old_dtype)
+        torch.set_num_threads(old_threads)
 
-    if posterior is not None and posterior.attrs.get("format") == fit_cluster.CLUSTER_FORMAT_NAME:
-        return fit_cluster.posterior_from_groups(path, groups)
-    if posterior is None or posterior.attrs.get("format") != FORMAT_NAME:
-        found = None if posterior is None else posterior.attrs.get("format")
-        raise InvalidInputError(
-            f"{path.name} is not a bayes_defense posterior: its 'posterior' group "
-            f"{'is missing' if posterior is None else f'has format attribute {found!r}'}, expected {FORMAT_NAME!r}; "
-            f"make one with `bayes-defense fit`")
+
+def posterior_from_groups(path: Path, groups: Mapping[str, Any]) -> Posterior:
+    """Rebuild a defender :class:`Posterior` from the groups of its NetCDF file (checked, never trusted).
+
+    ``bd.load_posterior`` reads the file and calls this for files whose
+    format is :data:`FORMAT_NAME`.
+    """
+    posterior = groups["posterior"]
     version = str(posterior.attrs.get("format_version", ""))
     if version.split(".")[0] != FORMAT_VERSION.split(".")[0]:
         raise InvalidInputError(f"{path.name} has posterior format version {version!r}; this release reads "
@@ -2007,7 +1822,6 @@ def load_posterior(path: str | os.PathLike[str]) -> Posterior:
                      problems=problems)
 
 
-# ------------------------------------------------------------- figure
 def plot_ppc(posterior: Posterior, path: str | os.PathLike[str] | None = None):
     """Posterior predictive check: observed telemetry summaries against replicated ones.
 
@@ -2029,8 +1843,8 @@ def plot_ppc(posterior: Posterior, path: str | os.PathLike[str] | None = None):
 
     Examples
     --------
-    >>> post = fit("defender", simulate_windows(n_windows=100, seed=0), num_steps=20, num_samples=20,
-    ...            progress=False, check=False, ppc_draws=10)
+    >>> post = fit_defender(simulate_windows(n_windows=100, seed=0), num_steps=20, num_samples=20,
+    ...                     progress=False, check=False, ppc_draws=10)
     >>> len(plot_ppc(post).axes)
     3
     """
@@ -2074,9 +1888,3 @@ def plot_ppc(posterior: Posterior, path: str | os.PathLike[str] | None = None):
         plt.close(figure)
     return figure
 
-
-
-
-# bd.fit is the function; importing this submodule binds the package attribute
-# to the module, so the module forwards calls to fit() (see _callable).
-make_module_callable(__name__)

@@ -76,10 +76,10 @@ def _load_parameters(path: str | None) -> Any:
     if not Path(path).exists():
         raise FileNotFoundError(f"no such posterior file: {path!r}")
     try:
-        from bayes_defense.fit import load_posterior
+        from bayes_defense.fitting import load_posterior
     except ImportError as error:
         raise InvalidInputError(
-            f"--posterior needs bayes_defense.fit.load_posterior, which this installation lacks ({error}); "
+            f"--posterior needs bayes_defense.fitting.load_posterior, which this installation lacks ({error}); "
             "run defend without --posterior to use the default prior") from None
     posterior = load_posterior(path)
     if not callable(getattr(posterior, "defender_parameters", None)):

@@ -15,10 +15,10 @@ import pytest
 import torch
 from scipy import stats
 
-from bayes_defense.fit import PARAMETER_NAMES, FitPrior, fit, simulate_windows
+from bayes_defense.fitting import fit
+from bayes_defense.fitting.defender import PARAMETER_NAMES, FitPrior, simulate_windows
 
-# The module itself: the package attribute `bayes_defense.fit` is the function bd.fit.
-fitting = importlib.import_module("bayes_defense.fit")
+fitting = importlib.import_module("bayes_defense.fitting.defender")
 
 LEVEL = 0.01
 

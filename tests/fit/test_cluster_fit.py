@@ -14,8 +14,8 @@ from scipy import stats
 
 import bayes_defense as bd
 from bayes_defense.errors import InvalidInputError, UnsupportedModelError
-from bayes_defense.fit import FitDiagnosticsWarning
-from bayes_defense.fit_cluster import (
+from bayes_defense.fitting.diagnostics import FitDiagnosticsWarning
+from bayes_defense.fitting.cluster import (
     ClusterPosterior,
     _Data,
     _Likelihood,
@@ -323,21 +323,21 @@ def test_save_and_load_round_trip(small_posterior, tmp_path):
 
 
 def test_load_refuses_foreign_and_damaged_files(small_posterior, tmp_path):
-    from bayes_defense import _arviz
+    from bayes_defense.fitting import inference_data
 
     foreign = tmp_path / "foreign.nc"
-    _arviz.to_netcdf(_arviz.from_groups({"posterior": {"theta": np.zeros((1, 3, 2))}}, dims={}, coords={},
+    inference_data.to_netcdf(inference_data.from_groups({"posterior": {"theta": np.zeros((1, 3, 2))}}, dims={}, coords={},
                                         attrs={"format": "someone.else"}), foreign)
     with pytest.raises(InvalidInputError, match="not a bayes_defense posterior"):
         bd.load_posterior(foreign)
     damaged = tmp_path / "damaged.nc"
-    _arviz.to_netcdf(_arviz.from_groups({"posterior": {"other": np.zeros((1, 3))}}, dims={}, coords={},
+    inference_data.to_netcdf(inference_data.from_groups({"posterior": {"other": np.zeros((1, 3))}}, dims={}, coords={},
                                         attrs={"format": "bayes_defense.cluster_posterior",
                                                "format_version": "1.0"}), damaged)
     with pytest.raises(InvalidInputError, match="lacks the posterior variable 'theta'"):
         bd.load_posterior(damaged)
     future = tmp_path / "future.nc"
-    _arviz.to_netcdf(_arviz.from_groups({"posterior": {"theta": np.zeros((1, 3, 2))}}, dims={}, coords={},
+    inference_data.to_netcdf(inference_data.from_groups({"posterior": {"theta": np.zeros((1, 3, 2))}}, dims={}, coords={},
                                         attrs={"format": "bayes_defense.cluster_posterior",
                                                "format_version": "9.0"}), future)
     with pytest.raises(InvalidInputError, match="format version '9.0'"):

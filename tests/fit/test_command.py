@@ -5,7 +5,7 @@ import json
 import pytest
 
 from bayes_defense.cli import main
-from bayes_defense.fit import load_posterior
+from bayes_defense.fitting import load_posterior
 
 
 def test_fit_command_writes_a_loadable_posterior_and_ppc(replay_run, tmp_path, capsys):
@@ -62,7 +62,7 @@ def _incident_table(path):
 
 
 def test_fit_command_fits_the_cluster_model_to_incident_tables(tmp_path, capsys):
-    from bayes_defense.fit_cluster import ClusterPosterior
+    from bayes_defense.fitting.cluster import ClusterPosterior
 
     table, out = _incident_table(tmp_path / "incidents.csv"), tmp_path / "cluster.nc"
     status = main(["fit", str(table), "--nodes", "4", "--steps", "40", "--samples", "30", "--out", str(out),

@@ -39,7 +39,7 @@ meets the criterion.
 
 import pytest
 
-from bayes_defense.fit import fit
+from bayes_defense.fitting import fit
 from bayes_defense.sim import random_scenario, simulate
 from bayes_defense.stream.defender import StreamingDefender
 from bayes_defense.stream.io import read_events

@@ -6,13 +6,8 @@ import numpy as np
 import pytest
 
 from bayes_defense.errors import InvalidInputError, MalformedEventError
-from bayes_defense.fit import (
-    WindowFeatures,
-    extract_features,
-    fit,
-    load_posterior,
-    simulate_windows,
-)
+from bayes_defense.fitting import fit, load_posterior
+from bayes_defense.fitting.defender import WindowFeatures, extract_features, simulate_windows
 from bayes_defense.stream.defender import ATTACK_HYPOTHESES, StreamingDefender
 from bayes_defense.stream.io import read_events
 

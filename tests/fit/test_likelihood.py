@@ -6,10 +6,9 @@ import itertools
 import numpy as np
 import torch
 
-from bayes_defense.fit import PARAMETER_NAMES, FitPrior, simulate_windows
+from bayes_defense.fitting.defender import PARAMETER_NAMES, FitPrior, simulate_windows
 
-# The module itself: the package attribute `bayes_defense.fit` is the function bd.fit.
-fitting = importlib.import_module("bayes_defense.fit")
+fitting = importlib.import_module("bayes_defense.fitting.defender")
 
 TRUTH = {"score_precursor": 3.0, "score_execution": 5.0, "spread": 1.2, "benign_to_precursor": 0.2,
          "precursor_to_execution": 0.3, "precursor_to_benign": 0.1, "execution_to_benign": 0.25,
@@ -262,7 +261,7 @@ def test_nuts_fit_marks_absent_attacks_exact():
     # In the fit, the six attacks without windows keep their prior and the
     # draws are independent (ESS about the number of draws).
     features = simulate_windows(TRUTH, phases=_phases_of_two_attacks(), seed=7)
-    post = fitting.fit("defender", features, method="nuts", num_chains=1, num_warmup=50, num_samples=300, seed=2,
+    post = fitting.fit_defender(features, method="nuts", num_chains=1, num_warmup=50, num_samples=300, seed=2,
                        progress=False, check=False, ppc_draws=2)
     table = post.diagnostics
     for attack in post.attacks[:6]:
@@ -275,7 +274,7 @@ def test_nuts_fit_marks_absent_attacks_exact():
 def test_nuts_samples_transitions_with_unlabelled_windows():
     # Unlabelled runs: no conjugate shortcut, the flat vector holds the transition sites too.
     features = simulate_windows(TRUTH, n_windows=64, seed=9, labelled=False)
-    post = fitting.fit("defender", features, method="nuts", num_chains=1, num_warmup=10, num_samples=10, seed=3,
+    post = fitting.fit_defender(features, method="nuts", num_chains=1, num_warmup=10, num_samples=10, seed=3,
                        progress=False, check=False, ppc_draws=2)
     for name in PARAMETER_NAMES:
         values = post.draws[name]

@@ -4,14 +4,9 @@ import numpy as np
 import pytest
 
 import bayes_defense as bd
-from bayes_defense.fit import (
-    PARAMETER_NAMES,
-    FitDiagnosticsWarning,
-    Posterior,
-    fit,
-    load_posterior,
-    simulate_windows,
-)
+from bayes_defense.fitting import fit, load_posterior
+from bayes_defense.fitting.defender import PARAMETER_NAMES, Posterior, simulate_windows
+from bayes_defense.fitting.diagnostics import FitDiagnosticsWarning
 from bayes_defense.stream.defender import StreamingDefender, default_parameters
 
 TRUTH = {"score_precursor": 3.5, "score_execution": 6.0, "spread": 1.3, "benign_to_precursor": 0.004,
@@ -73,7 +68,7 @@ def test_model_queries_carry_parameter_uncertainty(posterior):
     # windows is Beta(prior_e + n(P->E), prior_b + n(P->B)); compare means within 5 standard errors.
     import importlib
 
-    fitting = importlib.import_module("bayes_defense.fit")
+    fitting = importlib.import_module("bayes_defense.fitting.defender")
     data = fitting._Data(simulate_windows(TRUTH, n_windows=1500, seed=5))
     counts = data.stats["counts"].numpy()
     prior = fitting.FitPrior.default()
@@ -117,8 +112,8 @@ def test_ppc_figure_is_written(posterior, tmp_path):
 
 
 def test_public_names():
-    # bd.fit stays callable even after `import bayes_defense.fit` bound the package attribute to the module.
-    import bayes_defense.fit  # noqa: F401
+    # bd.fit is the function whichever fitting modules were imported before.
+    import bayes_defense.fitting.defender  # noqa: F401
 
     assert bd.Posterior is Posterior and bd.load_posterior is load_posterior
     post = bd.fit("defender", simulate_windows(TRUTH, n_windows=100, seed=9), num_steps=5, num_samples=8,

@@ -11,7 +11,8 @@ import numpy as np
 import pytest
 from scipy import stats
 
-from bayes_defense.fit import PARAMETER_NAMES, FitPrior, fit, simulate_windows
+from bayes_defense.fitting import fit
+from bayes_defense.fitting.defender import PARAMETER_NAMES, FitPrior, simulate_windows
 
 ATTACKS = 8
 TRUTH = {

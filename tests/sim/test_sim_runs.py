@@ -89,7 +89,7 @@ def test_random_scenario_is_deterministic_and_valid():
 
 
 FORBIDDEN = ("bayes_defense.models", "bayes_defense.causal", "bayes_defense.inference", "bayes_defense.planning",
-             "bayes_defense.explain", "bayes_defense.fit", "torch", "pyro")
+             "bayes_defense.explain", "bayes_defense.fitting", "torch", "pyro")
 
 
 def test_simulator_does_not_import_models_or_defender():

@@ -78,7 +78,7 @@ def test_demo_short_run(tmp_path, capsys):
 
 
 class _Posterior:
-    """Stands in for bayes_defense.fit's posterior: draws of the defender's parameters."""
+    """Stands in for a fitted posterior: draws of the defender's parameters."""
 
     def __init__(self):
         self.calls = []
@@ -94,9 +94,9 @@ def test_defend_with_posterior_uses_its_draws(run_dir, tmp_path, capsys, monkeyp
     import types
 
     posterior = _Posterior()
-    fake = types.ModuleType("bayes_defense.fit")
+    fake = types.ModuleType("bayes_defense.fitting")
     fake.load_posterior = lambda path: posterior
-    monkeypatch.setitem(__import__("sys").modules, "bayes_defense.fit", fake)
+    monkeypatch.setitem(__import__("sys").modules, "bayes_defense.fitting", fake)
     file = tmp_path / "posterior.nc"
     file.write_bytes(b"stand-in")
     alerts = tmp_path / "alerts.jsonl"
@@ -110,9 +110,9 @@ def test_defend_posterior_errors_are_one_line(run_dir, tmp_path, capsys, monkeyp
     file = tmp_path / "posterior.nc"
     file.write_bytes(b"stand-in")
     assert main(["defend", str(run_dir / "events.jsonl"), "--posterior", str(tmp_path / "missing.nc")]) == 2
-    monkeypatch.setitem(__import__("sys").modules, "bayes_defense.fit", None)
+    monkeypatch.setitem(__import__("sys").modules, "bayes_defense.fitting", None)
     assert main(["defend", str(run_dir / "events.jsonl"), "--posterior", str(file)]) == 2
     errors = capsys.readouterr().err.strip().splitlines()
     assert len(errors) == 2
     assert "no such posterior file" in errors[0]
-    assert "bayes_defense.fit.load_posterior" in errors[1] and "without --posterior" in errors[1]
+    assert "bayes_defense.fitting.load_posterior" in errors[1] and "without --posterior" in errors[1]

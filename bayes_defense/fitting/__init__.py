@@ -1,0 +1,192 @@
+"""Fitting the package's models to data: ``bd.fit`` and ``bd.load_posterior`` dispatch here.
+
+One module per fitted model, and one per shared piece:
+
+- :mod:`~bayes_defense.fitting.defender`: the streaming defender's
+  observation and transition model, fitted to event logs;
+- :mod:`~bayes_defense.fitting.cluster`: the cluster SCM's named
+  parameters, fitted to incident tables;
+- :mod:`~bayes_defense.fitting.scm`: any Pyro SCM with parameter sites,
+  fitted to a table with one column per observed site;
+- :mod:`~bayes_defense.fitting.diagnostics` (thresholds, checks, the
+  warning), :mod:`~bayes_defense.fitting.svi` (the SVI runner),
+  :mod:`~bayes_defense.fitting.storage` (NetCDF files),
+  :mod:`~bayes_defense.fitting.inference_data` (the ArviZ adapter) and
+  :mod:`~bayes_defense.fitting.options` (option checks).
+
+Names are loaded on first use, so importing this package costs no torch.
+"""
+
+from __future__ import annotations
+
+import importlib
+import importlib.util
+import inspect
+import os
+from typing import Any
+
+from bayes_defense.errors import InvalidInputError
+
+__all__ = ["fit", "load_posterior", "Posterior", "ClusterPosterior", "FitPrior", "FitDiagnosticsWarning",
+           "WindowFeatures", "extract_features", "simulate_windows", "plot_ppc"]
+
+# public name -> module holding it
+_LAZY = {
+    "Posterior": "bayes_defense.fitting.defender",
+    "FitPrior": "bayes_defense.fitting.defender",
+    "WindowFeatures": "bayes_defense.fitting.defender",
+    "extract_features": "bayes_defense.fitting.defender",
+    "simulate_windows": "bayes_defense.fitting.defender",
+    "plot_ppc": "bayes_defense.fitting.defender",
+    "ClusterPosterior": "bayes_defense.fitting.cluster",
+    "FitDiagnosticsWarning": "bayes_defense.fitting.diagnostics",
+}
+
+
+def __getattr__(name: str) -> Any:
+    try:
+        module_name = _LAZY[name]
+    except KeyError:
+        raise AttributeError(f"module 'bayes_defense.fitting' has no attribute {name!r}") from None
+    value = getattr(importlib.import_module(module_name), name)
+    globals()[name] = value
+    return value
+
+
+def _fitter(model: Any):
+    """The function that fits ``model``: (callable, what it is called for error messages)."""
+    from bayes_defense.models.cluster import ClusterModel
+
+    if isinstance(model, ClusterModel):
+        from bayes_defense.fitting.cluster import fit_cluster
+
+        return fit_cluster, "the cluster model"
+    from bayes_defense.stream.defender import StreamingDefender
+
+    named_defender = model is None or (isinstance(model, str) and model == "defender")
+    if named_defender or isinstance(model, StreamingDefender):
+        from bayes_defense.fitting.defender import fit_defender
+
+        return fit_defender, "the defender's model"
+    if callable(model) and not isinstance(model, str):
+        from bayes_defense.fitting.scm import fit_scm
+
+        return fit_scm, "a Pyro SCM"
+    raise InvalidInputError(f"model must be 'defender', a StreamingDefender, a cluster model bd.models.cluster(n) "
+                            f"or a Pyro SCM (a callable); got {model!r}")
+
+
+def fit(model: Any = "defender", data: Any = None, **options: Any):
+    """Fit a model's parameters to data; return its posterior.
+
+    Parameters
+    ----------
+    model : "defender", StreamingDefender, ClusterModel or a Pyro callable
+        What to fit, and so which fit runs:
+
+        - ``"defender"`` or a :class:`~bayes_defense.StreamingDefender` (which
+          lends its window length): the defender's observation and
+          transition model, fitted to event logs by
+          :func:`bayes_defense.fitting.defender.fit_defender`;
+        - ``bd.models.cluster(n)``: the cluster SCM's named parameters,
+          fitted to incident tables by
+          :func:`bayes_defense.fitting.cluster.fit_cluster`;
+        - any other Pyro SCM whose parameters are sample sites with priors:
+          fitted to a table with one column per observed site by
+          :func:`bayes_defense.fitting.scm.fit_scm`.
+    data : object
+        The data that fit takes (event logs, incident tables, a table of
+        rows); passed on as its first argument.
+    **options
+        The keyword options of that fit (``method="svi"`` or ``"nuts"``,
+        ``num_samples``, ``prior``, ``seed``, ...). Options left out take
+        that fit's own defaults; an option it does not take is refused.
+
+    Returns
+    -------
+    Posterior, ClusterPosterior or SCMPosterior
+
+    Examples
+    --------
+    >>> import bayes_defense as bd
+    >>> from bayes_defense.fitting.defender import simulate_windows
+    >>> post = bd.fit("defender", simulate_windows(n_windows=200, seed=0), num_steps=50, num_samples=40,
+    ...               progress=False, check=False, ppc_draws=5)
+    >>> post.method, post.num_draws
+    ('svi', 40)
+    >>> bd.fit("defender", simulate_windows(n_windows=10, seed=0), steps=10)
+    Traceback (most recent call last):
+    ...
+    bayes_defense.errors.InvalidInputError: the defender's model is not fitted with option(s) steps; ...
+    """
+    function, what = _fitter(model)
+    accepted = [name for name, parameter in inspect.signature(function).parameters.items()
+                if parameter.kind is inspect.Parameter.KEYWORD_ONLY]
+    unknown = sorted(set(options) - set(accepted))
+    if unknown:
+        raise InvalidInputError(f"{what} is not fitted with option(s) {', '.join(unknown)}; its options are "
+                                f"{', '.join(accepted)}")
+    from bayes_defense.stream.defender import StreamingDefender
+
+    if isinstance(model, StreamingDefender):
+        options.setdefault("window", model.window)
+    if function.__name__ == "fit_defender":
+        return function(data, **options)
+    return function(model, data, **options)
+
+
+def load_posterior(path: str | os.PathLike[str]):
+    """Read any posterior written by this package (``posterior.save`` or ``bayes-defense fit``).
+
+    The file's kind is read from the ``format`` attribute of its
+    ``posterior`` group; only NetCDF-4 data is read (numbers and strings,
+    never pickled objects or code), and a file this package did not write is
+    refused.
+
+    Raises
+    ------
+    FileNotFoundError
+        No such file.
+    InvalidInputError
+        The file is not NetCDF-4, or not a bayes_defense posterior, or of an
+        unsupported format version, or its arrays are damaged.
+
+    Examples
+    --------
+    >>> import tempfile, pathlib
+    >>> bad = pathlib.Path(tempfile.mkdtemp()) / "x.nc"
+    >>> _ = bad.write_bytes(b"not a netcdf file")
+    >>> load_posterior(bad)
+    Traceback (most recent call last):
+    ...
+    bayes_defense.errors.InvalidInputError: x.nc is not a NetCDF-4 file (...); expected a posterior written by bayes-defense fit
+    """
+    from pathlib import Path
+
+    from bayes_defense.fitting import storage
+
+    path = Path(path)
+    groups = storage.read_posterior_groups(path)
+    found = storage.posterior_format(groups)
+    readers = _readers()
+    if found not in readers:
+        where = "has no 'posterior' group" if "posterior" not in groups else f"has format attribute {found!r}"
+        raise InvalidInputError(f"{path.name} is not a bayes_defense posterior: it {where}, expected one of "
+                                f"{', '.join(map(repr, readers))}; make one with `bayes-defense fit`")
+    module_name, function_name = readers[found]
+    reader = getattr(importlib.import_module(module_name), function_name)
+    # The SCM reader opens the file itself; the others take the groups already read.
+    return reader(path) if function_name == "load_scm_posterior" else reader(path, groups)
+
+
+def _readers() -> dict[str, tuple[str, str]]:
+    """Format name -> (module, reader taking ``(path, groups)``), each name read from its own module."""
+    from bayes_defense.fitting import cluster, defender
+
+    readers = {defender.FORMAT_NAME: ("bayes_defense.fitting.defender", "posterior_from_groups"),
+               cluster.CLUSTER_FORMAT_NAME: ("bayes_defense.fitting.cluster", "posterior_from_groups")}
+    if importlib.util.find_spec("bayes_defense.fitting.scm") is not None:
+        from bayes_defense.fitting import scm
+
+        readers[scm.FORMAT_NAME] = ("bayes_defense.fitting.scm", "load_scm_posterior")
+    return readers
