@@ -30,6 +30,9 @@ import numpy as np
 
 from bayes_defense._callable import make_module_callable
 from bayes_defense.errors import ImpossibleEvidenceError, InvalidInputError
+from bayes_defense.models import tables
+from bayes_defense.models.engine import draw_estimate, fast_probability
+from bayes_defense.models.tables import ATTACK_NAMES, OUTCOME_NAMES
 
 __all__ = ["explain", "Explanation", "Cause"]
 
@@ -132,13 +135,7 @@ def explain(model, evidence: dict, outcome: dict, *, threshold: float = 0.0, lev
     >>> result.top_attack
     'flooding'
     """
-    from bayes_defense.models.engine import (
-        ATTACK_NAMES,
-        OUTCOME_NAMES,
-        draw_estimate,
-        engine,
-        fast_probability,
-    )
+    from bayes_defense.models.engine import engine
 
     if getattr(model, "telemetry", None) != "indicators":
         raise InvalidInputError("explain needs an indicator-mode cluster model (telemetry='indicators')")
@@ -153,16 +150,35 @@ def explain(model, evidence: dict, outcome: dict, *, threshold: float = 0.0, lev
             raise InvalidInputError(f"outcome {name}={value!r}: outcomes take 0 or 1")
     target = {name: int(float(value)) for name, value in outcome.items()}
     evidence = {k: v for k, v in dict(evidence or {}).items() if k not in target}
-    parsed = eng._split(evidence)
-    cluster = parsed[0]
+    parsed = eng.split_evidence(evidence)
+    terms, layout = _outcome_subset_terms(eng, parsed[0], target)
+    base = eng.run(evidence=parsed, terms=terms, outputs=("loo", "attacker", "cae", "precursors"))
+    if not (base.total > 0).any():
+        raise ImpossibleEvidenceError(f"the evidence and outcome have probability zero under the model: "
+                                      f"{evidence}, {outcome}")
+    scorer = _Scorer(base, level)
+    causes = []
+    for i, attack in enumerate(ATTACK_NAMES):
+        if i in base.outputs["loo"]:
+            causes += _chain_causes(eng, base, scorer, i, attack, parsed[0], target, layout, threshold)
+        else:
+            causes += _unreached_causes(eng, base, scorer, i, attack, parsed[0], threshold)
+    causes += _replica_causes(eng, base, scorer, parsed, target, model.n_nodes)
+    causes.sort(key=lambda c: (-round(c.score.mean, 12), _KIND_ORDER[c.kind], -c.sufficiency.mean))
+    return Explanation(dict(outcome), causes, evidence)
 
-    # Terms: the evidence's own outcome expansion times every subset K of the target outcomes.
-    evidence_terms = eng._outcome_terms(cluster, {})
+
+def _outcome_subset_terms(eng, cluster, target):
+    """The evidence's own outcome expansion times every subset K of the target outcomes.
+
+    Returns the terms :meth:`Engine.run <bayes_defense.models.engine.Engine.run>` takes and, per term,
+    ``(evidence coefficient, evidence kinds, K)``.
+    """
     names = sorted(target)
     subsets = [frozenset(c) for r in range(len(names) + 1) for c in itertools.combinations(names, r)]
     z = eng.draws
     terms, layout = [], []
-    for c_e, kinds in evidence_terms:
+    for c_e, kinds in eng.outcome_terms(cluster, {}):
         for subset in subsets:
             c_t = np.ones(z)
             for o in names:
@@ -173,31 +189,35 @@ def explain(model, evidence: dict, outcome: dict, *, threshold: float = 0.0, lev
                     c_t = c_t * 0.0
             terms.append((np.broadcast_to(c_e, (z,)) * c_t, {**kinds, **{o: "f" for o in subset}}))
             layout.append((np.broadcast_to(c_e, (z,)), kinds, subset))
-    base = eng.run(evidence=parsed, terms=terms, outputs=("loo", "attacker", "cae", "precursors"))
-    total = base.total
-    if not (total > 0).any():
-        raise ImpossibleEvidenceError(f"the evidence and outcome have probability zero under the model: "
-                                      f"{evidence}, {outcome}")
-    keep = base.outputs["keep"]                                          # (z, 8, k, u)
-    coef = base.outputs["coef"]                                          # (t, z)
-    loo = base.outputs["loo"]
-    zero = fast_probability(0.0, level)
+    return terms, layout
 
-    shared: dict = {}
 
-    def combine(values_by_draw, weights_by_draw):
-        if z == 1:
+class _Scorer:
+    """Per-draw values of one explanation pass into probabilities (weighted across draws)."""
+
+    def __init__(self, base, level):
+        self.base, self.level = base, level
+        self.z = base.total.size
+        self.total = base.total
+        self.draw_weights = _weights(base)
+        self.zero = fast_probability(0.0, level)
+        self._shared: dict = {}
+
+    def combine(self, values_by_draw, weights_by_draw):
+        if self.z == 1:
             # Estimates are immutable: replicas with the same evidence share one object per value.
             value = float(values_by_draw[0])
-            found = shared.get(value)
+            found = self._shared.get(value)
             if found is None:
-                found = shared[value] = fast_probability(value, level)
+                found = self._shared[value] = fast_probability(value, self.level)
             return found
-        w = weights_by_draw * np.exp(np.where(np.isfinite(base.scale), base.scale - np.max(base.scale), -np.inf))
+        scale = self.base.scale
+        w = weights_by_draw * np.exp(np.where(np.isfinite(scale), scale - np.max(scale), -np.inf))
         if w.sum() <= 0:
-            return draw_estimate(np.zeros(z), np.full(z, 1.0 / z), level=level)
-        return draw_estimate(values_by_draw, w / w.sum(), level=level)
+            return draw_estimate(np.zeros(self.z), np.full(self.z, 1.0 / self.z), level=self.level)
+        return draw_estimate(values_by_draw, w / w.sum(), level=self.level)
 
+    @staticmethod
     def ratio(num, den):
         if num.shape != den.shape:
             num, den = np.broadcast_arrays(num, den)
@@ -205,113 +225,143 @@ def explain(model, evidence: dict, outcome: dict, *, threshold: float = 0.0, lev
         np.divide(num, den, out=out, where=den > 0)
         return out
 
-    causes = []
-    draw_weights = _weights(base)
-    cae = base.outputs["cae"]
-    precursors = base.outputs["precursors"]
-    for i, attack in enumerate(ATTACK_NAMES):
-        pa, pe = eng.p_attempt[:, i], eng.p_execute[:, i]
-        if i not in loo:
-            # Its chain reaches no outcome in question: it cannot be necessary or sufficient (PN = PS = 0).
-            pre = eng.precondition_indicator(attack, cluster)
-            for kind, value in (("attack", precursors[:, i] * pe), ("precursor", precursors[:, i]),
-                                ("precondition", cae @ pre)):
-                posterior = combine(ratio(value, total), total)
-                name = attack if kind == "attack" else f"{attack} {kind}"
-                site = f"{attack}.{ {'attack': 'executing'}.get(kind, kind)}"
-                causes.append(Cause(name, kind, attack, site, posterior, zero, zero,
-                                    posterior if posterior.mean < threshold else zero))
-            continue
-        kp = keep[:, i]                                                  # (z, k, u)
-        one = np.arange(2)
-        # Chain joint J[z, pre, P, E, S, k, u] with the evidence on this attack's own sites.
-        cp = np.stack([1 - one[:, None] * pa[:, None, None] + 0 * one[None, :, None], one[:, None] * pa[:, None, None]
-                       + 0 * one[None, :, None]], -1)[:, :, 0, :]         # (z, pre, P)
-        ce = np.stack([1 - one[None, :] * pe[:, None], one[None, :] * pe[:, None]], -1)          # (z, P, E)
-        cs = np.stack([1 - one[None, :, None, None] * kp[:, None], one[None, :, None, None] * kp[:, None]], -1)
-        chain = cp[:, :, :, None, None, None, None] * ce[:, None, :, :, None, None, None] \
-            * np.moveaxis(cs, -1, 2)[:, None, None, :, :, :, :]                                # (z, a, p, e, s, k, u)
-        for axis, level_name in ((2, "precursor"), (3, "executing"), (4, "success")):
-            site = f"{attack}.{level_name}"
-            if site in cluster:
-                shape = [1] * chain.ndim
-                shape[axis] = 2
-                chain = chain * (one == cluster[site]).reshape(shape)
-        weights_s = {}
-        for t, (_, kinds, subset) in enumerate(layout):
-            own = np.ones((z, 2))                                        # evidence outcomes, factual S
-            for o in kinds:
-                own = own * (1.0 - eng.impact[:, OUTCOME_NAMES.index(o), i][:, None] * one[None, :])
-            fact_k = np.ones((z, 2))                                     # target outcomes in K, factual S
-            zero_one = np.ones((z, 2))                                   # K outcomes whose value is 0, on S
-            w_k = np.ones(z)
-            for o in subset:
-                w = eng.impact[:, OUTCOME_NAMES.index(o), i]
-                fact_k = fact_k * (1.0 - w[:, None] * one[None, :])
-                if not target[o]:
-                    zero_one = zero_one * (1.0 - w[:, None] * one[None, :])
-                w_k = w_k * (1.0 - w)
-            weights_s[t] = (own, fact_k, zero_one, w_k)
-        D = loo[i]                                                       # (t, z, x, k, u)
-        # x = pre * 4 + pre' * 2 + P with pre' = pre in this pass.
-        Dap = D[:, :, [0, 1, 6, 7]].reshape(D.shape[0], z, 2, 2, *D.shape[3:])   # (t, z, a, p, k, u)
-        # The three levels at once (axis L): executing, precursor, precondition.
-        # q: P(counterfactual success) when the level is switched on from an observed "off".
-        q = np.stack([kp, pe[:, None, None] * kp, pa[:, None, None] * pe[:, None, None] * kp])   # (L, z, k, u)
-        split = (chain[None, None] * _LEVEL_MASKS).sum(5)                     # (L, X, z, a, p, s, k, u)
-        on = split[:, 1]                                                     # X = 1: (L, z, a, p, s, k, u)
-        off = split[:, 0].sum(4)                                             # X = 0 forces S = 0: (L, z, a, p, k, u)
-        num, den, a_ps, b_ps, c_ps, d_ps = (np.zeros((3, z)) for _ in range(6))
-        for t, (c_e, _, subset) in enumerate(layout):
-            own, fact_k, zero_one, w_k = weights_s[t]
-            d_t = Dap[t][None]                                               # (1, z, a, p, k, u)
-            on_t = (d_t[:, :, :, :, None] * on).sum((2, 3, 5, 6))           # (L, z, s)
-            den += coef[t] * (on_t * (own * fact_k)[None]).sum(2)
-            num += coef[t] * (on_t * (own * zero_one)[None]).sum(2)
-            zero_target = np.ones(z)
-            for o in subset:
-                if not target[o]:
-                    zero_target = zero_target * (1.0 - eng.impact[:, OUTCOME_NAMES.index(o), i])
-            fresh = (1.0 - q) + q * w_k[None, :, None, None]                 # (L, z, k, u)
-            fresh_b = (1.0 - q) + q * zero_target[None, :, None, None]
-            off_t = (d_t * off).sum((2, 3))                                  # (L, z, k, u)
-            a_ps += coef[t] * (off_t * fresh).sum((2, 3))
-            b_ps += coef[t] * (off_t * fresh_b).sum((2, 3))
-            plain = off_t.sum((2, 3))
-            d_ps += coef[t] * plain
-            if not subset:
-                c_ps += c_e * plain
-        for row, (kind, level_name) in enumerate((("attack", "executing"), ("precursor", "precursor"),
-                                                    ("precondition", "precondition"))):
-            site = f"{attack}.{level_name}"
-            posterior = ratio(den[row], total)
-            necessity = 1.0 - ratio(num[row], den[row])
-            sufficiency = ratio(a_ps[row] - b_ps[row], c_ps[row] - d_ps[row])
-            if float(np.dot(posterior, draw_weights)) < threshold:
-                necessity = sufficiency = np.zeros(z)
-                score = posterior
-            else:
-                score = ratio(den[row] - num[row], total)
-            name = attack if kind == "attack" else f"{attack} {kind}"
-            causes.append(Cause(name, kind, attack, site, combine(posterior, total), combine(necessity, den[row]),
-                                combine(np.clip(sufficiency, 0, 1), np.maximum(c_ps[row] - d_ps[row], 0)),
-                                combine(score, total)))
-    # Replicas: attacker = k against no attacker inside, one twin pass for every k.
-    with_outcome = ({**cluster, **target}, parsed[1], parsed[2])
+
+def _cause_name(attack, kind):
+    return attack if kind == "attack" else f"{attack} {kind}"
+
+
+def _unreached_causes(eng, base, scorer, i, attack, cluster, threshold):
+    """An attack whose chain reaches no outcome in question: it cannot be necessary or sufficient (PN = PS = 0)."""
+    precursors, total = base.outputs["precursors"], base.total
+    pre = eng.precondition_indicator(attack, cluster)
+    executing = tables.execution_probability(attack, {f"{attack}.p_execute": eng.p_execute[:, i]}.__getitem__,
+                                             precursors[:, i])
+    out = []
+    for kind, value in (("attack", executing), ("precursor", precursors[:, i]),
+                        ("precondition", base.outputs["cae"] @ pre)):
+        posterior = scorer.combine(scorer.ratio(value, total), total)
+        site = f"{attack}.{ {'attack': 'executing'}.get(kind, kind)}"
+        out.append(Cause(_cause_name(attack, kind), kind, attack, site, posterior, scorer.zero, scorer.zero,
+                         posterior if posterior.mean < threshold else scorer.zero))
+    return out
+
+
+def _bernoulli(p):
+    """``[P(x = 0), P(x = 1)]`` along a new last axis."""
+    return np.stack([1.0 - p, p], -1)
+
+
+def _chain_joint(eng, i, attack, keep, cluster):
+    """The attack's chain ``J[z, pre, P, E, S, k, u]`` from the model's tables, with evidence on its own sites."""
+    value = {f"{attack}.p_attempt": eng.p_attempt[:, i, None], f"{attack}.p_execute": eng.p_execute[:, i, None]}
+    one = np.arange(2)
+    precursor = _bernoulli(tables.precursor_probability(attack, value.__getitem__, one[None, :]))   # (z, pre, P)
+    execution = _bernoulli(tables.execution_probability(attack, value.__getitem__, one[None, :]))   # (z, P, E)
+    success = _bernoulli(one[None, :, None, None] * keep[:, None])                                # (z, E, k, u, S)
+    chain = precursor[:, :, :, None, None, None, None] * execution[:, None, :, :, None, None, None] \
+        * np.moveaxis(success, -1, 2)[:, None, None, :, :, :, :]                                   # (z, a, p, e, s, k, u)
+    for axis, level_name in ((2, "precursor"), (3, "executing"), (4, "success")):
+        site = f"{attack}.{level_name}"
+        if site in cluster:
+            shape = [1] * chain.ndim
+            shape[axis] = 2
+            chain = chain * (one == cluster[site]).reshape(shape)
+    return chain
+
+
+def _outcome_weights(eng, i, target, layout):
+    """Per term: this attack's outcome factors on its factual success S (own evidence, K, K's zeros) and K's keep."""
+    z = eng.draws
+    one = np.arange(2)
+    out = []
+    for _, kinds, subset in layout:
+        own = np.ones((z, 2))                                        # evidence outcomes, factual S
+        for o in kinds:
+            own = own * (1.0 - eng.impact[:, OUTCOME_NAMES.index(o), i][:, None] * one[None, :])
+        fact_k = np.ones((z, 2))                                     # target outcomes in K, factual S
+        zero_one = np.ones((z, 2))                                   # K outcomes whose value is 0, on S
+        w_k = np.ones(z)
+        zero_target = np.ones(z)
+        for o in subset:
+            w = eng.impact[:, OUTCOME_NAMES.index(o), i]
+            fact_k = fact_k * (1.0 - w[:, None] * one[None, :])
+            if not target[o]:
+                zero_one = zero_one * (1.0 - w[:, None] * one[None, :])
+                zero_target = zero_target * (1.0 - w)
+            w_k = w_k * (1.0 - w)
+        out.append((own, fact_k, zero_one, w_k, zero_target))
+    return out
+
+
+def _chain_causes(eng, base, scorer, i, attack, cluster, target, layout, threshold):
+    """Execution, precursor and precondition of one attack whose chain reaches the outcome: PN and PS exactly."""
+    z, total, coef = eng.draws, base.total, base.outputs["coef"]
+    keep = base.outputs["keep"][:, i]                                # (z, k, u)
+    chain = _chain_joint(eng, i, attack, keep, cluster)
+    weights = _outcome_weights(eng, i, target, layout)
+    leave_one_out = base.outputs["loo"][i]                           # (t, z, x, k, u)
+    # x = pre * 4 + pre' * 2 + P with pre' = pre in this pass.
+    by_state = leave_one_out[:, :, [0, 1, 6, 7]].reshape(leave_one_out.shape[0], z, 2, 2,
+                                                         *leave_one_out.shape[3:])   # (t, z, a, p, k, u)
+    # The three levels at once (axis L): executing, precursor, precondition.
+    # switched_on: P(counterfactual success) when the level is switched on from an observed "off".
+    value = {f"{attack}.p_attempt": eng.p_attempt[:, i, None, None],
+             f"{attack}.p_execute": eng.p_execute[:, i, None, None]}.__getitem__
+    executing_on = tables.execution_probability(attack, value, 1.0)
+    switched_on = np.stack([keep, executing_on * keep,
+                            tables.precursor_probability(attack, value, 1.0) * executing_on * keep])   # (L, z, k, u)
+    split = (chain[None, None] * _LEVEL_MASKS).sum(5)                     # (L, X, z, a, p, s, k, u)
+    on = split[:, 1]                                                     # X = 1: (L, z, a, p, s, k, u)
+    off = split[:, 0].sum(4)                                             # X = 0 forces S = 0: (L, z, a, p, k, u)
+    num, den, a_ps, b_ps, c_ps, d_ps = (np.zeros((3, z)) for _ in range(6))
+    for t, (c_e, _, subset) in enumerate(layout):
+        own, fact_k, zero_one, w_k, zero_target = weights[t]
+        d_t = by_state[t][None]                                          # (1, z, a, p, k, u)
+        on_t = (d_t[:, :, :, :, None] * on).sum((2, 3, 5, 6))           # (L, z, s)
+        den += coef[t] * (on_t * (own * fact_k)[None]).sum(2)
+        num += coef[t] * (on_t * (own * zero_one)[None]).sum(2)
+        fresh = (1.0 - switched_on) + switched_on * w_k[None, :, None, None]          # (L, z, k, u)
+        fresh_b = (1.0 - switched_on) + switched_on * zero_target[None, :, None, None]
+        off_t = (d_t * off).sum((2, 3))                                  # (L, z, k, u)
+        a_ps += coef[t] * (off_t * fresh).sum((2, 3))
+        b_ps += coef[t] * (off_t * fresh_b).sum((2, 3))
+        plain = off_t.sum((2, 3))
+        d_ps += coef[t] * plain
+        if not subset:
+            c_ps += c_e * plain
+    out = []
+    ratio, combine = scorer.ratio, scorer.combine
+    for row, (kind, level_name) in enumerate((("attack", "executing"), ("precursor", "precursor"),
+                                                ("precondition", "precondition"))):
+        posterior = ratio(den[row], total)
+        necessity = 1.0 - ratio(num[row], den[row])
+        sufficiency = ratio(a_ps[row] - b_ps[row], c_ps[row] - d_ps[row])
+        if float(np.dot(posterior, scorer.draw_weights)) < threshold:
+            necessity = sufficiency = np.zeros(z)
+            score = posterior
+        else:
+            score = ratio(den[row] - num[row], total)
+        out.append(Cause(_cause_name(attack, kind), kind, attack, f"{attack}.{level_name}",
+                         combine(posterior, total), combine(necessity, den[row]),
+                         combine(np.clip(sufficiency, 0, 1), np.maximum(c_ps[row] - d_ps[row], 0)),
+                         combine(score, total)))
+    return out
+
+
+def _replica_causes(eng, base, scorer, parsed, target, n_nodes):
+    """Replicas: attacker = k against no attacker inside, one twin pass for every k."""
+    total = base.total
+    with_outcome = ({**parsed[0], **target}, parsed[1], parsed[2])
     twin = eng.run(evidence=with_outcome, cf={"attacker": 0}, outcome_cf=target, outputs=("attacker",))
-    node_den = base.outputs["attacker"]                                  # (z, N): P(a, evidence, outcome)
-    node_num = twin.outputs["attacker"]
-    # All replicas at once: (z, n) arrays.
-    den = node_den[:, 1:]
-    posteriors = ratio(den, total[:, None])
-    necessities = 1.0 - ratio(node_num[:, 1:], den)
-    scores = ratio(den - node_num[:, 1:], total[:, None])
-    for replica in range(model.n_nodes):
-        causes.append(Cause(f"r{replica}", "node", None, f"r{replica}.faulty",
-                            combine(posteriors[:, replica], total), combine(necessities[:, replica], den[:, replica]),
-                            zero, combine(scores[:, replica], total)))
-    causes.sort(key=lambda c: (-round(c.score.mean, 12), _KIND_ORDER[c.kind], -c.sufficiency.mean))
-    return Explanation(dict(outcome), causes, evidence)
+    den = base.outputs["attacker"][:, 1:]                                # (z, n): P(a, evidence, outcome)
+    node_num = twin.outputs["attacker"][:, 1:]
+    posteriors = scorer.ratio(den, total[:, None])
+    necessities = 1.0 - scorer.ratio(node_num, den)
+    scores = scorer.ratio(den - node_num, total[:, None])
+    combine = scorer.combine
+    return [Cause(f"r{replica}", "node", None, f"r{replica}.faulty", combine(posteriors[:, replica], total),
+                  combine(necessities[:, replica], den[:, replica]), scorer.zero, combine(scores[:, replica], total))
+            for replica in range(n_nodes)]
 
 
 def _weights(result) -> np.ndarray:

@@ -31,6 +31,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from bayes_defense.errors import InvalidInputError
+from bayes_defense.models import tables
 from bayes_defense.models.catalogue import ATTACKS, COUNTERMEASURES
 from bayes_defense.models.queries import countermeasure_do
 
@@ -155,7 +156,7 @@ def plan(model, evidence: dict | None = None, *, countermeasures=None, deployed=
     >>> result.best.countermeasures
     ('isolate_node',)
     """
-    from bayes_defense.models.engine import ATTACK_NAMES, CONTROL_SITES, draw_estimate, engine
+    from bayes_defense.models.engine import draw_estimate, engine
 
     candidates = list(COUNTERMEASURES) if countermeasures is None else \
         ([countermeasures] if isinstance(countermeasures, str) else list(countermeasures))
@@ -186,19 +187,17 @@ def plan(model, evidence: dict | None = None, *, countermeasures=None, deployed=
     sets = [()] + [tuple(s) for length in range(1, min(max_steps, len(pool)) + 1)
                    for s in itertools.combinations(sorted(pool), length)]
     # Control bits of each set (deployed ones included) and whether it isolates the target.
-    bits = np.zeros((len(sets), len(CONTROL_SITES) + 1))
+    bits = np.zeros((len(sets), len(tables.EFFICACY_SLOTS)))
     for row, chosen in enumerate(sets):
         for name in (*deployed, *chosen):
-            site = COUNTERMEASURES[name].site
-            bits[row, CONTROL_SITES.index(site) if site in CONTROL_SITES else -1] = 1.0
+            bits[row, tables.EFFICACY_SLOTS[tables.control_key(name)]] = 1.0
     hit = np.array([0.0, 1.0])
-    # keep[set, z, attack, hit] = P(success | executing) in the next window.
     control = np.broadcast_to(bits[:, None, :], (len(sets), 2, bits.shape[1])).copy()
-    control[:, :, -1] *= hit[None, :]
-    keep = eng.p_success[None, :, :, None] * np.prod(
-        1.0 - eng.efficacy[None, :, :, None, :] * control[:, None, None, :, :], axis=-1)
+    control[:, :, tables.EFFICACY_SLOTS[tables.ISOLATION]] *= hit[None, :]
+    # keep[set, z, attack, hit] = P(success | executing) in the next window.
+    keep = np.moveaxis(model.parameter_tables.keep(control), 2, 0)
     success = (keep * table[None]).sum(-1)                              # (set, z, attack)
-    damage = np.array([ATTACKS[a].damage for a in ATTACK_NAMES])
+    damage = np.array([ATTACKS[a].damage for a in tables.ATTACK_NAMES])
     risk_draws = success @ damage                                       # (set, z)
     cost = np.array([sum(COUNTERMEASURES[c].cost for c in chosen) for chosen in sets])
     risk = risk_draws @ weights
@@ -209,7 +208,7 @@ def plan(model, evidence: dict | None = None, *, countermeasures=None, deployed=
         row = index[frozenset(chosen)]
         estimate = _risk_estimate(risk_draws[row], weights, level, damage.sum(), float(risk[row]))
         probabilities = {a: draw_estimate(success[row, :, i], weights, level=level)
-                         for i, a in enumerate(ATTACK_NAMES)}
+                         for i, a in enumerate(tables.ATTACK_NAMES)}
         c = cost[row] * cost_weight
         return Option(tuple(chosen), float(risk[row]), estimate[0], estimate[1], float(cost[row]),
                       float(loss[row]), estimate[0] + c, estimate[1] + c, probabilities)

@@ -55,12 +55,12 @@ import pyro.distributions as dist
 import torch
 
 from bayes_defense.errors import InvalidInputError, UnknownSiteError
+from bayes_defense.models import tables
 from bayes_defense.models.catalogue import (
     ATTACKS,
     CONTROLS,
     COUNTERMEASURES,
     FOOTING,
-    ISOLATED_PRIOR,
     OUTCOMES,
     TELEMETRY,
 )
@@ -71,7 +71,6 @@ __all__ = ["ClusterModel", "cluster", "FOOTING", "CONTROLS", "MIN_NODES", "MAX_N
 MIN_NODES = 4
 MAX_NODES = 100
 
-_ISOLATED_PRIOR = ISOLATED_PRIOR
 _REPLICA_VARIABLES = frozenset(["faulty", *(t.name for t in TELEMETRY)])
 _COUNTERMEASURE_OF_SITE = {c.site: c.name for c in COUNTERMEASURES.values()}
 
@@ -113,19 +112,6 @@ class _DrawIndex(dist.Categorical):
         return super().enumerate_support(expand).to(torch.get_default_dtype())
 
 
-def _spread(p: torch.Tensor, n: int) -> torch.Tensor:
-    """Probabilities ``[1 - p, p / n, ..., p / n]`` over {none, replica 0, ..., replica n - 1}."""
-    p = p[..., None]
-    return torch.cat([1.0 - p, (p / n).expand(*p.shape[:-1], n)], dim=-1)
-
-
-def _noisy_or(baseline, terms) -> torch.Tensor:
-    keep = 1.0 - _float(baseline)
-    for weight, active in terms:
-        keep = keep * (1.0 - weight * active)
-    return (1.0 - keep).clamp(0.0, 1.0)
-
-
 class ClusterModel:
     """A Pyro SCM of an n-replica BFT cluster under the eight attacks (call it with no arguments).
 
@@ -163,11 +149,18 @@ class ClusterModel:
 
     def success_given_execution(self, attack: str) -> np.ndarray:
         """P(success | execution, no defence) of ``attack`` per draw, colluders included."""
-        share = 0.0 if self.f <= 0 else min(max(self.colluders, 0), self.f) / self.f
-        base = self.parameter_values[f"{attack}.p_success"]
-        return base + (1.0 - base) * self.parameter_values[f"{attack}.collusion_gain"] * share
+        return tables.success_given_execution(attack, self.parameter_values.__getitem__, self.collusion_share)
 
-    # ------------------------------------------------------------------ names
+    @property
+    def collusion_share(self) -> float:
+        """The share of the ``f`` possible colluders helping the attacker (:func:`~bayes_defense.models.tables.collusion_share`)."""
+        return tables.collusion_share(self.colluders, self.f)
+
+    @functools.cached_property
+    def parameter_tables(self) -> tables.ParameterTables:
+        """This model's parameter set gathered into arrays (:func:`~bayes_defense.models.tables.parameter_tables`)."""
+        return tables.parameter_tables(self.parameter_values, self.collusion_share)
+
     @property
     def replicas(self) -> list[str]:
         """Replica names ``r0`` (the current primary) to ``r{n-1}``."""
@@ -248,7 +241,6 @@ class ClusterModel:
             graph.edges[parent, child]["source"] = _edge_source(parent, child)
         return graph
 
-    # ------------------------------------------------------------------ model
     def __call__(self):
         return self._run()
 
@@ -269,39 +261,28 @@ class ClusterModel:
             v = tensors[name]
             return v[0] if theta is None else v[theta]
 
-        inside = value("prior.attacker_inside")
-        attacker = pyro.sample("attacker", dist.Categorical(_spread(inside, n)))
-        primary = _fixed("primary_faulty", _float(attacker == 1))
-        present = _fixed("attacker_inside", _float(attacker >= 1))
-        backup = _fixed("backup_faulty", _float(attacker >= 2))
-        admission_open = pyro.sample("admission_open", dist.Bernoulli(value("prior.admission_open")))
+        attacker = pyro.sample("attacker", dist.Categorical(tables.spread(value("prior.attacker_inside"), n)))
+        by_attacker = tables.attacker_footing(attacker)
+        footing = {site: _fixed(site, _float(by_attacker[site]))
+                   for site in ("primary_faulty", "attacker_inside", "backup_faulty")}
+        footing["admission_open"] = pyro.sample("admission_open", dist.Bernoulli(value("prior.admission_open")))
         exposed = pyro.sample("peer_table_exposed", dist.Bernoulli(value("prior.peer_table_exposed")))
-        eclipse = _fixed("eclipse_footing", present * exposed)
-        footing = {"primary_faulty": primary, "attacker_inside": present, "backup_faulty": backup,
-                   "admission_open": admission_open, "eclipse_footing": eclipse}
+        footing["eclipse_footing"] = _fixed("eclipse_footing",
+                                            tables.eclipse_footing(footing["attacker_inside"], exposed))
         controls = {site: pyro.sample(site, dist.Bernoulli(value(f"prior.{site}"))) for site in CONTROLS}
-        isolated_prior = value("prior.isolated")
-        isolated = pyro.sample("isolated", dist.Categorical(_spread(isolated_prior, n)))
-        cut = _fixed("attacker_isolated", _float((isolated == attacker) & (attacker >= 1)))
-        controls["isolated"] = cut
+        isolated = pyro.sample("isolated", dist.Categorical(tables.spread(value("prior.isolated"), n)))
+        controls[tables.ISOLATION] = _fixed(tables.ISOLATION, _float((isolated == attacker) & (attacker >= 1)))
         precursors, successes = {}, {}
-        share = 0.0 if self.f <= 0 else min(self.colluders, self.f) / self.f
-        for attack in ATTACKS.values():
-            a = attack.name
-            pre = _fixed(f"{a}.precondition", footing[attack.footing])
-            precursor = pyro.sample(f"{a}.precursor", dist.Bernoulli(pre * value(f"{a}.p_attempt")))
-            executing = pyro.sample(f"{a}.executing", dist.Bernoulli(precursor * value(f"{a}.p_execute")))
-            base = value(f"{a}.p_success")
-            keep = base + (1.0 - base) * value(f"{a}.collusion_gain") * share
-            for name in attack.mitigations:
-                control = controls[COUNTERMEASURES[name].site]
-                keep = keep * (1.0 - value(f"{a}.efficacy.{name}") * control)
-            successes[a] = pyro.sample(f"{a}.success", dist.Bernoulli(executing * keep))
-            precursors[a] = precursor
-        for (name, _, _), site in zip(OUTCOMES, self.outcome_sites, strict=True):
-            p = _noisy_or(value(f"outcome.{name}.baseline"),
-                          [(value(f"{attack.name}.impact.{name}"), successes[attack.name])
-                           for attack in ATTACKS.values() if name in attack.impacts])
+        share = tables.collusion_share(self.colluders, self.f)
+        for a in ATTACKS:
+            pre = _fixed(f"{a}.precondition", tables.precondition(a, footing))
+            precursors[a] = pyro.sample(f"{a}.precursor", dist.Bernoulli(tables.precursor_probability(a, value, pre)))
+            executing = pyro.sample(f"{a}.executing",
+                                    dist.Bernoulli(tables.execution_probability(a, value, precursors[a])))
+            successes[a] = pyro.sample(f"{a}.success", dist.Bernoulli(
+                tables.success_probability(a, value, share, executing, controls)))
+        for name, site in zip(tables.OUTCOME_NAMES, self.outcome_sites, strict=True):
+            p = tables.outcome_probability(name, value, successes).clamp(0.0, 1.0)
             if site == name:
                 pyro.sample(site, dist.Bernoulli(p))
             elif site == "throughput":
@@ -310,19 +291,14 @@ class ClusterModel:
             else:
                 # Milliseconds: nominal 5 ms, ten times that when degraded (Prime; Aardvark).
                 pyro.sample(site, dist.LogNormal(math.log(5.0) + math.log(10.0) * p, 0.3))
-        pyro.sample("join_rate", dist.Bernoulli(_noisy_or(
-            value("telemetry.join_rate.baseline"),
-            [(value("telemetry.join_rate.sybil"), precursors["sybil"]),
-             (value("telemetry.join_rate.eclipse"), precursors["eclipse"])])))
+        pyro.sample("join_rate", dist.Bernoulli(tables.join_rate_probability(value, precursors).clamp(0.0, 1.0)))
         for k in range(n):
             faulty = _fixed(f"r{k}.faulty", _float(attacker == k + 1))
             self._replica(f"r{k}", faulty, precursors, value)
 
     def _replica(self, prefix: str, faulty, precursors, value):
         for t in TELEMETRY:
-            terms = [(value(f"telemetry.{t.name}.{a}"), faulty * precursors[a]) for a in t.attacker_side]
-            terms += [(value(f"telemetry.{t.name}.{a}"), precursors[a]) for a in t.cluster_side]
-            p = _noisy_or(value(f"telemetry.{t.name}.baseline"), terms)
+            p = tables.telemetry_probability(t.name, value, faulty, precursors).clamp(0.0, 1.0)
             if self.telemetry == "indicators":
                 pyro.sample(f"{prefix}.{t.name}", dist.Bernoulli(p))
             else:

@@ -43,24 +43,20 @@ import numpy as np
 
 from bayes_defense.errors import ImpossibleEvidenceError, InvalidInputError, UnknownSiteError
 from bayes_defense.estimate import Probability, exact_estimate
-from bayes_defense.models.catalogue import ATTACKS, CONTROLS, COUNTERMEASURES, OUTCOMES, TELEMETRY
+from bayes_defense.models import tables
+from bayes_defense.models.catalogue import ATTACKS, TELEMETRY
 
 __all__ = ["Engine", "engine", "Result", "draw_estimate"]
 
-ATTACK_NAMES = tuple(ATTACKS)
-OUTCOME_NAMES = tuple(name for name, _, _ in OUTCOMES)
-CONTROL_SITES = tuple(CONTROLS)
-_TELEMETRY_NAMES = tuple(t.name for t in TELEMETRY)
+ATTACK_NAMES, OUTCOME_NAMES, CONTROL_SITES = tables.ATTACK_NAMES, tables.OUTCOME_NAMES, tables.CONTROL_SITES
+_TELEMETRY_NAMES = tables.TELEMETRY_NAMES
 _NA = len(ATTACK_NAMES)
-_BITS = (np.arange(2 ** _NA)[:, None] >> np.arange(_NA)) & 1          # (256, 8): P_A of each configuration
-_CTRL_BITS = (np.arange(2 ** len(CONTROL_SITES))[:, None] >> np.arange(len(CONTROL_SITES))) & 1   # (64, 6)
+_BITS = tables.PRECURSOR_CONFIGURATIONS                                # (256, 8): P_A of each configuration
 _CUT_PAIRS = np.array([[0, 0], [0, 1], [1, 0], [1, 1]])               # (factual cut, counterfactual cut)
 _CAE = np.array(list(itertools.product(range(3), range(2), range(2))))  # (12, 3): attacker class, adm, exp
-_FOOTING_SITES = ("primary_faulty", "attacker_inside", "backup_faulty", "eclipse_footing")
-_ROOTS = ("attacker", "admission_open", "peer_table_exposed", "isolated", *CONTROL_SITES)
-_LEVELS = ("precondition", "precursor", "executing", "success")
-_SIDE_OF_EFFICACY = {name: (CONTROL_SITES.index(c.site) if c.site in CONTROL_SITES else len(CONTROL_SITES))
-                     for name, c in COUNTERMEASURES.items()}
+_FOOTING_SITES = tables.FOOTING_SITES
+# Efficacy slots (control sites, then the isolation cut) that mitigate each attack.
+_SLOTS_OF_ATTACK = tuple(frozenset(tables.EFFICACY_SLOTS[key] for key, _ in tables.mitigations(a)) for a in ATTACK_NAMES)
 
 
 def _couple(p, q):
@@ -178,43 +174,17 @@ class Engine:
         self.model = model
         n = model.n_nodes
         self.n = n
-        v = model.parameter_values
         self.draws = model.n_draws
-        z = self.draws
-        self.p_attempt = np.stack([v[f"{a}.p_attempt"] for a in ATTACK_NAMES], 1)        # (z, 8)
-        self.p_execute = np.stack([v[f"{a}.p_execute"] for a in ATTACK_NAMES], 1)
-        self.p_success = np.stack([model.success_given_execution(a) for a in ATTACK_NAMES], 1)
-        efficacy = np.zeros((z, _NA, len(CONTROL_SITES) + 1))
-        for i, (a, attack) in enumerate(ATTACKS.items()):
-            for name in attack.mitigations:
-                efficacy[:, i, _SIDE_OF_EFFICACY[name]] = v[f"{a}.efficacy.{name}"]
-        self.efficacy = efficacy
-        self.impact = np.zeros((z, len(OUTCOME_NAMES), _NA))
-        for i, (a, attack) in enumerate(ATTACKS.items()):
-            for o, outcome in enumerate(OUTCOME_NAMES):
-                if outcome in attack.impacts:
-                    self.impact[:, o, i] = v[f"{a}.impact.{outcome}"]
-        self.outcome_baseline = np.stack([v[f"outcome.{o}.baseline"] for o in OUTCOME_NAMES], 1)   # (z, 4)
-        self.prior_inside = v["prior.attacker_inside"]
-        self.prior_adm = v["prior.admission_open"]
-        self.prior_exposed = v["prior.peer_table_exposed"]
-        self.prior_controls = np.stack([v[f"prior.{s}"] for s in CONTROL_SITES], 1)       # (z, 6)
-        self.prior_isolated = v["prior.isolated"]
-        # join_rate = 1 probability per precursor configuration, (z, 256).
-        syb, ecl = ATTACK_NAMES.index("sybil"), ATTACK_NAMES.index("eclipse")
-        self.join_on = 1.0 - ((1.0 - v["telemetry.join_rate.baseline"])[:, None]
-                              * (1.0 - v["telemetry.join_rate.sybil"][:, None] * _BITS[None, :, syb])
-                              * (1.0 - v["telemetry.join_rate.eclipse"][:, None] * _BITS[None, :, ecl]))
-        # Telemetry log tables (z, T, faulty, 256, value).
-        tables = np.empty((z, len(TELEMETRY), 2, 2 ** _NA))
-        for t, tel in enumerate(TELEMETRY):
-            for faulty in (0, 1):
-                keep = np.broadcast_to((1.0 - v[f"telemetry.{tel.name}.baseline"])[:, None], (z, 2 ** _NA)).copy()
-                for a in tel.attacker_side:
-                    keep *= 1.0 - v[f"telemetry.{tel.name}.{a}"][:, None] * faulty * _BITS[None, :, ATTACK_NAMES.index(a)]
-                for a in tel.cluster_side:
-                    keep *= 1.0 - v[f"telemetry.{tel.name}.{a}"][:, None] * _BITS[None, :, ATTACK_NAMES.index(a)]
-                tables[:, t, faulty] = 1.0 - keep
+        table = model.parameter_tables
+        self.p_attempt, self.p_execute = table.p_attempt, table.p_execute      # (z, 8)
+        self.p_success = table.success                                          # colluders included
+        self.efficacy, self.impact = table.efficacy, table.impact               # (z, 8, 7), (z, 4, 8)
+        self.outcome_baseline = table.outcome_baseline                          # (z, 4)
+        self.prior_inside, self.prior_adm = table.prior_inside, table.prior_admission
+        self.prior_exposed, self.prior_isolated = table.prior_exposed, table.prior_isolated
+        self.prior_controls = table.prior_controls                              # (z, 6)
+        self.join_on = table.join_on                                            # (z, 256)
+        tables = table.telemetry_on                                             # (z, T, faulty, 256)
         # Zero probabilities become a huge finite penalty so that unobserved entries (weight 0) stay 0.
         with np.errstate(divide="ignore"):
             self._log_on = np.maximum(np.log(tables), -1e250)           # (z, T, 2, 256)
@@ -230,7 +200,6 @@ class Engine:
         self._names: dict = {}
         self.cluster_sites = [s for s in model.sites if not (s[:1] == "r" and s.split(".")[0][1:].isdigit())]
 
-    # ------------------------------------------------------------------ inputs
     def _value(self, name, value, role):
         try:
             x = float(value.item() if hasattr(value, "item") else value)
@@ -247,7 +216,13 @@ class Engine:
             raise ImpossibleEvidenceError(f"{role} {name}={x:g}: indicator sites take 0 or 1")
         return int(x)
 
-    def _split(self, evidence, role="evidence"):
+    def split_evidence(self, evidence, role="evidence"):
+        """Checked evidence as ``(cluster, telemetry, faulty)``, the form :meth:`run` takes.
+
+        ``cluster`` is ``{site: 0/1 or index}`` for cluster-level sites,
+        ``telemetry`` ``{(replica, signal index): 0/1}`` and ``faulty``
+        ``{replica: 0/1}``. Unknown names raise listing the valid ones.
+        """
         cluster, telemetry, faulty = {}, {}, {}
         names = self._names
         for name, value in (evidence or {}).items():
@@ -287,7 +262,6 @@ class Engine:
         return out
 
 
-    # ------------------------------------------------------------------ queries
     def site_kind(self, name: str, role: str = "query") -> str:
         """Which output of :meth:`run` answers a query on ``name`` (raises for sites it does not answer)."""
         if name not in self.sites or name.split(".")[0][1:].isdigit() and name[:1] == "r":
@@ -311,7 +285,7 @@ class Engine:
     def query(self, sites, *, do=None, evidence=None) -> tuple[dict, np.ndarray]:
         """Per-draw posterior probabilities ``({site: values (z,) or (z, N) for attacker}, weights (z,))``."""
         do = self.check_do(do)
-        parsed = self._split(evidence)
+        parsed = self.split_evidence(evidence)
         sites = list(sites)
         fact = {**parsed[0], **do}
         shape_key = ("query", tuple(sites), tuple(sorted(fact.items())))
@@ -387,7 +361,7 @@ class Engine:
         do = self.check_do(do)
         if len(do) != 1:
             raise InvalidInputError(f"the cluster engine's counterfactuals take one intervention; got {sorted(do)}")
-        parsed = self._split(evidence)
+        parsed = self.split_evidence(evidence)
         base = self.run(evidence=parsed)
         weights = base.weights(evidence)
         values = {}
@@ -404,7 +378,7 @@ class Engine:
     def executing_table(self, evidence, do, isolate) -> tuple[np.ndarray, np.ndarray]:
         """Per draw, ``P(A.executing = 1, [attacker == isolate] = h | evidence, do)`` as ``(z, 8, 2)``."""
         do = self.check_do(do)
-        parsed = self._split(evidence)
+        parsed = self.split_evidence(evidence)
         result = self.run(do=do, evidence=parsed, outputs=("local",), next_isolated=isolate)
         weights = result.weights(evidence)
         local = np.stack([result.outputs["local"][i] for i in range(_NA)], 1)  # (z, 8, x, e, g, u)
@@ -413,7 +387,6 @@ class Engine:
         table = np.stack([by_pair[:, :, hit == h].sum(-1) for h in (0, 1)], -1)
         return table, weights
 
-    # ------------------------------------------------------------------ one pass
     def run(self, *, do=None, evidence=None, cf=None, outcome_cf=None, terms=None, outputs=(), next_isolated=None,
             local_for=None):
         """One exact pass; see the module docstring.
@@ -423,7 +396,7 @@ class Engine:
         do : dict
             Factual-world interventions (``{site: value}``, checked).
         evidence : tuple
-            ``(cluster, telemetry, faulty)`` from :meth:`_split`.
+            ``(cluster, telemetry, faulty)`` from :meth:`split_evidence`.
         cf : dict, optional
             One counterfactual-world intervention ``{site: value}`` (a twin network).
         outcome_cf : dict, optional
@@ -522,8 +495,7 @@ class Engine:
         fact = {**cluster, **do}
 
         # Roots: attacker, admission, exposure (do: point mass without weight; evidence: prior x indicator).
-        prior_a = np.concatenate([(1.0 - self.prior_inside)[:, None],
-                                  np.repeat((self.prior_inside / n)[:, None], n, 1)], 1)       # (z, N)
+        prior_a = tables.spread(self.prior_inside, n)                                           # (z, N)
         if "attacker" in do:
             prior_a = np.broadcast_to((np.arange(N) == do["attacker"]).astype(float), (z, N))
         elif "attacker" in cluster:
@@ -586,7 +558,7 @@ class Engine:
         cut_f, cut_c = _CUT_PAIRS[pairs, 0], _CUT_PAIRS[pairs, 1]
         # Outcome terms.
         if terms is None:
-            terms = self._outcome_terms(cluster, outcome_cf)
+            terms = self.outcome_terms(cluster, outcome_cf)
         coef = np.stack([np.broadcast_to(c, (z,)) for c, _ in terms])                              # (t, z)
         kinds = [k for _, k in terms]
         if twin and any(kind in ("min", "max") for k in kinds for kind in k.values()):
@@ -607,11 +579,11 @@ class Engine:
 
         # Controls: prior (or point mass) of the configurations of the bits that matter.
         deep_attacks = [i for i in range(_NA) if coupled[i]] if not separable else sorted(local_for)
-        relevant = sorted({_SIDE_OF_EFFICACY[m] for i in deep_attacks for m in ATTACKS[ATTACK_NAMES[i]].mitigations}
+        relevant = sorted({slot for i in deep_attacks for slot in _SLOTS_OF_ATTACK[i]}
                           - {len(CONTROL_SITES)})
         if not separable and local_for - set(deep_attacks):
-            relevant = sorted({_SIDE_OF_EFFICACY[m] for i in set(deep_attacks) | local_for
-                               for m in ATTACKS[ATTACK_NAMES[i]].mitigations} - {len(CONTROL_SITES)})
+            relevant = sorted({slot for i in set(deep_attacks) | local_for for slot in _SLOTS_OF_ATTACK[i]}
+                              - {len(CONTROL_SITES)})
         Pi, bits_f = self._controls(do, cluster, tuple(relevant))
         controls = np.nonzero(Pi.max(0) > 0)[0]
         Pi = Pi[:, controls]
@@ -663,23 +635,24 @@ class Engine:
             coef=coef, draw_weight=draw_weight, G=G, Pi=Pi, keep=keep_f, local=local, local_for=local_for,
             wanted=wanted, leave_one_out=leave_one_out, groups=groups, n_terms=len(terms))
 
-    # ------------------------------------------------------------------ pieces
     @staticmethod
     def _footing(c, adm, exp, fixed):
         def site(name, default):
             return np.full(default.shape, fixed[name]) if name in fixed else default
 
-        inside = site("attacker_inside", (c >= 1).astype(int))
-        return {"primary_faulty": site("primary_faulty", (c == 1).astype(int)),
+        # Site by site in model order, so that an intervened attacker_inside reaches eclipse_footing.
+        by_attacker = tables.attacker_footing(c)
+        inside = site("attacker_inside", by_attacker["attacker_inside"])
+        return {"primary_faulty": site("primary_faulty", by_attacker["primary_faulty"]),
                 "attacker_inside": inside,
-                "backup_faulty": site("backup_faulty", (c == 2).astype(int)),
+                "backup_faulty": site("backup_faulty", by_attacker["backup_faulty"]),
                 "admission_open": adm.astype(int),
-                "eclipse_footing": site("eclipse_footing", inside * exp)}
+                "eclipse_footing": site("eclipse_footing", tables.eclipse_footing(inside, exp))}
 
     @staticmethod
     def _precondition(a, footing, fixed):
         site = f"{a}.precondition"
-        value = footing[ATTACKS[a].footing]
+        value = tables.precondition(a, footing)
         return np.full(value.shape, fixed[site]) if site in fixed else value
 
     def _telemetry(self, telemetry, prior_a):
@@ -735,8 +708,7 @@ class Engine:
 
     def _build_cut_table(self, do, cluster, cf):
         z, n, N = self.draws, self.n, self.n + 1
-        iso_prior = np.concatenate([(1.0 - self.prior_isolated)[:, None],
-                                    np.repeat((self.prior_isolated / n)[:, None], n, 1)], 1)  # (z, N)
+        iso_prior = tables.spread(self.prior_isolated, n)                    # (z, N)
         if "isolated" in do:
             iso_prior = np.broadcast_to((np.arange(N) == do["isolated"]).astype(float), (z, N))
         elif "isolated" in cluster:
@@ -789,11 +761,16 @@ class Engine:
         """P(success | executing) per draw, attack, control configuration and cut pair."""
         control = np.concatenate([np.broadcast_to(bits[:, None, :], (bits.shape[0], cut.size, bits.shape[1])),
                                   np.broadcast_to(cut[None, :, None], (bits.shape[0], cut.size, 1))], 2)  # (k, u, 7)
-        factor = np.prod(1.0 - self.efficacy[:, :, None, None, :] * control[None, None], axis=-1)
-        return self.p_success[:, :, None, None] * factor
+        return self.model.parameter_tables.keep(control)
 
-    def _outcome_terms(self, cluster, outcome_cf):
-        """Expand the outcome evidence (and counterfactual outcomes) into a sum of products over attacks."""
+    def outcome_terms(self, cluster, outcome_cf):
+        """Expand the outcome evidence (and counterfactual outcomes) into a sum of products over attacks.
+
+        Returns ``[(coefficient (z,) or 1.0, {outcome: kind}), ...]`` where kind
+        ``"f"`` / ``"c"`` / ``"min"`` / ``"max"`` says which world's success (or
+        both worlds' minimum or maximum) the term's product reads; the format
+        :meth:`run` takes as ``terms``.
+        """
         terms = [(1.0, {})]
         for o, outcome in enumerate(OUTCOME_NAMES):
             factual, counter = cluster.get(outcome), outcome_cf.get(outcome)
