@@ -122,13 +122,13 @@ def _attacks() -> tuple[str, ...]:
 def _score_cap() -> float:
     from bayes_defense.stream import defender
 
-    return float(defender._SCORE_CAP)
+    return float(defender.SCORE_CAP)
 
 
 def _warmup_windows() -> int:
     from bayes_defense.stream import defender
 
-    return int(defender._WARMUP_WINDOWS)
+    return int(defender.WARMUP_WINDOWS)
 
 
 @dataclass(frozen=True)

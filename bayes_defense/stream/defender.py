@@ -26,7 +26,15 @@ import numpy as np
 
 from bayes_defense.errors import InvalidInputError
 from bayes_defense.stream.recommend import FALLBACK, Recommendations, recommend
-from bayes_defense.stream.schema import KNOWN_KINDS, TELEMETRY_KINDS, Event
+from bayes_defense.stream.schema import (
+    KNOWN_KINDS,
+    MAX_ATTRS_DEPTH,
+    REJECTION_REASONS,
+    TELEMETRY_KINDS,
+    Event,
+    attrs_depth_ok,
+    finite_float,
+)
 
 __all__ = ["ATTACK_HYPOTHESES", "COUNTERMEASURE_FOR", "PARAMETER_KEYS", "PHASES", "Alert", "Belief", "StreamingDefender",
            "check_parameters", "default_parameters"]
@@ -50,13 +58,19 @@ _TELEMETRY = _REPLICA_TELEMETRY | {"request_latency", "throughput"}
 # durations relative.
 _COUNT_KINDS = frozenset({"auth_failures", "view_change_requests", "instance_change_requests",
                           "duplicate_messages", "stale_messages", "peer_churn", "peer_diversity"})
-_SCORE_CAP = 12.0
-_WARMUP_WINDOWS = 20
+SCORE_CAP = 12.0
+WARMUP_WINDOWS = 20
 _MAX_LOG_RATIO = 4.0
 _GATE = 2.5
 _GATED_RATE = 0.1
-# Configuration that is not part of a checkpoint (rebuilt by the constructor).
-_NOT_STATE = frozenset({"_log_transition", "_planner"})
+# Configuration that is not part of a checkpoint (rebuilt by the constructor),
+# and the belief, which is recomputed from the state on load (its ``alerts``
+# were delivered already and must not be raised again).
+_NOT_STATE = frozenset({"_log_transition", "_planner", "belief"})
+_CHECKPOINT_KIND = "StreamingDefender"
+# Scalar attrs the defender stores (digests, views, sequence numbers): other
+# values are ignored, so that its state holds no structure a log invented.
+_SCALARS = (str, int, float, bool, type(None))
 # At most this many replicas are remembered (the cluster model's limit),
 # and at most this many (node, kind) baselines.
 _MAX_REPLICAS = 100
@@ -345,6 +359,29 @@ class _Baseline:
         return z
 
 
+def _attrs_key(attrs: dict) -> Any:
+    """A hashable key of ``attrs`` for the duplicate check, or None when they nest too deep."""
+    try:
+        return frozenset(attrs.items())
+    except TypeError:  # nested lists or objects
+        if not attrs_depth_ok(attrs):
+            return None
+        return _freeze(attrs)
+
+
+def _freeze(value: Any) -> Any:
+    # Depth is bounded by MAX_ATTRS_DEPTH (checked before), so this recursion is too.
+    if isinstance(value, dict):
+        return frozenset((key, _freeze(item)) for key, item in value.items())
+    if isinstance(value, (list, tuple)):
+        return tuple(_freeze(item) for item in value)
+    try:
+        hash(value)
+    except TypeError:
+        return repr(value)
+    return value
+
+
 def _floors(kind: str) -> tuple[float, float]:
     if kind in _COUNT_KINDS:
         return 0.8, 0.1
@@ -383,8 +420,8 @@ class StreamingDefender:
         Weight of a new window in the per-node baselines.
     duplicate_memory : int
         How many events of the open window are remembered to reject exact
-        duplicates (same ts, node, kind and value); earlier windows need no
-        memory, since an event before the open window is out of order.
+        duplicates (same ts, node, kind, value and attrs); earlier windows
+        need no memory, since an event before the open window is out of order.
     rearm_windows : int
         Quiet windows needed before a hypothesis may alert again.
     planner : "plan", callable or None
@@ -394,6 +431,23 @@ class StreamingDefender:
         on reading :attr:`Belief.countermeasures`), a callable
         ``planner(attack, role, phase, n_nodes) -> str`` replaces it, and
         ``None`` uses the catalogue's matched countermeasure.
+    max_clock_skew : float
+        Seconds an event may lie ahead of the stream's latest accepted time.
+        An event further ahead is held; it is accepted only when the next
+        ``clock_confirm - 1`` events agree with it (lie within this skew of
+        it: the stream's clock really jumped) and rejected as
+        ``"clock_skew"`` as soon as an event continues the old clock. One
+        event can therefore never move the window on and make the rest of
+        the stream "out of order". The first events of a stream are held the
+        same way until ``clock_confirm`` of them agree.
+    clock_confirm : int
+        Events, including the first, that must agree before a jump ahead of
+        ``max_clock_skew`` (or the start of the stream) is accepted; 1
+        accepts every jump.
+
+    Rejected events are counted in :attr:`rejected` under the reasons of
+    :data:`~bayes_defense.stream.schema.REJECTION_REASONS`; a rejected event
+    leaves the belief unchanged.
 
     Examples
     --------
@@ -407,7 +461,12 @@ class StreamingDefender:
     def __init__(self, parameters: Mapping[str, Any] | None = None, *, ensemble: int = 24, seed: int = 0,
                  window: float = 1.0, horizon: float = 60.0, threshold: float = 0.8, rearm: float = 0.3,
                  level: float = 0.9, baseline_rate: float = 0.02, duplicate_memory: int = 4096,
-                 rearm_windows: int = 60, planner: Any = "plan") -> None:
+                 rearm_windows: int = 60, planner: Any = "plan", max_clock_skew: float = 300.0,
+                 clock_confirm: int = 3) -> None:
+        settings = _check_settings({"window": window, "horizon": horizon, "threshold": threshold, "rearm": rearm,
+                                    "level": level, "baseline_rate": baseline_rate,
+                                    "duplicate_memory": duplicate_memory, "rearm_windows": rearm_windows,
+                                    "max_clock_skew": max_clock_skew, "clock_confirm": clock_confirm})
         params = default_parameters(ensemble, seed) if parameters is None else check_parameters(
             parameters, ensemble=ensemble, seed=seed)
         if planner == "plan":
@@ -416,14 +475,7 @@ class StreamingDefender:
             raise InvalidInputError(f"planner must be 'plan', None or a callable; got {planner!r}")
         self._planner = planner
         self.parameters = params
-        self.window = float(window)
-        self.horizon = float(horizon)
-        self.threshold = float(threshold)
-        self.rearm = float(rearm)
-        self.level = float(level)
-        self.baseline_rate = float(baseline_rate)
-        self.duplicate_memory = int(duplicate_memory)
-        self.rearm_windows = int(rearm_windows)
+        self.__dict__.update(settings)
         self._log_transition = self._transitions(params)
         self.reset()
 
@@ -437,6 +489,7 @@ class StreamingDefender:
         self._log_alpha = np.tile(np.log(np.array([1 - 2e-4, 1e-4, 1e-4])), (attacks, draws, 1))
         self._current = -1  # index of the open window
         self._last_ts = -math.inf
+        self._held: list[tuple[float, str, str, float | None, dict]] = []  # events ahead of the clock, held
         self._seen: set = set()  # keys of the open window's events, for duplicates
         self._telemetry: dict[tuple[str, str], float] = {}
         self._source: dict[str, str] = {}
@@ -797,9 +850,9 @@ class StreamingDefender:
         self._joins = {k: v * 0.95 for k, v in self._joins.items() if v > 0.05}
         self._join_names = {k: v for k, v in self._join_names.items() if k in self._joins}
         self._peer_joins = {k: v * 0.8 for k, v in self._peer_joins.items() if v > 0.05}
-        if self.windows < _WARMUP_WINDOWS:
+        if self.windows < WARMUP_WINDOWS:
             score[:] = 0.0
-        return np.clip(np.nan_to_num(score, nan=0.0, posinf=_SCORE_CAP, neginf=0.0), 0.0, _SCORE_CAP), suspects
+        return np.clip(np.nan_to_num(score, nan=0.0, posinf=SCORE_CAP, neginf=0.0), 0.0, SCORE_CAP), suspects
 
     def _close_window(self) -> None:
         score, suspects = self._evidence()
