@@ -129,11 +129,6 @@ class Attack:
     matched: str
     sources: str
 
-    def success_probability(self, colluders: int, f: int) -> float:
-        """P(success | execution) with ``colluders`` of at most ``f`` helping, before defences."""
-        share = 0.0 if f <= 0 else min(max(colluders, 0), f) / f
-        return self.p_success + (1.0 - self.p_success) * self.collusion_gain * share
-
 
 @dataclass(frozen=True)
 class Countermeasure:

@@ -31,7 +31,7 @@ Examples
 >>> round(float(tables.success_given_execution("flooding", value, share=1.0)), 6)
 0.72
 >>> t = tables.parameter_tables(tables.default_values())
->>> t.telemetry_attacker.shape == (1, len(tables.TELEMETRY_NAMES), len(tables.ATTACK_NAMES))
+>>> t.telemetry_on.shape == (1, len(tables.TELEMETRY_NAMES), 2, 2 ** len(tables.ATTACK_NAMES))
 True
 """
 
@@ -375,8 +375,8 @@ def parameter_tables(values: Mapping, share: float = 1.0) -> ParameterTables:
     --------
     >>> from bayes_defense.models.tables import default_values, parameter_tables
     >>> t = parameter_tables(default_values(), share=0.0)
-    >>> t.success[0, 0] == 0.3, t.telemetry_on.shape[1:]
-    (True, (11, 2, 256))
+    >>> float(t.success[0, 0]), t.telemetry_on.shape[1:]
+    (0.3, (11, 2, 256))
     """
     draws = int(np.shape(next(iter(values.values())))[0])
     per_draw = accessor(values, expand=lambda v: np.asarray(v, dtype=np.float64).reshape(draws))
