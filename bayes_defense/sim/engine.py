@@ -134,7 +134,6 @@ class Simulation:
         self.messages = 0
         self.safety_violations = 0
         self.view_changes = 0
-        self.committed_batches = 0
 
         # Network: replicas spread over a few data centres; per-link base latency.
         self.n_prefixes = max(3, -(-n // 4))
@@ -301,12 +300,6 @@ class Simulation:
             block = block**self.jitter_factor * self.jitter_factor
         return block
 
-    def _link_delays(self) -> np.ndarray:
-        n = self.n
-        delays = self.base * self._delays(n * n).reshape(n, n)
-        delays += self.delay_offset
-        return delays
-
     def primary(self) -> int:
         return self.view % self.n
 
@@ -398,7 +391,6 @@ class Simulation:
 
     def _round(self, t0: float) -> None:
         """Resolve one consensus instance: every message with its own delay."""
-        n, quorum = self.n, self.quorum
         primary = self.primary()
         view, seq = self.view, self.next_seq
         self.next_seq += 1
@@ -407,9 +399,18 @@ class Simulation:
             self._release_held(t0)
         batch = self._take_batch(t0, primary)
         size = sum(group[2] for group in batch)
-        alive = self.alive
-        ok = self.ok
-        # Digests: an honest primary sends one; an equivocating primary splits the honest backups.
+        variant, supporters = self._equivocation(t0, primary)
+        arrive, seen, committed, sends_commit = self._three_phases(t0, primary, variant, supporters)
+        self._emit_round(view, seq, size, primary, variant, arrive, seen, committed, sends_commit)
+        self._reply(batch, committed, variant)
+
+    def _equivocation(self, t0: float, primary: int) -> tuple[np.ndarray | None, np.ndarray | None]:
+        """The digest variant each replica receives and the Byzantine supporters of every digest.
+
+        An honest primary sends one digest (``(None, None)``); an equivocating
+        primary splits the honest backups.
+        """
+        n = self.n
         variant = None
         supporters = None  # Byzantine replicas voting for every digest
         for attack, phase, strength in self._attacks_of("equivocation", t0):
@@ -426,6 +427,16 @@ class Simulation:
             supporters = np.zeros(n, dtype=bool)
             supporters[primary] = True
             supporters[[c for c in attack.colluders if c >= 0]] = True
+        return variant, supporters
+
+    def _three_phases(self, t0: float, primary: int, variant, supporters):
+        """Pre-prepare, prepare and commit with per-message delays; count every message.
+
+        Returns the pre-prepare arrival times, which backups saw it, the
+        commit times and which replicas sent a commit.
+        """
+        n, quorum = self.n, self.quorum
+        alive, ok = self.alive, self.ok
         delays = self.base * self._delays(2 * n * n).reshape(2, n, n)
         delays += self.delay_offset
         delays1, delays2 = delays[0], delays[1]
@@ -471,7 +482,13 @@ class Simulation:
         self.pp_gap[seen] += arrive[seen] - self.last_pp[seen]
         self.pp_count[seen] += 1
         self.last_pp[seen] = arrive[seen]
-        # Protocol events.
+        return arrive, seen, committed, sends_commit
+
+    def _emit_round(self, view: int, seq: int, size: int, primary: int, variant, arrive, seen, committed,
+                    sends_commit) -> None:
+        """Protocol events of one instance (pre-prepares, commits, checkpoints) and the safety check."""
+        n = self.n
+        alive = self.alive
         digests = (_digest(view, seq, 0, size), _digest(view, seq, 1, size))
         names = self.names
         primary_name = names[primary]
@@ -505,9 +522,10 @@ class Simulation:
             self._stable_checkpoint(seq)
         if honest_commits:
             self.max_committed = max(self.max_committed, seq)
-            self.committed_batches += 1
-        # Replies: the client accepts f + 1 matching replies.
-        replied = committed + self.client_base * self._delays(n)
+
+    def _reply(self, batch, committed, variant) -> None:
+        """Client replies: the client accepts f + 1 matching replies; unordered requests stay pending."""
+        replied = committed + self.client_base * self._delays(self.n)
         if variant is not None:
             replied[variant != 0] = _INF
         reply_time = float(np.partition(replied, self.f)[self.f])
