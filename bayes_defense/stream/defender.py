@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import copy
 import math
+import numbers
 import statistics
 from collections import OrderedDict, deque
 from collections.abc import Iterable, Mapping
@@ -359,6 +360,46 @@ class _Baseline:
         return z
 
 
+def _check_alert(alert: Any) -> None:
+    if not isinstance(alert, Alert):
+        raise InvalidInputError(f"alerts must be Alert records; got {type(alert).__name__}")
+    numbers_ok = all(finite_float(x) is not None for x in (alert.ts, alert.probability, alert.lower, alert.upper))
+    if (not numbers_ok or not 0.0 <= alert.lower <= alert.probability <= alert.upper <= 1.0
+            or alert.attack not in ATTACK_HYPOTHESES or alert.phase not in PHASES[1:]
+            or not isinstance(alert.nodes, tuple) or not all(isinstance(n, str) for n in alert.nodes)
+            or not isinstance(alert.countermeasure, str)):
+        raise InvalidInputError(f"an alert is out of range (probabilities in [0, 1] with lower <= mean <= upper, "
+                                f"a known attack and phase): {str(alert)[:160]}")
+
+
+def _non_finite(value: Any, *, allow_minus_inf: bool = False) -> str:
+    """Describe the first NaN or infinity inside ``value`` (containers and objects), or return ''."""
+    stack = [value]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, float):
+            if item != item or (item in (math.inf, -math.inf) and not (allow_minus_inf and item == -math.inf)):
+                return f"a non-finite number ({item})"
+        elif isinstance(item, np.ndarray):
+            if item.dtype.kind == "f" and not np.all(np.isfinite(item)):
+                return "an array with non-finite numbers"
+        elif isinstance(item, Mapping):
+            stack.extend(item.keys())
+            stack.extend(item.values())
+        elif isinstance(item, (list, tuple, set, frozenset, deque)):
+            stack.extend(item)
+        elif hasattr(item, "__dict__") or hasattr(type(item), "__slots__"):
+            names = [n for c in type(item).__mro__ for n in getattr(c, "__slots__", ())]
+            stack.extend(getattr(item, n) for n in names if hasattr(item, n))
+            stack.extend(getattr(item, "__dict__", {}).values())
+    return ""
+
+
+def _real(value: Any) -> bool:
+    # A number of the wrong size (inf, NaN, 10**400) rather than no number at all.
+    return isinstance(value, numbers.Real) and not isinstance(value, bool)
+
+
 def _attrs_key(attrs: dict) -> Any:
     """A hashable key of ``attrs`` for the duplicate check, or None when they nest too deep."""
     try:
@@ -388,6 +429,42 @@ def _floors(kind: str) -> tuple[float, float]:
     if kind in ("preprepare_interval", "request_latency"):
         return 0.002, 0.05
     return 1.0, 0.05
+
+
+# name -> (kind, low, high, low inclusive, high inclusive, meaning); one table for the
+# constructor and for load_state_dict.
+_SETTINGS: dict[str, tuple[type, float, float, bool, bool, str]] = {
+    "window": (float, 0.0, math.inf, False, False, "seconds per window"),
+    "horizon": (float, 0.0, math.inf, False, False, "seconds ahead"),
+    "threshold": (float, 0.0, 1.0, False, True, "a probability"),
+    "rearm": (float, 0.0, 1.0, True, True, "a probability"),
+    "level": (float, 0.0, 1.0, False, False, "a credible level"),
+    "baseline_rate": (float, 0.0, 1.0, False, True, "a weight"),
+    "duplicate_memory": (int, 0, 10**7, True, True, "a number of events"),
+    "rearm_windows": (int, 0, 10**9, True, True, "a number of windows"),
+    "max_clock_skew": (float, 0.0, math.inf, False, True, "seconds"),
+    "clock_confirm": (int, 1, 10**4, True, True, "a number of events"),
+}
+
+
+def _check_settings(values: Mapping[str, Any]) -> dict[str, Any]:
+    """Validate the defender's settings; return them converted (floats, ints)."""
+    out: dict[str, Any] = {}
+    for name, (kind, low, high, low_in, high_in, meaning) in _SETTINGS.items():
+        value = values[name]
+        number = None if isinstance(value, bool) else (
+            finite_float(value) if not (kind is float and value == math.inf and high == math.inf and high_in)
+            else math.inf)
+        if kind is int and number is not None and number != int(number):
+            number = None
+        ok = number is not None and (number > low or (low_in and number == low)) and (
+            number < high or (high_in and number == high))
+        if not ok:
+            bounds = f"{'[' if low_in else '('}{low}, {high}{']' if high_in else ')'}"
+            raise InvalidInputError(f"{name} must be {meaning} in {bounds}{' (a whole number)' if kind is int else ''}; "
+                                    f"got {str(value)[:40]!r}")
+        out[name] = int(number) if kind is int else float(number)
+    return out
 
 
 class StreamingDefender:
@@ -515,6 +592,11 @@ class StreamingDefender:
     def state_dict(self) -> dict[str, Any]:
         """Return a deep copy of the full state; see :meth:`load_state_dict`.
 
+        The state holds plain data only (numbers, strings, containers, numpy
+        arrays, alerts and baselines); :meth:`save` writes it as JSON. The
+        current belief is not part of it: it is recomputed on load, without
+        the alerts it carried, so that no alert is delivered twice.
+
         Examples
         --------
         >>> a = StreamingDefender()
@@ -524,17 +606,165 @@ class StreamingDefender:
         True
         """
         state = {key: value for key, value in self.__dict__.items() if key not in _NOT_STATE}
+        state["belief_ts"] = self.belief.ts
         return copy.deepcopy(state)
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
         """Restore a state from :meth:`state_dict`; later beliefs equal the original's.
 
+        Every field is checked first (its presence, type and range: settings
+        as the constructor checks them, parameters as :func:`check_parameters`
+        does, a filter state that is a finite log distribution, counts that
+        are whole and non-negative, bounded tables); on any problem
+        :class:`~bayes_defense.errors.InvalidInputError` names it and the
+        defender is left as it was.
+
         Examples
         --------
         >>> StreamingDefender().load_state_dict(StreamingDefender().state_dict())
+        >>> StreamingDefender().load_state_dict({**StreamingDefender().state_dict(), "threshold": 2.0})
+        Traceback (most recent call last):
+        ...
+        bayes_defense.errors.InvalidInputError: checkpoint state: threshold must be a probability in (0.0, 1.0]; got '2.0'
         """
-        self.__dict__.update(copy.deepcopy({key: value for key, value in state.items() if key not in _NOT_STATE}))
+        try:
+            checked = self._check_state(state)
+        except InvalidInputError as error:
+            raise InvalidInputError(f"checkpoint state: {error}") from None
+        except (TypeError, ValueError, AttributeError, KeyError, OverflowError, RecursionError) as error:
+            raise InvalidInputError(f"checkpoint state is malformed ({type(error).__name__}: {str(error)[:120]})") from None
+        belief_ts = checked.pop("belief_ts")
+        self.__dict__.update(checked)
         self._log_transition = self._transitions(self.parameters)
+        self.belief = self._summarise(belief_ts, ())
+
+    def _check_state(self, state: Any) -> dict[str, Any]:
+        """Validate a state for :meth:`load_state_dict`; return a deep copy of it."""
+        if not isinstance(state, Mapping):
+            raise InvalidInputError(f"a state must be a dict from state_dict(); got {type(state).__name__}")
+        reference = {key: value for key, value in self.__dict__.items() if key not in _NOT_STATE}
+        reference["belief_ts"] = -math.inf
+        unknown = sorted(str(key) for key in state if key not in reference)
+        missing = sorted(key for key in reference if key not in state)
+        if unknown or missing:
+            raise InvalidInputError("; ".join(([f"unknown keys {', '.join(unknown)[:200]}"] if unknown else [])
+                                              + ([f"missing keys {', '.join(missing)}"] if missing else []))
+                                    + "; give a state written by this version's state_dict() or save()")
+        for key, value in reference.items():
+            if type(state[key]) is not type(value):
+                raise InvalidInputError(f"{key} must be of type {type(value).__name__}, got {type(state[key]).__name__}")
+        state = copy.deepcopy(dict(state))
+        settings = _check_settings({name: state[name] for name in _SETTINGS})
+        state.update(settings)
+        parameters = check_parameters(state["parameters"])
+        state["parameters"] = parameters
+        attacks, draws = parameters["spread"].shape
+        alpha = state["_log_alpha"]
+        if alpha.shape != (attacks, draws, len(PHASES)) or alpha.dtype != np.float64 or not np.all(np.isfinite(alpha)):
+            raise InvalidInputError(f"_log_alpha must be finite float64 of shape {(attacks, draws, len(PHASES))}")
+        total = np.log(np.exp(alpha).sum(axis=-1))
+        if np.any(alpha > 1e-9) or np.any(np.abs(total) > 1e-6):
+            raise InvalidInputError("_log_alpha must hold log probabilities that sum to one over the phases")
+        for key, low in (("accepted", 0), ("windows", 0), ("_conflicts", 0), ("_current", -1)):
+            if state[key] < low:
+                raise InvalidInputError(f"{key} must be a whole number >= {low}; got {state[key]!r}")
+        if state["windows"] > max(state["_current"], 0) + 1 and state["_current"] >= 0:
+            raise InvalidInputError(f"windows ({state['windows']}) cannot exceed the open window's index "
+                                    f"({state['_current']}) by more than one")
+        rejected = state["rejected"]
+        if any(reason not in REJECTION_REASONS or type(n) is not int or n < 0 for reason, n in rejected.items()):
+            raise InvalidInputError("rejected must count known reasons with whole numbers >= 0")
+        if (len(state["_armed"]) != attacks or any(type(x) is not bool for x in state["_armed"])
+                or len(state["_quiet"]) != attacks or any(type(x) is not int or x < 0 for x in state["_quiet"])):
+            raise InvalidInputError(f"_armed and _quiet must hold {attacks} flags and counts")
+        suspects = state["_suspects"]
+        if set(suspects) != set(ATTACK_HYPOTHESES) or not all(
+                isinstance(nodes, tuple) and all(isinstance(n, str) for n in nodes) for nodes in suspects.values()):
+            raise InvalidInputError("_suspects must map every attack hypothesis to a tuple of node names")
+        if state["alerts"].maxlen != self.alerts.maxlen:
+            raise InvalidInputError(f"alerts must keep at most {self.alerts.maxlen} alerts")
+        for alert in list(state["alerts"]) + state["_pending_alerts"]:
+            _check_alert(alert)
+        limits = {"_seen": state["duplicate_memory"], "_digests": 512, "_replicas": _MAX_REPLICAS,
+                  "_baselines": _MAX_SERIES, "_held": state["clock_confirm"] - 1}
+        for key, value in state.items():
+            if isinstance(value, (dict, set, frozenset, list)) and key not in ("_armed", "_quiet"):
+                if len(value) > limits.get(key, _MAX_SERIES):
+                    raise InvalidInputError(f"{key} holds {len(value)} entries, more than its bound "
+                                            f"{limits.get(key, _MAX_SERIES)}")
+        for event in state["_held"]:
+            if self._parse(event) != tuple(event):
+                raise InvalidInputError("_held must hold valid events")
+        for entry in state["_seen"]:
+            if not (isinstance(entry, tuple) and len(entry) == 5 and finite_float(entry[0]) is not None):
+                raise InvalidInputError("_seen must hold (ts, node, kind, value, attrs) keys")
+        for key, value in state.items():
+            # Values a log's attrs produced (digests, duplicate keys) may be
+            # any scalar; everything else the defender computes is finite.
+            if key in ("_seen", "_digests", "_held", "parameters", "_log_alpha"):
+                continue
+            problem = _non_finite(value, allow_minus_inf=key in ("_last_ts", "belief_ts"))
+            if problem:
+                raise InvalidInputError(f"{key} holds {problem}")
+        if state["_last_ts"] == -math.inf and state["accepted"] > 0:
+            raise InvalidInputError("_last_ts is -inf although events were accepted")
+        return state
+
+    def save(self, path: Any, extra: Mapping[str, Any] | None = None) -> None:
+        """Write the state to ``path`` as a checkpoint: strict JSON, atomically, never pickle.
+
+        Parameters
+        ----------
+        path : path-like
+            The checkpoint file; an interrupted save leaves the old file.
+        extra : dict, optional
+            Plain data stored beside the state (``bayes-defense defend``
+            keeps its reader position there); see :meth:`load`.
+
+        Examples
+        --------
+        >>> import tempfile, pathlib
+        >>> path = pathlib.Path(tempfile.mkdtemp()) / "defender.json"
+        >>> defender = StreamingDefender(clock_confirm=1)
+        >>> _ = defender.observe(Event(1.0, "r0", "peer_churn", 0.0, {}))
+        >>> defender.save(path)
+        >>> StreamingDefender.load(path).accepted
+        1
+        """
+        from bayes_defense.stream.checkpoint import write_checkpoint
+
+        write_checkpoint(path, _CHECKPOINT_KIND, self.state_dict(), extra)
+
+    @classmethod
+    def load(cls, path: Any, *, planner: Any = "plan", with_extra: bool = False) -> Any:
+        """Read a checkpoint written by :meth:`save`, validated field by field.
+
+        Parameters
+        ----------
+        path : path-like
+        planner : "plan", callable or None
+            As for the constructor (a planner is code, so it is not stored).
+        with_extra : bool
+            Return ``(defender, extra)`` instead of the defender alone.
+
+        Raises
+        ------
+        InvalidInputError
+            The file is not a defender checkpoint of this version, is larger
+            than :data:`bayes_defense.stream.checkpoint.MAX_CHECKPOINT_BYTES`,
+            or a field is missing, unknown or out of range.
+        """
+        from bayes_defense.stream.checkpoint import read_checkpoint
+
+        state, extra = read_checkpoint(path, _CHECKPOINT_KIND)
+        try:
+            settings = {name: state[name] for name in _SETTINGS}
+            parameters = state["parameters"]
+        except KeyError as missing:
+            raise InvalidInputError(f"checkpoint state lacks {missing.args[0]!r}; it was not written by save()") from None
+        defender = cls(parameters, planner=planner, **settings)
+        defender.load_state_dict(state)
+        return (defender, extra) if with_extra else defender
 
     @staticmethod
     def _transitions(params: Mapping[str, np.ndarray]) -> np.ndarray:
@@ -558,43 +788,89 @@ class StreamingDefender:
         """Fold one event in and return the current belief.
 
         Malformed, non-finite, out-of-order (earlier than the open window),
-        duplicated and unknown events are rejected: counted in
-        :attr:`rejected` by reason, and the belief is returned unchanged.
+        duplicated (attrs included), unknown and too-far-ahead events are
+        rejected: counted in :attr:`rejected` by reason, and the belief is
+        returned unchanged. Never raises on bad input.
 
         Examples
         --------
         >>> d = StreamingDefender()
-        >>> _ = d.observe(Event(1.0, "r0", "peer_churn", 0.0, {}))
-        >>> _ = d.observe(Event(1.0, "r0", "peer_churn", 0.0, {}))
+        >>> for ts in (1.0, 1.5, 2.0, 1e15, 2.5, 2.5):  # one far-future event, one duplicate
+        ...     _ = d.observe(Event(ts, "r0", "peer_churn", 0.0, {}))
         >>> d.accepted, d.rejected
-        (1, {'duplicate': 1})
+        (4, {'clock_skew': 1, 'duplicate': 1})
         """
-        if not isinstance(event, Event):
-            if isinstance(event, Mapping):
-                try:
-                    event = Event.from_dict(event, allow_unknown_kind=True)
-                except ValueError:
-                    return self._reject("malformed")
-            else:
-                return self._reject("malformed")
+        parsed = self._parse(event)
+        if type(parsed) is str:
+            return self._reject(parsed)
+        return self._admit(parsed)
+
+    @staticmethod
+    def _parse(event: Any) -> tuple[float, str, str, float | None, dict] | str:
+        """Return the event's checked fields, or the reason to reject it."""
+        if not isinstance(event, tuple):
+            if not isinstance(event, Mapping):
+                return "malformed"
+            try:
+                event = Event.from_dict(event, allow_unknown_kind=True)
+            except ValueError as error:
+                return "non_finite" if getattr(error, "reason", "") in ("bad_ts", "bad_value") and _real(
+                    event.get("ts")) and _real(event.get("value", 0.0)) else "malformed"
+            except RecursionError:  # pragma: no cover - attrs_depth_ok is iterative
+                return "malformed"
         try:
             ts, node, kind, value, attrs = event
         except (TypeError, ValueError):
-            return self._reject("malformed")
-        if type(ts) is not float and (not isinstance(ts, (int, float)) or isinstance(ts, bool)):
-            return self._reject("malformed")
-        if not isinstance(node, str) or not node or not isinstance(kind, str) or not isinstance(attrs, dict):
-            return self._reject("malformed")
+            return "malformed"
+        seconds = finite_float(ts)
+        if seconds is None:
+            return "non_finite" if _real(ts) else "malformed"
         if value is not None:
-            if not isinstance(value, (int, float)) or isinstance(value, bool):
-                return self._reject("malformed")
-            if not math.isfinite(value):
-                return self._reject("non_finite")
-        if not math.isfinite(ts):
-            return self._reject("non_finite")
+            number = finite_float(value)
+            if number is None:
+                return "non_finite" if _real(value) else "malformed"
+            value = number
+        if not isinstance(node, str) or not node or not isinstance(kind, str) or not isinstance(attrs, dict):
+            return "malformed"
         if kind not in _KNOWN:
-            return self._reject("unknown_kind")
-        index = math.ceil(ts / self.window - 1e-9)
+            return "unknown_kind"
+        return seconds, node, kind, value, attrs
+
+    def _admit(self, event: tuple[float, str, str, float | None, dict]) -> Belief:
+        """Accept an event within the clock skew; hold one further ahead until others confirm it."""
+        ts = event[0]
+        held = self._held
+        ahead = ts > self._last_ts + self.max_clock_skew
+        if not held and not ahead:
+            return self._accept(event)
+        if not ahead:
+            # The stream goes on from the old clock: what was held was a lone jump.
+            self._drop_held()
+            return self._accept(event)
+        if held and abs(ts - held[0][0]) > self.max_clock_skew:
+            # The held events and this one disagree with each other as well.
+            self._drop_held()
+        held.append(event)
+        if len(held) >= self.clock_confirm:
+            self._held = []
+            for confirmed in held:
+                self._accept(confirmed)
+        return self.belief
+
+    def _drop_held(self) -> None:
+        for _ in self._held:
+            self._reject("clock_skew")
+        self._held = []
+
+    def _accept(self, event: tuple[float, str, str, float | None, dict]) -> Belief:
+        ts, node, kind, value, attrs = event
+        attrs_key = _attrs_key(attrs)
+        if attrs_key is None:
+            return self._reject("malformed")
+        position = ts / self.window
+        if position - position != 0.0:  # a finite ts that overflows in window units
+            return self._reject("non_finite")
+        index = math.ceil(position - 1e-9)
         if index < self._current:
             return self._reject("out_of_order")
         if index > self._current:
@@ -602,7 +878,7 @@ class StreamingDefender:
                 self._close_window()
             self._current = index
             self._seen = set()
-        key = (ts, node, kind, value)
+        key = (ts, node, kind, value, attrs_key)
         seen = self._seen
         if key in seen:
             return self._reject("duplicate")
@@ -610,8 +886,8 @@ class StreamingDefender:
             seen.add(key)
         self.accepted += 1
         if ts > self._last_ts:
-            self._last_ts = float(ts)
-        self._ingest(float(ts), node, kind, value, attrs)
+            self._last_ts = ts
+        self._ingest(ts, node, kind, value, attrs)
         return self.belief
 
     def observe_batch(self, events: Iterable[Any]) -> Belief:
@@ -620,9 +896,9 @@ class StreamingDefender:
         Examples
         --------
         >>> d = StreamingDefender()
-        >>> _ = d.observe_batch([Event(1.0, "r0", "peer_churn", 0.0, {}), Event(2.0, "r0", "peer_churn", 0.0, {})])
+        >>> _ = d.observe_batch([Event(float(t), "r0", "peer_churn", 0.0, {}) for t in (1, 2, 3)])
         >>> d.accepted, d.windows
-        (2, 1)
+        (3, 2)
         """
         # The loop below is observe() inlined for well-formed Event tuples of
         # floats and strings (the common case), to save a call and the
@@ -632,19 +908,36 @@ class StreamingDefender:
         known = _KNOWN
         window = self.window
         memory = self.duplicate_memory
+        skew = self.max_clock_skew
         event_type = Event
         float_type = float
         accepted = 0
+        limit = self._last_ts + skew
         try:
             for event in events:
                 if type(event) is not event_type:
+                    self.accepted += accepted
+                    accepted = 0
                     observe(event)
+                    limit = self._last_ts + skew
                     continue
                 ts, node, kind, value, attrs = event
                 if (type(ts) is not float_type or type(node) is not str or not node or type(attrs) is not dict
                         or (value is not None and type(value) is not float_type) or ts - ts != 0.0
-                        or (value is not None and value - value != 0.0) or kind not in known):
+                        or (value is not None and value - value != 0.0) or kind not in known
+                        or ts > limit or self._held):
+                    self.accepted += accepted
+                    accepted = 0
                     observe(event)
+                    limit = self._last_ts + skew
+                    continue
+                try:
+                    attrs_key = frozenset(attrs.items())
+                except TypeError:  # nested attrs: the careful path
+                    self.accepted += accepted
+                    accepted = 0
+                    observe(event)
+                    limit = self._last_ts + skew
                     continue
                 index = math.ceil(ts / window - 1e-9)
                 current = self._current
@@ -656,7 +949,7 @@ class StreamingDefender:
                         self._close_window()
                     self._current = index
                     self._seen = set()
-                key = (ts, node, kind, value)
+                key = (ts, node, kind, value, attrs_key)
                 seen = self._seen
                 if key in seen:
                     self._reject("duplicate")
@@ -666,13 +959,27 @@ class StreamingDefender:
                 accepted += 1
                 if ts > self._last_ts:
                     self._last_ts = ts
+                    limit = ts + skew
                 ingest(ts, node, kind, value, attrs)
         finally:
             self.accepted += accepted
         return self.belief
 
     def flush(self) -> Belief:
-        """Close the open window (at the end of a stream) and return the belief."""
+        """Close the open window (at the end of a stream) and return the belief.
+
+        Events still held ahead of the clock (see ``max_clock_skew``) are
+        decided first: accepted when the stream had no clock yet (a stream
+        shorter than ``clock_confirm`` events), rejected as ``"clock_skew"``
+        otherwise.
+        """
+        if self._held:
+            if self._last_ts == -math.inf:
+                held, self._held = self._held, []
+                for event in held:
+                    self._accept(event)
+            else:
+                self._drop_held()
         if self._current >= 0:
             self._close_window()
             self._current += 1
@@ -705,9 +1012,11 @@ class StreamingDefender:
                 if isinstance(primary, str):
                     self._primary = primary
             elif kind == "peer_diversity":
-                peers = attrs.get("peers")
-                if type(peers) is int or type(peers) is float:
-                    self._peer_counts[node] = float(peers)
+                # finite_float refuses NaN and integers beyond a float, which
+                # would poison the peer-table norm for good.
+                peers = finite_float(attrs.get("peers"))
+                if peers is not None and (node in self._peer_counts or len(self._peer_counts) < _MAX_REPLICAS):
+                    self._peer_counts[node] = peers
         elif kind == "preprepare":
             # A new view may legitimately re-propose a sequence number.
             seq = (attrs.get("view"), attrs.get("seq", value))
@@ -715,6 +1024,8 @@ class StreamingDefender:
             primary = attrs.get("primary")
             if isinstance(primary, str):
                 self._primary = primary
+            if not (isinstance(seq[0], _SCALARS) and isinstance(seq[1], _SCALARS) and isinstance(digest, _SCALARS)):
+                return
             try:
                 seen = self._digests.get(seq)
             except TypeError:
@@ -809,7 +1120,8 @@ class StreamingDefender:
         sources = [s for s in self._source.values() if s.startswith("r")]
         flood = median("source_rate_max")
         score[3] = min(flood, median("auth_failures") + 3.0) if sources else 0.0
-        suspects["flooding"] = (max(set(sources), key=sources.count),) if sources else ()
+        # Ties go to the first name in sorted order, never to the hash seed's set order.
+        suspects["flooding"] = (max(sorted(set(sources)), key=sources.count),) if sources else ()
         # View-change abuse: some replicas ask for view changes over and over.
         if self._view_changes:
             ranked = sorted(self._view_changes.values())
@@ -818,7 +1130,7 @@ class StreamingDefender:
             suspects["view_change_abuse"] = (node,)
         # Replay: duplicates and stale messages everywhere.
         score[5] = min(median("duplicate_messages") + median("stale_messages"), 2 * median("duplicate_messages") + 4)
-        suspects["replay"] = (max(set(sources), key=sources.count),) if sources else ()
+        suspects["replay"] = (max(sorted(set(sources)), key=sources.count),) if sources else ()
         # Sybil: new identities sharing a network prefix.
         if self._joins:
             prefix = max(self._joins, key=self._joins.__getitem__)

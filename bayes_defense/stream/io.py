@@ -13,12 +13,21 @@ import io
 import json
 import os
 from collections import Counter
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
-from bayes_defense.errors import ConfigError, MalformedEventError
-from bayes_defense.stream.schema import FIELDS, Event
+import msgspec
+
+from bayes_defense.errors import ConfigError, InvalidInputError, MalformedEventError
+from bayes_defense.stream.schema import (
+    FIELDS,
+    KNOWN_KIND_SET,
+    MAX_ATTRS_DEPTH,
+    REJECTION_REASONS,
+    Event,
+    malformed,
+)
 
 __all__ = [
     "FORMATS",
@@ -44,8 +53,13 @@ EVENT_FILE_NAMES: dict[str, str] = {
 _SUFFIXES = {".jsonl": "jsonl", ".json": "jsonl", ".ndjson": "jsonl", ".csv": "csv", ".parquet": "parquet", ".pq": "parquet"}
 
 # How many skip reasons a lenient reader keeps verbatim (with line numbers);
-# beyond this only the per-reason counts grow, so memory stays bounded.
+# beyond this only the per-reason counts grow, and those are keyed by the
+# fixed vocabulary REJECTION_REASONS, so memory stays bounded.
 _MAX_KEPT_ERRORS = 100
+# Bytes of whole lines decoded at once on the fast JSON Lines path; the
+# position a resumed run starts from is a block boundary.
+_BLOCK_BYTES = 1 << 20
+_CSV_BLOCK_ROWS = 65_536
 
 
 def guess_format(path: str | os.PathLike[str]) -> str:
@@ -81,6 +95,51 @@ def _resolve(path: str | os.PathLike[str], fmt: str | None) -> tuple[Path, str]:
     return path, fmt
 
 
+class _Record(msgspec.Struct, gc=False):
+    """The typed shape of a common JSON Lines event, checked by msgspec in C.
+
+    Attrs are flat here (scalars only): a block holding nested attrs fails
+    this type and is read line by line, where nesting is checked.
+    """
+
+    ts: float
+    node: Annotated[str, msgspec.Meta(min_length=1)]
+    kind: str
+    value: float | None = None
+    attrs: dict[str, str | int | float | bool | None] = {}  # noqa: RUF012 - msgspec copies defaults
+
+
+_RECORD_LINES = msgspec.json.Decoder(_Record).decode_lines
+_DECODE_ANY = msgspec.json.Decoder().decode
+
+
+def _fast_block_ok(block: bytes, lines: int) -> bool:
+    # msgspec's decode_lines splits on any whitespace between values, not on
+    # newlines. When every line starts with "{" and ends with "}" no value can
+    # continue across a newline ("}" then "{" is invalid inside a value), so
+    # a count of one value per line means exactly one value on every line.
+    # Blank lines, "\r\n" or trailing spaces take the careful per-line path.
+    return (block.startswith(b"{") and block.count(b"\n{") + 1 == lines
+            and block.count(b"}\n") == lines)
+
+
+def _decode_line(line: bytes) -> Any:
+    """Decode one JSON Lines record; return the object or a MalformedEventError."""
+    try:
+        return _DECODE_ANY(line)
+    except msgspec.ValidationError:
+        # Valid JSON grammar, but a number beyond the float range (1e400).
+        return malformed("non_finite", "a number in the line is beyond the range of a float")
+    except msgspec.DecodeError as error:
+        text = str(error)
+        if "UTF-8" in text:
+            return malformed("not_utf8", "the line is not valid UTF-8")
+        return malformed("not_json", f"not valid JSON ({text})")
+    except RecursionError:
+        return malformed("too_deep", f"the line nests deeper than JSON decoding allows (attrs may nest "
+                                     f"{MAX_ATTRS_DEPTH} levels)")
+
+
 class EventReader:
     """A streaming iterator over the events of one log file.
 
@@ -88,10 +147,22 @@ class EventReader:
     raises :class:`~bayes_defense.errors.MalformedEventError` naming its line
     (for Parquet, its 1-based row) and the reason. In lenient mode bad records
     are skipped and counted: ``skipped`` is their number, ``reasons`` counts
-    them per reason and ``errors`` keeps the first 100 as ``(line, reason)``.
+    them per reason code (:data:`~bayes_defense.stream.schema.REJECTION_REASONS`)
+    and ``errors`` keeps the first 100 as ``(line, message)``.
+
+    A problem with the file as a whole (a CSV header that is not the
+    schema's, a file that is not Parquet) raises
+    :class:`~bayes_defense.errors.MalformedEventError` in both modes: no
+    record of such a file can be read.
+
+    ``position`` is where a resumed read would continue (a plain dict, for a
+    checkpoint); it moves at block boundaries (1 MiB of JSON Lines, 65,536
+    CSV or Parquet rows), and ``on_block``, when set, is called with the
+    reader at each boundary, when every event before it has been consumed.
     """
 
-    def __init__(self, path: Path, fmt: str, *, strict: bool, allow_unknown_kind: bool) -> None:
+    def __init__(self, path: Path, fmt: str, *, strict: bool, allow_unknown_kind: bool,
+                 start: Mapping[str, int] | None = None) -> None:
         self.path = path
         self.format = fmt
         self.strict = strict
@@ -100,9 +171,40 @@ class EventReader:
         self.skipped = 0
         self.reasons: Counter[str] = Counter()
         self.errors: list[tuple[int, str]] = []
+        self.position: dict[str, int] = {"offset": 0, "line": 0, "record": 0}
+        self.on_block: Callable[[EventReader], None] | None = None
+        if start is not None:
+            self.restore(start)
+
+    def counts(self) -> dict[str, Any]:
+        """Return the position and counts as plain data (for a checkpoint); see :meth:`restore`."""
+        return {"position": dict(self.position), "events": self.events, "skipped": self.skipped,
+                "reasons": dict(self.reasons), "errors": [list(error) for error in self.errors]}
+
+    def restore(self, counts: Mapping[str, Any]) -> None:
+        """Continue from :meth:`counts` of an earlier read of the same file (validated)."""
+        try:
+            position = counts["position"] if "position" in counts else counts
+            restored = {key: int(position[key]) for key in ("offset", "line", "record")}
+            events, skipped = int(counts.get("events", 0)), int(counts.get("skipped", 0))
+            reasons = {str(k): int(v) for k, v in dict(counts.get("reasons", {})).items()}
+            errors = [(int(line), str(text)) for line, text in counts.get("errors", [])][:_MAX_KEPT_ERRORS]
+        except (KeyError, TypeError, ValueError, OverflowError):
+            raise InvalidInputError(f"a reader position needs integer offset, line and record; got {counts!r}"[:300]) from None
+        unknown = set(reasons) - set(REJECTION_REASONS)
+        size = self.path.stat().st_size
+        if (min(restored.values()) < 0 or events < 0 or skipped < 0 or any(v < 0 for v in reasons.values())
+                or unknown or restored["offset"] > size or sum(reasons.values()) != skipped):
+            raise InvalidInputError(f"reader position {restored} does not fit {self.path.name} ({size} bytes) or its "
+                                    f"counts are inconsistent; resume from a checkpoint written for this file")
+        self.position, self.events, self.skipped = restored, events, skipped
+        self.reasons, self.errors = Counter(reasons), errors
 
     def __iter__(self) -> Iterator[Event]:
-        records = {"jsonl": self._jsonl, "csv": self._csv, "parquet": self._parquet}[self.format]()
+        if self.format == "jsonl":
+            yield from self._jsonl()
+            return
+        records = {"csv": self._csv, "parquet": self._parquet}[self.format]()
         from_dict = Event.from_dict
         allow = self.allow_unknown_kind
         for line_number, record in records:
@@ -111,88 +213,190 @@ class EventReader:
                     raise record
                 event = from_dict(record, allow_unknown_kind=allow)
             except MalformedEventError as error:
-                reason = str(error)
-                if self.strict:
-                    raise MalformedEventError(
-                        f"{self.path.name} line {line_number}: {reason}"
-                    ) from None
-                self.skipped += 1
-                # Count by the reason's general form so counts stay few.
-                self.reasons[reason.split(",")[0].split(";")[0]] += 1
-                if len(self.errors) < _MAX_KEPT_ERRORS:
-                    self.errors.append((line_number, reason))
+                self._skip(line_number, error)
                 continue
             self.events += 1
             yield event
 
-    def _jsonl(self) -> Iterator[tuple[int, Any]]:
-        loads = json.loads
-        with open(self.path, encoding="utf-8") as handle:
-            for line_number, line in enumerate(handle, start=1):
-                if not line.strip():
-                    continue
-                try:
-                    record = loads(line)
-                except json.JSONDecodeError as error:
-                    record = MalformedEventError(f"not valid JSON ({error.msg} at column {error.colno})")
-                yield line_number, record
+    def _skip(self, line_number: int, error: MalformedEventError) -> None:
+        if self.strict:
+            raise MalformedEventError(f"{self.path.name} line {line_number}: {error}") from None
+        self.skipped += 1
+        self.reasons[getattr(error, "reason", "malformed")] += 1
+        if len(self.errors) < _MAX_KEPT_ERRORS:
+            self.errors.append((line_number, str(error)))
+
+    def _boundary(self) -> None:
+        if self.on_block is not None:
+            self.on_block(self)
+
+    def _jsonl(self) -> Iterator[Event]:
+        new_event = tuple.__new__
+        event_type = Event
+        known = KNOWN_KIND_SET
+        allow = self.allow_unknown_kind
+        from_dict = Event.from_dict
+        with open(self.path, "rb") as handle:
+            handle.seek(self.position["offset"])
+            while True:
+                self._boundary()
+                lines = handle.readlines(_BLOCK_BYTES)
+                if not lines:
+                    return
+                first_line = self.position["line"] + 1
+                block = b"".join(lines)
+                if not block.endswith(b"\n"):
+                    block += b"\n"
+                decoded = None
+                if _fast_block_ok(block, len(lines)):
+                    try:
+                        decoded = _RECORD_LINES(block)
+                    except (msgspec.DecodeError, msgspec.ValidationError, RecursionError):
+                        decoded = None
+                    if decoded is not None and len(decoded) != len(lines):
+                        decoded = None
+                if decoded is not None:
+                    for offset, record in enumerate(decoded):
+                        kind = record.kind
+                        if kind not in known and not allow:
+                            # The careful path gives the reason and message.
+                            self._one_line(first_line + offset, lines[offset], from_dict, allow)
+                            continue
+                        self.events += 1
+                        yield new_event(event_type, (record.ts, record.node, kind, record.value, record.attrs))
+                else:
+                    for offset, line in enumerate(lines):
+                        event = self._one_line(first_line + offset, line, from_dict, allow)
+                        if event is not None:
+                            yield event
+                self.position = {"offset": self.position["offset"] + sum(map(len, lines)),
+                                 "line": self.position["line"] + len(lines),
+                                 "record": self.position["record"] + len(lines)}
+
+    def _one_line(self, line_number: int, line: bytes, from_dict: Any, allow: bool) -> Event | None:
+        if not line.strip():
+            return None
+        record = _decode_line(line)
+        try:
+            if isinstance(record, MalformedEventError):
+                raise record
+            event = from_dict(record, allow_unknown_kind=allow)
+        except MalformedEventError as error:
+            self._skip(line_number, error)
+            return None
+        self.events += 1
+        return event
 
     def _csv(self) -> Iterator[tuple[int, Any]]:
-        with open(self.path, encoding="utf-8", newline="") as handle:
+        # Bytes that are not UTF-8 become lone surrogates, so that one bad
+        # byte rejects its row instead of ending the read.
+        with open(self.path, encoding="utf-8", errors="surrogateescape", newline="") as handle:
             reader = csv.reader(handle)
-            header = next(reader, None)
+            try:
+                header = next(reader, None)
+            except csv.Error as error:
+                raise MalformedEventError(f"{self.path.name}: cannot read the CSV header ({error})") from None
             if header is None:
                 return
             if [name.strip() for name in header[: len(FIELDS)]] != list(FIELDS):
-                yield 1, MalformedEventError(
-                    f"CSV header must be {','.join(FIELDS)}, got {','.join(header)}"
-                )
-                return
-            for row in reader:
-                line_number = reader.line_num
-                yield line_number, _csv_record(row)
+                shown = ",".join(header)
+                raise MalformedEventError(
+                    f"{self.path.name}: CSV header must be {','.join(FIELDS)}, got "
+                    f"{shown[:120] + '...' if len(shown) > 120 else shown}; no row of this file can be read")
+            skip = self.position["record"]
+            rows = 0
+            while True:
+                if rows % _CSV_BLOCK_ROWS == 0 and rows >= skip:
+                    self.position = {"offset": 0, "line": reader.line_num, "record": rows}
+                    self._boundary()
+                try:
+                    row = next(reader)
+                except StopIteration:
+                    return
+                except csv.Error as error:
+                    rows += 1
+                    if rows > skip:
+                        yield reader.line_num, malformed("bad_row", f"unreadable CSV row ({error})")
+                    continue
+                rows += 1
+                if rows <= skip:
+                    continue
+                yield reader.line_num, _csv_record(row)
 
     def _parquet(self) -> Iterator[tuple[int, Any]]:
+        import pyarrow as pa
         import pyarrow.parquet as pq
 
-        parquet_file = pq.ParquetFile(self.path)
+        try:
+            parquet_file = pq.ParquetFile(self.path)
+        except (pa.ArrowException, OSError) as error:
+            raise MalformedEventError(f"{self.path.name} is not a readable Parquet file ({' '.join(str(error).split())[:200]})") from None
+        names = parquet_file.schema_arrow.names
+        missing = [name for name in ("ts", "node", "kind") if name not in names]
+        if missing:
+            raise MalformedEventError(f"{self.path.name}: Parquet log lacks column(s) {', '.join(missing)}; "
+                                      f"the columns must be {', '.join(FIELDS)}")
+        skip = self.position["record"]
         row_number = 0
-        for batch in parquet_file.iter_batches(batch_size=65_536):
-            columns = batch.to_pydict()
-            missing = [name for name in ("ts", "node", "kind") if name not in columns]
-            if missing:
-                yield row_number + 1, MalformedEventError(f"Parquet log lacks column(s) {missing}")
-                return
-            ts_col, node_col, kind_col = columns["ts"], columns["node"], columns["kind"]
-            value_col = columns.get("value", [None] * len(ts_col))
-            attrs_col = columns.get("attrs", [None] * len(ts_col))
-            for i in range(len(ts_col)):
-                row_number += 1
-                yield row_number, _decode_attrs(
-                    {"ts": ts_col[i], "node": node_col[i], "kind": kind_col[i], "value": value_col[i]},
-                    attrs_col[i],
-                )
+        try:
+            batches = parquet_file.iter_batches(batch_size=_CSV_BLOCK_ROWS)
+            for batch in batches:
+                if row_number + batch.num_rows <= skip:
+                    row_number += batch.num_rows
+                    continue
+                columns = batch.to_pydict()
+                ts_col, node_col, kind_col = columns["ts"], columns["node"], columns["kind"]
+                value_col = columns.get("value", [None] * len(ts_col))
+                attrs_col = columns.get("attrs", [None] * len(ts_col))
+                for i in range(len(ts_col)):
+                    row_number += 1
+                    if row_number <= skip:
+                        continue
+                    yield row_number, _decode_attrs(
+                        {"ts": ts_col[i], "node": node_col[i], "kind": kind_col[i], "value": value_col[i]},
+                        attrs_col[i],
+                    )
+                self.position = {"offset": 0, "line": row_number, "record": row_number}
+                self._boundary()
+        except (pa.ArrowException, OSError) as error:
+            raise MalformedEventError(f"{self.path.name}: Parquet data after row {row_number} cannot be read "
+                                      f"({' '.join(str(error).split())[:200]})") from None
 
 
 def _decode_attrs(record: dict[str, Any], attrs_text: Any) -> Any:
     if attrs_text is None or attrs_text == "":
         return record
-    try:
-        record["attrs"] = json.loads(attrs_text)
-    except (json.JSONDecodeError, TypeError):
-        return MalformedEventError(f"field 'attrs' is not a JSON object: {attrs_text!r}")
+    if isinstance(attrs_text, dict):
+        record["attrs"] = attrs_text
+        return record
+    if not isinstance(attrs_text, (str, bytes)):
+        return malformed("bad_attrs", f"field 'attrs' must be a JSON object text, got {type(attrs_text).__name__}")
+    if isinstance(attrs_text, str):
+        try:
+            attrs_text = attrs_text.encode("utf-8")
+        except UnicodeEncodeError:  # lone surrogates from bytes that were not UTF-8
+            return malformed("not_utf8", "field 'attrs' is not valid UTF-8")
+    decoded = _decode_line(attrs_text)
+    if isinstance(decoded, MalformedEventError):
+        return decoded
+    record["attrs"] = decoded
     return record
 
 
 def _csv_record(row: list[str]) -> Any:
     if len(row) != len(FIELDS):
-        return MalformedEventError(f"expected {len(FIELDS)} columns, got {len(row)}")
+        return malformed("bad_row", f"expected {len(FIELDS)} columns, got {len(row)}")
     ts_text, node, kind, value_text, attrs_text = row
+    try:
+        node.encode("utf-8")
+        kind.encode("utf-8")
+    except UnicodeEncodeError:
+        return malformed("not_utf8", "node or kind is not valid UTF-8")
     try:
         ts = float(ts_text)
         value = float(value_text) if value_text != "" else None
     except ValueError:
-        return MalformedEventError(f"ts and value must be numbers, got {ts_text!r} and {value_text!r}")
+        return malformed("bad_row", f"ts and value must be numbers, got {ts_text[:40]!r} and {value_text[:40]!r}")
     return _decode_attrs({"ts": ts, "node": node, "kind": kind, "value": value}, attrs_text)
 
 
@@ -202,6 +406,7 @@ def read_events(
     fmt: str | None = None,
     strict: bool = True,
     allow_unknown_kind: bool = False,
+    start: Mapping[str, Any] | None = None,
 ) -> EventReader:
     """Stream the events of a log file, validating each.
 
@@ -216,6 +421,9 @@ def read_events(
         Raise on the first bad record (default) or skip and count bad records.
     allow_unknown_kind : bool
         Accept kinds this schema version does not know.
+    start : dict, optional
+        ``EventReader.counts()`` of an earlier, interrupted read of this
+        file: continue from its position, keeping its counts.
 
     Returns
     -------
@@ -240,7 +448,9 @@ def read_events(
     resolved, resolved_fmt = _resolve(path, fmt)
     if not resolved.exists():
         raise FileNotFoundError(f"no such log file: {str(resolved)!r}")
-    return EventReader(resolved, resolved_fmt, strict=strict, allow_unknown_kind=allow_unknown_kind)
+    if resolved.is_dir():
+        raise IsADirectoryError(f"{str(resolved)!r} is a directory; give an event log file")
+    return EventReader(resolved, resolved_fmt, strict=strict, allow_unknown_kind=allow_unknown_kind, start=start)
 
 
 def _number_text(value: float) -> str:

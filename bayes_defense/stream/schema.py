@@ -10,6 +10,7 @@ file, so that every line of a JSON Lines log is an event.
 from __future__ import annotations
 
 import math
+import numbers
 from collections.abc import Mapping
 from typing import Any, NamedTuple
 
@@ -21,8 +22,14 @@ __all__ = [
     "CLIENT_KINDS",
     "PROTOCOL_KINDS",
     "KNOWN_KINDS",
+    "KNOWN_KIND_SET",
     "FIELDS",
+    "MAX_ATTRS_DEPTH",
+    "REJECTION_REASONS",
     "Event",
+    "attrs_depth_ok",
+    "finite_float",
+    "malformed",
 ]
 
 #: Version of the event schema. The minor number grows when kinds or attrs are
@@ -68,15 +75,116 @@ PROTOCOL_KINDS: tuple[str, ...] = (
 #: Every kind a schema 1.x log may hold, in documentation order.
 KNOWN_KINDS: tuple[str, ...] = TELEMETRY_KINDS + CLIENT_KINDS + PROTOCOL_KINDS
 
-_KNOWN_KIND_SET = frozenset(KNOWN_KINDS)
+#: :data:`KNOWN_KINDS` as a set, for membership tests.
+KNOWN_KIND_SET: frozenset[str] = frozenset(KNOWN_KINDS)
+_KNOWN_KIND_SET = KNOWN_KIND_SET
 
 #: Column order used by every format.
 FIELDS: tuple[str, ...] = ("ts", "node", "kind", "value", "attrs")
 
 
-def _is_number(value: Any) -> bool:
-    # bool is an int subclass; a boolean where a number belongs is a schema error.
-    return isinstance(value, (int, float)) and not isinstance(value, bool)
+#: Deepest nesting of ``attrs`` (objects and lists inside objects) an event may
+#: have; deeper attrs are refused, so that no reader or checkpoint recurses
+#: without bound on a hostile line.
+MAX_ATTRS_DEPTH = 16
+
+#: Every reason a reader or the defender counts a rejected record under, with
+#: its meaning. The vocabulary is fixed so that counting rejections takes
+#: bounded memory whatever a log holds (the full message of the first records
+#: is kept apart, see ``EventReader.errors``).
+REJECTION_REASONS: dict[str, str] = {
+    "not_json": "the line is not one JSON value",
+    "not_utf8": "the line is not valid UTF-8",
+    "too_deep": f"attrs nest deeper than {MAX_ATTRS_DEPTH} levels",
+    "not_object": "the record is not a JSON object",
+    "missing_field": "ts, node or kind is missing",
+    "bad_ts": "ts is not a finite number of seconds (or is too large for a float)",
+    "bad_node": "node is not a non-empty string",
+    "bad_kind": "kind is not a string",
+    "unknown_kind": "kind is not in this schema version",
+    "bad_value": "value is not a finite number or null",
+    "bad_attrs": "attrs is not an object",
+    "bad_row": "a CSV row has the wrong number of columns or a non-number",
+    "malformed": "the event is not an Event, a record or a tuple of its five fields",
+    "non_finite": "ts or value is infinite or NaN",
+    "out_of_order": "ts lies before the defender's open window",
+    "duplicate": "an identical event (attrs included) was already seen in this window",
+    "clock_skew": "ts lies further ahead of the stream than the accepted clock skew",
+}
+
+
+def malformed(reason: str, message: str) -> MalformedEventError:
+    """Return a :class:`MalformedEventError` carrying a reason from :data:`REJECTION_REASONS`.
+
+    Examples
+    --------
+    >>> malformed("bad_ts", "field 'ts' is missing").reason
+    'bad_ts'
+    """
+    if reason not in REJECTION_REASONS:  # a programming error, not bad input
+        raise KeyError(f"unknown rejection reason {reason!r}; add it to REJECTION_REASONS")
+    error = MalformedEventError(message)
+    error.reason = reason  # type: ignore[attr-defined]
+    return error
+
+
+def finite_float(value: Any) -> float | None:
+    """Return ``value`` as a finite float, or None when it is not a finite real number.
+
+    Python and numpy integers and floats count; booleans, strings, integers
+    too large for a float and non-finite values do not.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> finite_float(np.float32(1.5)), finite_float(10**400), finite_float(True), finite_float(float("nan"))
+    (1.5, None, None, None)
+    """
+    if type(value) is float:
+        return value if value - value == 0.0 else None
+    # bool is an int subclass; a boolean where a number belongs is a schema
+    # error (numpy's bool_ is no numbers.Real, so it is refused as well).
+    if not isinstance(value, numbers.Real) or isinstance(value, bool):
+        return None
+    try:
+        number = float(value)
+    except (OverflowError, TypeError, ValueError):
+        return None
+    return number if math.isfinite(number) else None
+
+
+def attrs_depth_ok(value: Any, depth: int = 1) -> bool:
+    """Whether ``value`` nests containers at most :data:`MAX_ATTRS_DEPTH` deep.
+
+    Iterative, so that a hostile nesting cannot exhaust the stack.
+
+    Examples
+    --------
+    >>> attrs_depth_ok({"a": [1, {"b": 2}]}), attrs_depth_ok(eval("[" * 40 + "]" * 40))
+    (True, False)
+    """
+    stack = [(value, depth)]
+    while stack:
+        item, level = stack.pop()
+        if isinstance(item, Mapping):
+            children = item.values()
+        elif isinstance(item, (list, tuple)):
+            children = item
+        else:
+            continue
+        if level > MAX_ATTRS_DEPTH:
+            return False
+        stack.extend((child, level + 1) for child in children if isinstance(child, (Mapping, list, tuple)))
+    return True
+
+
+def _short(value: Any) -> str:
+    # A message quotes what came, but never a whole hostile record.
+    try:
+        text = repr(value)
+    except (RecursionError, ValueError):  # ValueError: an int too long to print
+        text = f"<{type(value).__name__}>"
+    return text if len(text) <= 80 else text[:77] + "..."
 
 
 class Event(NamedTuple):
@@ -144,42 +252,38 @@ class Event(NamedTuple):
         True
         """
         if not isinstance(data, Mapping):
-            raise MalformedEventError(
-                f"an event must be a JSON object, got {type(data).__name__}"
-            )
+            raise malformed("not_object", f"an event must be a JSON object, got {type(data).__name__}")
         try:
             ts = data["ts"]
             node = data["node"]
             kind = data["kind"]
         except KeyError as missing:
-            raise MalformedEventError(
-                f"missing required field {missing.args[0]!r}; an event needs ts, node and kind"
-            ) from None
-        if not _is_number(ts) or not math.isfinite(ts):
-            raise MalformedEventError(
-                f"field 'ts' must be a finite number of seconds, got {ts!r}"
-            )
+            raise malformed("missing_field",
+                            f"missing required field {missing.args[0]!r}; an event needs ts, node and kind") from None
+        seconds = finite_float(ts)
+        if seconds is None:
+            raise malformed("bad_ts", f"field 'ts' must be a finite number of seconds, got {_short(ts)}")
         if not isinstance(node, str) or not node:
-            raise MalformedEventError(f"field 'node' must be a non-empty string, got {node!r}")
+            raise malformed("bad_node", f"field 'node' must be a non-empty string, got {_short(node)}")
         if not isinstance(kind, str):
-            raise MalformedEventError(f"field 'kind' must be a string, got {kind!r}")
+            raise malformed("bad_kind", f"field 'kind' must be a string, got {_short(kind)}")
         if kind not in _KNOWN_KIND_SET and not allow_unknown_kind:
-            raise MalformedEventError(
-                f"unknown kind {kind!r}; schema {SCHEMA_VERSION} kinds are: {', '.join(KNOWN_KINDS)}"
-            )
+            raise malformed("unknown_kind",
+                            f"unknown kind {_short(kind)}; schema {SCHEMA_VERSION} kinds are: {', '.join(KNOWN_KINDS)}")
         value = data.get("value")
         if value is not None:
-            if not _is_number(value) or not math.isfinite(value):
-                raise MalformedEventError(
-                    f"field 'value' must be a finite number or null, got {value!r}"
-                )
-            value = float(value)
+            number = finite_float(value)
+            if number is None:
+                raise malformed("bad_value", f"field 'value' must be a finite number or null, got {_short(value)}")
+            value = number
         attrs = data.get("attrs")
         if attrs is None:
             attrs = {}
         elif not isinstance(attrs, dict):
-            raise MalformedEventError(f"field 'attrs' must be an object, got {attrs!r}")
-        return cls(float(ts), node, kind, value, attrs)
+            raise malformed("bad_attrs", f"field 'attrs' must be an object, got {_short(attrs)}")
+        elif not attrs_depth_ok(attrs):
+            raise malformed("too_deep", f"field 'attrs' nests deeper than {MAX_ATTRS_DEPTH} levels")
+        return cls(seconds, node, kind, value, attrs)
 
     def to_dict(self) -> dict[str, Any]:
         """Return the event as a plain dict (the JSON Lines record).
