@@ -1,25 +1,58 @@
 """Exact inference for discrete SCMs by variable elimination (tensor contraction).
 
-The model is compiled once into conditional probability tables: for each site
-the model is run with its parents forced to every joint configuration, inside
-one plate, and the site's distribution is read off. Queries are then sums over
-products of factors, contracted by ``opt_einsum``. The contraction path
-depends only on the query's pattern (which sites are intervened on, observed
-and queried), so it is searched once per pattern and reused; the sites the
-query reads stay open, so one contraction gives both the numerator and the
-normaliser. Small contractions run in numpy float64 (far less overhead per
-step than torch), large ones in torch (batched matrix products).
+Compiling. A model is compiled once into conditional probability tables, in
+a few vectorised model runs rather than one run per site: every site's parent
+configurations get a block of particles inside one plate, every site is
+forced to a value in each particle (the grid value where it is a parent of the
+block's site, its first support value elsewhere), and each site's table is
+read off its own block. A deterministic site's support is known only once its
+own block has run, so its children wait for a later run; the number of runs
+is one plus the longest chain of deterministic sites feeding deterministic
+sites (one for most models), and more only where blocks are split to respect
+the memory limit. A model that carries its tables (it has a
+``discrete_tables()`` method, as :class:`~bayes_defense.causal.pgmpy_interop.TabularModel`
+from a BIF file does) is not run at all: its tables are its definition.
 
-Interventional queries remove the intervened sites' tables and clamp them
-(graph surgery). Counterfactual queries build the twin network: a site that
-no intervention reaches is shared by both worlds; a site downstream of one
-gets a counterfactual copy tied to the factual one through its canonical
-noise. For a site with CDF ``F`` under factual parents and ``F'`` under
-counterfactual parents, the shared uniform noise gives the joint
+Pruning. A query reads only part of a network. Before contracting, each
+query drops the tables it cannot depend on: sites that are not ancestors of
+the query, the evidence or the factual condition (barren sites, whose tables
+sum to one), and, once the evidence is clamped (sliced out of every table),
+the parts not connected to the query, which are d-separated from it given the
+evidence and only scale numerator and normaliser alike. Those parts are still
+checked for evidence of probability zero, so impossible evidence anywhere
+raises :class:`~bayes_defense.errors.ImpossibleEvidenceError`. The pruning
+and the contraction path depend only on the query's pattern (which sites are
+intervened on, observed and queried), so both are found once per pattern and
+reused.
+
+Contracting. The kept tables are summed over every variable but the ones the
+query reads, which stay open, so one contraction gives both the numerator and
+the normaliser. Paths come from ``opt_einsum``; small contractions run in
+numpy float64 (less overhead per step than torch), large ones in torch
+(batched matrix products).
+
+Counterfactuals use the twin network: a site that no intervention reaches is
+shared by both worlds; a site downstream of one gets a counterfactual copy
+tied to the factual one through its canonical noise. For a site with CDF
+``F`` under factual parents and ``F'`` under counterfactual parents, the
+shared uniform noise gives the joint
 
 ``P(x = k, x' = k') = | [F(k-1), F(k)] intersect [F'(k'-1), F'(k')] |``,
 
-the monotone (comonotone) coupling. Answers are exact up to float64 rounding.
+the monotone (comonotone) coupling. Where a query needs only the
+counterfactual copy of a site, its factual twin is summed out in closed form
+(the copy's own table given its counterfactual parents), which prunes the
+factual ancestors the query does not need. Answers are exact up to float64
+rounding.
+
+Memory. Every table the backend builds (compiled tables and the model runs
+that make them, twin-network coupling tables, the query's table and every
+intermediate of a contraction) is bounded by :data:`MAX_TABLE_BYTES` bytes
+(1 GiB), or by ``options={"max_table_bytes": n}`` on a query. A query that
+would need a larger table raises :class:`~bayes_defense.errors.UnsupportedModelError`
+naming ``importance``, and ``backend="auto"`` then answers it by importance
+sampling. The bound is per table: a contraction holds its inputs and a few
+intermediates at once, so peak memory is a small multiple of it.
 """
 
 from __future__ import annotations
@@ -29,21 +62,47 @@ import random
 from collections import OrderedDict
 from dataclasses import dataclass, field
 
+import networkx as nx
 import numpy
 import opt_einsum
 import pyro
 import torch
+import torch.distributions as tdist
+from pyro.poutine.messenger import Messenger
+from pyro.poutine.subsample_messenger import _Subsample
 
-from bayes_defense.causal.noise import World, _discrete_table, _strip
+from bayes_defense.causal.noise import _discrete_table, _strip, log_prob
 from bayes_defense.causal.structure import float64
-from bayes_defense.errors import ImpossibleEvidenceError, UnsupportedModelError
+from bayes_defense.errors import ImpossibleEvidenceError, InvalidInputError, UnsupportedModelError
 from bayes_defense.estimate import exact_estimate
 from bayes_defense.inference.base import Backend, Problem, Query, register_backend
 
-__all__ = ["Exact", "DiscreteNetwork", "compile_discrete"]
+__all__ = ["Exact", "DiscreteNetwork", "compile_discrete", "MAX_TABLE_BYTES"]
 
-#: Largest joint grid over which a callable query is evaluated.
-MAX_QUERY_GRID = 2**22
+#: Default bound, in bytes, on any one table the exact backend builds (see the module docstring).
+#: A query may set its own with ``options={"max_table_bytes": n}``.
+MAX_TABLE_BYTES = 2**30
+
+_ENTRY_BYTES = 8  # float64
+
+
+def table_limit(problem: Problem | None) -> int:
+    """The table bound for ``problem``: its ``max_table_bytes`` option, else :data:`MAX_TABLE_BYTES`."""
+    limit = MAX_TABLE_BYTES if problem is None else problem.options.get("max_table_bytes", MAX_TABLE_BYTES)
+    if isinstance(limit, bool) or not isinstance(limit, int) or limit < 1:
+        raise InvalidInputError(
+            f"option max_table_bytes must be a positive integer number of bytes, for example 2**30; got {limit!r}"
+        )
+    return limit
+
+
+def _too_large(what: str, entries: int, limit: int) -> UnsupportedModelError:
+    size = entries * _ENTRY_BYTES
+    return UnsupportedModelError(
+        f"backend 'exact' would build {what} of {entries:,} entries ({size / 2**30:.3g} GiB), above its "
+        f"table limit of {limit:,} bytes ({limit / 2**30:.3g} GiB). Use backend='importance' (backend='auto' "
+        "falls back to it), or raise the limit with options={'max_table_bytes': ...}"
+    )
 
 
 @dataclass
@@ -59,7 +118,7 @@ class DiscreteNetwork:
     support: dict
     cpt: dict
     dtypes: dict
-    #: Derived tables (numpy copies, twin-network couplings, query tables), built on first use.
+    #: Derived tables (numpy copies, couplings, query tables, plans), built on first use.
     cache: dict = field(default_factory=dict, repr=False, compare=False)
 
     def cdf(self, name: str) -> torch.Tensor:
@@ -79,26 +138,120 @@ class DiscreteNetwork:
     def numpy_support(self, name: str) -> numpy.ndarray:
         return self.derived(("support", name), lambda: self.support[name].to(torch.float64).numpy())
 
+    @property
+    def position(self) -> dict:
+        """``{name: index}`` in execution order; a site's factual variable label is its index."""
+        return self.derived("position", lambda: {name: i for i, name in enumerate(self.names)})
+
+    def graph(self) -> nx.DiGraph:
+        """The causal DAG of the tables (an edge per parent)."""
+
+        def build():
+            graph = nx.DiGraph()
+            graph.add_nodes_from(self.names)
+            graph.add_edges_from((parent, name) for name in self.names for parent in self.parents[name])
+            return graph
+
+        return self.derived("graph", build)
+
+    def descendants(self, roots) -> frozenset:
+        """The roots and every site downstream of them (cached per set of roots)."""
+        key = frozenset(roots)
+        cache = self.derived("descendants", OrderedDict)
+        found = cache.get(key)
+        if found is None:
+            graph = self.graph()
+            found = set(key)
+            for root in key:
+                found |= nx.descendants(graph, root)
+            found = cache[key] = frozenset(found)
+            if len(cache) > 256:
+                cache.popitem(last=False)
+        return found
+
+    def value_index(self, name: str, value, role: str) -> int:
+        """Position of ``value`` in the support of ``name``; ImpossibleEvidenceError outside it."""
+        lookup = self.derived(("lookup", name),
+                              lambda: {float(v): k for k, v in reversed(list(enumerate(self.numpy_support(name))))})
+        tensor = torch.as_tensor(value)
+        if tensor.numel() != 1:
+            raise InvalidInputError(
+                f"{role} for the scalar site {name!r} must be one value; got shape {tuple(tensor.shape)}"
+            )
+        number = float(tensor.reshape(()))
+        k = lookup.get(number)
+        if k is None:
+            raise ImpossibleEvidenceError(
+                f"{role} {name}={number:g} is outside the support {self.numpy_support(name).tolist()} of "
+                f"site {name!r}; it has probability zero"
+            )
+        return k
+
 
 def compile_discrete(problem_or_info, model=None) -> DiscreteNetwork:
-    """Compile (once per model) the tables of a discrete model; raise if it is not one."""
-    info = problem_or_info.info if isinstance(problem_or_info, Problem) else problem_or_info
-    model = problem_or_info.model if isinstance(problem_or_info, Problem) else model
-    if "discrete_network" in info.cache:
-        cached = info.cache["discrete_network"]
-        if isinstance(cached, Exception):
-            raise cached
-        return cached
+    """Compile (once per model) the tables of a discrete model; raise if it is not one.
+
+    Parameters
+    ----------
+    problem_or_info : Problem or ModelInfo
+        The query (its model and ``max_table_bytes`` option are used) or the
+        model's :class:`~bayes_defense.causal.structure.ModelInfo`.
+    model : callable, optional
+        The model, when ``problem_or_info`` is a ``ModelInfo``.
+
+    Returns
+    -------
+    DiscreteNetwork
+
+    Raises
+    ------
+    UnsupportedModelError
+        If a site is continuous, not scalar, has an unbounded support, or a
+        table would exceed the table limit.
+
+    Notes
+    -----
+    A model object with a ``discrete_tables()`` method returning
+    ``(parents, tables)`` (``{site: tuple of parent names}`` and ``{site:
+    tensor of shape (|pa_1|, ..., |pa_m|, K)}``, every site a scalar
+    ``Categorical`` whose value is a position ``0 .. K-1``) is compiled from
+    those tables without running it. Any other model is run in a few
+    vectorised passes (see the module docstring).
+
+    Examples
+    --------
+    >>> import pyro, pyro.distributions as dist
+    >>> from bayes_defense.causal.structure import model_info
+    >>> from bayes_defense.inference.exact import compile_discrete
+    >>> def model():
+    ...     x = pyro.sample("x", dist.Bernoulli(0.3))
+    ...     pyro.sample("y", dist.Bernoulli(0.1 + 0.8 * x))
+    >>> network = compile_discrete(model_info(model), model)
+    >>> network.parents["y"], network.cpt["y"].tolist()
+    (('x',), [[0.9, 0.1], [0.09999999999999998, 0.9]])
+    """
+    is_problem = isinstance(problem_or_info, Problem)
+    info = problem_or_info.info if is_problem else problem_or_info
+    model = problem_or_info.model if is_problem else model
+    limit = table_limit(problem_or_info if is_problem else None)
+    cached = info.cache.get("discrete_network")
+    if cached is not None:
+        if not isinstance(cached, tuple):
+            return cached
+        error, failed_limit, size_bound = cached
+        # A failure caused by the table limit is retried under a larger limit.
+        if not (size_bound and limit > failed_limit):
+            raise error
     try:
-        network = _compile(info, model)
+        network = _compile(info, model, limit)
     except UnsupportedModelError as error:
-        info.cache["discrete_network"] = error
+        info.cache["discrete_network"] = (error, limit, getattr(error, "_table_limit", False))
         raise
     info.cache["discrete_network"] = network
     return network
 
 
-def _compile(info, model) -> DiscreteNetwork:
+def _check_sites(info) -> None:
     for site in info.sites.values():
         if not site.scalar:
             raise UnsupportedModelError(
@@ -116,104 +269,228 @@ def _compile(info, model) -> DiscreteNetwork:
                 f"backend 'exact' needs finite supports; site {site.name!r} is {site.distribution} "
                 "with unbounded support. Use backend='importance'"
             )
-    parents = info.parents()
-    support: dict = {}
-    cpt: dict = {}
-    dtypes: dict = {}
-    for name in info.names:
+
+
+def _compile(info, model, limit: int) -> DiscreteNetwork:
+    _check_sites(info)
+    provider = getattr(model, "discrete_tables", None)
+    if callable(provider):
+        return _from_tables(info, *provider())
+    return _from_runs(info, model, limit)
+
+
+def _from_tables(info, parents: dict, tables: dict) -> DiscreteNetwork:
+    """A network from a model's own tables, checked against what a trace of the model shows."""
+    names = list(info.names)
+    if set(tables) != set(names) or set(parents) != set(names):
+        raise UnsupportedModelError(
+            f"the model's discrete_tables() name {sorted(tables)}, but its run samples {names}; they must agree"
+        )
+    position = {name: i for i, name in enumerate(names)}
+    support, cpt, dtypes = {}, {}, {}
+    for name in names:
         site = info.sites[name]
-        pa = parents[name]
-        grid_size = math.prod(support[p].numel() for p in pa) if pa else 1
-        if grid_size > 2**20:
+        table = torch.as_tensor(tables[name], dtype=torch.float64)
+        pa = tuple(parents[name])
+        if site.distribution != "Categorical" or any(position[p] >= position[name] for p in pa):
             raise UnsupportedModelError(
-                f"site {name!r} has {len(pa)} parents with {grid_size} joint configurations; too many "
-                "for a table. Use backend='importance'"
+                f"discrete_tables() describes site {name!r} as a Categorical after its parents {pa}, but the "
+                f"model samples it as {site.distribution} at position {position[name]}"
             )
-        grids = torch.meshgrid(*[support[p] for p in pa], indexing="ij") if pa else ()
-        forced = {p: g.reshape(-1) for p, g in zip(pa, grids, strict=False)}
-        world = World(do=forced, particle_dim=-1, num_particles=grid_size)
-        with float64(), torch.no_grad(), pyro.validation_enabled(False), world, pyro.plate("_bd_grid", grid_size, dim=-1):
-            _run_until(model, world, name)
-        d = world.distributions[name]
-        if site.deterministic:
-            # The recorded value, not the Delta's v, which plates may have expanded.
-            values = world.values[name].expand(grid_size).reshape(grid_size)
-            values_sorted = torch.unique(values)
-            support[name] = values_sorted
-            index = torch.searchsorted(values_sorted, values)
-            table = torch.nn.functional.one_hot(index, values_sorted.numel()).to(torch.float64)
-        else:
-            sup, cdf = _discrete_table(d)
-            support[name] = sup
-            pmf = torch.diff(cdf, dim=0, prepend=torch.zeros_like(cdf[:1])).to(torch.float64)
-            pmf = pmf.expand((pmf.shape[0], grid_size)).T.clamp(min=0)
-            table = pmf
+        expected = tuple(cpt[p].shape[-1] for p in pa) + (_strip(site.fn).probs.shape[-1],)
+        if tuple(table.shape) != expected:
+            raise UnsupportedModelError(
+                f"discrete_tables() gives site {name!r} a table of shape {tuple(table.shape)}; its parents' "
+                f"and its own state counts need {expected}"
+            )
+        support[name] = torch.arange(table.shape[-1], dtype=torch.float64)
+        cpt[name] = table
         dtypes[name] = site.example.dtype
-        cpt[name] = table.reshape(tuple(support[p].numel() for p in pa) + (support[name].numel(),))
-    return DiscreteNetwork(names=list(info.names), parents=parents, support=support, cpt=cpt, dtypes=dtypes)
+    return DiscreteNetwork(names=names, parents={n: tuple(parents[n]) for n in names}, support=support, cpt=cpt,
+                           dtypes=dtypes)
 
 
 class _Stop(Exception):
     pass
 
 
-def _run_until(model, world, name):
-    """Run the model until ``name`` has been sampled; later sites are not needed."""
+class _Tabulate(Messenger):
+    """Force every site with a known support; read each block's site off its own particles.
 
-    class _Stopper(pyro.poutine.messenger.Messenger):
-        def _pyro_post_sample(self, msg):
-            if msg["name"] == name:
-                raise _Stop
-
-    try:
-        with _Stopper():
-            model()
-    except _Stop:
-        pass
-
-
-class _Factors:
-    """Factors over integer-labelled variables, contracted with opt_einsum in numpy float64.
-
-    numpy's pairwise contractions are far cheaper than ``torch.einsum`` on
-    these many-index, small tensors, and the contraction path depends only on
-    the labels and shapes, so it is computed once per query pattern and
-    reused (see :func:`_expression`).
+    ``blocks[name] = (start, stop)``: the particles in which ``name``'s parents
+    run through their joint configurations. A deterministic site whose
+    support is not known yet is left to the model (its value is recorded);
+    the run stops after the last block's site.
     """
 
-    def __init__(self):
-        self.tensors: list = []
-        self.labels: list = []
+    def __init__(self, forced: dict, blocks: dict, stop: str, total: int):
+        super().__init__()
+        self.total = total
+        self.forced = forced
+        self.blocks = blocks
+        self.stop = stop
+        self.tables: dict = {}
 
-    def add(self, tensor, labels):
-        self.tensors.append(_as_numpy(tensor))
-        self.labels.append(tuple(labels))
+    def _pyro_sample(self, msg):
+        name = msg["name"]
+        if isinstance(msg["fn"], _Subsample):
+            return
+        block = self.blocks.get(name)
+        if block is not None:
+            self.tables[name] = _block_table(msg["fn"], msg["value"], *block, self.total)
+        value = self.forced.get(name)
+        if value is not None:
+            msg["value"] = value
+            msg["is_observed"] = True
 
-    def marginal(self, keep) -> numpy.ndarray:
-        """Sum the product of all factors over every variable outside ``keep``."""
-        keep = tuple(keep)
-        if not self.tensors:
-            return numpy.ones(tuple(1 for _ in keep)) if keep else numpy.array(1.0)
-        shapes = tuple(t.shape for t in self.tensors)
-        expression, large = _expression(tuple(self.labels), shapes, keep)
-        if large:
-            # Large pairwise steps with shared batch indices are batched matrix
-            # products in torch but slow loops in numpy's einsum.
-            return expression(*(torch.from_numpy(t) for t in self.tensors)).numpy()
-        return numpy.asarray(expression(*self.tensors))
+    def _pyro_post_sample(self, msg):
+        if msg["name"] == self.stop:
+            raise _Stop
+
+
+def _block_table(d, value, start: int, stop: int, total: int):
+    """``("values", tensor)`` of a deterministic site, or ``("pmf", support, (rows, K) pmf)`` over a block."""
+    base = _strip(d)
+    rows = stop - start
+    if isinstance(base, pyro.distributions.Delta):
+        # A value computed from no forced parent has no particle dimension.
+        value = torch.as_tensor(value).reshape(-1)
+        return ("values", value.expand(total)[start:stop] if value.numel() == 1 else value[start:stop])
+    if isinstance(base, tdist.Categorical):
+        probs = base.probs
+        k = probs.shape[-1]
+        probs = probs.reshape(-1, k)
+        table = probs.expand(rows, k) if probs.shape[0] == 1 else probs[start:stop]
+        return ("pmf", torch.arange(k, dtype=torch.float64), table.to(torch.float64))
+    support, _ = _discrete_table(base)
+    shaped = support.reshape((-1,) + (1,) * len(base.batch_shape))
+    pmf = log_prob(base, shaped).exp().reshape(support.numel(), -1)
+    table = pmf.expand(support.numel(), rows) if pmf.shape[1] == 1 else pmf[:, start:stop]
+    return ("pmf", support.to(torch.float64), table.T.to(torch.float64))
+
+
+def _from_runs(info, model, limit: int) -> DiscreteNetwork:
+    """Tabulate every site in a few vectorised model runs (see the module docstring)."""
+    names = list(info.names)
+    parents = info.parents()
+    dtypes = {name: info.sites[name].example.dtype for name in names}
+    support: dict = {}
+    # Stochastic supports do not depend on the parents (each is checked against
+    # its own block below); a float64 trace gives them in double precision.
+    with float64(), torch.random.fork_rng(), torch.no_grad(), pyro.validation_enabled(False):
+        torch.manual_seed(0)
+        trace = pyro.poutine.trace(model).get_trace()
+    # Forced values take the dtypes of a float64 run, so that the model's arithmetic stays in double.
+    run_dtypes = {name: trace.nodes[name]["value"].dtype for name in names}
+    for name in names:
+        if not info.sites[name].deterministic:
+            support[name] = _discrete_table(trace.nodes[name]["fn"])[0].to(torch.float64)
+    cpt: dict = {}
+    # A run holds one forced value per site and particle and one site's table at a time.
+    widest = max(len(names), max((s.numel() for s in support.values()), default=1))
+    capacity = max(1, limit // (_ENTRY_BYTES * widest))
+    while len(cpt) < len(names):
+        ready = [name for name in names if name not in cpt and all(p in support for p in parents[name])]
+        for batch in _batches(ready, parents, support, capacity, limit, len(names)):
+            _run_blocks(model, names, batch, parents, support, run_dtypes, cpt)
+    return DiscreteNetwork(names=names, parents=parents, support=support, cpt=cpt, dtypes=dtypes)
+
+
+def _batches(ready, parents, support, capacity: int, limit: int, sites: int):
+    """Split the ready sites into runs of at most ``capacity`` particles (one block at least)."""
+    batch, used = [], 0
+    for name in ready:
+        rows = math.prod(support[p].numel() for p in parents[name])
+        entries = rows * max(sites, support[name].numel() if name in support else 1)
+        if entries * _ENTRY_BYTES > limit:
+            error = _too_large(f"the table of site {name!r} ({len(parents[name])} parents, {rows:,} "
+                               "configurations) and the model run that fills it", entries, limit)
+            error._table_limit = True
+            raise error
+        if batch and used + rows > capacity:
+            yield batch
+            batch, used = [], 0
+        batch.append(name)
+        used += rows
+    if batch:
+        yield batch
+
+
+def _run_blocks(model, names, batch, parents, support, dtypes, cpt) -> None:
+    blocks, start = {}, 0
+    for name in batch:
+        rows = math.prod(support[p].numel() for p in parents[name])
+        blocks[name] = (start, start + rows)
+        start += rows
+    total = start
+    forced = {}
+    for name in names:
+        if name not in support:
+            continue
+        # The first support value where a site is no parent of the block's site: any valid value does.
+        values = support[name][:1].expand(total).clone()
+        forced[name] = values
+    for name, (begin, end) in blocks.items():
+        pa = parents[name]
+        if not pa:
+            continue
+        grids = torch.meshgrid(*[support[p] for p in pa], indexing="ij")
+        for p, grid in zip(pa, grids, strict=True):
+            forced[p][begin:end] = grid.reshape(-1)
+    forced = {name: value.to(dtypes[name]) for name, value in forced.items()}
+    last = max(batch, key=names.index)
+    tabulate = _Tabulate(forced, blocks, last, total)
+    with float64(), torch.no_grad(), pyro.validation_enabled(False), tabulate, pyro.plate("_bd_grid", total, dim=-1):
+        try:
+            model()
+        except _Stop:
+            pass
+    for name in batch:
+        shape = tuple(support[p].numel() for p in parents[name])
+        kind, *content = tabulate.tables[name]
+        if kind == "values":
+            values = content[0]
+            support[name] = torch.unique(values).to(torch.float64) if values.is_floating_point() else torch.unique(values)
+            index = torch.searchsorted(support[name], values.to(support[name].dtype))
+            table = torch.nn.functional.one_hot(index, support[name].numel()).to(torch.float64)
+        else:
+            block_support, table = content
+            if not torch.equal(block_support, support[name]):
+                raise UnsupportedModelError(
+                    f"the support of site {name!r} changes with its parents ({support[name].tolist()} in one "
+                    f"run, {block_support.tolist()} in another); backend 'exact' needs a fixed support. "
+                    "Use backend='importance'"
+                )
+            table = table.clamp(min=0)
+        cpt[name] = table.reshape(shape + (support[name].numel(),))
+
+
+def _as_numpy(tensor) -> numpy.ndarray:
+    if isinstance(tensor, numpy.ndarray):
+        return tensor
+    return tensor.detach().to(torch.float64).numpy()
 
 
 #: Contraction expressions by (labels, shapes, output); a query pattern repeats these exactly.
 _EXPRESSIONS: OrderedDict = OrderedDict()
 _MAX_EXPRESSIONS = 256
-#: Above this many flops a contraction runs in torch (see ``_Factors.marginal``).
+#: Above this many flops a contraction runs in torch (see ``_contract``).
 _TORCH_FLOPS = 2e6
 #: Above this many flops a better path is worth a short randomised search.
 _SEARCH_FLOPS = 1e8
 
 
-def _expression(labels: tuple, shapes: tuple, keep: tuple):
-    """Return ``(expression, large)`` for a contraction, building the path once per pattern."""
+@dataclass
+class _Expression:
+    """A compiled contraction with the size of its largest intermediate."""
+
+    call: object
+    large: bool
+    largest: int
+
+
+def _expression(labels: tuple, shapes: tuple, keep: tuple) -> _Expression:
+    """The contraction of factors with ``labels`` and ``shapes`` onto ``keep`` (path found once per pattern)."""
     key = (labels, shapes, keep)
     cached = _EXPRESSIONS.get(key)
     if cached is not None:
@@ -229,7 +506,7 @@ def _expression(labels: tuple, shapes: tuple, keep: tuple):
     inputs = ",".join("".join(symbol(label) for label in factor) for factor in labels)
     equation = f"{inputs}->{''.join(symbol(label) for label in keep)}"
     path, info = opt_einsum.contract_path(equation, *shapes, shapes=True, optimize="greedy")
-    cost = float(info.opt_cost)
+    cost, largest = float(info.opt_cost), int(info.largest_intermediate)
     if cost > _SEARCH_FLOPS:
         # RandomGreedy reseeds Python's global random module; keep the caller's state.
         state = random.getstate()
@@ -238,89 +515,293 @@ def _expression(labels: tuple, shapes: tuple, keep: tuple):
                                                          optimize=opt_einsum.RandomGreedy(max_repeats=8))
         finally:
             random.setstate(state)
-        if float(other_info.opt_cost) < cost:
-            path, cost = other, float(other_info.opt_cost)
-    expression = opt_einsum.contract_expression(equation, *shapes, optimize=path)
-    _EXPRESSIONS[key] = cached = (expression, cost > _TORCH_FLOPS)
+        if (int(other_info.largest_intermediate), float(other_info.opt_cost)) < (largest, cost):
+            path, cost, largest = other, float(other_info.opt_cost), int(other_info.largest_intermediate)
+    expression = _Expression(opt_einsum.contract_expression(equation, *shapes, optimize=path), cost > _TORCH_FLOPS,
+                             largest)
+    _EXPRESSIONS[key] = expression
     if len(_EXPRESSIONS) > _MAX_EXPRESSIONS:
         _EXPRESSIONS.popitem(last=False)
-    return cached
+    return expression
 
 
-def _as_numpy(tensor) -> numpy.ndarray:
-    if isinstance(tensor, numpy.ndarray):
-        return tensor
-    return tensor.detach().to(torch.float64).numpy()
+def _contract(expression: _Expression, tensors: list) -> numpy.ndarray:
+    if expression.large:
+        # Large pairwise steps with shared batch indices are batched matrix
+        # products in torch but slow loops in numpy's einsum.
+        return expression.call(*(torch.from_numpy(numpy.ascontiguousarray(t)) for t in tensors)).numpy()
+    return numpy.asarray(expression.call(*tensors))
 
 
-def _diagonalise(tensor, labels):
-    """Collapse repeated labels (a variable shared by both worlds) to one axis."""
-    unique = list(dict.fromkeys(labels))
-    if len(unique) == len(labels):
-        return tensor, labels
-    letters = {label: opt_einsum.get_symbol(i) for i, label in enumerate(unique)}
-    equation = "".join(letters[label] for label in labels) + "->" + "".join(letters[label] for label in unique)
-    return torch.einsum(equation, tensor), tuple(unique)
+#: Coupling tables kept per network, bounded in total by the table limit.
+_COUPLING_BUDGET_FACTOR = 1
 
 
-def _coupling(cdf_table: torch.Tensor) -> torch.Tensor:
-    """Joint ``P(x=k, x'=k')`` for every pair of (factual, counterfactual) parent configurations.
+def _coupling(network: DiscreteNetwork, name: str, affected_parents: tuple, limit: int) -> numpy.ndarray:
+    """Joint ``P(x = k, x' = k')`` of a site and its counterfactual copy.
 
-    ``cdf_table`` has shape ``(*parent_sizes, K)``; the result has shape
-    ``(*parent_sizes, *parent_sizes, K, K)``.
+    Axes: the unaffected parents (shared by both worlds), the affected
+    parents' factual values, their counterfactual values, then ``k`` and
+    ``k'``. Cached per site and set of affected parents, within a total of
+    one table limit.
     """
-    parent_shape = cdf_table.shape[:-1]
-    k = cdf_table.shape[-1]
-    flat = cdf_table.reshape(-1, k)
-    high = flat
-    low = torch.cat([torch.zeros_like(flat[:, :1]), flat[:, :-1]], dim=1)
-    # (a, b, k, k'): factual configuration a, counterfactual b.
-    upper = torch.minimum(high[:, None, :, None], high[None, :, None, :])
-    lower = torch.maximum(low[:, None, :, None], low[None, :, None, :])
-    joint = (upper - lower).clamp(min=0)
-    return joint.reshape(tuple(parent_shape) + tuple(parent_shape) + (k, k))
+    cache = network.derived("couplings", OrderedDict)
+    key = (name, affected_parents)
+    found = cache.get(key)
+    if found is not None:
+        cache.move_to_end(key)
+        return found
+    parents = network.parents[name]
+    cpt = network.numpy_cpt(name)
+    shared = [i for i, p in enumerate(parents) if p not in affected_parents]
+    moved = [i for i, p in enumerate(parents) if p in affected_parents]
+    shared_sizes = [cpt.shape[i] for i in shared]
+    moved_sizes = [cpt.shape[i] for i in moved]
+    k = cpt.shape[-1]
+    u, a = math.prod(shared_sizes), math.prod(moved_sizes)
+    entries = u * a * a * k * k
+    if entries * _ENTRY_BYTES > limit:
+        error = _too_large(f"the twin-network coupling table of site {name!r}", entries, limit)
+        raise error
+    high = numpy.cumsum(cpt.transpose(shared + moved + [cpt.ndim - 1]).reshape(u, a, k), axis=-1)
+    low = numpy.concatenate([numpy.zeros((u, a, 1)), high[:, :, :-1]], axis=-1)
+    joint = numpy.minimum(high[:, :, None, :, None], high[:, None, :, None, :])
+    joint -= numpy.maximum(low[:, :, None, :, None], low[:, None, :, None, :])
+    numpy.maximum(joint, 0.0, out=joint)
+    joint = joint.reshape(tuple(shared_sizes) + tuple(moved_sizes) * 2 + (k, k))
+    cache[key] = joint
+    total = sum(table.size for table in cache.values()) * _ENTRY_BYTES
+    while total > limit * _COUPLING_BUDGET_FACTOR and len(cache) > 1:
+        _, dropped = cache.popitem(last=False)
+        total -= dropped.size * _ENTRY_BYTES
+    return joint
 
 
-def _indicator(support, value, name: str, role: str) -> numpy.ndarray:
-    """Point mass on ``value`` over a site's support (a numpy vector)."""
-    support = _as_numpy(support) if not isinstance(support, numpy.ndarray) else support
-    match = support == float(torch.as_tensor(value).to(torch.float64).reshape(()))
-    if not match.any():
-        raise ImpossibleEvidenceError(
-            f"{role} {name}={float(value):g} is outside the support {support.tolist()} of site {name!r}; "
-            "it has probability zero"
-        )
-    return match.astype(numpy.float64)
+@dataclass
+class _Factor:
+    """One table of a query: where it comes from and its variable labels (before slicing)."""
+
+    source: tuple  # ("cpt", name) | ("coupling", name, affected parents) | ("query",) | ("condition",)
+    labels: tuple
+    #: Positions of clamped labels and the clamped variable each holds.
+    clamps: tuple = ()
+    sliced: tuple = ()
+    may_vanish: bool = True
+
+
+@dataclass
+class _Group:
+    factors: list
+    keep: tuple
+    expression: _Expression | None = None
+
+
+@dataclass
+class _Plan:
+    """How to answer one query pattern: the kept tables, grouped by connected part."""
+
+    clamped: dict  # label -> ("do" | "evidence", site)
+    main: _Group
+    rests: list
+    scalars: list
+    world_label: dict
+    factual_label: dict
+
+
+#: Plans kept per network.
+_MAX_PLANS = 256
+
+
+def _plan(problem: Problem, network: DiscreteNetwork, query_read: tuple, condition_read: tuple | None,
+          limit: int) -> _Plan:
+    key = (problem.counterfactual, frozenset(problem.do), frozenset(problem.evidence), query_read, condition_read,
+           limit)
+    plans = network.derived("plans", OrderedDict)
+    plan = plans.get(key)
+    if plan is not None:
+        plans.move_to_end(key)
+        return plan
+    plan = plans[key] = _build_plan(problem, network, query_read, condition_read, limit)
+    if len(plans) > _MAX_PLANS:
+        plans.popitem(last=False)
+    return plan
+
+
+def _build_plan(problem, network, query_read, condition_read, limit) -> _Plan:
+    names, parents = network.names, network.parents
+    n = len(names)
+    factual_label = network.position
+    do = set(problem.do)
+    if problem.counterfactual:
+        affected = network.descendants(do)
+        world_label = {name: factual_label[name] + (n if name in affected else 0) for name in names}
+        clamped = {factual_label[name]: ("evidence", name) for name in problem.evidence}
+        clamped.update({world_label[name]: ("do", name) for name in do})
+    else:
+        affected = frozenset()
+        world_label = factual_label
+        clamped = {factual_label[name]: ("evidence", name) for name in problem.evidence}
+        clamped.update({factual_label[name]: ("do", name) for name in do})
+    graph = _dependencies(network, frozenset(do), problem.counterfactual)
+    targets = {world_label[name] for name in query_read} | {factual_label[name] for name in problem.evidence}
+    if condition_read is not None:
+        targets |= {factual_label[name] for name in condition_read}
+    needed = set(targets)
+    for target in targets:
+        needed |= nx.ancestors(graph, target)
+
+    def cpt_labels(name, label):
+        return tuple(label[p] for p in parents[name]) + (label[name],)
+
+    factors = []
+    for name in names:
+        fact = factual_label[name]
+        if name not in affected:
+            if fact in needed and not (name in do and not problem.counterfactual):
+                factors.append(_Factor(("cpt", name), cpt_labels(name, factual_label)))
+            continue
+        if name in do:
+            if fact in needed:
+                factors.append(_Factor(("cpt", name), cpt_labels(name, factual_label)))
+            continue
+        twin = world_label[name]
+        if fact in needed:
+            moved = tuple(p for p in parents[name] if p in affected)
+            labels = (tuple(factual_label[p] for p in parents[name] if p not in affected)
+                      + tuple(factual_label[p] for p in moved) + tuple(world_label[p] for p in moved) + (fact, twin))
+            factors.append(_Factor(("coupling", name, moved), labels))
+        elif twin in needed:
+            factors.append(_Factor(("cpt", name), cpt_labels(name, world_label)))
+    query_factor = _Factor(("query",), tuple(world_label[name] for name in query_read))
+    factors.append(query_factor)
+    if condition_read is not None:
+        factors.append(_Factor(("condition",), tuple(factual_label[name] for name in condition_read)))
+    for factor in factors:
+        factor.clamps = tuple((i, label) for i, label in enumerate(factor.labels) if label in clamped)
+        factor.sliced = tuple(label for label in factor.labels if label not in clamped)
+        if factor.source[0] == "cpt":
+            factor.may_vanish = bool(network.derived(("has_zero", factor.source[1]),
+                                                     lambda f=factor: (network.numpy_cpt(f.source[1]) == 0).any()))
+        entries = math.prod(_sizes(network, factor, n))
+        if entries * _ENTRY_BYTES > limit:
+            what = {"query": "the query's table", "condition": "the condition's table",
+                    "coupling": f"the twin-network coupling table of site {factor.source[1]!r}"}.get(
+                factor.source[0], f"the table of site {factor.source[-1]!r}")
+            raise _too_large(what, entries, limit)
+    # Connected parts once the clamped variables are sliced out: only the
+    # query's part depends on the query; the others scale both sums alike.
+    parts = _components([factor.sliced for factor in factors])
+    main_part = parts.get(query_factor.sliced[0]) if query_factor.sliced else None
+    main, rests, scalars = [], {}, []
+    for factor in factors:
+        if factor is query_factor:
+            continue
+        if not factor.sliced:
+            scalars.append(factor)
+        elif parts[factor.sliced[0]] == main_part:
+            main.append(factor)
+        else:
+            rests.setdefault(parts[factor.sliced[0]], []).append(factor)
+    main_group = _Group(main, tuple(dict.fromkeys(query_factor.sliced)))
+    main_group.expression = _group_expression(network, main_group, n, limit) if main else None
+    rest_groups = []
+    for group_factors in rests.values():
+        group = _Group(group_factors, ())
+        # Only a part that can vanish needs its sum, to detect impossible evidence.
+        if any(factor.may_vanish for factor in group_factors):
+            group.expression = _group_expression(network, group, n, limit)
+        rest_groups.append(group)
+    return _Plan(clamped=clamped, main=main_group, rests=rest_groups, scalars=scalars, world_label=world_label,
+                 factual_label=factual_label)
+
+
+def _sizes(network, factor: _Factor, n: int) -> tuple:
+    return tuple(network.support[network.names[label % n]].numel() for label in factor.labels)
+
+
+def _sliced_shape(network, factor: _Factor, n: int) -> tuple:
+    clamped = {i for i, _ in factor.clamps}
+    return tuple(size for i, size in enumerate(_sizes(network, factor, n)) if i not in clamped)
+
+
+def _group_expression(network, group: _Group, n: int, limit: int) -> _Expression:
+    expression = _expression(tuple(factor.sliced for factor in group.factors),
+                             tuple(_sliced_shape(network, factor, n) for factor in group.factors), group.keep)
+    if expression.largest * _ENTRY_BYTES > limit:
+        raise _too_large("an intermediate table while contracting this query", expression.largest, limit)
+    return expression
+
+
+def _components(scopes: list) -> dict:
+    """``{label: part}`` for the connected parts of factors with these label scopes."""
+    graph = nx.Graph()
+    for scope in scopes:
+        graph.add_nodes_from(scope)
+        graph.add_edges_from(zip(scope, scope[1:], strict=False))
+    return {label: i for i, part in enumerate(nx.connected_components(graph)) for label in part}
+
+
+def _dependencies(network: DiscreteNetwork, do: frozenset, counterfactual: bool) -> nx.DiGraph:
+    """Which variables each table's variables depend on, for finding what a query needs.
+
+    Interventional: the mutilated DAG (intervened sites lose their parents).
+    Counterfactual: the twin network, with each coupling read as
+    ``p(x' | pa') p(x | pa, pa', x')``, so that a query needing only ``x'``
+    needs only the counterfactual parents.
+    """
+
+    def build():
+        n = len(network.names)
+        label = network.position
+        graph = nx.DiGraph()
+        graph.add_nodes_from(range(2 * n if counterfactual else n))
+        affected = network.descendants(do) if counterfactual else frozenset()
+        for name in network.names:
+            parents = network.parents[name]
+            fact = label[name]
+            if counterfactual and name in affected and name not in do:
+                twin = fact + n
+                cf_parents = [label[p] + (n if p in affected else 0) for p in parents]
+                graph.add_edges_from((p, twin) for p in cf_parents)
+                graph.add_edges_from((p, fact) for p in [label[q] for q in parents] + cf_parents + [twin])
+            elif counterfactual or name not in do:
+                graph.add_edges_from((label[p], fact) for p in parents)
+        return graph
+
+    return network.derived(("dependencies", do, counterfactual), build)
 
 
 #: Query tables kept per network (keys name sites and values, so the cache stays small; bound it anyway).
 _MAX_QUERY_TABLES = 128
 
 
-def _query_factor(query: Query, network: DiscreteNetwork, label_of: dict):
+def _read(query: Query, network: DiscreteNetwork) -> tuple:
+    """The sites a query reads (cached per query key)."""
+
+    def find():
+        example = {name: network.support[name][:1].to(network.dtypes[name]) for name in network.names}
+        return tuple(query.sites_read(example))
+
+    if query.key is None:
+        return find()
+    return network.derived(("read", query.key), find)
+
+
+def _query_table(query: Query, network: DiscreteNetwork, read: tuple):
     """Tabulate a query over the joint support of the sites it reads (cached per query key)."""
     if query.key is None:
-        table, read, is_probability = _tabulate(query, network)
-    else:
-        tables = network.derived("query_tables", OrderedDict)
-        cached = tables.get(query.key)
-        if cached is None:
-            cached = tables[query.key] = _tabulate(query, network)
-            if len(tables) > _MAX_QUERY_TABLES:
-                tables.popitem(last=False)
-        table, read, is_probability = cached
-    return table, [label_of[name] for name in read], is_probability
+        return _tabulate(query, network, read)
+    tables = network.derived("query_tables", OrderedDict)
+    cached = tables.get(query.key)
+    if cached is None:
+        cached = tables[query.key] = _tabulate(query, network, read)
+        if len(tables) > _MAX_QUERY_TABLES:
+            tables.popitem(last=False)
+    return cached
 
 
-def _tabulate(query: Query, network: DiscreteNetwork):
-    example = {name: network.support[name][:1].to(network.dtypes[name]) for name in network.names}
-    read = query.sites_read(example)
+def _tabulate(query: Query, network: DiscreteNetwork, read: tuple):
     sizes = [network.support[name].numel() for name in read]
-    if math.prod(sizes) > MAX_QUERY_GRID:
-        raise UnsupportedModelError(
-            f"the query reads {len(read)} sites with {math.prod(sizes)} joint values, too many to "
-            "tabulate exactly; use backend='importance'"
-        )
     grids = torch.meshgrid(*[network.support[name] for name in read], indexing="ij") if read else ()
     values = {name: g.reshape(-1).to(network.dtypes[name]) for name, g in zip(read, grids, strict=False)}
     full = {**{name: network.support[name][:1].expand(max(1, math.prod(sizes))).to(network.dtypes[name])
@@ -328,93 +809,94 @@ def _tabulate(query: Query, network: DiscreteNetwork):
     result = torch.as_tensor(query.fn(full))
     is_probability = query.is_probability(result)
     table = _as_numpy(result.to(torch.float64).reshape(tuple(sizes) if sizes else ()))
-    return table, tuple(read), is_probability
+    return table, is_probability
 
 
 @register_backend
 class Exact(Backend):
-    """Enumeration of discrete latents by variable elimination; exact to float precision."""
+    """Enumeration of discrete latents by variable elimination; exact to float precision.
+
+    Each query prunes what it cannot depend on, and every table it builds is
+    bounded by a memory limit (see :mod:`bayes_defense.inference.exact`); a
+    query beyond it raises :class:`~bayes_defense.errors.UnsupportedModelError`
+    in ``check``, so ``backend="auto"`` answers it by importance sampling.
+    """
 
     name = "exact"
 
     def check(self, problem: Problem) -> None:
-        compile_discrete(problem)
+        self._prepare(problem)
+
+    @staticmethod
+    def _prepare(problem: Problem):
+        network = compile_discrete(problem)
+        limit = table_limit(problem)
+        query_read = _read(problem.query, network)
+        condition_read = None if problem.condition is None else _read(problem.condition, network)
+        return network, _plan(problem, network, query_read, condition_read, limit), query_read, condition_read
 
     def run(self, problem: Problem):
-        network = compile_discrete(problem)
-        factors = _Factors()
-        factual_label = network.derived("labels", lambda: {name: i for i, name in enumerate(network.names)})
-        if problem.counterfactual:
-            world_label = self._twin(problem, network, factors, factual_label)
+        network, plan, query_read, condition_read = self._prepare(problem)
+        index = {}
+        for label, (role, name) in plan.clamped.items():
+            value = problem.do[name] if role == "do" else problem.evidence[name]
+            index[label] = network.value_index(name, value, role)
+        query_table, is_probability = _query_table(problem.query, network, query_read)
+        condition_table = None
+        if condition_read is not None:
+            condition_table = _query_table(problem.condition, network, condition_read)[0]
+
+        def tensor(factor: _Factor):
+            kind = factor.source[0]
+            if kind == "cpt":
+                table = network.numpy_cpt(factor.source[1])
+            elif kind == "coupling":
+                table = _coupling(network, factor.source[1], factor.source[2], table_limit(problem))
+            elif kind == "condition":
+                table = condition_table
+            else:
+                table = query_table
+            if not factor.clamps:
+                return table
+            selection = [slice(None)] * table.ndim
+            for i, label in factor.clamps:
+                selection[i] = index[label]
+            return table[tuple(selection)]
+
+        for factor in plan.scalars:
+            if float(tensor(factor)) <= 0.0:
+                self._impossible(problem)
+        for group in plan.rests:
+            tensors = [tensor(factor) for factor in group.factors]
+            if group.expression is not None and not all(bool((t > 0).all()) for t in tensors):
+                if float(_contract(group.expression, tensors)) <= 0.0:
+                    self._impossible(problem)
+        query_values = self._sliced_query(query_table, query_read, plan, index)
+        if plan.main.expression is None:
+            marginal = numpy.ones(query_values.shape)
         else:
-            world_label = factual_label
-            for name in network.names:
-                if name in problem.do:
-                    # Graph surgery: the intervened site's table becomes a point mass.
-                    factors.add(_indicator(network.numpy_support(name), problem.do[name], name, "do"),
-                                [factual_label[name]])
-                else:
-                    factors.add(network.numpy_cpt(name), self._labels(network, name, factual_label))
-        for name, value in problem.evidence.items():
-            factors.add(_indicator(network.numpy_support(name), value, name, "evidence"), [factual_label[name]])
-        if problem.condition is not None:
-            table, labels, _ = _query_factor(problem.condition, network, factual_label)
-            factors.add(table, labels)
-        table, labels, is_probability = _query_factor(problem.query, network, world_label)
+            marginal = _contract(plan.main.expression, [tensor(factor) for factor in plan.main.factors])
         # One contraction gives both sums: the marginal over the sites the
         # query reads, which the query table then weights.
-        marginal = factors.marginal(labels)
         normaliser = float(marginal.sum())
         if normaliser <= 0.0:
-            raise ImpossibleEvidenceError(
-                "the evidence has probability zero under the model"
-                f"{' and the intervention' if problem.do and not problem.counterfactual else ''}: "
-                f"{ {k: float(v) for k, v in problem.evidence.items()} }"
-            )
-        numerator = float((marginal * table).sum())
-        value = numerator / normaliser
+            self._impossible(problem)
+        value = float((marginal * query_values).sum()) / normaliser
         if is_probability:
             value = min(1.0, max(0.0, value))
-        return exact_estimate(value, is_probability=is_probability, level=problem.level, backend=self.name,
-                              evidence_probability=normaliser)
+        return exact_estimate(value, is_probability=is_probability, level=problem.level, backend=self.name)
 
     @staticmethod
-    def _labels(network: DiscreteNetwork, name: str, label_of: dict) -> list:
-        return [label_of[p] for p in network.parents[name]] + [label_of[name]]
+    def _sliced_query(query_table, query_read, plan: _Plan, index: dict) -> numpy.ndarray:
+        """The query's table with clamped sites fixed and repeated labels collapsed to the kept order."""
+        labels = [plan.world_label[name] for name in query_read]
+        selection = tuple(index[label] if label in plan.clamped else slice(None) for label in labels)
+        return query_table[selection] if labels else query_table
 
     @staticmethod
-    def _twin(problem: Problem, network: DiscreteNetwork, factors: _Factors, factual_label: dict) -> dict:
-        """Add twin-network factors; return the labels of the counterfactual world."""
-        static, cf_label = network.derived(("twin", frozenset(problem.do)),
-                                           lambda: Exact._twin_structure(problem, network, factual_label))
-        for tensor, labels in static:
-            factors.add(tensor, labels)
-        for name, value in problem.do.items():
-            factors.add(_indicator(network.numpy_support(name), value, name, "do"), [cf_label[name]])
-        return cf_label
-
-    @staticmethod
-    def _twin_structure(problem: Problem, network: DiscreteNetwork, factual_label: dict):
-        """The factors of the twin network that do not depend on the intervened values."""
-        affected = problem.info.descendants(problem.do)
-        next_label = len(network.names)
-        cf_label = {}
-        for name in network.names:
-            if name in affected:
-                cf_label[name] = next_label
-                next_label += 1
-            else:
-                cf_label[name] = factual_label[name]
-        static = []
-        for name in network.names:
-            factual_labels = Exact._labels(network, name, factual_label)
-            if name not in affected or name in problem.do:
-                static.append((network.numpy_cpt(name), factual_labels))
-                continue
-            parents = network.parents[name]
-            joint = _coupling(network.cdf(name))
-            labels = ([factual_label[p] for p in parents] + [cf_label[p] for p in parents]
-                      + [factual_label[name], cf_label[name]])
-            joint, labels = _diagonalise(joint, labels)
-            static.append((_as_numpy(joint), list(labels)))
-        return static, cf_label
+    def _impossible(problem: Problem):
+        raise ImpossibleEvidenceError(
+            "the evidence has probability zero under the model"
+            f"{' and the intervention' if problem.do and not problem.counterfactual else ''}: "
+            f"{ {k: float(v) for k, v in problem.evidence.items()} }"
+        )
