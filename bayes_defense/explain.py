@@ -109,13 +109,19 @@ def explain(model, evidence: dict, outcome: dict, *, threshold: float = 0.0, lev
 
     Parameters
     ----------
-    model : ClusterModel
-        An indicator-mode model from :func:`bayes_defense.models.cluster`.
+    model : ClusterModel or callable
+        An indicator-mode model from :func:`bayes_defense.models.cluster`,
+        or any other Pyro SCM (for example a fitted
+        :func:`~bayes_defense.models.from_graph` model), answered by
+        :mod:`bayes_defense.causal.attribution`: the result is then an
+        :class:`~bayes_defense.causal.attribution.SCMExplanation` with
+        ``.ranking`` (cause, Estimate) pairs and ``.top``.
     evidence : dict
         Telemetry and other observations (not the outcome).
-    outcome : dict
-        ``{site: value}`` of cluster outcomes that happened, for example
-        ``{"liveness_lost": 1}``.
+    outcome : dict or str
+        ``{site: value}`` of outcomes that happened, for example
+        ``{"liveness_lost": 1}``; for an SCM other than the cluster model, a
+        continuous site's name asks why its observed value is far from typical.
     threshold : float
         Candidates less probable than this given the evidence are scored by
         their posterior alone (an upper bound of their score); 0 scores all.
@@ -135,6 +141,15 @@ def explain(model, evidence: dict, outcome: dict, *, threshold: float = 0.0, lev
     >>> result.top_attack
     'flooding'
     """
+    from bayes_defense.models.cluster import ClusterModel
+
+    if not isinstance(model, ClusterModel):
+        # Any other SCM: noise attribution for a continuous outcome, necessity for a discrete one.
+        from bayes_defense.causal.attribution import attribute, necessity_ranking
+
+        if isinstance(outcome, str):
+            return attribute(model, evidence, outcome, level=level)
+        return necessity_ranking(model, evidence, outcome, level=level)
     from bayes_defense.models.engine import engine
 
     if getattr(model, "telemetry", None) != "indicators":

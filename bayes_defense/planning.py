@@ -119,16 +119,27 @@ class Plan:
         return "\n".join(lines)
 
 
-def plan(model, evidence: dict | None = None, *, countermeasures=None, deployed=(), cost_weight: float = 1.0,
-         horizon: int = 3, max_steps: int = 3, target: int | None = None, level: float = 0.9) -> Plan:
+def plan(model, evidence: dict | None = None, actions: dict | None = None, *, risk=None, cost: dict | None = None,
+         countermeasures=None, deployed=(), cost_weight: float = 1.0, horizon: int = 3, max_steps: int = 3,
+         target: int | None = None, level: float = 0.9) -> Plan:
     """Rank countermeasures by expected loss, find the Pareto front, the robust choice and a multi-step plan.
 
     Parameters
     ----------
-    model : ClusterModel
-        An indicator-mode model from :func:`bayes_defense.models.cluster`.
+    model : ClusterModel or callable
+        An indicator-mode model from :func:`bayes_defense.models.cluster`;
+        any other Pyro SCM is planned for by
+        :func:`bayes_defense.causal.decision.plan_actions` with ``actions``,
+        ``risk`` and ``cost`` (the cluster-only options then do not apply).
     evidence : dict, optional
         Telemetry and other observations.
+    actions : dict, optional
+        For an SCM other than the cluster model: ``{name: {site: value}}``.
+    risk : str, dict or callable, optional
+        For an SCM other than the cluster model: what is bad (a site's mean,
+        an event's probability, or a callable).
+    cost : dict, optional
+        For an SCM other than the cluster model: ``{action name: cost}``.
     countermeasures : list of str, optional
         Candidates (default all of :data:`~bayes_defense.models.COUNTERMEASURES`).
     deployed : list of str
@@ -156,6 +167,12 @@ def plan(model, evidence: dict | None = None, *, countermeasures=None, deployed=
     >>> result.best.countermeasures
     ('isolate_node',)
     """
+    from bayes_defense.models.cluster import ClusterModel
+
+    if not isinstance(model, ClusterModel):
+        from bayes_defense.causal.decision import plan_actions
+
+        return plan_actions(model, evidence, actions, risk=risk, cost=cost, cost_weight=cost_weight, level=level)
     from bayes_defense.models.engine import draw_estimate, engine
 
     candidates = list(COUNTERMEASURES) if countermeasures is None else \

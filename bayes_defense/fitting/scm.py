@@ -316,6 +316,7 @@ def fit_scm(model, data, *, method: str = "svi", num_steps: int | None = None, n
 
     from bayes_defense.causal.structure import model_info
     from bayes_defense.fitting.options import check_method, check_sizes
+    from bayes_defense.inference.base import single_threaded
 
     check_method(method)
     if not callable(model):
@@ -347,7 +348,9 @@ def fit_scm(model, data, *, method: str = "svi", num_steps: int | None = None, n
     state = torch.get_rng_state()
     try:
         pyro.set_rng_seed(int(seed))
-        with pyro.validation_enabled(False):
+        # Single-threaded as the queries are: on a loaded two-core machine intra-op threads cost more
+        # than they save on these small tensors.
+        with pyro.validation_enabled(False), single_threaded():
             tensors = _Columns(table, info, units)
             fitting_model = _plated(model, parameters, units, tensors, info.max_plate_nesting, discrete)
             enumerated = bool({*tensors.partial, *tensors.latent_units} & discrete)
@@ -547,12 +550,11 @@ class SCMPosterior:
         from bayes_defense.fitting import inference_data
 
         groups, dims = self._inference_groups()
-        if self.losses is not None:
-            groups["sample_stats"] = {**groups.get("sample_stats", {}), "loss": self.losses[None]}
-            dims["loss"] = ["step"]
         attrs = {"format": FORMAT_NAME, "format_version": FORMAT_VERSION, "method": self.method,
                  "level": self.level, "info": json.dumps(self.info), "problems": json.dumps(self.problems),
-                 "fixed": json.dumps({k: v.tolist() for k, v in self.fixed.items()})}
+                 "fixed": json.dumps({k: v.tolist() for k, v in self.fixed.items()}),
+                 # The SVI losses themselves are not stored: their trend is what the checks read.
+                 "losses_tail": json.dumps([] if self.losses is None else self.losses[-200:].tolist())}
         from bayes_defense.models.graph import GraphSCM
 
         if isinstance(self._model, GraphSCM):
@@ -704,14 +706,12 @@ def load_scm_posterior(path, model=None) -> SCMPosterior:
             raise InvalidInputError(f"{path.name}: parameter {name!r} has shape {values.shape} or non-finite "
                                     "values; expected (chain, draw, ...) finite numbers")
         draws[name] = values
-    stats = {}
-    losses = None
-    if "sample_stats" in groups:
-        for name, values in groups["sample_stats"].items():
-            if name == "loss":
-                losses = np.asarray(values.values)[0]
-            else:
-                stats[name] = np.asarray(values.values)
+    stats = {name: np.asarray(values.values) for name, values in groups.get("sample_stats", {}).items()}
+    try:
+        tail = json.loads(str(posterior.attrs.get("losses_tail", "[]")))
+    except json.JSONDecodeError:
+        tail = []
+    losses = np.asarray(tail, dtype=float) if tail else None
     return SCMPosterior(draws, method=str(posterior.attrs.get("method", "")), sample_stats=stats, losses=losses,
                         fixed=fixed, info=info, level=float(posterior.attrs.get("level", 0.9)),
                         model=model if model is not None else stored, problems=problems)
