@@ -31,17 +31,20 @@ def test_defend_then_evaluate(run_dir, tmp_path, capsys):
     assert main(["evaluate", "--labels", str(run_dir / "labels.json"), "--alerts", str(alerts), "--json"]) == 0
     report = json.loads(capsys.readouterr().out)
     assert report["detection_rate"] == 1.0 and report["type_accuracy"] == 1.0
-    assert set(report) == {"detection_rate", "false_positive_rate", "precision", "lead_time_median_s",
-                           "type_accuracy", "attacks", "alerts"}
+    assert set(report) == {"detection_rate", "false_positive_rate", "precision", "alert_precision",
+                           "lead_time_median_s", "type_accuracy", "attacks", "alerts"}
 
 
 def test_defend_counts_unreadable_lines(tmp_path, capsys):
     log = tmp_path / "events.jsonl"
     log.write_text('{"ts": 10.0, "node": "r0", "kind": "peer_churn", "value": 0}\nnot json\n'
                    '{"ts": 2.0, "node": "r0", "kind": "peer_churn", "value": 0}\n')
-    assert main(["defend", str(log), "--out", str(tmp_path / "a.jsonl"), "--json"]) == 0
-    summary = json.loads(capsys.readouterr().out)
-    assert summary["events"] == 3 and summary["rejected"] == {"out_of_order": 1, "unreadable": 1}
+    # Two of three events unusable: done, but not to be trusted (exit 1), with the reasons counted.
+    assert main(["defend", str(log), "--out", str(tmp_path / "a.jsonl"), "--json"]) == 1
+    captured = capsys.readouterr()
+    summary = json.loads(captured.out)
+    assert summary["events"] == 3 and summary["rejected"] == {"out_of_order": 1, "not_json": 1}
+    assert "not_json 1" in captured.err and "out_of_order 1" in captured.err
 
 
 def test_bad_input_exits_with_one_line(tmp_path, capsys):

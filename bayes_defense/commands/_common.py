@@ -1,0 +1,124 @@
+"""What every subcommand shares: exit codes, one-line usage errors, strict JSON, progress bars."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import sys
+from pathlib import Path
+from typing import Any, NoReturn
+
+from bayes_defense.errors import InvalidInputError
+
+__all__ = ["EXIT_OK", "EXIT_UNTRUSTED", "EXIT_BAD_INPUT", "OneLineParser", "progress_bar", "strict_json",
+           "probability_argument", "positive_argument", "read_json"]
+
+#: Exit status: done.
+EXIT_OK = 0
+#: Exit status: done, but the result should not be trusted (diagnostics failed, most input unusable).
+EXIT_UNTRUSTED = 1
+#: Exit status: bad input or usage; nothing was done.
+EXIT_BAD_INPUT = 2
+
+
+class OneLineParser(argparse.ArgumentParser):
+    """An argument parser whose usage errors are one line on standard error, status 2."""
+
+    def error(self, message: str) -> NoReturn:
+        """Print ``prog: error: message`` and a pointer to ``--help``; exit with status 2."""
+        self.exit(EXIT_BAD_INPUT, f"{self.prog}: error: {' '.join(message.split())} (see {self.prog} --help)\n")
+
+
+def _number(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+    if not math.isfinite(value):
+        raise argparse.ArgumentTypeError(f"expected a finite number, got {text!r}")
+    return value
+
+
+def probability_argument(text: str) -> float:
+    """Parse a command-line probability in (0, 1].
+
+    Examples
+    --------
+    >>> probability_argument("0.8")
+    0.8
+    """
+    value = _number(text)
+    if not 0.0 < value <= 1.0:
+        raise argparse.ArgumentTypeError(f"expected a probability in (0, 1], got {text}")
+    return value
+
+
+def positive_argument(text: str) -> float:
+    """Parse a finite positive number of seconds.
+
+    Examples
+    --------
+    >>> positive_argument("600")
+    600.0
+    """
+    value = _number(text)
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"expected a positive number of seconds, got {text}")
+    return value
+
+
+def _finite(value: Any) -> Any:
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {key: _finite(item) for key, item in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_finite(item) for item in value]
+    return value
+
+
+def strict_json(data: Any) -> str:
+    """Return ``data`` as strict JSON: NaN and infinities become ``null``.
+
+    Examples
+    --------
+    >>> strict_json({"rate": float("nan"), "n": [1.0, float("inf")]})
+    '{"rate": null, "n": [1.0, null]}'
+    """
+    return json.dumps(_finite(data), allow_nan=False, default=str)
+
+
+def read_json(path: Path, what: str) -> Any:
+    """Read a JSON file, with one-line errors naming ``what`` it should be."""
+    if not path.exists():
+        raise FileNotFoundError(f"no such {what} file: {str(path)!r}")
+    if path.is_dir():
+        raise IsADirectoryError(f"{what} file {str(path)!r} is a directory")
+    try:
+        return json.loads(path.read_bytes())
+    except (ValueError, RecursionError) as error:  # ValueError covers bad UTF-8 and bad JSON
+        raise InvalidInputError(f"{what} file {path.name!r} is not valid JSON: {str(error)[:120]}") from None
+
+
+def progress_bar(total: float | None, description: str) -> Any:
+    """Return a tqdm bar when stdout is a terminal, else a do-nothing stand-in.
+
+    Examples
+    --------
+    >>> bar = progress_bar(10, "work")  # doctest runs without a terminal
+    >>> bar.update(3); bar.close()
+    """
+    if sys.stdout.isatty():
+        from tqdm import tqdm
+
+        return tqdm(total=total, desc=description, unit="s" if total else "ev", leave=False)
+
+    class _Silent:
+        def update(self, amount: float = 1) -> None:
+            pass
+
+        def close(self) -> None:
+            pass
+
+    return _Silent()

@@ -1,0 +1,299 @@
+"""The ``bayes-defense defend`` subcommand: the streaming defender over an event log.
+
+Alerts are written to ``OUT.partial`` as they are raised (one line each,
+flushed and synced), and the file is renamed to ``OUT`` when the log has been
+read to its end; an interrupted run leaves any older ``OUT`` untouched. Every
+``--checkpoint-every`` seconds (at a block boundary of the reader) the
+defender's state, the reader's position and the length of ``OUT.partial`` are
+saved to the checkpoint file (JSON, atomic); ``--resume CHECKPOINT``
+continues from there and gives the alerts an uninterrupted run gives.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import math
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from bayes_defense.commands._common import (
+    EXIT_OK,
+    EXIT_UNTRUSTED,
+    positive_argument,
+    probability_argument,
+    progress_bar,
+    strict_json,
+)
+from bayes_defense.errors import InvalidInputError
+
+__all__ = ["register", "run_defend", "defend_stream", "load_parameters"]
+
+# Bytes of the log hashed to recognise it on --resume: its start, and the
+# stretch before the checkpointed position.
+_FINGERPRINT_BYTES = 1 << 16
+
+
+def register(subparsers: Any) -> None:
+    """Add ``defend`` to a ``bayes-defense`` parser.
+
+    Examples
+    --------
+    >>> import argparse
+    >>> parser = argparse.ArgumentParser(prog="bayes-defense")
+    >>> register(parser.add_subparsers(dest="command"))
+    >>> parser.parse_args(["defend", "events.jsonl"]).threshold
+    0.8
+    """
+    defend = subparsers.add_parser(
+        "defend", help="run the streaming defender over an event log; write alerts.jsonl",
+        description="Run the streaming defender over an event log (schema: docs/log-schema.md) and write one "
+                    "alert per line (docs/cli.md). Exit 0 done, 1 when most of the log was unusable or it "
+                    "held no event, 2 on bad input.")
+    defend.add_argument("events", help="events.jsonl/.csv/.parquet, or a simulation output directory")
+    defend.add_argument("--posterior", metavar="FILE", help="fitted posterior from `bayes-defense fit` (default: the prior)")
+    defend.add_argument("--out", metavar="FILE", default="alerts.jsonl", help="alerts file (default alerts.jsonl)")
+    defend.add_argument("--threshold", type=probability_argument, default=0.8,
+                        help="alert on the lower bound reaching this probability in (0, 1] (default 0.8)")
+    defend.add_argument("--max-clock-skew", type=positive_argument, default=300.0, metavar="S",
+                        help="seconds an event may lie ahead of the stream before it needs confirmation (default 300)")
+    defend.add_argument("--checkpoint", metavar="FILE", help="checkpoint file (default OUT.checkpoint)")
+    defend.add_argument("--checkpoint-every", type=float, default=10.0, metavar="S",
+                        help="seconds of work between checkpoints; 0 = at every block of the log (default 10)")
+    defend.add_argument("--resume", metavar="CHECKPOINT", help="continue an interrupted run from its checkpoint")
+    defend.add_argument("--json", action="store_true", help="print a machine-readable summary on stdout")
+    defend.set_defaults(func=run_defend)
+
+
+def load_parameters(path: str | None) -> Any:
+    """Return the fitted posterior in ``path`` (from ``bayes-defense fit``), or None for the default prior."""
+    if path is None:
+        return None
+    if not Path(path).exists():
+        raise FileNotFoundError(f"no such posterior file: {path!r}")
+    try:
+        from bayes_defense.fitting import load_posterior
+    except ImportError as error:
+        raise InvalidInputError(
+            f"--posterior needs bayes_defense.fitting.load_posterior, which this installation lacks ({error}); "
+            "run defend without --posterior to use the default prior") from None
+    posterior = load_posterior(path)
+    if not callable(getattr(posterior, "defender_parameters", None)):
+        raise InvalidInputError(f"posterior {Path(path).name!r} gives no defender_parameters(draws, seed); "
+                                "fit it with `bayes-defense fit` and try again")
+    return posterior
+
+
+def defend_stream(events: Any, defender: Any, *, sample_every: int = 64, bar: Any = None,
+                  on_alerts: Any = None) -> dict[str, Any]:
+    """Feed events to a defender, timing every ``sample_every``-th call; return throughput figures.
+
+    ``on_alerts(alerts)``, when given, receives the alerts of each window
+    update as soon as they are raised (popped from the defender).
+
+    Examples
+    --------
+    >>> from bayes_defense.stream import Event
+    >>> from bayes_defense.stream.defender import StreamingDefender
+    >>> stats = defend_stream([Event(float(t), "r0", "peer_churn", 0.0, {}) for t in (1, 2, 3)], StreamingDefender())
+    >>> stats["events"]
+    3
+    """
+    observe = defender.observe
+    latencies: list[float] = []
+    clock = time.perf_counter
+    count = 0
+    last_ts = 0.0
+    last_belief = defender.belief
+    started = clock()
+    for event in events:
+        if count % sample_every == 0:
+            t0 = clock()
+            belief = observe(event)
+            latencies.append(clock() - t0)
+            if bar is not None and event.ts > last_ts + 1:
+                bar.update(event.ts - last_ts)
+                last_ts = event.ts
+        else:
+            belief = observe(event)
+        count += 1
+        if belief is not last_belief:
+            last_belief = belief
+            if belief.alerts and on_alerts is not None:
+                on_alerts(defender.pop_alerts())
+    defender.flush()
+    if on_alerts is not None:
+        on_alerts(defender.pop_alerts())
+    elapsed = clock() - started
+    latencies.sort()
+
+    def quantile(q: float) -> float:
+        return latencies[min(len(latencies) - 1, int(q * len(latencies)))] * 1e6 if latencies else math.nan
+
+    return {"events": count, "events_per_second": count / elapsed if elapsed > 0 else math.nan,
+            "latency_p50_us": quantile(0.5), "latency_p99_us": quantile(0.99)}
+
+
+def _fingerprint(path: Path, offset: int) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        digest.update(handle.read(_FINGERPRINT_BYTES))
+        handle.seek(max(0, offset - _FINGERPRINT_BYTES))
+        digest.update(handle.read(min(offset, _FINGERPRINT_BYTES)))
+    return digest.hexdigest()
+
+
+class _AlertFile:
+    """``OUT.partial``: alert lines appended, flushed and synced as raised."""
+
+    def __init__(self, path: Path, keep_bytes: int | None) -> None:
+        self.path = path
+        if keep_bytes is None:
+            self.handle = open(path, "wb")
+        else:
+            if not path.exists() or path.stat().st_size < keep_bytes:
+                raise InvalidInputError(f"{path.name} (the alerts written before the interruption) is missing or "
+                                        f"shorter than the checkpoint records ({keep_bytes} bytes); rerun without --resume")
+            self.handle = open(path, "r+b")
+            # Alerts written after the checkpoint are raised again by the replay.
+            self.handle.truncate(keep_bytes)
+            self.handle.seek(keep_bytes)
+        self.count = 0
+
+    def write(self, alerts: list[Any]) -> None:
+        if not alerts:
+            return
+        self.handle.write(b"".join(strict_json(alert.to_dict()).encode() + b"\n" for alert in alerts))
+        self.handle.flush()
+        os.fsync(self.handle.fileno())
+        self.count += len(alerts)
+
+    @property
+    def size(self) -> int:
+        return self.handle.tell()
+
+    def close(self) -> None:
+        self.handle.close()
+
+
+def run_defend(args: argparse.Namespace) -> int:
+    """Run ``bayes-defense defend``; return the exit status."""
+    from bayes_defense.ioutil import fsync_directory
+    from bayes_defense.stream.defender import StreamingDefender
+    from bayes_defense.stream.io import read_events
+    from bayes_defense.stream.schema import REJECTION_REASONS
+
+    out = Path(args.out)
+    if out.is_dir():
+        raise IsADirectoryError(f"--out {str(out)!r} is a directory; give a file name such as alerts.jsonl")
+    partial = out.with_name(out.name + ".partial")
+    checkpoint = Path(args.checkpoint) if args.checkpoint else out.with_name(out.name + ".checkpoint")
+    if not math.isfinite(args.checkpoint_every) or args.checkpoint_every < 0:
+        raise InvalidInputError(f"--checkpoint-every must be a number of seconds >= 0, got {args.checkpoint_every}")
+    reader = read_events(args.events, strict=False)
+    source = str(reader.path.resolve())
+    if args.resume:
+        defender, extra = StreamingDefender.load(args.resume, with_extra=True)
+        if not isinstance(extra.get("defend"), dict):
+            raise InvalidInputError(f"{args.resume!r} is a defender checkpoint but not one of `bayes-defense defend`")
+        saved = extra["defend"]
+        if saved.get("source") != source or saved.get("fingerprint") != _fingerprint(
+                reader.path, int(saved.get("reader", {}).get("position", {}).get("offset", 0))):
+            raise InvalidInputError(f"checkpoint {args.resume!r} was written for {saved.get('source')!r}, not for this "
+                                    f"log (or the log changed since); resume with the same log")
+        if saved.get("threshold") != args.threshold or saved.get("posterior") != args.posterior:
+            raise InvalidInputError(f"checkpoint {args.resume!r} was written with --threshold {saved.get('threshold')} "
+                                    f"and --posterior {saved.get('posterior')}; resume with the same options")
+        reader.restore(saved.get("reader", {}))
+        alerts_file = _AlertFile(partial, int(saved.get("alerts_bytes", -1)))
+        alerts_before = int(saved.get("alerts", 0))
+        elapsed_before = float(saved.get("seconds", 0.0))
+    else:
+        defender = StreamingDefender(load_parameters(args.posterior), threshold=args.threshold,
+                                     max_clock_skew=args.max_clock_skew)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        alerts_file = _AlertFile(partial, None)
+        alerts_before = 0
+        elapsed_before = 0.0
+    # Load the planner's modules (torch, Pyro) before the clock starts: the
+    # first alert would load them anyway, and events_per_second should time
+    # the defender, not an import.
+    import bayes_defense.models  # noqa: F401
+    import bayes_defense.planning  # noqa: F401
+
+    last_save = [time.perf_counter()]
+    run_started = time.perf_counter()
+
+    def save_checkpoint(at: Any) -> None:
+        now = time.perf_counter()
+        if now - last_save[0] < args.checkpoint_every:
+            return
+        # Alerts of the events read so far are written before the state that has raised them is saved.
+        alerts_file.write(defender.pop_alerts())
+        counts = at.counts()
+        defender.save(checkpoint, extra={"defend": {
+            "source": source, "fingerprint": _fingerprint(at.path, counts["position"]["offset"]),
+            "reader": counts, "alerts_bytes": alerts_file.size, "alerts": alerts_before + alerts_file.count,
+            "threshold": args.threshold, "posterior": args.posterior,
+            "seconds": elapsed_before + now - run_started}})
+        last_save[0] = now
+
+    reader.on_block = save_checkpoint
+    bar = progress_bar(None, "defend")
+    try:
+        stats = defend_stream(reader, defender, bar=bar, on_alerts=alerts_file.write)
+    finally:
+        bar.close()
+        alerts_file.close()
+    os.replace(partial, out)
+    fsync_directory(out.parent if str(out.parent) else ".")
+    if checkpoint.exists():
+        # The run is complete; its checkpoint would only resume a finished run.
+        checkpoint.unlink()
+    rejected = dict(defender.rejected)
+    for reason, count in reader.reasons.items():
+        rejected[reason] = rejected.get(reason, 0) + count
+    records = reader.events + reader.skipped
+    alerts = alerts_before + alerts_file.count
+    summary = {**stats, "events": records, "accepted": defender.accepted, "rejected": rejected,
+               "alerts": alerts, "out": str(out)}
+    unusable = sum(rejected.values())
+    if args.json:
+        print(strict_json(summary))
+    else:
+        print(f"{records} events, {defender.accepted} accepted, {unusable} rejected, {alerts} alerts -> {out}")
+        print(f"{stats['events_per_second']:.0f} events/s, latency p50 {stats['latency_p50_us']:.1f} us, "
+              f"p99 {stats['latency_p99_us']:.1f} us")
+        for alert in _read_alert_lines(out):
+            print(alert)
+    if rejected:
+        # The reasons go to standard error so that --json output stays one object.
+        listed = ", ".join(f"{reason} {count} ({REJECTION_REASONS.get(reason, reason)})"
+                           for reason, count in sorted(rejected.items(), key=lambda item: -item[1]))
+        print(f"bayes-defense defend: rejected {unusable} of {records} events: {listed}", file=sys.stderr)
+        for line, message in reader.errors[:3]:
+            print(f"bayes-defense defend:   line {line}: {message}", file=sys.stderr)
+    if records == 0:
+        print(f"bayes-defense defend: warning: {reader.path.name} holds no events; nothing was defended", file=sys.stderr)
+        return EXIT_UNTRUSTED
+    if defender.accepted * 2 < records:
+        print(f"bayes-defense defend: warning: most of the log was unusable ({defender.accepted} of {records} events "
+              f"accepted); the alerts do not cover it (schema: docs/log-schema.md)", file=sys.stderr)
+        return EXIT_UNTRUSTED
+    return EXIT_OK
+
+
+def _read_alert_lines(path: Path) -> list[str]:
+    import json
+
+    lines = []
+    with open(path, encoding="utf-8") as handle:
+        for text in handle:
+            alert = json.loads(text)
+            lines.append(f"  {alert['ts']:8.1f} s  {alert['attack']:<18} P={alert['probability']:.3f} "
+                         f"[{alert['lower']:.3f}, {alert['upper']:.3f}] {alert['phase']:<9} "
+                         f"nodes={','.join(alert['nodes']) or '-'} -> {alert['countermeasure']}")
+    return lines
