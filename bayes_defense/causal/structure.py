@@ -67,19 +67,52 @@ class SiteInfo:
         return len(self.shape) == 0 and not self.plates
 
 
-@dataclass
 class ModelInfo:
-    """Sites, plates and graph of one model (see :func:`model_info`)."""
+    """Sites, plates and graph of one model (see :func:`model_info`).
 
-    sites: dict
-    max_plate_nesting: int
-    _parents: dict | None = None
-    cache: dict = field(default_factory=dict)
-    model_ref: Callable | None = None
+    A model object may declare its sites as an attribute ``site_distributions``,
+    ``{site name: distribution class name}`` in any order (the cluster model
+    does). Its names are then checked against the declaration, and the model
+    is traced only when a backend first reads :attr:`sites`, so a backend
+    that does not need the trace (the cluster engine) never pays for it.
+    """
+
+    def __init__(self, sites: dict | None = None, max_plate_nesting: int = 0, *,
+                 model_ref: Callable | None = None, declared: Mapping | None = None):
+        self._sites = sites
+        self._max_plate_nesting = max_plate_nesting
+        self._declared = declared
+        self._parents: dict | None = None
+        self.cache: dict = {}
+        self.model_ref = model_ref
+
+    def _traced(self) -> None:
+        if self._sites is None:
+            self._sites, self._max_plate_nesting = _trace_sites(self.model_ref())
+
+    @property
+    def sites(self) -> dict:
+        """``{name: SiteInfo}`` in execution order (traced on first use)."""
+        self._traced()
+        return self._sites
+
+    @property
+    def max_plate_nesting(self) -> int:
+        self._traced()
+        return self._max_plate_nesting
 
     @property
     def names(self) -> list[str]:
         return list(self.sites)
+
+    def _known(self) -> Mapping:
+        return self._declared if self._sites is None and self._declared is not None else self.sites
+
+    def distribution(self, name: str) -> str:
+        """The distribution class name of site ``name`` (from the declaration when there is one)."""
+        if self._sites is None and self._declared is not None:
+            return self._declared[name]
+        return self.sites[name].distribution
 
     def parents(self) -> dict[str, tuple[str, ...]]:
         """Direct causes of every site, in execution order."""
@@ -107,16 +140,17 @@ class ModelInfo:
         """Validate that ``mapping`` is a dict over known site names; return a copy."""
         if mapping is None:
             return {}
+        known = self._known()
         if not isinstance(mapping, Mapping):
             raise InvalidInputError(
                 f"{role} must be a dict {{site_name: value}}; got {type(mapping).__name__}. "
-                f"Sites of this model: {', '.join(self.sites)}"
+                f"Sites of this model: {', '.join(known)}"
             )
-        unknown = [name for name in mapping if name not in self.sites]
+        unknown = [name for name in mapping if name not in known]
         if unknown:
             raise UnknownSiteError(
                 f"{role} names {', '.join(map(repr, unknown))}, which the model does not have; "
-                f"its sites are: {', '.join(self.sites)}"
+                f"its sites are: {', '.join(known)}"
             )
         return dict(mapping)
 
@@ -125,7 +159,7 @@ _CACHE: weakref.WeakKeyDictionary[Callable, ModelInfo] = weakref.WeakKeyDictiona
 
 
 def model_info(model: Callable) -> ModelInfo:
-    """Trace ``model`` once from the prior and describe it (cached per model).
+    """Describe ``model``: its sites from one prior trace (cached per model).
 
     Parameters
     ----------
@@ -156,6 +190,28 @@ def model_info(model: Callable) -> ModelInfo:
         cached = None
     if cached is not None:
         return cached
+    declared = getattr(model, "site_distributions", None)
+    if declared is not None and not isinstance(declared, Mapping):
+        raise InvalidInputError(f"model.site_distributions must be a mapping {{site: distribution name}}; "
+                                f"got {type(declared).__name__}")
+    try:
+        reference = weakref.ref(model)
+    except TypeError:
+        reference = lambda: model  # noqa: E731
+    if declared is not None:
+        info = ModelInfo(model_ref=reference, declared=declared)
+    else:
+        sites, max_nesting = _trace_sites(model)
+        info = ModelInfo(sites, max_nesting, model_ref=reference)
+    try:
+        _CACHE[model] = info
+    except TypeError:
+        pass
+    return info
+
+
+def _trace_sites(model: Callable) -> tuple[dict, int]:
+    """``({name: SiteInfo}, max plate nesting)`` from one prior run under :class:`World`."""
     with torch.random.fork_rng(), torch.no_grad(), pyro.validation_enabled(False):
         torch.manual_seed(0)
         world = World(require_noise=False)
@@ -187,13 +243,7 @@ def model_info(model: Callable) -> ModelInfo:
         )
     if not sites:
         raise InvalidInputError("the model has no pyro.sample sites; there is nothing to query")
-    info = ModelInfo(sites=sites, max_plate_nesting=max_nesting)
-    try:
-        info.model_ref = weakref.ref(model)
-        _CACHE[model] = info
-    except TypeError:
-        info.model_ref = lambda: model
-    return info
+    return sites, max_nesting
 
 
 def _find_parents(model: Callable, order: list[str]) -> dict[str, tuple[str, ...]]:

@@ -1,7 +1,8 @@
-"""Inference backends in one registry: exact, importance, svi, nuts, analytic."""
+"""Inference backends in one registry: exact, importance, svi, nuts, analytic, cluster_engine."""
 
 # Importing the backend modules registers them.
 from bayes_defense.inference import analytic as _analytic  # noqa: F401
+from bayes_defense.inference import cluster_engine as _cluster_engine  # noqa: F401
 from bayes_defense.inference import exact as _exact  # noqa: F401
 from bayes_defense.inference import importance as _importance  # noqa: F401
 from bayes_defense.inference import nuts as _nuts  # noqa: F401

@@ -3,8 +3,9 @@
 A backend answers a :class:`Problem`: an interventional query (mutilated model
 conditioned on evidence) or a counterfactual one (abduction of the exogenous
 noise given factual evidence, action, prediction). Each backend is a small
-class registered by name; ``backend="auto"`` picks ``exact`` or ``analytic``
-where they apply and ``importance`` otherwise.
+class registered by name; ``backend="auto"`` picks ``cluster_engine`` (the
+cluster model's own engine), ``exact`` or ``analytic`` where they apply and
+``importance`` otherwise.
 
 A complete minimal backend, plain prior sampling for interventional queries
 without evidence::
@@ -128,12 +129,11 @@ def make_query(query, info: ModelInfo, role: str = "query") -> Query:
         return query
     if isinstance(query, str):
         info.check_names({query: None}, role)
-        site = info.sites[query]
         return Query(
             fn=lambda values, _name=query: values[_name],
             description=f"E[{query}]",
             site=query,
-            probability=site.distribution == "Bernoulli",
+            probability=info.distribution(query) == "Bernoulli",
             key=("site", query),
         )
     if isinstance(query, dict):
@@ -245,7 +245,10 @@ class Backend:
 
 _REGISTRY: dict[str, type[Backend]] = {}
 # Listing order of the built-in backends; user backends follow in registration order.
-_BUILTIN_ORDER = ("exact", "importance", "svi", "nuts", "analytic")
+_BUILTIN_ORDER = ("exact", "importance", "svi", "nuts", "analytic", "cluster_engine")
+# Backends "auto" tries in turn before importance sampling: the cluster model's engine, then the
+# generic exact backend (discrete models), then closed forms (linear-Gaussian models).
+_AUTO_ORDER = ("cluster_engine", "exact", "analytic")
 
 
 def register_backend(cls: type[Backend]) -> type[Backend]:
@@ -279,7 +282,7 @@ def get_backend(name: str) -> Backend:
 def resolve(problem: Problem, name: str) -> Backend:
     """Pick the backend for ``name``, resolving ``auto``; check it can answer."""
     if name == "auto":
-        for candidate in ("exact", "analytic"):
+        for candidate in _AUTO_ORDER:
             backend = get_backend(candidate)
             try:
                 backend.check(problem)

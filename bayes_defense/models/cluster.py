@@ -71,7 +71,8 @@ __all__ = ["ClusterModel", "cluster", "FOOTING", "CONTROLS", "MIN_NODES", "MAX_N
 MIN_NODES = 4
 MAX_NODES = 100
 
-_REPLICA_VARIABLES = frozenset(["faulty", *(t.name for t in TELEMETRY)])
+_TELEMETRY_NAMES = frozenset(t.name for t in TELEMETRY)
+_REPLICA_VARIABLES = frozenset(["faulty", *_TELEMETRY_NAMES])
 _COUNTERMEASURE_OF_SITE = {c.site: c.name for c in COUNTERMEASURES.values()}
 
 _SOURCES = {
@@ -203,6 +204,26 @@ class ClusterModel:
             out[f"{replica}.faulty"] = f"{replica} is the attacker's replica"
             for t in TELEMETRY:
                 out[f"{replica}.{t.name}"] = f"{t.meaning} ({t.unit}; {t.sources})"
+        return out
+
+    @functools.cached_property
+    def site_distributions(self) -> dict[str, str]:
+        """``{site: distribution class name}``: the declaration that lets queries skip tracing the model.
+
+        :func:`bayes_defense.causal.structure.model_info` reads it; the tests
+        check it against a trace of the model.
+        """
+        continuous = {"throughput", "commit_latency"} if self.telemetry == "continuous" else set()
+        out = {}
+        for site in self.sites:
+            if site == "theta_draw":
+                out[site] = _DrawIndex.__name__
+            elif site in ("attacker", "isolated"):
+                out[site] = "Categorical"
+            elif site in continuous or (self.telemetry == "continuous" and site.partition(".")[2] in _TELEMETRY_NAMES):
+                out[site] = "LogNormal"
+            else:
+                out[site] = "Bernoulli"
         return out
 
     @property
@@ -364,7 +385,7 @@ def cluster(n_nodes: int, *, colluders: int | None = None, telemetry: str = "ind
     (1, ['r0', 'r1', 'r2', 'r3'])
     >>> p = bd.intervene(model, {"trusted_component": 1.0}, "equivocation.success")
     >>> p.backend, p.mean < float(bd.intervene(model, {}, "equivocation.success"))
-    ('exact', True)
+    ('cluster_engine', True)
     >>> fitted = bd.models.cluster(4, parameters={"equivocation.p_attempt": [0.2, 0.4]})
     >>> fitted.n_draws, "theta_draw" in fitted.sites
     (2, True)

@@ -42,7 +42,7 @@ import math
 import numpy as np
 
 from bayes_defense.errors import ImpossibleEvidenceError, InvalidInputError, UnknownSiteError
-from bayes_defense.estimate import Probability, exact_estimate
+from bayes_defense.estimate import Estimate, Probability, exact_estimate
 from bayes_defense.models import tables
 from bayes_defense.models.catalogue import ATTACKS, TELEMETRY
 
@@ -120,7 +120,7 @@ def _code_counts(codes, width) -> np.ndarray:
     return ((codes[:, None] >> np.arange(width)) & 1).sum(0).astype(np.float64)
 
 
-def fast_probability(value: float, level: float = 0.9) -> Probability:
+def fast_probability(value: float, level: float = 0.9, backend: str = "exact") -> Probability:
     """An exact :class:`Probability` (zero-width interval) for a value already in [0, 1] up to rounding.
 
     Examples
@@ -131,7 +131,7 @@ def fast_probability(value: float, level: float = 0.9) -> Probability:
     (0.25, 0.25, 0.25, 'exact')
     """
     value = min(1.0, max(0.0, float(value)))
-    return Probability(mean=value, lower=value, upper=value, level=level, ess=math.inf, backend="exact",
+    return Probability(mean=value, lower=value, upper=value, level=level, ess=math.inf, backend=backend,
                        details={})
 
 
@@ -141,28 +141,42 @@ def _divide(values, total):
         return np.where(total > 0, values / np.where(total > 0, total, 1.0), 0.0)
 
 
-def draw_estimate(values, weights, *, level: float = 0.9) -> Probability:
-    """A probability from per-draw exact answers: weighted mean, weighted quantiles across draws.
+def draw_estimate(values, weights, *, level: float = 0.9, backend: str = "exact",
+                  is_probability: bool = True) -> Estimate:
+    """An estimate from per-draw exact answers: weighted mean, weighted quantiles across draws.
 
-    With one draw the answer is exact (zero-width interval).
+    With one draw the answer is exact (zero-width interval). Probabilities are
+    clipped to [0, 1] (float rounding) and come back as :class:`Probability`.
+
+    Examples
+    --------
+    >>> from bayes_defense.models.engine import draw_estimate
+    >>> p = draw_estimate([0.2, 0.4], [0.5, 0.5])
+    >>> round(p.mean, 6), p.lower, p.upper
+    (0.3, 0.2, 0.4)
     """
     if not 0.0 < level < 1.0:
         raise InvalidInputError(f"level must lie strictly between 0 and 1 (for example 0.9); got {level!r}")
-    if len(values) == 1:
-        return fast_probability(float(values[0]), level)
-    values = np.clip(np.asarray(values, dtype=np.float64).reshape(-1), 0.0, 1.0)
+    if len(values) == 1 and is_probability:
+        return fast_probability(float(values[0]), level, backend)
+    values = np.asarray(values, dtype=np.float64).reshape(-1)
+    if is_probability:
+        values = np.clip(values, 0.0, 1.0)
     weights = np.asarray(weights, dtype=np.float64).reshape(-1)
     mean = float(np.dot(values, weights))
+    if is_probability:
+        mean = min(1.0, max(0.0, mean))
     if values.size == 1:
-        return exact_estimate(mean, is_probability=True, level=level, backend="exact")
+        return exact_estimate(mean, is_probability=is_probability, level=level, backend=backend)
     order = np.argsort(values, kind="stable")
     cumulative = np.cumsum(weights[order])
     cumulative /= cumulative[-1]
     low = float(values[order][min(np.searchsorted(cumulative, (1 - level) / 2), values.size - 1)])
     high = float(values[order][min(np.searchsorted(cumulative, (1 + level) / 2), values.size - 1)])
     ess = float(weights.sum() ** 2 / max((weights ** 2).sum(), 1e-300))
-    return Probability(mean=mean, lower=min(low, mean), upper=max(high, mean), level=level, ess=ess,
-                       backend="exact", details={"draws": int(values.size)})
+    kind = Probability if is_probability else Estimate
+    return kind(mean=mean, lower=min(low, mean), upper=max(high, mean), level=level, ess=ess,
+                backend=backend, details={"draws": int(values.size)})
 
 
 class Engine:
@@ -198,6 +212,7 @@ class Engine:
         self.classes = classes
         self.sites = set(model.sites)
         self._cache: dict = {}
+        self._telemetry_memo: dict = {}
         self._names: dict = {}
         self.cluster_sites = [s for s in model.sites if not (s[:1] == "r" and s.split(".")[0][1:].isdigit())]
 
@@ -435,7 +450,7 @@ class Engine:
             prior_a = prior_a * mask
         # Telemetry and join_rate: a factor over (attacker, precursor configuration), log scale per draw,
         # one row per observation pattern.
-        pattern, factor, scale = self._telemetry(telemetry, prior_a)
+        pattern, factor, scale = self._telemetry_cached(telemetry, prior_a)
         if st.join is not None:
             factor = factor * st.join[:, None, :]
         C = st.C
@@ -655,6 +670,16 @@ class Engine:
         site = f"{a}.precondition"
         value = tables.precondition(a, footing)
         return np.full(value.shape, fixed[site]) if site in fixed else value
+
+    def _telemetry_cached(self, telemetry, prior_a):
+        """:meth:`_telemetry`, remembered for the last few evidence sets (queries in a row share their evidence)."""
+        key = (tuple(sorted(telemetry.items())), prior_a.tobytes())
+        found = self._telemetry_memo.get(key)
+        if found is None:
+            if len(self._telemetry_memo) >= 8:
+                self._telemetry_memo.pop(next(iter(self._telemetry_memo)))
+            found = self._telemetry_memo[key] = self._telemetry(telemetry, prior_a)
+        return found
 
     def _telemetry(self, telemetry, prior_a):
         """Telemetry likelihood by observation pattern: ``(pattern of each attacker value, factor, log scale)``.

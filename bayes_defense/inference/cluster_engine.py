@@ -1,0 +1,382 @@
+"""The cluster model's exact engine as a backend: ``backend="auto"`` on ``bd.models.cluster(n)`` in milliseconds.
+
+The numeric core is :mod:`bayes_defense.models.engine`; this module turns a
+:class:`~bayes_defense.inference.base.Problem` into its passes. Every answer
+is a ratio of evidence masses, computed per parameter draw:
+
+- ``intervene``: ``P(query | do, evidence) = Z(evidence and query) / Z(evidence)``
+  in the mutilated model, where a query is a site's mean, a ``{site: value}``
+  event, its negation, or a callable on a few discrete sites (summed over
+  their joint configurations);
+- ``counterfactual``: ``Z(evidence and condition, outcome' ) / Z(evidence and
+  condition)`` in the twin network, where the query is an event on cluster
+  outcomes in the counterfactual world (or its negation) and the optional
+  condition an event on factual sites (or its negation). The probabilities
+  of necessity and sufficiency are of this form.
+
+Queries outside these forms (counterfactual queries on sites other than the
+outcomes, ``do`` on telemetry or outcomes, several interventions with an
+outcome fixed in both worlds, continuous telemetry) raise
+:class:`~bayes_defense.errors.UnsupportedModelError` naming ``exact`` or
+``importance``; ``auto`` then falls back to them.
+
+Examples
+--------
+>>> import bayes_defense as bd
+>>> model = bd.models.cluster(7)
+>>> p = bd.intervene(model, {"rate_limited": 1.0}, "flooding.success", evidence={"r0.msg_rate": 1})
+>>> p.backend, 0.0 <= p.lower <= p.mean <= p.upper <= 1.0
+('cluster_engine', True)
+>>> pn = bd.probability_of_necessity(model, {"flooding.executing": 1.0}, {"flooding.executing": 0.0},
+...                                  {"throughput_low": 1.0}, evidence={"r0.msg_rate": 1})
+>>> pn.backend, round(pn.mean, 3) > 0.5
+('cluster_engine', True)
+"""
+
+from __future__ import annotations
+
+import itertools
+
+import numpy as np
+import torch
+
+from bayes_defense.errors import ImpossibleEvidenceError, InvalidInputError, UnsupportedModelError
+from bayes_defense.inference.base import Backend, Problem, register_backend
+
+__all__ = ["ClusterEngine", "MAX_CONFIGURATIONS"]
+
+#: Most joint configurations of the sites a callable query reads that the engine sums over.
+MAX_CONFIGURATIONS = 256
+
+
+class _Event:
+    """A conjunction ``{site: value}``, possibly negated."""
+
+    __slots__ = ("sites", "negated")
+
+    def __init__(self, sites: dict, negated: bool = False):
+        self.sites, self.negated = sites, negated
+
+
+def _event_of(key) -> _Event | None:
+    """The event a query key describes (see :class:`~bayes_defense.inference.base.Query`), or None."""
+    if not isinstance(key, tuple) or not key:
+        return None
+    if key[0] == "not":
+        inner = _event_of(key[1])
+        return None if inner is None else _Event(inner.sites, not inner.negated)
+    if key[0] == "outcome":
+        return _event_of(key[1])
+    if key[0] == "event":
+        sites = {}
+        for name, values in key[1]:
+            if len(values) != 1:
+                return None
+            sites[name] = float(values[0])
+        return _Event(sites)
+    return None
+
+
+def _scalars(values: dict, role: str) -> dict:
+    out = {}
+    for name, value in values.items():
+        if isinstance(value, torch.Tensor):
+            if value.numel() != 1:
+                raise UnsupportedModelError(f"the cluster engine takes one value per site; {role} {name} has "
+                                            f"shape {tuple(value.shape)}; use backend='exact'")
+            value = value.item()
+        out[name] = float(value)
+    return out
+
+
+class _Plan:
+    """What a problem asks of the engine, checked: the pieces :meth:`ClusterEngine.run` evaluates."""
+
+    def __init__(self, problem: Problem):
+        from bayes_defense.models.cluster import ClusterModel
+        from bayes_defense.models.engine import engine
+
+        model = problem.model
+        if not isinstance(model, ClusterModel):
+            raise UnsupportedModelError("the cluster engine answers bd.models.cluster(n) models only; "
+                                        "use backend='exact' or 'importance'")
+        if model.telemetry != "indicators":
+            raise UnsupportedModelError("the cluster engine needs telemetry='indicators'; continuous telemetry is "
+                                        "answered by backend='importance'")
+        self.model = model
+        self.engine = engine(model)
+        self.distributions = model.site_distributions
+        do = _scalars(problem.do, "do")
+        self.evidence = _scalars(problem.evidence, "evidence")
+        self.counterfactual = problem.counterfactual
+        for name in do:
+            if name == "theta_draw" and self.counterfactual:
+                raise UnsupportedModelError("the cluster engine does not intervene on theta_draw in a counterfactual "
+                                            "world; use backend='exact'")
+            if self._is_leaf(name):
+                raise UnsupportedModelError(f"the cluster engine does not intervene on {name!r} (telemetry, the "
+                                            "attacker's replica flags, outcomes and join_rate are leaves of its "
+                                            "factorisation); use backend='exact'")
+        self.do = self.engine.check_do(do)
+        query = problem.query
+        self.callable = None
+        self.site = None
+        self.event = None
+        if query.site is not None:
+            self.site = query.site
+            if self.distributions[self.site] == "Bernoulli":
+                self.site, self.event = None, _Event({query.site: 1.0})
+        else:
+            self.event = _event_of(query.key)
+            if self.event is None:
+                self.callable = query
+        self.condition = None
+        if problem.condition is not None:
+            self.condition = _event_of(problem.condition.key)
+            if self.condition is None:
+                raise UnsupportedModelError("the cluster engine takes a counterfactual condition that is a "
+                                            "{site: value} event or its negation; use backend='exact'")
+        if self.counterfactual:
+            self._check_counterfactual()
+        elif self.callable is not None:
+            self._check_callable()
+        self.marginal = None if self.counterfactual else self._marginal()
+
+    def _marginal(self):
+        """``(site, value)`` when the query is one site's value that a single engine pass reports, else None."""
+        if self.event is None or len(self.event.sites) != 1:
+            return None
+        (site, value), = self.event.sites.items()
+        if site in self.do:
+            return None
+        try:
+            self.engine.site_kind(site)
+        except InvalidInputError:
+            return None
+        valid = value.is_integer() and 0 <= value <= self.model.n_nodes if site == "attacker" else value in (0.0, 1.0)
+        return (site, value) if valid else None
+
+    def _is_leaf(self, name: str) -> bool:
+        from bayes_defense.models.tables import OUTCOME_NAMES
+
+        return name in OUTCOME_NAMES or name == "join_rate" or (name[:1] == "r" and "." in name)
+
+    def _check_counterfactual(self):
+        from bayes_defense.models.tables import OUTCOME_NAMES
+
+        if self.event is None:
+            raise UnsupportedModelError("the cluster engine answers counterfactual queries on cluster outcomes "
+                                        f"({', '.join(OUTCOME_NAMES)}) as {{site: value}} events; "
+                                        "use backend='exact'")
+        others = [name for name in self.event.sites if name not in OUTCOME_NAMES]
+        if others:
+            raise UnsupportedModelError(f"the cluster engine's counterfactual queries read cluster outcomes only; "
+                                        f"this one reads {', '.join(others)}; use backend='exact'")
+        factual = set(self.evidence) | (set(self.condition.sites) if self.condition else set())
+        if factual & set(self.event.sites):
+            # The two worlds' outcomes are then summed as ordered pairs, which needs one intervention.
+            single = len(self.do) == 1 and self.do.get("attacker", 0.0) == 0.0
+            if not single:
+                raise UnsupportedModelError("with an outcome observed in the factual world and queried in the "
+                                            "counterfactual one, the cluster engine takes one intervention "
+                                            "(attacker only to 0); use backend='exact'")
+
+    def _check_callable(self):
+        example = {name: torch.zeros(1) for name in self.distributions}
+        try:
+            read = self.callable.sites_read(example)
+        except Exception as error:  # noqa: BLE001 - any failure means the engine cannot enumerate it
+            raise UnsupportedModelError(f"the cluster engine could not tell which sites the query reads ({error}); "
+                                        "use backend='exact'") from error
+        supports = []
+        for name in read:
+            supports.append(self._support(name))
+        size = int(np.prod([len(s) for s in supports])) if supports else 1
+        if size > MAX_CONFIGURATIONS:
+            raise UnsupportedModelError(f"the query reads {len(read)} sites with {size} joint values, more than the "
+                                        f"cluster engine sums ({MAX_CONFIGURATIONS}); use backend='exact'")
+        self.read, self.supports = read, supports
+
+    def _support(self, name: str) -> list[float]:
+        kind = self.distributions[name]
+        if kind == "Bernoulli":
+            return [0.0, 1.0]
+        if name in ("attacker", "isolated"):
+            return [float(k) for k in range(self.model.n_nodes + 1)]
+        if name == "theta_draw":
+            return [float(k) for k in range(self.model.n_draws)]
+        raise UnsupportedModelError(f"the cluster engine cannot sum over site {name!r} ({kind}); "
+                                    "use backend='exact'")
+
+
+class _Masses:
+    """Evidence masses per parameter draw on one scale: ``Z[z] = total[z] * exp(scale[z] - reference[z])``."""
+
+    def __init__(self, plan: _Plan):
+        self.plan = plan
+        self.engine = plan.engine
+        self.reference = None
+
+    def mass(self, sites: dict, *, cf: dict | None = None, outcome_cf: dict | None = None) -> np.ndarray:
+        """Z(evidence and ``sites`` [and the counterfactual outcomes]) per draw, 0 where they cannot hold."""
+        plan = self.plan
+        evidence = dict(plan.evidence)
+        do = {} if plan.counterfactual else plan.do
+        for name, value in sites.items():
+            if name in do:
+                if do[name] != value:
+                    return self._zeros()
+                continue
+            if name in evidence and evidence[name] != value:
+                return self._zeros()
+            evidence[name] = value
+        try:
+            result = self.engine.run(do=do, evidence=self.engine.split_evidence(evidence), cf=cf,
+                                     outcome_cf=outcome_cf)
+        except ImpossibleEvidenceError:
+            if not sites and not outcome_cf:
+                raise
+            return self._zeros()
+        return self._scaled(result)
+
+    def attacker_masses(self) -> np.ndarray:
+        """Z(evidence and attacker = k) per draw and k, ``(draws, n + 1)``, in one pass."""
+        plan = self.plan
+        do = {} if plan.counterfactual else plan.do
+        result = self.engine.run(do=do, evidence=self.engine.split_evidence(plan.evidence), outputs=("attacker",))
+        with np.errstate(over="ignore", invalid="ignore"):
+            factor = np.exp(np.where(np.isfinite(result.scale), result.scale - self.reference, -np.inf))
+        return result.outputs["attacker"] * factor[:, None]
+
+    def _zeros(self) -> np.ndarray:
+        return np.zeros(self.engine.draws)
+
+    def _scaled(self, result) -> np.ndarray:
+        if self.reference is None:
+            finite = np.isfinite(result.scale)
+            self.reference = np.where(finite, result.scale, 0.0)
+        with np.errstate(over="ignore", invalid="ignore"):
+            factor = np.exp(np.where(np.isfinite(result.scale), result.scale - self.reference, -np.inf))
+        return result.total * factor
+
+
+def _event_mass(masses: _Masses, base: np.ndarray, event: _Event | None, **kwargs) -> np.ndarray:
+    """Z(evidence and event) from Z(evidence) = ``base``; a negated event by complement."""
+    if event is None:
+        return base
+    held = masses.mass(event.sites, **kwargs)
+    return base - held if event.negated else held
+
+
+@register_backend
+class ClusterEngine(Backend):
+    """The cluster model's exact engine (:mod:`bayes_defense.models.engine`) behind the backend interface.
+
+    Picked by ``backend="auto"`` for indicator-mode cluster models before the
+    generic ``exact`` backend; answers agree with it to float precision.
+    With posterior draws of the parameters, each draw is answered exactly and
+    the estimate's interval is the spread across draws (weighted by how well
+    each draw explains the evidence).
+    """
+
+    name = "cluster_engine"
+
+    def __init__(self):
+        self._plan: tuple | None = None
+
+    def _compiled(self, problem: Problem) -> _Plan:
+        if self._plan is None or self._plan[0] is not problem:
+            self._plan = (problem, _Plan(problem))
+        return self._plan[1]
+
+    def check(self, problem: Problem) -> None:
+        self._compiled(problem)
+
+    def run(self, problem: Problem):
+        from bayes_defense.models.engine import draw_estimate
+
+        plan = self._compiled(problem)
+        masses = _Masses(plan)
+        if plan.marginal is not None:
+            values, weights, is_probability = self._marginal(plan)
+        elif plan.counterfactual:
+            values, weights, is_probability = self._counterfactual(plan, masses)
+        elif plan.event is not None:
+            values, weights, is_probability = self._event(plan, masses)
+        else:
+            values, weights, is_probability = self._mean(plan, masses)
+        return draw_estimate(values, weights, level=problem.level, backend=self.name,
+                             is_probability=is_probability)
+
+    @staticmethod
+    def _ratio(numerator, denominator):
+        if not (denominator > 0).any():
+            raise ImpossibleEvidenceError("the evidence has probability zero under the model")
+        weights = np.maximum(denominator, 0.0)
+        with np.errstate(invalid="ignore", divide="ignore"):
+            values = np.where(denominator > 0, numerator / np.where(denominator > 0, denominator, 1.0), 0.0)
+        return values, weights / weights.sum()
+
+    @staticmethod
+    def _marginal(plan: _Plan):
+        site, value = plan.marginal
+        by_draw, weights = plan.engine.query([site], do=plan.do, evidence=plan.evidence)
+        values = by_draw[site]
+        values = values[:, int(value)] if site == "attacker" else (values if value == 1.0 else 1.0 - values)
+        return (1.0 - values if plan.event.negated else values), weights, True
+
+    def _event(self, plan: _Plan, masses: _Masses):
+        base = masses.mass({})
+        values, weights = self._ratio(_event_mass(masses, base, _Event(plan.event.sites)), base)
+        return (1.0 - values if plan.event.negated else values), weights, True
+
+    def _counterfactual(self, plan: _Plan, masses: _Masses):
+        base = masses.mass({})
+        condition = plan.condition
+        denominator = _event_mass(masses, base, condition)
+        outcome_cf = plan.event.sites
+        if any(value not in (0.0, 1.0) for value in outcome_cf.values()):
+            numerator = np.zeros_like(base)
+        else:
+            # Z(factual, outcome') with the condition by complement when negated.
+            full = masses.mass({}, cf=plan.do, outcome_cf=outcome_cf)
+            if condition is None:
+                numerator = full
+            else:
+                held = masses.mass(condition.sites, cf=plan.do, outcome_cf=outcome_cf)
+                numerator = full - held if condition.negated else held
+        values, weights = self._ratio(numerator, denominator)
+        return (1.0 - values if plan.event.negated else values), weights, True
+
+    def _mean(self, plan: _Plan, masses: _Masses):
+        """A site's mean (attacker, isolated, theta_draw) or a callable summed over its sites' configurations."""
+        if plan.site is not None:
+            read, supports = [plan.site], [plan._support(plan.site)]
+
+            def evaluate(grid):
+                return grid[plan.site]
+        else:
+            read, supports = plan.read, plan.supports
+            evaluate = plan.callable.evaluate
+        base = masses.mass({})
+        configurations = list(itertools.product(*supports))
+        grid = {name: torch.tensor([c[i] for c in configurations], dtype=torch.get_default_dtype())
+                for i, name in enumerate(read)}
+        result = evaluate(grid) if read else evaluate({})
+        result = torch.as_tensor(result)
+        is_probability = result.dtype == torch.bool if plan.callable is not None else False
+        if plan.callable is not None and plan.callable.probability is not None:
+            is_probability = plan.callable.probability
+        outcome = result.to(torch.float64).reshape(-1).expand(len(configurations)).numpy()
+        if not np.isfinite(outcome).all():
+            raise ValueError("the query returned non-finite values; a query must map every world to a finite number")
+        if read == ["attacker"]:
+            # One pass gives the joint of the evidence with every attacker value.
+            numerator = masses.attacker_masses() @ outcome
+        else:
+            numerator = np.zeros_like(base)
+            for value, configuration in zip(outcome, configurations, strict=True):
+                if value != 0.0:
+                    numerator = numerator + value * masses.mass(dict(zip(read, configuration, strict=True)))
+        values, weights = self._ratio(numerator, base)
+        return values, weights, bool(is_probability)
