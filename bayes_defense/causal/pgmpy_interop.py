@@ -9,6 +9,16 @@ they return a :class:`TabularModel`, an ordinary Pyro model with one scalar
 can be queried with :func:`bayes_defense.intervene` and
 :func:`bayes_defense.counterfactual`.
 
+Rows of a conditional probability table must sum to one. A row within
+:data:`ROW_SUM_TOLERANCE` (1e-6) of one is divided by its sum, so that the
+model samples and the exact backend answers from the same normalised table:
+BIF files store rounded decimals (the bnlearn networks shipped with pgmpy
+have rows off by up to 3e-7), and a Categorical would renormalise them
+silently anyway. How far each variable's rows were off is kept in
+``TabularModel.row_sum_errors``. A row further from one is refused with an
+error naming the variable and its parents' states; pass a larger
+``tolerance`` to accept it.
+
 Values of a :class:`TabularModel`'s sites are state *positions* ``0 .. K-1``
 in the order the network lists the states; ``TabularModel.encode`` maps state
 names to positions. That order matters for counterfactuals: the canonical
@@ -21,6 +31,7 @@ pgmpy is imported lazily: it is slow to import and warns while doing so.
 
 from __future__ import annotations
 
+import gzip
 import os
 import warnings
 from collections.abc import Callable, Mapping
@@ -31,7 +42,10 @@ import torch
 
 from bayes_defense.errors import InvalidInputError
 
-__all__ = ["to_pgmpy", "write_bif", "from_bif", "from_pgmpy", "TabularModel"]
+__all__ = ["to_pgmpy", "write_bif", "from_bif", "from_pgmpy", "TabularModel", "ROW_SUM_TOLERANCE"]
+
+#: Largest distance from one at which a table row's sum is renormalised rather than refused.
+ROW_SUM_TOLERANCE = 1e-6
 
 
 def _pgmpy():
@@ -174,14 +188,33 @@ class TabularModel:
         ``{variable: list of state names}``; a site's value ``k`` means
         ``state_names[variable][k]``.
     tables : dict
-        ``{variable: float64 tensor of shape (|pa_1|, ..., |pa_m|, |variable|)}``.
+        ``{variable: float64 tensor of shape (|pa_1|, ..., |pa_m|, |variable|)}``,
+        every row summing to one.
+    row_sum_errors : dict
+        ``{variable: largest |row sum - 1|}`` of the tables as given, for the
+        variables whose rows were renormalised (see the module docstring).
     """
 
-    def __init__(self, variables, parents, state_names, tables):
+    def __init__(self, variables, parents, state_names, tables, row_sum_errors=None):
         self.variables = list(variables)
         self.parents = {name: tuple(parents[name]) for name in self.variables}
         self.state_names = {name: list(state_names[name]) for name in self.variables}
         self.tables = dict(tables)
+        self.row_sum_errors = dict(row_sum_errors or {})
+
+    def discrete_tables(self) -> tuple[dict, dict]:
+        """``(parents, tables)``: the network itself, for the exact backend to use without running the model.
+
+        Examples
+        --------
+        >>> import torch
+        >>> from bayes_defense.causal.pgmpy_interop import TabularModel
+        >>> m = TabularModel(["rain"], {"rain": ()}, {"rain": ["no", "yes"]},
+        ...                  {"rain": torch.tensor([0.8, 0.2], dtype=torch.float64)})
+        >>> m.discrete_tables()[1]["rain"].tolist()
+        [0.8, 0.2]
+        """
+        return self.parents, self.tables
 
     def __call__(self) -> dict:
         values: dict = {}
@@ -229,13 +262,36 @@ def _is_pgmpy_network(obj) -> bool:
     return type(obj).__module__.startswith("pgmpy.") and hasattr(obj, "get_cpds")
 
 
-def from_pgmpy(network) -> TabularModel:
+def _normalised(name: str, table: torch.Tensor, parents: list, state_names: dict, tolerance: float):
+    """``(table with rows summing to one, largest |row sum - 1|)``; refuse rows further than ``tolerance``."""
+    sums = table.sum(-1, keepdim=True)
+    error = (sums - 1).abs()
+    worst = float(error.max()) if error.numel() else 0.0
+    if not worst <= tolerance:
+        flat = int(error.reshape(-1).argmax())
+        position = torch.unravel_index(torch.tensor(flat), sums.shape[:-1]) if parents else ()
+        where = ", ".join(f"{p}={state_names[p][int(i)]}" for p, i in zip(parents, position, strict=True))
+        raise InvalidInputError(
+            f"the table of {name!r} has a row{' at ' + where if where else ''} summing to "
+            f"{float(sums.reshape(-1)[flat]):.10g}, not 1 (tolerance {tolerance:g}); fix the table, or pass "
+            "a larger tolerance to renormalise such rows"
+        )
+    if bool((table < 0).any()):
+        raise InvalidInputError(f"the table of {name!r} has negative entries; probabilities must be >= 0")
+    return (table / sums if worst > 0 else table), worst
+
+
+def from_pgmpy(network, *, tolerance: float = ROW_SUM_TOLERANCE) -> TabularModel:
     """Turn a pgmpy ``DiscreteBayesianNetwork`` (with CPDs) into a Pyro model.
 
     Parameters
     ----------
     network : pgmpy.models.DiscreteBayesianNetwork
         A network whose every node has a ``TabularCPD``.
+    tolerance : float
+        Rows whose sums lie within ``tolerance`` of one are divided by their
+        sum (how far they were is kept in ``row_sum_errors``); rows further
+        off raise :class:`~bayes_defense.errors.InvalidInputError`.
 
     Returns
     -------
@@ -267,7 +323,9 @@ def from_pgmpy(network) -> TabularModel:
     graph.add_nodes_from(listed)
     graph.add_edges_from(network.edges())
     order = list(nx.lexicographical_topological_sort(graph, key=position.__getitem__))
-    parents, state_names, tables = {}, {}, {}
+    if not 0.0 <= float(tolerance) < 1.0:
+        raise InvalidInputError(f"tolerance must lie in [0, 1), for example 1e-6; got {tolerance!r}")
+    parents, state_names, tables, errors = {}, {}, {}, {}
     for name in order:
         cpd = network.get_cpds(name)
         if cpd is None:
@@ -275,7 +333,10 @@ def from_pgmpy(network) -> TabularModel:
         evidence = list(cpd.variables[1:])
         cards = [int(c) for c in cpd.cardinality]
         values = torch.as_tensor(cpd.get_values(), dtype=torch.float64)  # (|name|, prod |evidence|)
-        tables[name] = values.T.reshape(*cards[1:], cards[0]).contiguous()
+        table = values.T.reshape(*cards[1:], cards[0]).contiguous()
+        tables[name], error = _normalised(name, table, evidence, cpd.state_names, float(tolerance))
+        if error > 0:
+            errors[name] = error
         parents[name] = tuple(evidence)
         state_names[name] = list(cpd.state_names[name])
     for name in order:
@@ -285,17 +346,22 @@ def from_pgmpy(network) -> TabularModel:
                     f"the CPD of {name!r} orders the states of its parent {parent!r} differently from "
                     f"{parent!r}'s own CPD; reorder them to agree"
                 )
-    return TabularModel(order, parents, state_names, tables)
+    return TabularModel(order, parents, state_names, tables, errors)
 
 
-def from_bif(path: str | os.PathLike) -> TabularModel:
-    """Read a BIF file into a Pyro model that the package's queries accept.
+def from_bif(path: str | os.PathLike, *, tolerance: float = ROW_SUM_TOLERANCE) -> TabularModel:
+    """Read a BIF file (plain or gzipped) into a Pyro model that the package's queries accept.
 
     Parameters
     ----------
     path : str or path-like
         A Bayesian Interchange Format file (as written by :func:`write_bif`
-        or found in the bnlearn repository).
+        or found in the bnlearn repository); a name ending in ``.gz`` is
+        read through gzip.
+    tolerance : float
+        Rows whose sums lie within ``tolerance`` of one are renormalised
+        (recorded in ``row_sum_errors``); rows further off are refused. See
+        :func:`from_pgmpy`.
 
     Returns
     -------
@@ -337,7 +403,19 @@ def from_bif(path: str | os.PathLike) -> TabularModel:
     path = os.fspath(path)
     if not os.path.exists(path):
         raise InvalidInputError(f"no BIF file at {path!r}")
+    try:
+        if path.endswith(".gz"):
+            with gzip.open(path, "rt", encoding="utf-8") as file:
+                text = file.read()
+        else:
+            with open(path, encoding="utf-8") as file:
+                text = file.read()
+    except (OSError, UnicodeDecodeError, EOFError) as error:
+        hint = ("; a gzipped file must end in .gz" if isinstance(error, UnicodeDecodeError) else "")
+        raise InvalidInputError(f"cannot read the BIF file {path!r} as UTF-8 text: {error}{hint}") from error
+    if not text.strip():
+        raise InvalidInputError(f"the BIF file {path!r} is empty")
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", category=FutureWarning)
-        network = BIFReader(path).get_model()
-    return from_pgmpy(network)
+        network = BIFReader(string=text).get_model()
+    return from_pgmpy(network, tolerance=tolerance)

@@ -75,7 +75,7 @@ from bayes_defense.causal.noise import _discrete_table, _strip, log_prob
 from bayes_defense.causal.structure import float64
 from bayes_defense.errors import ImpossibleEvidenceError, InvalidInputError, UnsupportedModelError
 from bayes_defense.estimate import exact_estimate
-from bayes_defense.inference.base import Backend, Problem, Query, register_backend
+from bayes_defense.inference.base import Backend, Problem, Query, register_backend, single_threaded
 
 __all__ = ["Exact", "DiscreteNetwork", "compile_discrete", "MAX_TABLE_BYTES"]
 
@@ -243,7 +243,9 @@ def compile_discrete(problem_or_info, model=None) -> DiscreteNetwork:
         if not (size_bound and limit > failed_limit):
             raise error
     try:
-        network = _compile(info, model, limit)
+        # Small tensors: intra-op threads cost far more than they save (see single_threaded).
+        with single_threaded():
+            network = _compile(info, model, limit)
     except UnsupportedModelError as error:
         info.cache["discrete_network"] = (error, limit, getattr(error, "_table_limit", False))
         raise
