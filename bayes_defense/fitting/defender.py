@@ -1793,12 +1793,28 @@ def posterior_from_groups(path: Path, groups: Mapping[str, Any]) -> Posterior:
     if version.split(".")[0] != FORMAT_VERSION.split(".")[0]:
         raise InvalidInputError(f"{path.name} has posterior format version {version!r}; this release reads "
                                 f"{FORMAT_VERSION.split('.')[0]}.x; refit with this release")
+    from bayes_defense.stream.defender import parameter_problem
+
     try:
         info = json.loads(str(posterior.attrs.get("info", "{}")))
         problems = json.loads(str(posterior.attrs.get("problems", "[]")))
-    except json.JSONDecodeError:
+    except (ValueError, RecursionError):
         raise InvalidInputError(f"{path.name}: the posterior's metadata is not valid JSON; the file is damaged") from None
-    attacks = list(info.get("attacks", _attacks()))
+    if not isinstance(info, dict) or not isinstance(problems, list) or not all(isinstance(p, str) for p in problems):
+        raise InvalidInputError(f"{path.name}: the posterior's metadata must be an object (info) and a list of strings "
+                                f"(problems); the file is damaged or not ours")
+    attacks = info.get("attacks", list(_attacks()))
+    if not isinstance(attacks, list) or not attacks or not all(isinstance(a, str) for a in attacks) \
+            or len(set(attacks)) != len(attacks):
+        raise InvalidInputError(f"{path.name}: the posterior's attack list {str(attacks)[:80]} is not a list of "
+                                f"distinct names; the file is damaged or not ours")
+    try:
+        level = float(posterior.attrs.get("level", 0.9))
+    except (TypeError, ValueError):
+        level = math.nan
+    if not 0.0 < level < 1.0:
+        raise InvalidInputError(f"{path.name}: the posterior's credible level {posterior.attrs.get('level')!r} is not "
+                                f"in (0, 1)")
     draws = {}
     for name in PARAMETER_NAMES:
         if name in _QUIET and name not in posterior and version == "1.0" and "spread" in posterior:
@@ -1811,14 +1827,22 @@ def posterior_from_groups(path: Path, groups: Mapping[str, Any]) -> Posterior:
         if values.ndim != 3 or values.shape[-1] != len(attacks) or not np.isfinite(values).all():
             raise InvalidInputError(f"{path.name}: posterior variable {name!r} has shape {values.shape} (or non-finite "
                                     f"values); expected (chain, draw, {len(attacks)}) finite numbers")
+        # Refused, not clipped: a negative spread or a probability of 7 means the file is not a fit.
+        problem = parameter_problem(name, values)
+        if problem:
+            raise InvalidInputError(f"{path.name}: posterior variable {name!r} {problem}; the file is damaged or "
+                                    f"not a fit")
         draws[name] = values
+    shapes = {values.shape for values in draws.values()}
+    if len(shapes) != 1:
+        raise InvalidInputError(f"{path.name}: posterior variables differ in shape ({sorted(shapes)}); the file is damaged")
     stats = {name: np.asarray(values.values) for name, values in groups.get("sample_stats", {}).items()} \
         if "sample_stats" in groups else {}
     observed = groups["observed_data"]["telemetry_summary"].values if "observed_data" in groups else np.zeros(0)
     replicated = (groups["posterior_predictive"]["telemetry_summary"].values[0]
                   if "posterior_predictive" in groups else np.zeros(0))
     return Posterior(draws, method=str(posterior.attrs.get("method", "")), sample_stats=stats, observed=observed,
-                     replicated=replicated, info=info, level=float(posterior.attrs.get("level", 0.9)),
+                     replicated=replicated, info=info, level=level,
                      problems=problems)
 
 

@@ -38,7 +38,7 @@ from bayes_defense.stream.schema import (
 )
 
 __all__ = ["ATTACK_HYPOTHESES", "COUNTERMEASURE_FOR", "PARAMETER_KEYS", "PHASES", "Alert", "Belief", "StreamingDefender",
-           "check_parameters", "default_parameters"]
+           "check_parameters", "default_parameters", "parameter_problem"]
 
 #: Attack hypotheses the defender tracks, in a fixed order.
 ATTACK_HYPOTHESES: tuple[str, ...] = (
@@ -160,6 +160,32 @@ def default_parameters(ensemble: int = 24, seed: int = 0) -> dict[str, np.ndarra
     }
 
 
+def parameter_problem(key: str, values: Any) -> str:
+    """Say what is wrong with the values of one defender parameter, or return ''.
+
+    The valid ranges of :func:`default_parameters`' table, in one place for
+    :func:`check_parameters` and the posterior readers.
+
+    Examples
+    --------
+    >>> parameter_problem("spread", [1.0, -0.5]), parameter_problem("benign_to_precursor", [7.0])
+    ('must be positive (got a minimum of -0.5)', 'is a per-window probability and must lie in (0, 1) (got 7 to 7)')
+    """
+    array = np.asarray(values, dtype=float)
+    if array.size == 0:
+        return "holds no values"
+    if not np.all(np.isfinite(array)):
+        return "holds non-finite values"
+    low, high = float(array.min()), float(array.max())
+    if key in _PROBABILITY_KEYS and not (low > 0 and high < 1):
+        return f"is a per-window probability and must lie in (0, 1) (got {low:.4g} to {high:.4g})"
+    if key in _QUIET_KEYS and not (low >= 0 and high < 1):
+        return f"is a probability and must lie in [0, 1) (got {low:.4g} to {high:.4g})"
+    if key not in _PROBABILITY_KEYS and key not in _QUIET_KEYS and not low > 0:
+        return f"must be positive (got a minimum of {low:.4g})"
+    return ""
+
+
 def check_parameters(parameters: Any, *, ensemble: int = 24, seed: int = 0) -> dict[str, np.ndarray]:
     """Validate defender parameters and return them as float64 arrays.
 
@@ -215,14 +241,9 @@ def check_parameters(parameters: Any, *, ensemble: int = 24, seed: int = 0) -> d
         if array.ndim != 2 or array.shape[0] != len(ATTACK_HYPOTHESES) or array.shape[1] < 1:
             raise InvalidInputError(f"defender parameter {key!r} must have shape ({len(ATTACK_HYPOTHESES)}, draws); "
                                     f"got {array.shape}")
-        if not np.all(np.isfinite(array)):
-            raise InvalidInputError(f"defender parameter {key!r} holds non-finite values")
-        if key in _PROBABILITY_KEYS and not np.all((array > 0) & (array < 1)):
-            raise InvalidInputError(f"defender parameter {key!r} is a per-window probability and must lie in (0, 1)")
-        if key in _QUIET_KEYS and not np.all((array >= 0) & (array < 1)):
-            raise InvalidInputError(f"defender parameter {key!r} is a probability and must lie in [0, 1)")
-        if key not in _PROBABILITY_KEYS and key not in _QUIET_KEYS and not np.all(array > 0):
-            raise InvalidInputError(f"defender parameter {key!r} must be positive")
+        problem = parameter_problem(key, array)
+        if problem:
+            raise InvalidInputError(f"defender parameter {key!r} {problem}")
         out[key] = array
     shapes = {array.shape for array in out.values()}
     if len(shapes) != 1:
