@@ -74,7 +74,9 @@ class ModelInfo:
     ``{site name: distribution class name}`` in any order (the cluster model
     does). Its names are then checked against the declaration, and the model
     is traced only when a backend first reads :attr:`sites`, so a backend
-    that does not need the trace (the cluster engine) never pays for it.
+    that does not need the trace (the cluster engine) never pays for it. A
+    model with a method ``unknown_site_message(name, role)`` words the error
+    for a name it does not have.
     """
 
     def __init__(self, sites: dict | None = None, max_plate_nesting: int = 0, *,
@@ -148,6 +150,10 @@ class ModelInfo:
             )
         unknown = [name for name in mapping if name not in known]
         if unknown:
+            # A model that describes its own sites (the cluster model) says what is valid in its terms.
+            describe = getattr(self.model_ref(), "unknown_site_message", None) if self.model_ref else None
+            if describe is not None:
+                raise UnknownSiteError(describe(unknown[0], role))
             raise UnknownSiteError(
                 f"{role} names {', '.join(map(repr, unknown))}, which the model does not have; "
                 f"its sites are: {', '.join(known)}"

@@ -210,7 +210,7 @@ class _Plan:
 
 
 class _Masses:
-    """Evidence masses per parameter draw on one scale: ``Z[z] = total[z] * exp(scale[z] - reference[z])``."""
+    """Evidence masses per parameter draw on one scale: ``Z[z] = total[z] * exp(scale[z] - reference)``."""
 
     def __init__(self, plan: _Plan):
         self.plan = plan
@@ -253,8 +253,9 @@ class _Masses:
 
     def _scaled(self, result) -> np.ndarray:
         if self.reference is None:
+            # One reference for every draw: the draws' weights carry their likelihood scales.
             finite = np.isfinite(result.scale)
-            self.reference = np.where(finite, result.scale, 0.0)
+            self.reference = float(result.scale[finite].max()) if finite.any() else 0.0
         with np.errstate(over="ignore", invalid="ignore"):
             factor = np.exp(np.where(np.isfinite(result.scale), result.scale - self.reference, -np.inf))
         return result.total * factor

@@ -238,13 +238,15 @@ class ClusterModel:
             index = int(prefix[1:])
             if index < self.n_nodes:
                 return index, variable
-            raise UnknownSiteError(
-                f"{role} names replica {prefix!r}, which does not exist in this {self.n_nodes}-replica cluster; "
-                f"valid replicas are r0 to r{self.n_nodes - 1}")
         raise UnknownSiteError(self.unknown_site_message(name, role))
 
     def unknown_site_message(self, name: str, role: str) -> str:
         """An error message for an unknown site that lists the valid names."""
+        prefix, _, variable = str(name).partition(".")
+        if prefix[:1] == "r" and prefix[1:].isdigit() and variable in _REPLICA_VARIABLES \
+                and int(prefix[1:]) >= self.n_nodes:
+            return (f"{role} names replica {prefix!r}, which does not exist in this {self.n_nodes}-replica cluster; "
+                    f"valid replicas are r0 to r{self.n_nodes - 1}")
         cluster_sites = [s for s in self.sites if not (s[:1] == "r" and s.split(".")[0][1:].isdigit())]
         return (f"{role} names {name!r}, which the model does not have. Cluster-level sites: "
                 f"{', '.join(cluster_sites)}; per-replica sites r<k>.<variable> for k = 0 to {self.n_nodes - 1} "

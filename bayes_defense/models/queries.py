@@ -1,12 +1,14 @@
 """The standard questions about a cluster model: preconditions, success, simulated incidents.
 
-All answers are exact (the cluster engine, :mod:`bayes_defense.models.engine`)
-for indicator-mode models: each :class:`~bayes_defense.estimate.Probability`
+Each question is asked through the public queries (:func:`bayes_defense.intervene`,
+:func:`bayes_defense.counterfactual`), so ``backend="auto"`` answers
+indicator-mode models exactly with the cluster engine (the
+``cluster_engine`` backend): each :class:`~bayes_defense.estimate.Probability`
 has a zero-width interval, or, for a model built with posterior draws of its
 parameters (``cluster(..., parameters=...)``), the mean over draws with the
 spread across draws as its interval. Continuous-telemetry models are answered
-by importance sampling through :func:`bayes_defense.intervene` and carry Monte
-Carlo intervals.
+by importance sampling and carry Monte Carlo intervals. Keyword arguments
+(``backend``, ``num_samples``, ``level``, ``seed``) go to the queries.
 """
 
 from __future__ import annotations
@@ -42,10 +44,6 @@ def countermeasure_do(model, countermeasures, target: int | None = None) -> dict
     return do
 
 
-def _fast(model) -> bool:
-    return getattr(model, "telemetry", None) == "indicators"
-
-
 def precondition_check(model, evidence: dict | None = None, attacks=None, **kwargs) -> dict:
     """P(each attack's preconditions hold | evidence), with intervals.
 
@@ -58,7 +56,7 @@ def precondition_check(model, evidence: dict | None = None, attacks=None, **kwar
     attacks : str or list of str, optional
         Which attacks (default all eight).
     **kwargs
-        For continuous-telemetry models, passed to :func:`bayes_defense.intervene`.
+        Passed to :func:`bayes_defense.intervene` (``backend``, ``level``, ``num_samples``, ``seed``).
 
     Returns
     -------
@@ -74,13 +72,7 @@ def precondition_check(model, evidence: dict | None = None, attacks=None, **kwar
     1.0
     """
     names = check_attacks(attacks)
-    sites = [f"{a}.precondition" for a in names]
-    if _fast(model):
-        from bayes_defense.models.engine import engine
-
-        estimates = engine(model).estimates(sites, evidence=evidence, level=kwargs.get("level", 0.9))
-        return {a: estimates[s] for a, s in zip(names, sites, strict=True)}
-    return {a: intervene(model, {}, s, evidence=evidence, **kwargs) for a, s in zip(names, sites, strict=True)}
+    return {a: intervene(model, {}, f"{a}.precondition", evidence=evidence, **kwargs) for a in names}
 
 
 def success_probability(model, evidence: dict | None = None, countermeasures=(), attacks=None, *,
@@ -98,13 +90,7 @@ def success_probability(model, evidence: dict | None = None, countermeasures=(),
     """
     names = check_attacks(attacks)
     do = countermeasure_do(model, countermeasures, target)
-    sites = [f"{a}.success" for a in names]
-    if _fast(model):
-        from bayes_defense.models.engine import engine
-
-        estimates = engine(model).estimates(sites, do=do, evidence=evidence, level=kwargs.get("level", 0.9))
-        return {a: estimates[s] for a, s in zip(names, sites, strict=True)}
-    return {a: intervene(model, do, s, evidence=evidence, **kwargs) for a, s in zip(names, sites, strict=True)}
+    return {a: intervene(model, do, f"{a}.success", evidence=evidence, **kwargs) for a in names}
 
 
 def simulate_attack(model, evidence: dict, attack: str | None = None, countermeasure: str | None = None, *,
@@ -137,11 +123,6 @@ def simulate_attack(model, evidence: dict, attack: str | None = None, countermea
     else:
         do = countermeasure_do(model, [countermeasure], target)
     outcomes = [outcomes] if isinstance(outcomes, str) else list(outcomes)
-    if _fast(model):
-        from bayes_defense.models.engine import draw_estimate, engine
-
-        values, weights = engine(model).counterfactual_outcomes(evidence, do, outcomes)
-        return {o: draw_estimate(values[o], weights, level=kwargs.get("level", 0.9)) for o in outcomes}
     return {o: counterfactual(model, evidence, do, {o: 1.0}, **kwargs) for o in outcomes}
 
 
