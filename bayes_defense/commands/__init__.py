@@ -27,7 +27,7 @@ COMMAND_MODULES: tuple[str, ...] = (
     "bayes_defense.commands.fit",
     "bayes_defense.commands.defend",
     "bayes_defense.commands.evaluate",
-    "bayes_defense.commands.detect",
+    "bayes_defense.stream.detect",
     "bayes_defense.commands.sweep",
 )
 

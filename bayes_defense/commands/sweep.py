@@ -69,7 +69,7 @@ def run_sweep_command(args: argparse.Namespace) -> int:
         print(f"{result.tasks} tasks: {result.done} run, {result.skipped} already done, "
               f"{len(result.failed)} failed; table {result.path}")
     for failure in result.failed:
-        what = failure["detector"] or f"fit {failure['fit']}"
-        print(f"bayes-defense sweep: task {failure['task_id']} failed ({failure['kind']} {failure['scenario']} "
-              f"seed {failure['seed']} {what}): {failure['error']}", file=sys.stderr)
+        what = (f"fit {failure['fit']} on scenario {failure['scenario']}" if failure["kind"] == "fit" else
+                f"{failure['detector']} on scenario {failure['scenario']} seed {failure['seed']}")
+        print(f"bayes-defense sweep: task {failure['task_id']} ({what}) failed: {failure['error']}", file=sys.stderr)
     return EXIT_UNTRUSTED if result.failed else EXIT_OK
