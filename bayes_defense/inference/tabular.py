@@ -142,18 +142,11 @@ class TabularSampler:
         self.position = position
         self.sites = [_Site(network, name, position, problem.info.sites[name].deterministic)
                       for name in network.names]
-        self.info = problem.info
-        self.affected: dict = {}
+        self.network = network
 
     def _affected(self, do: dict) -> frozenset:
-        """Sites downstream of the intervention (cached per set of intervened sites)."""
-        key = frozenset(do)
-        affected = self.affected.get(key)
-        if affected is None:
-            if len(self.affected) >= 256:
-                self.affected.clear()
-            affected = self.affected[key] = frozenset(self.info.descendants(do))
-        return affected
+        """Sites downstream of the intervention, from the tables' own graph (cached per set of sites)."""
+        return self.network.descendants(do)
 
     def _indices(self, values: dict) -> dict | None:
         out = {}

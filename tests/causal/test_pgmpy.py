@@ -208,3 +208,68 @@ def test_errors_are_actionable(models):
     with pytest.raises(bd.UnsupportedModelError):
         to_pgmpy(continuous)
     assert isinstance(model, TabularModel)
+
+
+def test_from_bif_reads_gzipped_files(tmp_path):
+    import gzip
+
+    packed = tmp_path / "asia.bif.gz"
+    with gzip.open(packed, "wt") as file:
+        file.write((DATA / "asia.bif").read_text())
+    model = from_bif(packed)
+    reference = from_bif(DATA / "asia.bif")
+    assert model.variables == reference.variables
+    for name in model.variables:
+        assert torch.equal(model.tables[name], reference.tables[name])
+    # A plain file misnamed .gz and a gzipped file misnamed .bif are clear errors.
+    misnamed = tmp_path / "plain.bif.gz"
+    misnamed.write_text((DATA / "asia.bif").read_text())
+    with pytest.raises(bd.InvalidInputError, match="cannot read"):
+        from_bif(misnamed)
+    hidden = tmp_path / "packed.bif"
+    hidden.write_bytes(packed.read_bytes())
+    with pytest.raises(bd.InvalidInputError, match=r"must end in \.gz"):
+        from_bif(hidden)
+
+
+TWO_NODE_BIF = """network tiny {{
+}}
+variable rain {{
+    type discrete [ 2 ] {{ no, yes }};
+}}
+variable wet {{
+    type discrete [ 3 ] {{ dry, damp, soaked }};
+}}
+probability ( rain ) {{
+    table 0.8, 0.2 ;
+}}
+probability ( wet | rain ) {{
+    ( no ) 0.7, 0.2, 0.1;
+    ( yes ) {row};
+}}
+"""
+
+
+def test_rows_near_one_are_renormalised_and_recorded(tmp_path):
+    path = tmp_path / "near.bif"
+    path.write_text(TWO_NODE_BIF.format(row="0.1, 0.3, 0.6000005"))
+    model = from_bif(path)
+    assert model.row_sum_errors.keys() == {"wet"}
+    assert model.row_sum_errors["wet"] == pytest.approx(5e-7, rel=1e-6)
+    sums = model.tables["wet"].sum(-1)
+    assert torch.allclose(sums, torch.ones_like(sums), rtol=0, atol=1e-15)
+    # The exact answer uses the normalised row, as the model's sampling does.
+    estimate = bd.intervene(model, model.encode({"rain": "yes"}), model.encode({"wet": "soaked"}), backend="exact")
+    assert estimate.mean == pytest.approx(0.6000005 / 1.0000005, abs=1e-15)
+    assert from_bif(DATA / "asia.bif").row_sum_errors == {}
+
+
+def test_rows_far_from_one_are_refused(tmp_path):
+    path = tmp_path / "far.bif"
+    path.write_text(TWO_NODE_BIF.format(row="0.1, 0.3, 0.5"))
+    with pytest.raises(bd.InvalidInputError, match=r"'wet' has a row at rain=yes summing to 0\.9.*tolerance"):
+        from_bif(path)
+    # A larger tolerance accepts (and renormalises) it.
+    model = from_bif(path, tolerance=0.2)
+    assert model.row_sum_errors["wet"] == pytest.approx(0.1, abs=1e-12)
+    assert float(model.tables["wet"][1, 2]) == pytest.approx(0.5 / 0.9, abs=1e-15)
