@@ -1,0 +1,96 @@
+"""Benign faults as causes of the defender's signals: crash, partition, slow replica, load spike, jitter, restart.
+
+This module is data (torch-free), read by the streaming model filter
+(:mod:`bayes_defense.stream.model_filter`) and the signal-model fit
+(:mod:`bayes_defense.fitting.signal_model`). A benign fault is a cause in the
+same noisy-OR as the attacks of :mod:`bayes_defense.models.catalogue`: at the
+replica it hits (``at_node``) and at every replica (``cluster``), so a window
+whose signals a fault explains as well as an attack does is not evidence for
+the attack (explaining away), and an alert's explanation can name the fault.
+
+The fault-only signals of :data:`FAULT_SIGNALS` are what a log shows of a
+fault and no attack makes: a replica that restarted says so, a replica whose
+peer table shrank lost links (a partition or a crash), a replica that stopped
+reporting is down. They carry the domain knowledge the hand-scored defender
+held as discounts ("a partition explains slow pre-prepares").
+
+Numbers are plausible orders of magnitude per telemetry window, written in
+the catalogue's conventions (an indicator is on above the 99th percentile of
+benign windows; protocol facts fire benignly at 0.001-0.005). They are the
+prior: :func:`bayes_defense.fit` with ``model="defender"`` learns them.
+
+Sources: PBFT 4.4 (a crashed or partitioned primary causes view changes);
+Aardvark 4 (slow replicas and load raise latency, not protocol violations);
+the simulator's fault list (docs/log-schema.md, "Benign faults").
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from types import MappingProxyType
+
+__all__ = ["Fault", "FAULTS", "FAULT_SIGNALS", "OUTCOME_SIGNALS"]
+
+
+@dataclass(frozen=True)
+class Fault:
+    """One benign fault: how often it is under way in a window and which signals it raises.
+
+    Attributes
+    ----------
+    name : str
+        Key in :data:`FAULTS`; its parameters are ``fault.{name}.prior`` and
+        ``fault.{name}.{signal}``.
+    meaning : str
+        What happens.
+    prior : float
+        P(the fault is under way in a window); its replica is uniform over
+        the replicas.
+    at_node : dict
+        ``{signal: probability}`` raised at the replica the fault hits.
+    cluster : dict
+        ``{signal: probability}`` raised at every replica (and on the
+        cluster-wide outcome signals).
+    """
+
+    name: str
+    meaning: str
+    prior: float
+    at_node: dict = field(default_factory=dict)
+    cluster: dict = field(default_factory=dict)
+
+
+#: Signals only benign faults raise, with their benign rate per replica and window.
+FAULT_SIGNALS = MappingProxyType({
+    "restart_seen": 0.001,     # the replica logs its own restart
+    "peers_lost": 0.005,       # the replica's peer table shrank below its usual size
+    "silent": 0.002,           # the replica sent no telemetry in the window
+})
+
+#: The cluster outcomes of the catalogue, read as per-window signals (their baselines are the catalogue's).
+OUTCOME_SIGNALS = ("safety_violated", "liveness_lost", "throughput_low", "latency_high")
+
+_FAULTS = (
+    Fault("crash", "a replica stops; if it was the primary, the others ask for a view change", 0.01,
+          {"silent": 0.95},
+          {"vc_request": 0.3, "ic_request": 0.2, "liveness_lost": 0.2, "latency_high": 0.3, "peers_lost": 0.3}),
+    Fault("partition", "links between groups of replicas fail until it heals", 0.01,
+          {"preprepare_delay": 0.5},
+          {"peers_lost": 0.9, "vc_request": 0.4, "ic_request": 0.4, "low_peer_diversity": 0.3,
+           "latency_high": 0.5, "throughput_low": 0.3, "liveness_lost": 0.3, "stale": 0.2}),
+    Fault("slow", "an honest replica (perhaps the primary) runs slow", 0.01,
+          {"preprepare_delay": 0.8},
+          {"ic_request": 0.3, "latency_high": 0.4, "throughput_low": 0.2}),
+    Fault("load_spike", "a client's load is multiplied for a while", 0.01,
+          {"msg_rate": 0.6},
+          {"latency_high": 0.6, "throughput_low": 0.2, "preprepare_delay": 0.1}),
+    Fault("jitter", "network delays vary more than usual", 0.01,
+          {"preprepare_delay": 0.3},
+          {"latency_high": 0.4, "stale": 0.2, "duplicates": 0.1}),
+    Fault("restart", "a replica comes back after a while down and resends its old messages", 0.01,
+          {"restart_seen": 0.95, "duplicates": 0.7, "stale": 0.6},
+          {"vc_request": 0.1, "latency_high": 0.1}),
+)
+
+#: The six benign faults by name.
+FAULTS = MappingProxyType({fault.name: fault for fault in _FAULTS})

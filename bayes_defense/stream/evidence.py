@@ -1,0 +1,393 @@
+"""The signal model's per-window likelihood, shared by the streaming model filter and its fit.
+
+One window's signals (:class:`~bayes_defense.stream.signals.WindowSignals`)
+have, under each attack hypothesis and stage, the probability the cluster
+model gives them: every signal a noisy-OR (:func:`bayes_defense.models.tables.noisy_or`)
+of its benign rate, the attack's effects (the catalogue's ``attacker_side``
+at the attacker's replica, ``cluster_side`` everywhere; in execution also
+the outcomes its success breaks, :func:`~bayes_defense.models.tables.success_given_execution`
+times the impact), and one benign fault of :data:`~bayes_defense.models.faults.FAULTS`
+or none (its ``at_node`` effects at the replica it hits, ``cluster`` effects
+everywhere). Signals are independent given these causes, as in the SCM.
+
+Attack effects are the catalogue's probabilities per incident window,
+sliced to one telemetry window (:func:`time_slice`); benign rates and fault
+effects are per window already.
+
+The unknowns are summed out as the cluster SCM does: the attacker's
+replica with the attack's precondition as its prior (``primary_faulty``: the
+primary the log names; ``backup_faulty``: a backup; ``attacker_inside`` and
+``eclipse_footing``: any replica; ``admission_open``: an outside identity),
+the fault (none, or each fault with its prior) and the fault's replica
+(uniform). One attack at a time is active in a hypothesis (the filter runs
+one phase chain per attack, the others benign), which is the factorisation
+the defender has always used.
+
+:func:`window_log_likelihood` is the one function: the filter calls it every
+window, and :mod:`bayes_defense.fitting.signal_model` calls it on the same
+windows (an oracle test checks that they agree).
+
+Stages (the last axis of the result): 0 benign, 1 the first signal of an
+ordered precursor pattern only (:data:`bayes_defense.models.registry.PATTERNS`),
+2 precursor, 3 execution.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from bayes_defense.errors import InvalidInputError
+from bayes_defense.models import tables
+from bayes_defense.models.faults import FAULT_SIGNALS, FAULTS, OUTCOME_SIGNALS
+from bayes_defense.models.registry import attack_spec, tracked_attacks
+from bayes_defense.stream.signals import SIGNALS, WindowSignals
+
+__all__ = ["STAGES", "TRANSITIONS", "SignalTables", "parameter_names", "default_values", "prior_draws",
+           "check_values", "signal_tables", "window_log_likelihood", "attacker_weights", "time_slice"]
+
+#: The stages of an attack's phase chain.
+STAGES = ("benign", "pattern", "precursor", "execution")
+#: Per-window transition parameters of each attack's chain: ``{attack}.{name}``, with prior medians.
+#: An attack's precursor lasts minutes and its execution about one (docs/log-schema.md); an attack
+#: starts rarely (one in thousands of windows), and a precursor is seldom abandoned.
+TRANSITIONS = {"benign_to_precursor": 1 / 3000, "precursor_to_execution": 1 / 90,
+               "precursor_to_benign": 1 / 400, "execution_to_benign": 1 / 60, "pattern_to_precursor": 1 / 30}
+_FLOOR = 1e-12
+_FAULT_NAMES = tuple(FAULTS)
+
+
+def _baseline_name(signal: str) -> str:
+    if signal in OUTCOME_SIGNALS:
+        return f"outcome.{signal}.baseline"
+    if signal in FAULT_SIGNALS:
+        return f"signal.{signal}.baseline"
+    return f"telemetry.{signal}.baseline"
+
+
+def _effect_name(signal: str, attack: str) -> str:
+    return f"telemetry.{signal}.{attack}"
+
+
+def parameter_names(attacks: Sequence[str] | None = None) -> dict[str, float]:
+    """Every parameter of the signal model with its default: ``{name: value}``.
+
+    Catalogue parameters keep the cluster model's names (:data:`bayes_defense.models.PARAMETERS`),
+    so a fitted value reaches :func:`bayes_defense.models.cluster` under the same name.
+
+    Examples
+    --------
+    >>> names = parameter_names()
+    >>> names["telemetry.conflicting.equivocation"], names["fault.restart.restart_seen"]
+    (0.95, 0.95)
+    """
+    from bayes_defense.models.parameters import PARAMETERS
+
+    attacks = tracked_attacks() if attacks is None else tuple(attacks)
+    out: dict[str, float] = {}
+    for signal in SIGNALS:
+        name = _baseline_name(signal)
+        out[name] = PARAMETERS[name].default if name in PARAMETERS else FAULT_SIGNALS[signal]
+    for attack in attacks:
+        spec = attack_spec(attack)
+        for signal, p in {**spec.attacker_side, **spec.cluster_side}.items():
+            name = _effect_name(signal, attack)
+            out[name] = PARAMETERS[name].default if name in PARAMETERS else p
+        for outcome, p in spec.impacts.items():
+            name = f"{attack}.impact.{outcome}"
+            out[name] = PARAMETERS[name].default if name in PARAMETERS else p
+        for suffix, p in (("p_success", spec.p_success), ("collusion_gain", spec.collusion_gain)):
+            name = f"{attack}.{suffix}"
+            out[name] = PARAMETERS[name].default if name in PARAMETERS else p
+        for key, p in TRANSITIONS.items():
+            if key != "pattern_to_precursor" or spec.pattern is not None:
+                out[f"{attack}.{key}"] = p
+    for fault in FAULTS.values():
+        out[f"fault.{fault.name}.prior"] = fault.prior
+        for signal, p in {**fault.at_node, **fault.cluster}.items():
+            out[f"fault.{fault.name}.{signal}"] = p
+    return out
+
+
+def default_values(attacks: Sequence[str] | None = None) -> dict[str, np.ndarray]:
+    """Every parameter at its default as a one-draw array."""
+    return {name: np.array([value]) for name, value in parameter_names(attacks).items()}
+
+
+def prior_draws(ensemble: int = 16, seed: int = 0, attacks: Sequence[str] | None = None) -> dict[str, np.ndarray]:
+    """Draws from the signal model's prior: ``{name: float64 array (ensemble,)}``.
+
+    Probabilities are Beta with the default as mean and 20 pseudo-windows of
+    weight (a default of 0.01 then ranges over about 0 to 0.05); transition
+    rates are log-normal around their medians (a factor of about 1.6).
+
+    Examples
+    --------
+    >>> draws = prior_draws(8, seed=1)
+    >>> draws["telemetry.msg_rate.flooding"].shape
+    (8,)
+    """
+    rng = np.random.default_rng(seed)
+    out = {}
+    for name, value in parameter_names(attacks).items():
+        if name.rsplit(".", 1)[-1] in TRANSITIONS:
+            out[name] = np.exp(rng.normal(math.log(value), 0.5, ensemble))
+        else:
+            mean = min(max(value, 1e-4), 1 - 1e-4)
+            out[name] = rng.beta(20.0 * mean, 20.0 * (1.0 - mean), ensemble)
+    return check_values(out, attacks)
+
+
+def check_values(values: Mapping[str, Any], attacks: Sequence[str] | None = None) -> dict[str, np.ndarray]:
+    """Validate parameter draws; fill missing names with their defaults; return float64 arrays (D,).
+
+    Raises :class:`~bayes_defense.errors.InvalidInputError` naming the first bad entry.
+    """
+    if not isinstance(values, Mapping):
+        raise InvalidInputError(f"signal-model parameters must be a dict {{name: array of draws}}; "
+                                f"got {type(values).__name__}")
+    names = parameter_names(attacks)
+    unknown = sorted(str(k) for k in values if k not in names)
+    if unknown:
+        raise InvalidInputError(f"unknown signal-model parameters {', '.join(unknown[:5])}; valid names come from "
+                                "bayes_defense.stream.evidence.parameter_names()")
+    arrays = {}
+    for name, value in values.items():
+        array = np.atleast_1d(np.asarray(value, dtype=np.float64))
+        if array.ndim != 1 or array.size == 0 or not np.all(np.isfinite(array)) or np.any(array < 0) or np.any(
+                array > 1):
+            raise InvalidInputError(f"parameter {name!r} must be a 1-D array of probabilities in [0, 1]")
+        arrays[name] = array
+    sizes = {a.size for a in arrays.values()} - {1}
+    if len(sizes) > 1:
+        raise InvalidInputError(f"parameter draws must all have the same length; got {sorted(sizes)}")
+    draws = sizes.pop() if sizes else 1
+    out = {name: np.broadcast_to(arrays.get(name, np.array([default])), (draws,)).astype(np.float64)
+           for name, default in names.items()}
+    for attack in (tracked_attacks() if attacks is None else attacks):
+        total = out[f"{attack}.precursor_to_execution"] + out[f"{attack}.precursor_to_benign"]
+        if np.any(total >= 1.0):
+            raise InvalidInputError(f"{attack}: precursor_to_execution + precursor_to_benign must stay below 1")
+    return out
+
+
+@dataclass(frozen=True)
+class SignalTables:
+    """The signal model's tables for a parameter set with ``D`` draws.
+
+    Attributes
+    ----------
+    attacks : tuple of str
+    log_on, log_off : arrays (D, A, 4 stages, G faults + 1, 2 attacker role, 2 fault role, S)
+        ``log P(signal on)`` and ``log P(signal off)`` at a replica that is
+        (or is not) the attacker's and (or not) the fault's.
+    log_fault_prior : array (D, G + 1)
+        ``log P(no fault)``, then each fault's.
+    footing : tuple of str
+        Each attack's precondition site.
+    """
+
+    attacks: tuple
+    log_on: np.ndarray
+    log_off: np.ndarray
+    log_fault_prior: np.ndarray
+    footing: tuple
+    stacked: np.ndarray = None   # (D * A * 4 * (G + 1) * 4, 2 S): [log_on, log_off] for one matrix product
+
+    def __post_init__(self) -> None:
+        signals = self.log_on.shape[-1]
+        stacked = np.concatenate([self.log_on.reshape(-1, signals), self.log_off.reshape(-1, signals)], 1)
+        object.__setattr__(self, "stacked", np.ascontiguousarray(stacked))
+
+    @property
+    def draws(self) -> int:
+        """Number of parameter draws."""
+        return self.log_on.shape[0]
+
+
+def signal_tables(values: Mapping[str, np.ndarray], attacks: Sequence[str] | None = None,
+                  share: float = 0.0) -> SignalTables:
+    """Build :class:`SignalTables` from :func:`check_values` output.
+
+    ``share`` is the colluders' share (:func:`bayes_defense.models.tables.collusion_share`).
+
+    Examples
+    --------
+    >>> t = signal_tables(default_values())
+    >>> t.log_on.shape[1:4], bool(np.all(t.log_on <= 0))
+    ((8, 4, 7), True)
+    """
+    attacks = tracked_attacks() if attacks is None else tuple(attacks)
+    values = check_values(values, attacks)
+    draws = next(iter(values.values())).shape[0]
+    value = tables.accessor(values)
+    n_signals, n_attacks, n_faults = len(SIGNALS), len(attacks), len(FAULTS)
+    baseline = np.stack([values[_baseline_name(s)] for s in SIGNALS], -1)      # (D, S)
+    attacker = np.zeros((draws, n_attacks, n_signals))
+    cluster = np.zeros((draws, n_attacks, n_signals))
+    pattern_mask = np.ones((n_attacks, n_signals))
+    outcome = np.zeros((draws, n_attacks, n_signals))
+    for i, attack in enumerate(attacks):
+        spec = attack_spec(attack)
+        per_window = values[f"{attack}.precursor_to_execution"]
+        for signal in spec.attacker_side:
+            attacker[:, i, SIGNALS.index(signal)] = time_slice(values[_effect_name(signal, attack)], per_window)
+        for signal in spec.cluster_side:
+            cluster[:, i, SIGNALS.index(signal)] = time_slice(values[_effect_name(signal, attack)], per_window)
+        if spec.pattern is not None:
+            pattern_mask[i] = 0.0
+            pattern_mask[i, SIGNALS.index(spec.pattern.first)] = 1.0
+        success = tables.success_given_execution(attack, value, share)
+        for o in spec.impacts:
+            outcome[:, i, SIGNALS.index(o)] = time_slice(values[f"{attack}.impact.{o}"] * success, per_window)
+    at_node = np.zeros((draws, n_faults + 1, n_signals))
+    everywhere = np.zeros((draws, n_faults + 1, n_signals))
+    for g, fault in enumerate(FAULTS.values(), start=1):
+        for signal in fault.at_node:
+            at_node[:, g, SIGNALS.index(signal)] = values[f"fault.{fault.name}.{signal}"]
+        for signal in fault.cluster:
+            everywhere[:, g, SIGNALS.index(signal)] = values[f"fault.{fault.name}.{signal}"]
+    # Axes: draw, attack, stage, fault, attacker role, fault role, signal.
+    stage_active = np.array([0.0, 1.0, 1.0, 1.0])[None, :, None]                     # (1, K, 1)
+    active = stage_active * np.where(np.arange(4)[None, :, None] == 1, pattern_mask[:, None, :], 1.0)  # (A, K, S)
+    executing = (np.arange(4) == 3).astype(np.float64)[None, :, None]
+    role = np.array([0.0, 1.0])
+    shape = (draws, n_attacks, 4, n_faults + 1, 2, 2, n_signals)
+
+    def axes(array, keep):
+        # Place an array's axes (named by letters of "dakgrfs") into the full shape.
+        index = [slice(None) if letter in keep else None for letter in "dakgrfs"]
+        return array[tuple(index)]
+
+    probability = tables.noisy_or(axes(baseline, "ds"), [
+        (axes(attacker, "das"), axes(active, "aks") * role[None, None, None, None, :, None, None]),
+        (axes(cluster, "das"), axes(active, "aks")),
+        (axes(outcome, "das"), axes(np.broadcast_to(executing, (1, 4, 1))[0], "ks")),
+        (axes(at_node, "dgs"), role[None, None, None, None, None, :, None]),
+        (axes(everywhere, "dgs"), 1.0),
+    ])
+    probability = np.broadcast_to(probability, shape)
+    priors = np.stack([values[f"fault.{name}.prior"] for name in _FAULT_NAMES], -1)
+    none = np.clip(1.0 - priors.sum(-1, keepdims=True), _FLOOR, 1.0)
+    return SignalTables(
+        attacks=attacks,
+        log_on=np.log(np.clip(probability, _FLOOR, 1.0)),
+        log_off=np.log(np.clip(1.0 - probability, _FLOOR, 1.0)),
+        log_fault_prior=np.log(np.clip(np.concatenate([none, priors], -1), _FLOOR, 1.0)),
+        footing=tuple(attack_spec(a).footing for a in attacks),
+    )
+
+
+def time_slice(incident, per_window):
+    """P(a cause shows in one window) from P(it shows in an incident window): ``1 - (1 - p) ** per_window``.
+
+    The catalogue's attack probabilities are per incident window (the time a
+    precursor takes to lead to execution: ``1 / precursor_to_execution``
+    windows, the chain's own mean precursor length); a cause that shows
+    independently in each window with probability ``q`` shows in the
+    incident window with probability ``1 - (1 - q) ** (1 / per_window)``.
+    Benign rates need no slicing: the indicators are thresholded at the 1 %
+    tail of single windows (:data:`bayes_defense.stream.signals.TAIL`).
+
+    Examples
+    --------
+    >>> round(float(time_slice(0.95, 1 / 90)), 4)
+    0.0327
+    """
+    return 1.0 - (1.0 - np.asarray(incident, dtype=np.float64)) ** per_window
+
+
+def attacker_weights(footing: str, replicas: int, primary: int) -> np.ndarray:
+    """Prior of the attacker's replica given the precondition: ``(replicas + 1,)``, the last entry "outside".
+
+    Examples
+    --------
+    >>> attacker_weights("primary_faulty", 4, 0).tolist()
+    [1.0, 0.0, 0.0, 0.0, 0.0]
+    >>> attacker_weights("admission_open", 2, 0).tolist()
+    [0.0, 0.0, 1.0]
+    """
+    out = np.zeros(replicas + 1)
+    if footing == "admission_open" or replicas == 0:
+        out[-1] = 1.0
+    elif footing == "primary_faulty" and primary >= 0:
+        out[primary] = 1.0
+    elif footing == "backup_faulty" and primary >= 0 and replicas > 1:
+        out[:replicas] = 1.0 / (replicas - 1)
+        out[primary] = 0.0
+    else:
+        out[:replicas] = 1.0 / replicas
+    return out
+
+
+def _logsumexp(a: np.ndarray, axis: int) -> np.ndarray:
+    peak = np.max(a, axis=axis, keepdims=True)
+    peak = np.where(np.isfinite(peak), peak, 0.0)
+    with np.errstate(divide="ignore"):
+        return np.squeeze(peak, axis) + np.log(np.sum(np.exp(a - peak), axis=axis))
+
+
+def window_log_likelihood(model: SignalTables, window: WindowSignals, *,
+                          with_attacker: bool = False) -> Any:
+    """``log P(window's signals | attack a in stage k)`` for every draw: ``(D, A, 4)``.
+
+    The attacker's replica, the fault and the fault's replica are summed out
+    (module docstring). With ``with_attacker=True`` also returns the log
+    posterior weight of each attacker position (``(D, A, 4, R + 1)``, the
+    last entry "outside any replica"), from which the suspects come, and the
+    log posterior of each fault (``(D, A, 4, G + 1)``, "no fault" first).
+
+    Examples
+    --------
+    >>> from bayes_defense.stream.signals import WindowSignals, SIGNALS
+    >>> values = np.full((3, len(SIGNALS)), np.nan)     # rows r0, r1, unattributed
+    >>> values[:2, SIGNALS.index("conflicting")] = [1.0, 0.0]
+    >>> ll = window_log_likelihood(signal_tables(default_values()), WindowSignals(("r0", "r1"), 0, values))
+    >>> bool(ll[0, 0, 2] - ll[0, 0, 0] > 3.0)   # a conflicting pair from the primary: equivocation
+    True
+    """
+    x = window.values
+    replicas = x.shape[0] - 1
+    on = np.nan_to_num(x, nan=0.0)
+    off = np.where(np.isnan(x), 0.0, 1.0 - x)
+    # Per row and role: (D, A, K, G, 2, 2, rows). Rows repeat (most replicas show the same
+    # nothing), and each sums a few columns of the stacked table: gather and add per distinct
+    # row instead of a matrix product, which costs more in threads than in arithmetic here.
+    indicator = np.concatenate([on, off], 1) > 0.5
+    distinct, inverse = np.unique(indicator, axis=0, return_inverse=True)
+    stacked = model.stacked
+    sums = np.empty((stacked.shape[0], distinct.shape[0]))
+    for j, row in enumerate(distinct):
+        sums[:, j] = stacked[:, np.flatnonzero(row)].sum(1)
+    terms = sums[:, inverse.reshape(-1)].reshape(model.log_on.shape[:-1] + (replicas + 1,))
+    t00, t10, t01, t11 = (terms[..., a, f, :replicas] for a, f in ((0, 0), (1, 0), (0, 1), (1, 1)))
+    outside_row = terms[..., 1, 1, replicas]                                  # (D, A, K, G)
+    base = t00.sum(-1) + outside_row                                          # (D, A, K, G)
+    d_att, d_fault, d_both = t10 - t00, t01 - t00, t11 - t00                  # (D, A, K, G, R)
+    if replicas:
+        peak = d_fault.max(-1, keepdims=True)
+        spread = np.exp(d_fault - peak)
+        total = spread.sum(-1, keepdims=True)
+        with np.errstate(divide="ignore"):
+            # Fault elsewhere than the attacker: sum over the other replicas (uniform, 1/R each).
+            elsewhere = d_att + peak + np.log(np.maximum(total - spread, 0.0))
+            inside = np.logaddexp(elsewhere, d_both) - math.log(replicas)            # attacker at replica r*
+            outside = peak[..., 0] + np.log(total[..., 0]) - math.log(replicas)      # attacker outside
+        position = np.concatenate([inside, outside[..., None]], -1) + base[..., None]  # (D, A, K, G, R + 1)
+    else:
+        position = base[..., None]
+    log_weights = np.empty((len(model.attacks), replicas + 1))
+    with np.errstate(divide="ignore"):
+        for i, footing in enumerate(model.footing):
+            log_weights[i] = np.log(attacker_weights(footing, replicas, window.primary))
+    joint = position + model.log_fault_prior[:, None, None, :, None] + log_weights[None, :, None, None, :]
+    by_position = _logsumexp(joint, 3)                                        # (D, A, K, R + 1)
+    total_ll = _logsumexp(by_position, 3)                                     # (D, A, K)
+    if with_attacker:
+        by_fault = _logsumexp(joint, 4)                                       # (D, A, K, G + 1), priors in
+        return total_ll, by_position - total_ll[..., None], by_fault - total_ll[..., None]
+    return total_ll

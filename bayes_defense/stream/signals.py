@@ -1,0 +1,433 @@
+"""Per-window signals: schema-1.0 telemetry (after the observation map) as the model's indicator signals.
+
+Each window, the telemetry of the log becomes the catalogue's signals
+(:data:`bayes_defense.models.TELEMETRY`, ``join_rate``), the benign faults'
+own signals (:data:`bayes_defense.models.faults.FAULT_SIGNALS`) and the
+cluster outcomes read as signals, as 0/1 indicators with ``nan`` for "not
+observed in this window". An indicator is on when its value crosses the
+99th percentile of its benign distribution, the catalogue's convention, so
+the model's benign rates mean what they say:
+
+- a rate or a duration is compared with an exponentially weighted mean and
+  variance of its own past (a Normal upper tail of 1 %);
+- a count is compared with a Poisson distribution of its exponentially
+  weighted mean (upper tail below 1 %); a count whose mean is zero turns on
+  at its first event, as a protocol fact should;
+- protocol proofs are indicators directly: two digests for one (view, seq)
+  from the primary turn ``conflicting`` on at the primary, a logged restart
+  turns ``restart_seen`` on, a peer table that shrank turns ``peers_lost``
+  on, a request stalled past its timer turns ``liveness_lost`` on.
+
+Where a signal shows: :attr:`WindowSignals.values` has one row per replica
+and one last row for evidence whose sender the log does not name (receivers
+count duplicates, stale messages, authentication failures and INSTANCE_CHANGE
+votes without saying from whom; cluster outcomes and joins belong to no
+replica). The model reads that last row as the attacker's replica for the
+attackers' own signals and as the fault's replica for the faults' (its
+identity is summed out like the others': an unattributed signal is evidence
+about *some* replica, whichever it is).
+
+Attribution of the schema-1.0 kinds (the default observation map):
+
+============================  ===============================  ==========================
+signal                        from                             row
+============================  ===============================  ==========================
+``msg_rate``                  ``source_rate_max`` (median)     the busiest source
+``preprepare_delay``          ``preprepare_interval`` (median)  the primary
+``mac_fail``                  ``auth_failures`` (sum)          unattributed
+``vc_request``                ``view_change`` events           the sender
+``ic_request``                ``instance_change_requests``     unattributed
+``duplicates`` / ``stale``    ``duplicate_messages`` / ...     unattributed
+``conflicting``               two digests in ``preprepare``    the primary
+``peer_in_degree``            peer ``join``\\s, ``peer_churn``  the replica whose table
+``low_peer_diversity``        ``peer_diversity`` drop          the replica
+``join_rate``                 client ``join``\\s of one prefix  unattributed
+``peers_lost``                ``peer_diversity`` attr peers    the replica
+``restart_seen``              ``restart``                      the replica
+``silent``                    no telemetry in the window       the replica
+outcomes                      client telemetry, stalls         unattributed
+============================  ===============================  ==========================
+
+A kind that an observation map sends to a model signal directly
+(``as = "conflicting"`` for plenum's ``PPR_DIGEST_WRONG``) arrives as
+``signal:<name>``; it turns the signal on at the replica the event names.
+
+Examples
+--------
+>>> from bayes_defense.stream.signals import SIGNALS, SignalExtractor
+>>> extractor = SignalExtractor()
+>>> for w in range(30):
+...     for r in ("r0", "r1", "r2", "r3"):
+...         extractor.ingest(w + 0.5, r, "duplicate_messages", 0.0, {})
+...     window = extractor.close()
+>>> extractor.ingest(30.5, "r1", "duplicate_messages", 40.0, {})
+>>> window = extractor.close()
+>>> window.replicas, float(window.values[-1, SIGNALS.index("duplicates")])
+(('r0', 'r1', 'r2', 'r3'), 1.0)
+"""
+
+from __future__ import annotations
+
+import math
+import statistics
+from collections import OrderedDict
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+from scipy.special import pdtrc
+
+from bayes_defense.models.catalogue import TELEMETRY
+from bayes_defense.models.faults import FAULT_SIGNALS, OUTCOME_SIGNALS
+from bayes_defense.stream.schema import TELEMETRY_KINDS
+
+__all__ = ["SIGNALS", "TAIL", "WARMUP_WINDOWS", "WindowSignals", "SignalExtractor", "signal_index"]
+
+#: Every signal of the model filter, in column order: the catalogue's telemetry, ``join_rate``,
+#: the faults' own signals, then the cluster outcomes.
+SIGNALS: tuple[str, ...] = (tuple(t.name for t in TELEMETRY) + ("join_rate",) + tuple(FAULT_SIGNALS)
+                            + tuple(OUTCOME_SIGNALS))
+_INDEX = {name: i for i, name in enumerate(SIGNALS)}
+
+#: Benign tail probability at which an indicator turns on (the catalogue's 99th percentile).
+TAIL = 0.01
+_Z = statistics.NormalDist().inv_cdf(1.0 - TAIL)
+#: Windows a series must have been seen before its indicator counts (until then: not observed).
+WARMUP_WINDOWS = 20
+# Smallest Poisson mean: a count that has never been seen turns on at its first event.
+_MIN_COUNT_MEAN = 0.005
+# Smallest spread of a continuous series relative to its mean (a constant series must not
+# make every rounding step an anomaly).
+_MIN_RELATIVE_SPREAD = 0.05
+_MAX_REPLICAS = 100
+_MAX_SERIES = 8192
+_MAX_DIGESTS = 512
+_SCALARS = (str, int, float, bool)
+
+
+def signal_index(name: str) -> int:
+    """Column of signal ``name`` in :attr:`WindowSignals.values`.
+
+    Examples
+    --------
+    >>> signal_index("msg_rate")
+    0
+    """
+    try:
+        return _INDEX[name]
+    except KeyError:
+        raise KeyError(f"unknown signal {name!r}; the model's signals are {', '.join(SIGNALS)}") from None
+
+
+@dataclass(frozen=True)
+class WindowSignals:
+    """The signals of one window.
+
+    Attributes
+    ----------
+    replicas : tuple of str
+        The replicas known so far, in first-seen order (the rows).
+    primary : int
+        Row of the current primary, -1 when the log has not named it.
+    values : ndarray (len(replicas) + 1, len(SIGNALS))
+        1.0 on, 0.0 off, ``nan`` not observed; the last row is unattributed evidence.
+    """
+
+    replicas: tuple
+    primary: int
+    values: np.ndarray
+
+
+class SignalExtractor:
+    """Turns the events of each window into :class:`WindowSignals`, with bounded memory.
+
+    Parameters
+    ----------
+    rate : float
+        Weight of a new window in the exponentially weighted baselines.
+    replica_pattern : compiled regex, optional
+        Which node names are replicas; default: every node that sends replica telemetry.
+    """
+
+    def __init__(self, rate: float = 0.02, replica_pattern: Any = None) -> None:
+        self.rate = float(rate)
+        self.replica_pattern = replica_pattern
+        self.reset()
+
+    def reset(self) -> None:
+        """Forget everything seen."""
+        self.replicas: list[str] = []
+        self.primary = ""
+        self.baselines: dict[str, list[float]] = {}   # series -> [mean, mean square deviation, windows seen]
+        self.digests: OrderedDict = OrderedDict()
+        self.peer_norm: dict[str, float] = {}
+        self._clear_window()
+
+    def _clear_window(self) -> None:
+        self.values: dict[tuple[str, str], list[float]] = {}   # (node, kind) -> values this window
+        self.sources: dict[str, str] = {}
+        self.peers: dict[str, float] = {}
+        self.view_changes: dict[str, float] = {}
+        self.peer_joins: dict[str, float] = {}
+        self.joins: dict[str, float] = {}
+        self.direct: dict[tuple[str, str], float] = {}
+        self.flags: set = set()   # ("conflicting", primary), ("restart_seen", node), ("liveness_lost", ""), ...
+        self.reporting: set = set()
+
+    # ------------------------------------------------------------- events
+    def _replica(self, node: str) -> None:
+        if node not in self.replicas and len(self.replicas) < _MAX_REPLICAS:
+            pattern = self.replica_pattern
+            if pattern is None or pattern.search(node):
+                self.replicas.append(node)
+
+    def _value(self, key: tuple[str, str], value: float) -> None:
+        # [last value, sum, count]: bounded per series however many events a window holds.
+        found = self.values.get(key)
+        if found is None:
+            if len(self.values) < _MAX_SERIES:
+                self.values[key] = [value, value, 1.0]
+        else:
+            found[0] = value
+            found[1] += value
+            found[2] += 1.0
+
+    def ingest(self, ts: float, node: str, kind: str, value: float | None, attrs: Mapping) -> None:
+        """Fold one (mapped) event into the open window."""
+        if kind in _TELEMETRY_SET:
+            self._replica(node)
+            self.reporting.add(node)
+            if value is not None:
+                self._value((node, kind), float(value))
+            if kind == "source_rate_max":
+                source = attrs.get("source")
+                if isinstance(source, str):
+                    self.sources[node] = source
+            elif kind == "preprepare_interval":
+                primary = attrs.get("primary")
+                if isinstance(primary, str):
+                    self.primary = primary
+            elif kind == "peer_diversity":
+                peers = attrs.get("peers")
+                if isinstance(peers, (int, float)) and not isinstance(peers, bool) and math.isfinite(peers):
+                    self.peers[node] = float(peers)
+        elif kind in ("request_latency", "throughput"):
+            if value is not None:
+                # Clients pooled: their median is taken over the values of the window.
+                self._value((node, kind), float(value))
+        elif kind == "preprepare":
+            primary = attrs.get("primary")
+            if isinstance(primary, str):
+                self.primary = primary
+            view, seq, digest = attrs.get("view"), attrs.get("seq", value), attrs.get("digest")
+            if not all(isinstance(x, _SCALARS) for x in (view, seq, digest)):
+                return
+            key = (view, seq)
+            seen = self.digests.get(key)
+            if seen is None:
+                self.digests[key] = digest
+                if len(self.digests) > _MAX_DIGESTS:
+                    self.digests.popitem(last=False)
+            elif seen != digest and isinstance(primary, str):
+                self.flags.add(("conflicting", primary))
+        elif kind == "view_change":
+            self.view_changes[node] = self.view_changes.get(node, 0.0) + 1.0
+        elif kind == "new_view":
+            primary = attrs.get("primary")
+            if isinstance(primary, str):
+                self.primary = primary
+        elif kind == "join":
+            if attrs.get("role") == "peer":
+                victim = attrs.get("peer_of")
+                if isinstance(victim, str) and len(self.peer_joins) < _MAX_REPLICAS:
+                    self.peer_joins[victim] = self.peer_joins.get(victim, 0.0) + 1.0
+            else:
+                prefix = attrs.get("prefix")
+                key = prefix if isinstance(prefix, str) else ""
+                if key in self.joins or len(self.joins) < _MAX_REPLICAS:
+                    self.joins[key] = self.joins.get(key, 0.0) + 1.0
+        elif kind == "restart":
+            self.flags.add(("restart_seen", node))
+        elif kind == "request_stalled":
+            self.flags.add(("liveness_lost", ""))
+        elif kind == "safety_violation":
+            self.flags.add(("safety_violated", ""))
+        elif kind.startswith("signal:"):
+            name = kind[7:]
+            if name in _INDEX and len(self.direct) < _MAX_SERIES:
+                self.direct[(node, name)] = self.direct.get((node, name), 0.0) + (1.0 if value is None else abs(value))
+
+    # ------------------------------------------------------------ windows
+    def _series(self, key: str) -> list[float]:
+        found = self.baselines.get(key)
+        if found is None:
+            found = [math.nan, 0.0, 0.0]
+            if len(self.baselines) < _MAX_SERIES:
+                self.baselines[key] = found
+        return found
+
+    def _continuous(self, key: str, value: float, lower: bool = False) -> float:
+        """Indicator of ``value`` beyond the 1 % tail of series ``key``; updates the series."""
+        state = self._series(key)
+        mean, square, seen = state
+        if seen == 0 or mean != mean:
+            state[:] = [value, 0.0, 1.0]
+            return math.nan
+        spread = math.sqrt(max(square, (_MIN_RELATIVE_SPREAD * abs(mean)) ** 2, 1e-12))
+        z = (value - mean) / spread
+        on = (z < -_Z) if lower else (z > _Z)
+        # An anomalous window teaches the baseline a tenth as much: an attack is not the new normal
+        # until it stays for many windows.
+        weight = self.rate * (0.1 if on else 1.0) if seen >= WARMUP_WINDOWS else 1.0 / (seen + 1.0)
+        deviation = value - mean
+        state[0] = mean + weight * deviation
+        state[1] = (1.0 - weight) * (square + weight * deviation * deviation)
+        state[2] = seen + 1.0
+        return float(on) if seen >= WARMUP_WINDOWS else math.nan
+
+    def _counts(self, keys: list[str], counts: list[float]) -> list[float]:
+        """Poisson upper-tail indicators of ``counts`` against the series ``keys``; updates them."""
+        if not keys:
+            return []
+        states = [self._series(key) for key in keys]
+        means = np.array([max(s[0] if s[0] == s[0] else 0.0, _MIN_COUNT_MEAN) for s in states])
+        x = np.array(counts)
+        tail = pdtrc(np.maximum(np.ceil(x) - 1.0, -1.0), means)   # P(X >= x)
+        out = []
+        for state, count, p in zip(states, counts, tail.tolist(), strict=True):
+            seen = state[2]
+            on = count > 0 and p < TAIL
+            mean = state[0] if state[0] == state[0] else count
+            weight = self.rate * (0.1 if on else 1.0) if seen >= WARMUP_WINDOWS else 1.0 / (seen + 1.0)
+            state[0] = mean + weight * (count - mean)
+            state[2] = seen + 1.0
+            out.append(float(on) if seen >= WARMUP_WINDOWS else math.nan)
+        return out
+
+    def close(self) -> WindowSignals:
+        """End the open window; return its signals and start the next."""
+        replicas = self.replicas
+        rows = {name: i for i, name in enumerate(replicas)}
+        unattributed = len(replicas)
+        out = np.full((unattributed + 1, len(SIGNALS)), np.nan)
+        primary = rows.get(self.primary, -1)
+        values = self.values
+
+        def median(kind: str) -> float | None:
+            found = [v[0] for (node, k), v in values.items() if k == kind and node in rows]
+            return statistics.median(found) if found else None
+
+        def total(kind: str) -> float | None:
+            found = [v[1] for (node, k), v in values.items() if k == kind and node in rows]
+            return float(sum(found)) if found else None
+
+        # Rates and delays, pooled over the replicas that report them.
+        rate = median("source_rate_max")
+        if rate is not None:
+            on = self._continuous("cluster|source_rate_max", rate)
+            column = _INDEX["msg_rate"]
+            out[:unattributed, column] = 0.0 if on == on else np.nan
+            if self.sources:
+                ranked = sorted(self.sources.values())
+                source = max(ranked, key=ranked.count)
+                out[rows[source] if source in rows else unattributed, column] = on
+        delay = median("preprepare_interval")
+        if delay is not None:
+            on = self._continuous("cluster|preprepare_interval", delay)
+            out[primary if primary >= 0 else unattributed, _INDEX["preprepare_delay"]] = on
+        # Unattributed counts: the sum over receivers is Poisson when each receiver's count is.
+        keys, counts, columns = [], [], []
+        for kind, signal in (("auth_failures", "mac_fail"), ("instance_change_requests", "ic_request"),
+                             ("duplicate_messages", "duplicates"), ("stale_messages", "stale")):
+            found = total(kind)
+            if found is not None:
+                keys.append(f"cluster|{kind}")
+                counts.append(found)
+                columns.append((unattributed, _INDEX[signal]))
+        if self.joins or replicas:
+            keys.append("cluster|joins")
+            counts.append(max(self.joins.values()) if self.joins else 0.0)
+            columns.append((unattributed, _INDEX["join_rate"]))
+        # Per-replica counts: VIEW-CHANGE by sender, peer joins and churn at the replica whose table it is.
+        for name, row in rows.items():
+            if name not in self.reporting and name not in self.view_changes:
+                continue
+            keys.append(f"{name}|view_change")
+            counts.append(self.view_changes.get(name, 0.0))
+            columns.append((row, _INDEX["vc_request"]))
+            churn = values.get((name, "peer_churn"))
+            keys.append(f"{name}|peer_in")
+            counts.append(self.peer_joins.get(name, 0.0) + (churn[1] if churn else 0.0))
+            columns.append((row, _INDEX["peer_in_degree"]))
+        for (row, column), on in zip(columns, self._counts(keys, counts), strict=True):
+            out[row, column] = on
+        # Peer tables: a table that shrank lost links; one that kept its size but lost diversity is eclipsed.
+        lost, diversity = _INDEX["peers_lost"], _INDEX["low_peer_diversity"]
+        for name, row in rows.items():
+            peers = self.peers.get(name)
+            if peers is None:
+                continue
+            norm = self.peer_norm.get(name)
+            shrank = norm is not None and peers < 0.9 * norm
+            out[row, lost] = float(shrank)
+            found = values.get((name, "peer_diversity"))
+            if found:
+                on = self._continuous(f"{name}|peer_diversity", found[0], lower=True)
+                out[row, diversity] = 0.0 if shrank and on == on else on
+            if norm is None:
+                if len(self.peer_norm) < _MAX_REPLICAS:
+                    self.peer_norm[name] = peers
+            elif not shrank:
+                self.peer_norm[name] = norm + 0.05 * (peers - norm)
+        # Who stayed silent: a replica that reported before and sent nothing in this window.
+        silent = _INDEX["silent"]
+        for name, row in rows.items():
+            out[row, silent] = 0.0 if name in self.reporting else 1.0
+        # Protocol facts.
+        for column in (_INDEX["conflicting"], _INDEX["restart_seen"]):
+            out[:unattributed, column] = 0.0
+        for signal, node in self.flags:
+            if signal in ("liveness_lost", "safety_violated"):
+                continue
+            out[rows.get(node, unattributed), _INDEX[signal]] = 1.0
+        for outcome in ("liveness_lost", "safety_violated"):
+            out[unattributed, _INDEX[outcome]] = float((outcome, "") in self.flags) if replicas else np.nan
+        # Clients: latency up, throughput down, pooled over clients.
+        for kind, signal, lower in (("request_latency", "latency_high", False), ("throughput", "throughput_low", True)):
+            found = [v[1] / v[2] for (node, k), v in values.items() if k == kind]
+            if found:
+                out[unattributed, _INDEX[signal]] = self._continuous(f"cluster|{kind}", statistics.median(found),
+                                                                     lower=lower)
+        # Signals an observation map names directly (plenum's suspicion codes).
+        for (node, name), _count in self.direct.items():
+            out[rows.get(node, unattributed), _INDEX[name]] = 1.0
+        self._clear_window()
+        return WindowSignals(tuple(replicas), primary, out)
+
+    # -------------------------------------------------------------- state
+    def state_dict(self) -> dict[str, Any]:
+        """The extractor's state as plain data (baselines, digests, peer norms, the open window)."""
+        return {"replicas": list(self.replicas), "primary": self.primary,
+                "baselines": {k: list(v) for k, v in self.baselines.items()},
+                "digests": OrderedDict(self.digests), "peer_norm": dict(self.peer_norm),
+                "values": {k: list(v) for k, v in self.values.items()}, "sources": dict(self.sources),
+                "peers": dict(self.peers), "view_changes": dict(self.view_changes),
+                "peer_joins": dict(self.peer_joins), "joins": dict(self.joins), "direct": dict(self.direct),
+                "flags": set(self.flags), "reporting": set(self.reporting)}
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        """Restore :meth:`state_dict`'s output (checked by the defender that owns it)."""
+        self.replicas = list(state["replicas"])
+        self.primary = str(state["primary"])
+        self.baselines = {k: list(v) for k, v in state["baselines"].items()}
+        self.digests = OrderedDict(state["digests"])
+        self.peer_norm = dict(state["peer_norm"])
+        self.values = {k: list(v) for k, v in state["values"].items()}
+        for key in ("sources", "peers", "view_changes", "peer_joins", "joins", "direct"):
+            setattr(self, key, dict(state[key]))
+        self.flags = set(state["flags"])
+        self.reporting = set(state["reporting"])
+
+
+_TELEMETRY_SET = frozenset(TELEMETRY_KINDS)
