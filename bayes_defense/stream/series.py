@@ -69,7 +69,7 @@ import numpy as np
 from bayes_defense.errors import InvalidInputError
 
 __all__ = ["SeriesModel", "SeriesScores", "prior_parameters", "find_periods", "episodes",
-           "regime_forward_brute_force", "fit_series", "PARAMETER_NAMES", "DEFAULT_DF"]
+           "regime_forward_brute_force", "fit_series", "trained_model", "PARAMETER_NAMES", "DEFAULT_DF"]
 
 #: The regime parameters that carry uncertainty (one value per ensemble draw).
 PARAMETER_NAMES: tuple[str, ...] = ("switch_in", "stay", "kappa", "share")
@@ -221,197 +221,12 @@ def _profile(values: np.ndarray, period: int) -> np.ndarray:
     return means[phases]
 
 
-def _compile() -> Any:
-    """Build the per-block kernel with numba (imported here, so that importing this module stays light)."""
-    from numba import njit
-
-    @njit(cache=True, fastmath=False, nogil=True)
-    def log_add(a: float, b: float) -> float:
-        if a == -np.inf:
-            return b
-        if b == -np.inf:
-            return a
-        if a > b:
-            return a + math.log1p(math.exp(b - a))
-        return b + math.log1p(math.exp(a - b))
-
-    @njit(cache=True, nogil=True)
-    def kernel(values, row0, count, level, trend, cov, scale2, wmean, wm2, last_anomaly,
-               season, period, offset, log_alpha, log_switch_in, log_stay_typical, log_stay, log_leave,
-               log_kappa, log_share, log_not_share, df, delta_level, delta_trend, anomaly_power,
-               season_gain, scale_gain, warmup, floor_abs, floor_rel, tail, prob, lower, upper,
-               column_probability, zscore):
-        rows, columns = values.shape
-        draws = log_alpha.shape[0]
-        periods = period.shape[1]
-        lf_ratio = np.empty((columns, draws))
-        warm = np.zeros(columns, np.bool_)
-        resid = np.zeros(columns)
-        forecast_level = np.zeros(columns)
-        forecast_trend = np.zeros(columns)
-        r00 = np.zeros(columns)
-        r01 = np.zeros(columns)
-        r11 = np.zeros(columns)
-        qvar = np.zeros(columns)
-        seasonal = np.zeros(columns)
-        zs = np.zeros(columns)
-        prob_draw = np.empty(draws)
-        sorted_draw = np.empty(draws)
-        anomaly_mean = np.zeros(columns)
-        half = 0.5 * (df + 1.0)
-        for t in range(rows):
-            row = row0 + t
-            evidence = 0
-            for c in range(columns):
-                warm[c] = False
-                zscore[t, c] = np.nan
-                column_probability[t, c] = np.nan
-                y = values[t, c]
-                if not math.isfinite(y):
-                    continue
-                s = 0.0
-                for k in range(periods):
-                    p = period[c, k]
-                    if p > 0:
-                        s += season[c, offset[c, k] + row % p]
-                seasonal[c] = s
-                if count[c] < warmup:
-                    # Welford mean and variance of the deseasonalised values.
-                    x = y - s
-                    count[c] += 1
-                    d = x - wmean[c]
-                    wmean[c] += d / count[c]
-                    wm2[c] += d * (x - wmean[c])
-                    if count[c] == warmup:
-                        floor = floor_abs + floor_rel * abs(wmean[c])
-                        var = wm2[c] / max(warmup - 1, 1)
-                        scale2[c] = max(var, floor * floor, 1e-300)
-                        level[c] = wmean[c]
-                        trend[c] = 0.0
-                        cov[c, 0] = scale2[c] / warmup
-                        cov[c, 1] = 0.0
-                        cov[c, 2] = scale2[c] / (warmup * warmup * warmup)
-                    continue
-                a = last_anomaly[c]
-                power = 1.0 + a * (anomaly_power - 1.0)
-                dl = delta_level ** power
-                # While anomalous, the trend loses certainty as fast as the level does.
-                dt = delta_trend * delta_level ** (power - 1.0)
-                p00, p01, p11 = cov[c, 0], cov[c, 1], cov[c, 2]
-                g00 = p00 + 2.0 * p01 + p11
-                g01 = p01 + p11
-                r00[c] = g00 / dl
-                r01[c] = g01 / math.sqrt(dl * dt)
-                r11[c] = p11 / dt
-                forecast_level[c] = level[c] + trend[c]
-                forecast_trend[c] = trend[c]
-                q = r00[c] + scale2[c]
-                qvar[c] = q
-                r = y - forecast_level[c] - s
-                resid[c] = r
-                z = r / math.sqrt(q)
-                zs[c] = z
-                zscore[t, c] = z
-                warm[c] = True
-                evidence += 1
-                base = -half * math.log1p(z * z / df)
-                for e in range(draws):
-                    zk = z * math.exp(-log_kappa[e])
-                    lf_ratio[c, e] = -half * math.log1p(zk * zk / df) - log_kappa[e] - base
-            for e in range(draws):
-                a0 = log_alpha[e, 0]
-                a1 = log_alpha[e, 1]
-                p_typ = log_add(a0 + log_stay_typical[e], a1 + log_leave[e])
-                p_anom = log_add(a0 + log_switch_in[e], a1 + log_stay[e])
-                emission = 0.0
-                for c in range(columns):
-                    if warm[c]:
-                        emission += log_add(log_not_share[e], log_share[e] + lf_ratio[c, e])
-                n0 = p_typ
-                n1 = p_anom + emission
-                norm = log_add(n0, n1)
-                log_alpha[e, 0] = n0 - norm
-                log_alpha[e, 1] = n1 - norm
-                prob_draw[e] = math.exp(n1 - norm)
-            if evidence == 0:
-                prob[t] = np.nan
-                lower[t] = np.nan
-                upper[t] = np.nan
-                continue
-            mean = 0.0
-            for e in range(draws):
-                mean += prob_draw[e]
-            mean /= draws
-            for e in range(draws):
-                sorted_draw[e] = prob_draw[e]
-            sorted_draw.sort()
-            position = tail * (draws - 1)
-            i = int(math.floor(position))
-            j = min(i + 1, draws - 1)
-            low = sorted_draw[i] + (position - i) * (sorted_draw[j] - sorted_draw[i])
-            position = (1.0 - tail) * (draws - 1)
-            i = int(math.floor(position))
-            j = min(i + 1, draws - 1)
-            high = sorted_draw[i] + (position - i) * (sorted_draw[j] - sorted_draw[i])
-            prob[t] = min(max(mean, 0.0), 1.0)
-            lower[t] = min(max(low, 0.0), prob[t])
-            upper[t] = max(min(high, 1.0), prob[t])
-            for c in range(columns):
-                if not warm[c]:
-                    continue
-                total = 0.0
-                for e in range(draws):
-                    x = log_share[e] + lf_ratio[c, e]
-                    responsibility = math.exp(x - log_add(log_not_share[e], x))
-                    total += prob_draw[e] * responsibility
-                anomaly_mean[c] = min(max(total / draws, 0.0), 1.0)
-                column_probability[t, c] = anomaly_mean[c]
-            for c in range(columns):
-                if not warm[c]:
-                    continue
-                w = 1.0 - anomaly_mean[c]
-                z = zs[c]
-                u = (df + 1.0) / (df + z * z)
-                r = resid[c]
-                if w * u > 1e-12:
-                    obs = scale2[c] / (w * u)
-                    denominator = r00[c] + obs
-                    k0 = r00[c] / denominator
-                    k1 = r01[c] / denominator
-                    level[c] = forecast_level[c] + k0 * r
-                    trend[c] = forecast_trend[c] + k1 * r
-                    cov[c, 0] = r00[c] - k0 * k0 * denominator
-                    cov[c, 1] = r01[c] - k0 * k1 * denominator
-                    cov[c, 2] = r11[c] - k1 * k1 * denominator
-                    after = values[t, c] - level[c] - seasonal[c]
-                    gain = season_gain * w * min(u, 1.0)
-                    for k in range(periods):
-                        p = period[c, k]
-                        if p > 0:
-                            season[c, offset[c, k] + row % p] += gain * after
-                    target = u * r * r * scale2[c] / qvar[c]
-                    scale2[c] += scale_gain * w * (target - scale2[c])
-                    floor = floor_abs + floor_rel * abs(level[c])
-                    scale2[c] = max(scale2[c], floor * floor, 1e-300)
-                else:
-                    level[c] = forecast_level[c]
-                    trend[c] = forecast_trend[c]
-                    cov[c, 0] = r00[c]
-                    cov[c, 1] = r01[c]
-                    cov[c, 2] = r11[c]
-                last_anomaly[c] = anomaly_mean[c]
+def _kernel() -> Any:
+    # A module of its own, so that numba's on-disk cache of the compiled kernel
+    # survives edits to this one; imported late, so importing this module loads no numba.
+    from bayes_defense.stream._series_kernel import kernel
 
     return kernel
-
-
-_KERNEL: Any = None
-
-
-def _kernel() -> Any:
-    global _KERNEL
-    if _KERNEL is None:
-        _KERNEL = _compile()
-    return _KERNEL
 
 
 class SeriesScores:
@@ -452,7 +267,7 @@ class SeriesScores:
         """
         names = list(names)
         out = []
-        for probability, row in zip(self.probability, self.column_probability):
+        for probability, row in zip(self.probability, self.column_probability, strict=True):
             if not probability >= cutoff:
                 out.append("")
                 continue
@@ -691,7 +506,7 @@ class SeriesModel:
                 # Restart the column's level and scale from the deseasonalised buffer.
                 x = buffer[:, c].copy()
                 phases = np.arange(x.size)
-                for p, profile in zip(periods, profiles):
+                for p, profile in zip(periods, profiles, strict=True):
                     x -= profile[phases % p]
                 finite = x[np.isfinite(x)]
                 recent = x[-max(periods):]
@@ -877,7 +692,8 @@ def fit_series(values: Any, *, periods: Any = "auto", steps: int = 600, draws: i
     is then maximised in expectation under a multivariate normal guide over
     the unconstrained parameters (Pyro SVI). The posterior draws feed
     :class:`SeriesModel` (``parameters=``). Diagnostics: the final ELBO and
-    its change over the last tenth of the steps, and the Pareto ``k`` of the
+    its change over the last tenth of the steps against the noise of the
+    stochastic ELBO (``elbo_noise``, three standard errors), and the Pareto ``k`` of the
     importance weights of guide draws (ArviZ ``psislw``; above 0.7 the guide
     is a poor fit to the posterior, Yao et al. 2018).
 
@@ -905,6 +721,19 @@ def fit_series(values: Any, *, periods: Any = "auto", steps: int = 600, draws: i
     >>> draws["stay"].shape, sorted(diagnostics)[:3]
     ((4,), ['elbo', 'elbo_change', 'ok'])
     """
+    import torch
+
+    # The chain's tensors are small: one thread avoids the cost of coordinating several (large on a busy machine).
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        return _fit_series(values, periods, steps, draws, seed, learning_rate, options)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _fit_series(values: Any, periods: Any, steps: int, draws: int, seed: int, learning_rate: float,
+                options: dict[str, Any]) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
     import pyro
     import pyro.distributions as dist
     import torch
@@ -965,9 +794,9 @@ def fit_series(values: Any, *, periods: Any = "auto", steps: int = 600, draws: i
     losses = [float(svi.step()) for _ in range(int(steps))]
     tail = max(1, len(losses) // 10)
     with torch.no_grad():
-        samples = [guide() for _ in range(max(int(draws), 200))]
+        samples = [guide() for _ in range(int(draws))]
         log_weights = []
-        for sample in samples[:200]:
+        for _ in range(200):
             trace_q = pyro.poutine.trace(guide).get_trace()
             conditioned = pyro.poutine.trace(pyro.poutine.replay(pyro_model, trace=trace_q)).get_trace()
             log_weights.append(float(conditioned.log_prob_sum() - trace_q.log_prob_sum()))
@@ -978,12 +807,47 @@ def fit_series(values: Any, *, periods: Any = "auto", steps: int = 600, draws: i
             out[name] = np.full(int(draws), _prior_mean(name))
         else:
             out[name] = np.array([float(sample[name]) for sample in samples[: int(draws)]])
-    elbo = -float(np.mean(losses[-tail:]))
-    change = abs(float(np.mean(losses[-tail:]) - np.mean(losses[-2 * tail:-tail]))) / max(1.0, abs(elbo)) \
-        if len(losses) >= 2 * tail else math.nan
-    diagnostics = {"elbo": elbo, "elbo_change": change, "pareto_k": pareto_k, "periods": model.periods,
-                   "rows": int(z.shape[0]), "ok": bool(pareto_k < 0.7 and (math.isnan(change) or change < 1e-2))}
+    last, before = np.array(losses[-tail:]), np.array(losses[-2 * tail:-tail])
+    elbo = -float(last.mean())
+    # Converged: the ELBO of the last tenth of the steps differs from the tenth before by no more
+    # than the noise of the stochastic ELBO (three standard errors) or a thousandth of its size.
+    change = abs(float(last.mean() - before.mean())) if before.size else math.nan
+    noise = 3.0 * math.sqrt((last.var() + before.var()) / tail) if before.size else math.nan
+    converged = bool(before.size) and change <= max(noise, 1e-3 * abs(elbo))
+    diagnostics = {"elbo": elbo, "elbo_change": change, "elbo_noise": noise, "pareto_k": pareto_k,
+                   "periods": model.periods, "rows": int(z.shape[0]), "ok": bool(pareto_k < 0.7 and converged)}
     return out, diagnostics
+
+
+def trained_model(values: Any, *, periods: Any = "auto", steps: int = 600, draws: int = 16, seed: int = 0,
+                  level: float = 0.9, **options: Any) -> tuple[SeriesModel, SeriesScores, dict[str, Any]]:
+    """A model fitted to a normal-operation table and then run over it, ready to score what follows.
+
+    :func:`fit_series` learns the regime parameters; the model, with the
+    periods found in ``values`` and seasonal profiles started from their
+    phase means, then filters ``values`` so that its state is warm.
+
+    Returns
+    -------
+    (SeriesModel, SeriesScores, dict)
+        The warm model, its scores of ``values`` (for choosing a threshold on
+        normal operation) and the fit's diagnostics.
+
+    Examples
+    --------
+    >>> rng = np.random.default_rng(1)
+    >>> model, scores, diagnostics = trained_model(rng.normal(size=300), periods=(), steps=30, draws=4)
+    >>> model.rows, bool(np.isfinite(model.update(0.1)[0]))
+    (300, True)
+    """
+    block = np.asarray(values, dtype=np.float64)
+    if block.ndim == 1:
+        block = block[:, None]
+    parameters, diagnostics = fit_series(block, periods=periods, steps=steps, draws=draws, seed=seed, **options)
+    found = diagnostics["periods"]
+    model = SeriesModel(block.shape[1], periods=found, parameters=parameters, level=level, **options)
+    model.set_periods(found, [_phase_profiles(block[:, c], p) for c, p in enumerate(found)])
+    return model, model.score(block), diagnostics
 
 
 def _prior_mean(name: str) -> float:
@@ -1020,7 +884,8 @@ def _chain_log_likelihood(emission: Any, switch_in: Any, stay: Any) -> Any:
         else:
             last = None
         left, right = matrices[0::2], matrices[1::2]
-        matrices = torch.logsumexp(left[:, :, :, None] + right[:, None, :, :], dim=2)
+        # The 2x2 log-space product written out: torch's logsumexp over a size-2 axis is far slower.
+        matrices = torch.logaddexp(left[:, :, 0, None] + right[:, None, 0, :], left[:, :, 1, None] + right[:, None, 1, :])
         if last is not None:
             matrices = torch.cat([matrices, last])
     start = torch.log(torch.tensor([1.0 - 1e-3, 1e-3], dtype=emission.dtype))

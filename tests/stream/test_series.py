@@ -122,7 +122,7 @@ def test_cause_names_the_injected_column():
     assert inside and all(cause == "network" for cause in inside)
     # After the shift ends the regime's persistence holds the episode a row or two.
     assert found[0][1] <= 2033
-    assert all(cause == "" for cause, p in zip(causes, scores.probability) if not p >= 0.5)
+    assert all(cause == "" for cause, p in zip(causes, scores.probability, strict=True) if not p >= 0.5)
 
 
 def test_non_finite_cells_are_skipped_and_counted_without_changing_state():
