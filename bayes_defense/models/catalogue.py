@@ -72,7 +72,8 @@ from dataclasses import dataclass, field
 from types import MappingProxyType
 
 __all__ = ["Attack", "Countermeasure", "ATTACKS", "COUNTERMEASURES", "TELEMETRY", "OUTCOMES", "Telemetry",
-           "FOOTING", "CONTROLS", "ISOLATED_PRIOR", "JOIN_RATE"]
+           "FOOTING", "CONTROLS", "ISOLATED_PRIOR", "JOIN_RATE", "ATTACK_NAMES", "MATCHED_COUNTERMEASURES",
+           "REPLICA_FOOTINGS", "ATTACKS_FROM_A_REPLICA", "MIN_NODES", "MAX_NODES"]
 
 
 @dataclass(frozen=True)
@@ -269,6 +270,22 @@ _ATTACKS = (
 
 #: The eight attacks by name.
 ATTACKS = MappingProxyType({attack.name: attack for attack in _ATTACKS})
+
+#: Attack names in catalogue order: the order of every per-attack axis (the defender's hypotheses too).
+ATTACK_NAMES: tuple[str, ...] = tuple(ATTACKS)
+
+#: The countermeasure aimed at each attack (its ``matched``), the defender's choice when it does not plan.
+MATCHED_COUNTERMEASURES = MappingProxyType({name: attack.matched for name, attack in ATTACKS.items()})
+
+#: Footings in which the attacker holds a replica of the cluster.
+REPLICA_FOOTINGS = frozenset({"primary_faulty", "attacker_inside", "backup_faulty"})
+
+#: Attacks carried out from a replica the attacker holds, so that their suspects are replicas (a sybil's
+#: identities are outsiders; an eclipse's suspect is its victim).
+ATTACKS_FROM_A_REPLICA = frozenset(name for name, attack in ATTACKS.items() if attack.footing in REPLICA_FOOTINGS)
+
+#: Cluster sizes the model takes: n >= 3f + 1 with f >= 1, up to a hundred replicas.
+MIN_NODES, MAX_NODES = 4, 100
 
 _COUNTERMEASURES = (
     Countermeasure("view_change", "view_changed", 1.0, 0.05, 40.0,

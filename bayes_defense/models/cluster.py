@@ -54,6 +54,7 @@ import pyro
 import pyro.distributions as dist
 import torch
 
+from bayes_defense._callable import make_module_callable
 from bayes_defense.errors import InvalidInputError, UnknownSiteError
 from bayes_defense.models import tables
 from bayes_defense.models.catalogue import (
@@ -61,6 +62,8 @@ from bayes_defense.models.catalogue import (
     CONTROLS,
     COUNTERMEASURES,
     FOOTING,
+    MAX_NODES,
+    MIN_NODES,
     OUTCOMES,
     TELEMETRY,
 )
@@ -68,8 +71,6 @@ from bayes_defense.models.parameters import resolve_parameters
 
 __all__ = ["ClusterModel", "cluster", "FOOTING", "CONTROLS", "MIN_NODES", "MAX_NODES"]
 
-MIN_NODES = 4
-MAX_NODES = 100
 
 _TELEMETRY_NAMES = frozenset(t.name for t in TELEMETRY)
 _REPLICA_VARIABLES = frozenset(["faulty", *_TELEMETRY_NAMES])
@@ -408,3 +409,7 @@ def cluster(n_nodes: int, *, colluders: int | None = None, telemetry: str = "ind
         raise InvalidInputError(f"telemetry must be 'indicators' or 'continuous'; got {telemetry!r}")
     _, _, key = resolve_parameters(parameters)
     return _cached(n_nodes, colluders, telemetry, key)
+
+
+# bd.models.cluster stays callable after ``import bayes_defense.models.cluster`` binds the module to that name.
+make_module_callable(__name__)

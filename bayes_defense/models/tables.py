@@ -45,6 +45,7 @@ from types import MappingProxyType
 import numpy as np
 
 from bayes_defense.models.catalogue import (
+    ATTACK_NAMES,
     ATTACKS,
     CONTROLS,
     COUNTERMEASURES,
@@ -62,8 +63,8 @@ __all__ = [
     "success_probability", "precondition_table",
 ]
 
-#: Attacks, outcomes, control sites and telemetry signals in site order (the axes of every table).
-ATTACK_NAMES: tuple[str, ...] = tuple(ATTACKS)
+#: Outcomes, control sites and telemetry signals in site order (with the catalogue's ATTACK_NAMES, the axes of
+#: every table).
 OUTCOME_NAMES: tuple[str, ...] = tuple(name for name, _, _ in OUTCOMES)
 CONTROL_SITES: tuple[str, ...] = tuple(CONTROLS)
 TELEMETRY_NAMES: tuple[str, ...] = tuple(t.name for t in TELEMETRY)

@@ -26,6 +26,7 @@ from typing import Any
 import numpy as np
 
 from bayes_defense.errors import InvalidInputError
+from bayes_defense.models.catalogue import ATTACK_NAMES
 from bayes_defense.stream.recommend import FALLBACK, Recommendations, recommend
 from bayes_defense.stream.schema import (
     KNOWN_KINDS,
@@ -41,10 +42,7 @@ __all__ = ["ATTACK_HYPOTHESES", "COUNTERMEASURE_FOR", "PARAMETER_KEYS", "PHASES"
            "check_parameters", "default_parameters", "parameter_problem"]
 
 #: Attack hypotheses the defender tracks, in a fixed order.
-ATTACK_HYPOTHESES: tuple[str, ...] = (
-    "equivocation", "slow_leader", "censorship", "flooding",
-    "view_change_abuse", "replay", "sybil", "eclipse",
-)
+ATTACK_HYPOTHESES: tuple[str, ...] = ATTACK_NAMES
 
 #: Hidden phases of every hypothesis.
 PHASES: tuple[str, ...] = ("benign", "precursor", "execution")

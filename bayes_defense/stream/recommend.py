@@ -21,27 +21,23 @@ from __future__ import annotations
 import functools
 from collections.abc import Iterator, Mapping
 
+from bayes_defense.models.catalogue import (
+    ATTACKS_FROM_A_REPLICA,
+    MATCHED_COUNTERMEASURES,
+    MAX_NODES,
+    MIN_NODES,
+)
+
 __all__ = ["ATTACKER_SUSPECTS", "FALLBACK", "evidence_for", "recommend", "role_of", "Recommendations"]
 
 #: Attacks whose suspects are the attacking replicas (for sybil the suspects
-#: are outside identities, for eclipse the victim replica).
-ATTACKER_SUSPECTS = frozenset({"equivocation", "slow_leader", "censorship", "flooding",
-                               "view_change_abuse", "replay"})
+#: are outside identities, for eclipse the victim replica). The catalogue is
+#: plain data, so reading it keeps the per-event path free of torch.
+ATTACKER_SUSPECTS = ATTACKS_FROM_A_REPLICA
 
 #: The catalogue's matched countermeasure per attack, used when planning is
 #: switched off (``StreamingDefender(planner=None)``).
-FALLBACK: dict[str, str] = {
-    "equivocation": "trusted_component",
-    "slow_leader": "view_change",
-    "censorship": "leader_rotation",
-    "flooding": "rate_limit",
-    "view_change_abuse": "expose_and_evict",
-    "replay": "trusted_component",
-    "sybil": "admission_control",
-    "eclipse": "admission_control",
-}
-
-_MIN_NODES, _MAX_NODES = 4, 100
+FALLBACK: dict[str, str] = dict(MATCHED_COUNTERMEASURES)
 
 
 def evidence_for(attack: str, role: str, phase: str) -> dict[str, float]:
@@ -96,7 +92,7 @@ def recommend(attack: str, role: str, phase: str, n_nodes: int) -> str:
     import bayes_defense as bd
     from bayes_defense.errors import ImpossibleEvidenceError
 
-    model = bd.models.cluster(min(max(int(n_nodes), _MIN_NODES), _MAX_NODES))
+    model = bd.models.cluster(min(max(int(n_nodes), MIN_NODES), MAX_NODES))
     evidence = evidence_for(attack, role, phase)
     try:
         result = bd.plan(model, evidence, max_steps=1, horizon=1)
