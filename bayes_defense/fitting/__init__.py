@@ -176,7 +176,14 @@ def load_posterior(path: str | os.PathLike[str]):
     module_name, function_name = readers[found]
     reader = getattr(importlib.import_module(module_name), function_name)
     # The SCM reader opens the file itself; the others take the groups already read.
-    return reader(path) if function_name == "load_scm_posterior" else reader(path, groups)
+    try:
+        return reader(path) if function_name == "load_scm_posterior" else reader(path, groups)
+    except InvalidInputError:
+        raise
+    except (KeyError, IndexError, TypeError, ValueError, AttributeError, OverflowError) as error:
+        # A file the readers' own checks did not foresee: refuse it in one line, never a traceback.
+        raise InvalidInputError(f"{path.name} is damaged or not a posterior of this release ({type(error).__name__}: "
+                                f"{' '.join(str(error).split())[:160]}); refit with `bayes-defense fit`") from None
 
 
 def _readers() -> dict[str, tuple[str, str]]:

@@ -1083,8 +1083,11 @@ def posterior_from_groups(path: Path, groups: Mapping[str, Any]) -> ClusterPoste
     try:
         info = json.loads(str(posterior.attrs.get("info", "{}")))
         problems = json.loads(str(posterior.attrs.get("problems", "[]")))
-    except json.JSONDecodeError:
+    except (ValueError, RecursionError):
         raise InvalidInputError(f"{path.name}: the posterior's metadata is not valid JSON; the file is damaged") from None
+    if not isinstance(info, dict) or not isinstance(problems, list):
+        raise InvalidInputError(f"{path.name}: the posterior's metadata must be an object (info) and a list (problems); "
+                                f"the file is damaged or not ours")
     if "theta" not in posterior or tuple(posterior["theta"].dims) != ("chain", "draw", "parameter"):
         raise InvalidInputError(f"{path.name} lacks the posterior variable 'theta' with dims (chain, draw, parameter); "
                                 f"the file is damaged or not ours")
@@ -1100,8 +1103,13 @@ def posterior_from_groups(path: Path, groups: Mapping[str, Any]) -> ClusterPoste
     active = np.asarray(info.pop("active", [True] * K), bool)
     prior_a = np.asarray(info.pop("prior_a", [1.0] * K), float)
     prior_b = np.asarray(info.pop("prior_b", [1.0] * K), float)
-    if not (len(active) == len(prior_a) == len(prior_b) == K):
+    if not (active.ndim == prior_a.ndim == prior_b.ndim == 1 and len(active) == len(prior_a) == len(prior_b) == K):
         raise InvalidInputError(f"{path.name}: prior metadata does not match the {K} parameters; the file is damaged")
+    if not (np.isfinite(prior_a).all() and np.isfinite(prior_b).all() and (prior_a > 0).all() and (prior_b > 0).all()):
+        raise InvalidInputError(f"{path.name}: the Beta prior counts must be finite and positive; the file is damaged")
+    level = float(posterior.attrs.get("level", 0.9)) if isinstance(posterior.attrs.get("level", 0.9), (int, float, np.number)) else math.nan
+    if not 0.0 < level < 1.0:
+        raise InvalidInputError(f"{path.name}: the posterior's credible level {posterior.attrs.get('level')!r} is not in (0, 1)")
     stats = {name: np.asarray(v.values) for name, v in groups["sample_stats"].items()} \
         if "sample_stats" in groups else {}
     if "observed_data" in groups:
@@ -1114,7 +1122,7 @@ def posterior_from_groups(path: Path, groups: Mapping[str, Any]) -> ClusterPoste
     return ClusterPosterior(draws, names, active=active, prior_a=prior_a, prior_b=prior_b,
                             method=str(posterior.attrs.get("method", "")), sample_stats=stats, observed=observed,
                             replicated=replicated, summary_names=summary_names, info=info,
-                            level=float(posterior.attrs.get("level", 0.9)), problems=problems)
+                            level=level, problems=problems)
 
 
 def _replicate(structure: _Structure, data: _Data, model, draws: np.ndarray, names: list[str], seed: int,

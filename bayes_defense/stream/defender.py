@@ -869,6 +869,7 @@ class StreamingDefender:
         if held and abs(ts - held[0][0]) > self.max_clock_skew:
             # The held events and this one disagree with each other as well.
             self._drop_held()
+            held = self._held
         held.append(event)
         if len(held) >= self.clock_confirm:
             self._held = []
