@@ -719,7 +719,7 @@ def fit_series(values: Any, *, periods: Any = "auto", steps: int = 600, draws: i
     >>> rng = np.random.default_rng(0)
     >>> draws, diagnostics = fit_series(rng.normal(size=(400, 2)), periods=(), steps=50, draws=4)
     >>> draws["stay"].shape, sorted(diagnostics)[:3]
-    ((4,), ['elbo', 'elbo_change', 'ok'])
+    ((4,), ['elbo', 'elbo_change', 'elbo_noise'])
     """
     import torch
 
