@@ -1,0 +1,151 @@
+"""Defender checkpoints: data (JSON), validated on load, no replayed alerts."""
+
+from __future__ import annotations
+
+import json
+import math
+import pickle
+
+import numpy as np
+import pytest
+
+from bayes_defense.errors import InvalidInputError
+from bayes_defense.sim import AttackSpec, Scenario, run_to_events
+from bayes_defense.stream.checkpoint import MAX_ARRAY_ELEMENTS, decode, encode
+from bayes_defense.stream.defender import StreamingDefender
+
+
+@pytest.fixture(scope="module")
+def stream():
+    scenario = Scenario(nodes=4, duration=300.0, seed=7,
+                        attacks=[AttackSpec("sybil", start=180.0, precursor=80.0, duration=60.0)])
+    return list(run_to_events(scenario))
+
+
+def _same(a, b):
+    return a.ts == b.ts and all(np.array_equal(getattr(a, f), getattr(b, f)) for f in ("active", "execution"))
+
+
+def test_save_load_resumes_identically_and_holds_no_pickle(tmp_path, stream):
+    cut = len(stream) // 2
+    whole, first = StreamingDefender(planner=None), StreamingDefender(planner=None)
+    for event in stream[:cut]:
+        first.observe(event)
+        whole.observe(event)
+    path = tmp_path / "defender.json"
+    first.save(path)
+    document = json.loads(path.read_text())  # strict JSON: parses, no NaN literals
+    assert document["format"] == "bayes-defense-checkpoint" and "NaN" not in path.read_text()
+    resumed = StreamingDefender.load(path, planner=None)
+    assert _same(resumed.belief, whole.belief)
+    for event in stream[cut:]:
+        assert _same(whole.observe(event), resumed.observe(event))
+    whole.flush()
+    resumed.flush()
+    assert [a.to_dict() for a in whole.pop_alerts()] == [a.to_dict() for a in resumed.pop_alerts()]
+    assert whole.rejected == resumed.rejected and whole.accepted == resumed.accepted
+
+
+def test_popped_alerts_are_not_replayed_and_pending_ones_are_kept(tmp_path, stream):
+    defender = StreamingDefender(planner=None)
+    defender.observe_batch(stream)
+    defender.flush()
+    raised = defender.pop_alerts()
+    assert raised, "the sybil attack should raise an alert"
+    defender.save(tmp_path / "popped.json")
+    again = StreamingDefender.load(tmp_path / "popped.json", planner=None)
+    assert again.pop_alerts() == [] and again.belief.alerts == ()
+    pending = StreamingDefender(planner=None)
+    pending.observe_batch(stream)
+    pending.flush()
+    pending.save(tmp_path / "pending.json")
+    assert [a.to_dict() for a in StreamingDefender.load(tmp_path / "pending.json", planner=None).pop_alerts()] == \
+        [a.to_dict() for a in raised]
+
+
+def _state(**changes):
+    defender = StreamingDefender(planner=None, clock_confirm=1)
+    defender.observe_batch(run_to_events(Scenario(nodes=4, duration=60.0, seed=1)))
+    state = defender.state_dict()
+    state.update(changes)
+    return state
+
+
+@pytest.mark.parametrize(("change", "message"), [
+    ({"threshold": 2.0}, "threshold must be a probability"),
+    ({"windows": -1_000_000_000}, "windows must be a whole number"),
+    ({"accepted": -1}, "accepted must be"),
+    ({"window": -1.0}, "window must be"),
+    ({"made_up": 1}, "unknown keys made_up"),
+    ({"threshold": "0.8"}, "threshold must be of type float"),
+    ({"_armed": [True] * 3}, "_armed and _quiet"),
+    ({"rejected": {"malformed": -4}}, "rejected must count"),
+    ({"rejected": {"invented_reason": 1}}, "rejected must count"),
+])
+def test_crafted_states_are_refused(change, message):
+    defender = StreamingDefender(planner=None)
+    before = defender.state_dict()
+    with pytest.raises(InvalidInputError, match=message):
+        defender.load_state_dict(_state(**change))
+    after = defender.state_dict()
+    assert after.keys() == before.keys() and after["accepted"] == before["accepted"]
+
+
+def test_nan_in_the_filter_or_baselines_is_refused():
+    state = _state()
+    state["_log_alpha"][0, 0, 0] = math.nan
+    with pytest.raises(InvalidInputError, match="_log_alpha"):
+        StreamingDefender(planner=None).load_state_dict(state)
+    state = _state()
+    state["_log_alpha"] = state["_log_alpha"] + 1.0  # no longer a distribution
+    with pytest.raises(InvalidInputError, match="sum to one"):
+        StreamingDefender(planner=None).load_state_dict(state)
+    state = _state()
+    state["_peer_norm"] = {"r0": math.nan}
+    with pytest.raises(InvalidInputError, match="non-finite"):
+        StreamingDefender(planner=None).load_state_dict(state)
+    state = _state()
+    del state["_seen"]
+    with pytest.raises(InvalidInputError, match="missing keys _seen"):
+        StreamingDefender(planner=None).load_state_dict(state)
+
+
+def _write(path, document):
+    path.write_text(json.dumps(document))
+    return path
+
+
+def test_crafted_checkpoint_files_are_refused(tmp_path):
+    good = tmp_path / "good.json"
+    StreamingDefender(planner=None).save(good)
+    document = json.loads(good.read_text())
+    pickled = tmp_path / "state.pkl"
+    pickled.write_bytes(pickle.dumps(StreamingDefender(planner=None).state_dict()))
+    cases = {
+        "not JSON": pickled,
+        "not a bayes-defense checkpoint": _write(tmp_path / "a.json", {"state": {}}),
+        "version": _write(tmp_path / "b.json", {**document, "version": 99}),
+        "only classes of bayes_defense.stream": _write(tmp_path / "c.json", {**document, "state": {
+            **document["state"], "accepted": {"__t": "object", "class": "os:system", "fields": {}}}}),
+        "declares shape": _write(tmp_path / "d.json", {**document, "state": {**document["state"], "_log_alpha": {
+            "__t": "ndarray", "dtype": "float64", "shape": [2, MAX_ARRAY_ELEMENTS], "data": []}}}),
+        "dtype": _write(tmp_path / "e.json", {**document, "state": {**document["state"], "_log_alpha": {
+            "__t": "ndarray", "dtype": "object", "shape": [1], "data": [1]}}}),
+        "unknown tag": _write(tmp_path / "f.json", {**document, "state": {"x": {"__t": "pickle"}}}),
+        "deeper than": _write(tmp_path / "g.json", {**document, "state": json.loads("[" * 200 + "]" * 200)}),
+    }
+    (tmp_path / "h.json").write_text('{"format": "bayes-defense-checkpoint"' + ", \"x\": [" * 5000 + "]" * 5000 + "}")
+    cases["not JSON "] = tmp_path / "h.json"
+    for message, path in cases.items():
+        with pytest.raises(InvalidInputError, match=message.strip()):
+            StreamingDefender.load(path, planner=None)
+
+
+def test_encode_round_trips_the_containers_a_state_uses():
+    from collections import OrderedDict, deque
+
+    value = {("r0", "x"): {1, 2}, "t": (1.5, -math.inf), "o": OrderedDict([((0, 1), "d")]),
+             "q": deque([1, 2], maxlen=5), "a": np.arange(6.0).reshape(2, 3), "f": frozenset({("a", 1)})}
+    back = decode(json.loads(json.dumps(encode(value), allow_nan=False)))
+    assert back.keys() == value.keys() and back[("r0", "x")] == {1, 2} and back["q"].maxlen == 5
+    assert np.array_equal(back["a"], value["a"]) and back["t"] == (1.5, -math.inf) and back["o"] == value["o"]
