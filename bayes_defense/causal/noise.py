@@ -45,6 +45,9 @@ __all__ = [
     "is_discrete",
     "is_deterministic",
     "SUPPORTED_DISTRIBUTIONS",
+    "base_distribution",
+    "discrete_table",
+    "log_prob",
 ]
 
 SUPPORTED_DISTRIBUTIONS = (
@@ -56,8 +59,19 @@ SUPPORTED_DISTRIBUTIONS = (
 _LOCATION_SCALE = (tdist.Normal, tdist.Laplace, tdist.Cauchy)
 
 
-def _strip(d):
-    """Remove wrappers that do not change the per-element noise model."""
+def base_distribution(d):
+    """``d`` without the wrappers that do not change its per-element noise model.
+
+    ``Independent``, ``expand`` and masks are removed; what remains decides
+    how the site's noise is drawn, pushed and abducted.
+
+    Examples
+    --------
+    >>> import pyro.distributions as dist
+    >>> from bayes_defense.causal.noise import base_distribution
+    >>> type(base_distribution(dist.Normal(0.0, 1.0).expand([3]).to_event(1))).__name__
+    'Normal'
+    """
     while True:
         if isinstance(d, tdist.Independent):
             d = d.base_dist
@@ -71,17 +85,17 @@ def _strip(d):
 
 def is_deterministic(d) -> bool:
     """True for ``Delta`` sites (``pyro.deterministic``), which carry no noise."""
-    return isinstance(_strip(d), dist.Delta)
+    return isinstance(base_distribution(d), dist.Delta)
 
 
 def is_discrete(d) -> bool:
     """True when the distribution's support is discrete."""
-    return bool(getattr(_strip(d).support, "is_discrete", False))
+    return bool(getattr(base_distribution(d).support, "is_discrete", False))
 
 
 def _unsupported(d, name: str) -> UnsupportedModelError:
     return UnsupportedModelError(
-        f"site {name!r} has distribution {type(_strip(d)).__name__}, which has no canonical "
+        f"site {name!r} has distribution {type(base_distribution(d)).__name__}, which has no canonical "
         f"exogenous noise; supported: {SUPPORTED_DISTRIBUTIONS}. Counterfactuals need that noise; "
         "bd.intervene with backend='importance' samples such sites directly"
     )
@@ -112,13 +126,21 @@ def log_prob(d, value: torch.Tensor) -> torch.Tensor:
     return d.log_prob(value)
 
 
-def _discrete_table(d):
-    """Return ``(support, cdf)`` with support ``(K,)`` and cdf ``(K, *batch)``.
+def discrete_table(d):
+    """Return ``(support, cdf)`` of a discrete site, support ``(K,)`` and cdf ``(K, *batch)``.
 
     Finite supports come from ``enumerate_support``; infinite integer supports
     are truncated where the remaining tail mass is far below float precision.
+
+    Examples
+    --------
+    >>> import torch, pyro.distributions as dist
+    >>> from bayes_defense.causal.noise import discrete_table
+    >>> support, cdf = discrete_table(dist.Categorical(probs=torch.tensor([0.2, 0.8])))
+    >>> support.tolist(), [round(x, 6) for x in cdf.tolist()]
+    ([0.0, 1.0], [0.2, 1.0])
     """
-    base = _strip(d)
+    base = base_distribution(d)
     if isinstance(base, tdist.Categorical):
         probs = base.probs
         k = probs.shape[-1]
@@ -148,7 +170,7 @@ def _align(cdf: torch.Tensor, other: torch.Tensor) -> torch.Tensor:
 
 def sample_noise(d, name: str = "site") -> torch.Tensor:
     """Draw the canonical exogenous noise of one site, with the site's full shape."""
-    base = _strip(d)
+    base = base_distribution(d)
     shape = d.batch_shape + d.event_shape
     if is_deterministic(d):
         return torch.zeros(shape)
@@ -173,20 +195,20 @@ def _continuous_base_sample(base, shape, name):
     if isinstance(base, tdist.Exponential):
         return dist.Exponential(1.0).sample(shape)
     if isinstance(base, tdist.TransformedDistribution):
-        return _continuous_base_sample(_strip(base.base_dist), shape, name)
+        return _continuous_base_sample(base_distribution(base.base_dist), shape, name)
     raise _unsupported(base, name)
 
 
 def push_noise(d, noise: torch.Tensor, name: str = "site") -> torch.Tensor:
     """Map noise to the site's value: ``x = f(noise; theta)``."""
-    base = _strip(d)
+    base = base_distribution(d)
     if is_deterministic(d):
         return base.v
     if isinstance(base, tdist.Bernoulli):
         # Fast path of the general rule below: F(0) = 1 - p, so x = 1 exactly when u > 1 - p.
         return (noise > 1 - base.probs).to(base.probs.dtype)
     if is_discrete(d):
-        support, cdf = _discrete_table(d)
+        support, cdf = discrete_table(d)
         cdf = _align(cdf, noise)
         if isinstance(base, tdist.Categorical):
             index = (noise.unsqueeze(0) > cdf[:-1]).sum(0)
@@ -204,7 +226,7 @@ def _continuous_push(base, noise, name):
     if isinstance(base, tdist.Exponential):
         return noise / base.rate
     if isinstance(base, tdist.TransformedDistribution):
-        value = _continuous_push(_strip(base.base_dist), noise, name)
+        value = _continuous_push(base_distribution(base.base_dist), noise, name)
         for transform in base.transforms:
             value = transform(value)
         return value
@@ -221,7 +243,7 @@ def _continuous_invert(base, value, name):
     if isinstance(base, tdist.TransformedDistribution):
         for transform in reversed(base.transforms):
             value = transform.inv(value)
-        return _continuous_invert(_strip(base.base_dist), value, name)
+        return _continuous_invert(base_distribution(base.base_dist), value, name)
     raise _unsupported(base, name)
 
 
@@ -232,7 +254,7 @@ def abduct_noise(d, value: torch.Tensor, name: str = "site") -> tuple[torch.Tens
     the site's batch shape. Continuous noise is a deterministic function of the
     value; discrete noise is drawn from ``Uniform(F(k - 1), F(k))``.
     """
-    base = _strip(d)
+    base = base_distribution(d)
     log_density = log_prob(d, value)
     if is_deterministic(d):
         return torch.zeros(d.batch_shape + d.event_shape), log_density
@@ -244,7 +266,7 @@ def abduct_noise(d, value: torch.Tensor, name: str = "site") -> tuple[torch.Tens
         high = torch.where(one, torch.ones_like(threshold), threshold)
         return low + (high - low) * torch.rand(low.shape, dtype=low.dtype), log_density
     if is_discrete(d):
-        support, cdf = _discrete_table(d)
+        support, cdf = discrete_table(d)
         if isinstance(base, tdist.Categorical):
             index = value.long()
         else:
@@ -355,11 +377,11 @@ class World(Messenger):
             return  # a plate's index draw, not a model variable
         self.order.append(name)
         self.distributions[name] = d
-        base = _strip(d)
+        base = base_distribution(d)
         if isinstance(base, dist.Delta):
             # pyro.deterministic passes its value as obs; the Delta's own v may have
             # been expanded by plates to batch + event shape.
-            self._deterministic(msg, name, msg["value"] if msg["value"] is not None else _strip(d).v)
+            self._deterministic(msg, name, msg["value"] if msg["value"] is not None else base_distribution(d).v)
             return
         shape = d.batch_shape + d.event_shape
         if name in self.do:
@@ -454,10 +476,16 @@ def _fast_latent(base, noise, shape):
 
 
 def _dtype_of(d):
-    base = _strip(d)
+    base = base_distribution(d)
     if isinstance(base, tdist.Categorical):
         return torch.long
     try:
         return base.mean.dtype
     except (NotImplementedError, AttributeError):
         return torch.get_default_dtype()
+
+
+# Former private names, still imported by bayes_defense.causal.attribution and bayes_defense.fitting.scm
+# (outside this module's owners' files); new code imports the public names.
+_strip = base_distribution
+_discrete_table = discrete_table

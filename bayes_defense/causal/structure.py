@@ -26,7 +26,7 @@ from pyro import poutine
 from pyro.infer.inspect import TrackProvenance
 from pyro.ops.provenance import detach_provenance, get_provenance
 
-from bayes_defense.causal.noise import World, _strip, is_deterministic, is_discrete
+from bayes_defense.causal.noise import World, base_distribution, is_deterministic, is_discrete
 from bayes_defense.errors import InvalidInputError, UnknownSiteError
 
 __all__ = ["SiteInfo", "ModelInfo", "model_info", "float64"]
@@ -265,7 +265,7 @@ def _find_parents(model: Callable, order: list[str]) -> dict[str, tuple[str, ...
         if is_deterministic(node["fn"]):
             # pyro.deterministic wraps a masked Delta whose log_prob carries no
             # provenance; its value v was computed from the parents and does.
-            provenance = get_provenance(_strip(node["fn"]).v)
+            provenance = get_provenance(base_distribution(node["fn"]).v)
         else:
             provenance = get_provenance(node["fn"].log_prob(detach_provenance(node["value"])))
         found = [p for p in provenance if p in position and position[p] < position[name]]

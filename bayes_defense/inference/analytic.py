@@ -24,7 +24,7 @@ import pyro
 import torch
 from pyro import distributions as dist
 
-from bayes_defense.causal.noise import World, _strip
+from bayes_defense.causal.noise import World, base_distribution
 from bayes_defense.causal.structure import float64
 from bayes_defense.errors import ImpossibleEvidenceError, UnsupportedModelError
 from bayes_defense.estimate import exact_estimate, weighted_estimate
@@ -113,7 +113,7 @@ def _compile(problem: Problem) -> LinearGaussian:
     intercept = torch.zeros(n, dtype=torch.float64)
     scale = torch.zeros(n, dtype=torch.float64)
     for i, name in enumerate(names):
-        d = _strip(world.distributions[name])
+        d = base_distribution(world.distributions[name])
         if not isinstance(d, dist.Normal):
             raise UnsupportedModelError(f"site {name!r} is not Normal; use backend='importance'")
         loc = d.loc.to(torch.float64).expand(n + 2)

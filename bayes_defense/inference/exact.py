@@ -27,9 +27,10 @@ reused.
 
 Contracting. The kept tables are summed over every variable but the ones the
 query reads, which stay open, so one contraction gives both the numerator and
-the normaliser. Paths come from ``opt_einsum``; small contractions run in
-numpy float64 (less overhead per step than torch), large ones in torch
-(batched matrix products).
+the normaliser. The order in which variables are summed out is the greedy
+min-weight elimination order (each step builds the smallest table it can);
+small steps run in numpy float64 (less overhead per step than torch), large
+ones in torch (batched matrix products).
 
 Counterfactuals use the twin network: a site that no intervention reaches is
 shared by both worlds; a site downstream of one gets a counterfactual copy
@@ -57,21 +58,22 @@ intermediates at once, so peak memory is a small multiple of it.
 
 from __future__ import annotations
 
+import heapq
 import math
-import random
 from collections import OrderedDict
 from dataclasses import dataclass, field
 
 import networkx as nx
 import numpy
-import opt_einsum
 import pyro
 import torch
 import torch.distributions as tdist
 from pyro.poutine.messenger import Messenger
 from pyro.poutine.subsample_messenger import _Subsample
 
-from bayes_defense.causal.noise import _discrete_table, _strip, log_prob
+from bayes_defense.causal.noise import base_distribution as _strip
+from bayes_defense.causal.noise import discrete_table as _discrete_table
+from bayes_defense.causal.noise import log_prob
 from bayes_defense.causal.structure import float64
 from bayes_defense.errors import ImpossibleEvidenceError, InvalidInputError, UnsupportedModelError
 from bayes_defense.estimate import exact_estimate
@@ -473,66 +475,109 @@ def _as_numpy(tensor) -> numpy.ndarray:
     return tensor.detach().to(torch.float64).numpy()
 
 
-#: Contraction expressions by (labels, shapes, output); a query pattern repeats these exactly.
-_EXPRESSIONS: OrderedDict = OrderedDict()
-_MAX_EXPRESSIONS = 256
-#: Above this many flops a contraction runs in torch (see ``_contract``).
-_TORCH_FLOPS = 2e6
-#: Above this many flops a better path is worth a short randomised search.
-_SEARCH_FLOPS = 1e8
+#: Above this many multiply-adds an elimination step runs in torch (see ``_contract``).
+_TORCH_STEP = 2e6
+_LETTERS = "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ"
 
 
 @dataclass
 class _Expression:
-    """A compiled contraction with the size of its largest intermediate."""
+    """A contraction as a sequence of variable eliminations, found once per query pattern.
 
-    call: object
-    large: bool
+    ``steps[i] = (operands, subscripts, large)``: the einsum of the live
+    tables ``operands`` (indices into inputs, then earlier steps' results)
+    that sums one variable out; ``final`` multiplies what is left onto the
+    kept variables. ``largest`` is the largest table built, in entries.
+    """
+
+    steps: list
+    final: tuple
     largest: int
 
 
-def _expression(labels: tuple, shapes: tuple, keep: tuple) -> _Expression:
-    """The contraction of factors with ``labels`` and ``shapes`` onto ``keep`` (path found once per pattern)."""
-    key = (labels, shapes, keep)
-    cached = _EXPRESSIONS.get(key)
-    if cached is not None:
-        _EXPRESSIONS.move_to_end(key)
-        return cached
-    symbols: dict = {}
+def _expression(scopes: list, sizes: dict, keep: tuple) -> _Expression:
+    """Plan the contraction of tables with label ``scopes`` onto ``keep`` by greedy variable elimination.
 
-    def symbol(label):
-        if label not in symbols:
-            symbols[label] = opt_einsum.get_symbol(len(symbols))
-        return symbols[label]
+    Each step sums out the variable whose elimination builds the smallest
+    table (the product of its neighbours' sizes in the interaction graph),
+    the classic min-weight heuristic; the neighbour sets are updated as
+    variables go, so planning costs about the number of variables times
+    their degree.
+    """
+    holders: dict = {}
+    for i, scope in enumerate(scopes):
+        for label in scope:
+            holders.setdefault(label, set()).add(i)
+    neighbours = {label: set() for label in holders}
+    for scope in scopes:
+        for label in scope:
+            neighbours[label].update(scope)
+    for label in neighbours:
+        neighbours[label].discard(label)
+    kept = set(keep)
 
-    inputs = ",".join("".join(symbol(label) for label in factor) for factor in labels)
-    equation = f"{inputs}->{''.join(symbol(label) for label in keep)}"
-    path, info = opt_einsum.contract_path(equation, *shapes, shapes=True, optimize="greedy")
-    cost, largest = float(info.opt_cost), int(info.largest_intermediate)
-    if cost > _SEARCH_FLOPS:
-        # RandomGreedy reseeds Python's global random module; keep the caller's state.
-        state = random.getstate()
-        try:
-            other, other_info = opt_einsum.contract_path(equation, *shapes, shapes=True,
-                                                         optimize=opt_einsum.RandomGreedy(max_repeats=8))
-        finally:
-            random.setstate(state)
-        if (int(other_info.largest_intermediate), float(other_info.opt_cost)) < (largest, cost):
-            path, cost, largest = other, float(other_info.opt_cost), int(other_info.largest_intermediate)
-    expression = _Expression(opt_einsum.contract_expression(equation, *shapes, optimize=path), cost > _TORCH_FLOPS,
-                             largest)
-    _EXPRESSIONS[key] = expression
-    if len(_EXPRESSIONS) > _MAX_EXPRESSIONS:
-        _EXPRESSIONS.popitem(last=False)
-    return expression
+    def weight(label):
+        return math.prod(sizes[u] for u in neighbours[label])
+
+    heap = [(weight(label), label) for label in holders if label not in kept]
+    heapq.heapify(heap)
+    current = {label: w for w, label in heap}
+    live_scopes = {i: tuple(scope) for i, scope in enumerate(scopes)}
+    steps, largest, next_id = [], max((math.prod(sizes[u] for u in scope) for scope in scopes), default=1), len(scopes)
+    while heap:
+        w, label = heapq.heappop(heap)
+        if current.get(label) != w:
+            continue  # a stale entry: the weight changed after it was pushed
+        del current[label]
+        operands = sorted(holders.pop(label))
+        scope = tuple(sorted(neighbours.pop(label)))
+        steps.append((tuple(operands), _subscripts([live_scopes.pop(i) for i in operands], scope),
+                      w * sizes[label] * len(operands) > _TORCH_STEP))
+        largest = max(largest, w)
+        for u in scope:
+            holders[u].difference_update(operands)
+            holders[u].add(next_id)
+            neighbours[u].update(scope)
+            neighbours[u].discard(u)
+            neighbours[u].discard(label)
+            if u not in kept:
+                current[u] = weight(u)
+                heapq.heappush(heap, (current[u], u))
+        live_scopes[next_id] = scope
+        next_id += 1
+    rest = sorted(live_scopes)
+    return _Expression(steps, (tuple(rest), _subscripts([live_scopes[i] for i in rest], keep)), largest)
+
+
+def _subscripts(scopes: list, output: tuple) -> str:
+    letters: dict = {}
+    for scope in (*scopes, output):
+        for label in scope:
+            if label not in letters:
+                letters[label] = _LETTERS[len(letters)] if len(letters) < len(_LETTERS) else None
+    if None in letters.values():
+        # A step over more than 52 variables: its table would be far beyond any memory limit.
+        raise UnsupportedModelError("backend 'exact' cannot contract a step over more than 52 variables; "
+                                    "use backend='importance'")
+    inputs = ",".join("".join(letters[label] for label in scope) for scope in scopes)
+    return f"{inputs}->{''.join(letters[label] for label in output)}"
 
 
 def _contract(expression: _Expression, tensors: list) -> numpy.ndarray:
-    if expression.large:
-        # Large pairwise steps with shared batch indices are batched matrix
-        # products in torch but slow loops in numpy's einsum.
-        return expression.call(*(torch.from_numpy(numpy.ascontiguousarray(t)) for t in tensors)).numpy()
-    return numpy.asarray(expression.call(*tensors))
+    live = list(tensors)
+    for operands, subscripts, large in expression.steps:
+        arguments = [live[i] for i in operands]
+        if large:
+            # Large steps with shared batch indices are batched matrix products
+            # in torch but slow loops in numpy's einsum.
+            live.append(torch.einsum(subscripts, *(torch.from_numpy(numpy.ascontiguousarray(a))
+                                                   for a in arguments)).numpy())
+        else:
+            live.append(numpy.einsum(subscripts, *arguments))
+    operands, subscripts = expression.final
+    if not operands:
+        return numpy.ones(())
+    return numpy.asarray(numpy.einsum(subscripts, *[live[i] for i in operands]))
 
 
 #: Coupling tables kept per network, bounded in total by the table limit.
@@ -727,8 +772,10 @@ def _sliced_shape(network, factor: _Factor, n: int) -> tuple:
 
 
 def _group_expression(network, group: _Group, n: int, limit: int) -> _Expression:
-    expression = _expression(tuple(factor.sliced for factor in group.factors),
-                             tuple(_sliced_shape(network, factor, n) for factor in group.factors), group.keep)
+    sizes = {}
+    for factor in group.factors:
+        sizes.update(zip(factor.sliced, _sliced_shape(network, factor, n), strict=True))
+    expression = _expression([factor.sliced for factor in group.factors], sizes, group.keep)
     if expression.largest * _ENTRY_BYTES > limit:
         raise _too_large("an intermediate table while contracting this query", expression.largest, limit)
     return expression

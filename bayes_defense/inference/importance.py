@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import torch
 
-from bayes_defense.causal.noise import _strip
+from bayes_defense.causal.noise import base_distribution
 from bayes_defense.errors import (
     DegenerateWeightsError,
     ImpossibleEvidenceError,
@@ -33,7 +33,7 @@ def _evidence_in_support(problem: Problem) -> str | None:
     """Name a site whose evidence lies outside its support, if the support is fixed."""
     for name, value in problem.evidence.items():
         site = problem.info.sites[name]
-        support = _strip(site.fn).support
+        support = base_distribution(site.fn).support
         if support is None or getattr(support, "is_dependent", False):
             continue
         try:
