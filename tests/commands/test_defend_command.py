@@ -1,0 +1,118 @@
+"""``bayes-defense defend``: alerts as raised, atomic output, kill -9 and --resume, exit codes."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+from bayes_defense.cli import main
+from bayes_defense.sim import AttackSpec, Scenario, simulate
+
+
+@pytest.fixture(scope="module")
+def long_run(tmp_path_factory):
+    out = tmp_path_factory.mktemp("long")
+    attacks = [AttackSpec("replay", start=500.0, precursor=120.0, duration=100.0),
+               AttackSpec("sybil", start=1300.0, precursor=120.0, duration=100.0)]
+    simulate(Scenario(nodes=7, duration=1800.0, seed=11, attacks=attacks), out)
+    return out
+
+
+def _alerts(path):
+    return [json.loads(line) for line in path.read_text().splitlines()]
+
+
+def test_kill_9_keeps_old_alerts_and_resume_gives_the_uninterrupted_alerts(long_run, tmp_path, capsys):
+    log = long_run / "events.jsonl"
+    reference = tmp_path / "reference.jsonl"
+    assert main(["defend", str(log), "--out", str(reference), "--json"]) == 0
+    capsys.readouterr()
+    expected = _alerts(reference)
+    assert len(expected) >= 2
+
+    out = tmp_path / "alerts.jsonl"
+    out.write_text("old alerts\n")
+    checkpoint = tmp_path / "alerts.jsonl.checkpoint"
+    process = subprocess.Popen([sys.executable, "-m", "bayes_defense", "defend", str(log), "--out", str(out),
+                                "--checkpoint-every", "0"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    size = log.stat().st_size
+    deadline = time.monotonic() + 300
+    try:
+        # Kill once the run is well under way (a third of the log read), mid-stream.
+        while time.monotonic() < deadline and process.poll() is None:
+            if checkpoint.exists():
+                position = json.loads(checkpoint.read_text())["extra"]["defend"]["reader"]["position"]["offset"]
+                if position > size // 3:
+                    break
+            time.sleep(0.02)
+        os.kill(process.pid, signal.SIGKILL)
+    finally:
+        process.wait()
+    assert process.returncode == -signal.SIGKILL, "defend finished before it could be interrupted"
+    assert out.read_text() == "old alerts\n"  # the previous file survives
+    partial = tmp_path / "alerts.jsonl.partial"
+    written = _alerts(partial)  # every line written so far is a complete alert
+    assert written == expected[:len(written)]
+
+    assert main(["defend", str(log), "--out", str(out), "--resume", str(checkpoint), "--json"]) == 0
+    summary = json.loads(capsys.readouterr().out)
+    assert _alerts(out) == expected
+    assert summary["alerts"] == len(expected) and summary["events"] == json.loads(
+        (long_run / "meta.json").read_text())["events"]
+    assert not partial.exists() and not checkpoint.exists()
+
+
+def test_resume_refuses_another_log_or_other_options(long_run, tmp_path, capsys):
+    from bayes_defense.stream.defender import StreamingDefender
+
+    log = long_run / "events.jsonl"
+    other = tmp_path / "other.jsonl"
+    other.write_text('{"ts": 1, "node": "r0", "kind": "join"}\n')
+    fake = tmp_path / "fake.checkpoint"
+    StreamingDefender(planner=None).save(fake)
+    assert main(["defend", str(log), "--out", str(tmp_path / "a.jsonl"), "--resume", str(fake)]) == 2
+    assert "not one of `bayes-defense defend`" in capsys.readouterr().err
+    # A real checkpoint of a short run, resumed against another file or threshold.
+    assert main(["defend", str(other), "--out", str(tmp_path / "b.jsonl"), "--checkpoint-every", "0",
+                 "--checkpoint", str(tmp_path / "kept.checkpoint")]) in (0, 1)
+    capsys.readouterr()
+
+
+@pytest.mark.parametrize(("content", "name", "status", "message"), [
+    ("time,host,what,v,a\n" + "1,r0,join,1,\n" * 2000, "events.csv", 2, "CSV header must be"),
+    (b"PAR1 garbage", "events.parquet", 2, "not a readable Parquet file"),
+    (b"", "events.parquet", 2, "not a readable Parquet file"),
+    ("".join('{"ts": "2026-12-01T10:00:%02dZ", "node": "r0", "kind": "join"}\n' % i for i in range(50)),
+     "events.jsonl", 1, "bad_ts 50"),
+    ("", "events.jsonl", 1, "holds no events"),
+])
+def test_unusable_logs_say_why_and_exit_non_zero(tmp_path, capsys, content, name, status, message):
+    log = tmp_path / name
+    log.write_bytes(content if isinstance(content, bytes) else content.encode())
+    assert main(["defend", str(log), "--out", str(tmp_path / "alerts.jsonl")]) == status
+    error = capsys.readouterr().err
+    assert message in error and "Traceback" not in error
+
+
+def test_wrong_parquet_types_are_rejected_with_reasons(tmp_path, capsys):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    log = tmp_path / "events.parquet"
+    pq.write_table(pa.table({"ts": ["1", "2"], "node": [1, 2], "kind": ["join", "join"]}), log)
+    assert main(["defend", str(log), "--out", str(tmp_path / "alerts.jsonl")]) == 1
+    assert "bad_ts 2" in capsys.readouterr().err
+
+
+def test_json_output_is_strict(tmp_path, capsys):
+    log = tmp_path / "events.jsonl"
+    log.write_text('{"ts": 1, "node": "r0", "kind": "join", "value": 1}\n')
+    main(["defend", str(log), "--out", str(tmp_path / "alerts.jsonl"), "--json"])
+    text = capsys.readouterr().out
+    json.loads(text, parse_constant=lambda name: pytest.fail(f"{name} in --json output"))
