@@ -93,6 +93,11 @@ class ModelInfo:
             self._sites, self._max_plate_nesting = _trace_sites(self.model_ref())
 
     @property
+    def traced(self) -> bool:
+        """Whether the model has been traced (always, unless it declares ``site_distributions``)."""
+        return self._sites is not None
+
+    @property
     def sites(self) -> dict:
         """``{name: SiteInfo}`` in execution order (traced on first use)."""
         self._traced()

@@ -502,7 +502,6 @@ class Engine:
         twin = bool(cf)
         if twin and do:
             raise InvalidInputError("a counterfactual pass takes no factual intervention")
-        n, N = self.n, self.n + 1
         z = self.draws
         draw_weight = np.ones(z)
         for source in (do, cluster):
@@ -510,58 +509,9 @@ class Engine:
                 draw_weight = draw_weight * (np.arange(z) == source["theta_draw"])
         fact = {**cluster, **do}
 
-        # Roots: attacker, admission, exposure (do: point mass without weight; evidence: prior x indicator).
-        prior_a = tables.spread(self.prior_inside, n)                                           # (z, N)
-        if "attacker" in do:
-            prior_a = np.broadcast_to((np.arange(N) == do["attacker"]).astype(float), (z, N))
-        elif "attacker" in cluster:
-            prior_a = prior_a * (np.arange(N) == cluster["attacker"])
-
-        def binary_prior(p, site):
-            table = np.stack([1.0 - p, p], 1)
-            if site in do:
-                return np.broadcast_to(np.eye(2)[do[site]], (z, 2))
-            if site in cluster:
-                return table * np.eye(2)[cluster[site]]
-            return table
-
-        adm = binary_prior(self.prior_adm, "admission_open")
-        exp = binary_prior(self.prior_exposed, "peer_table_exposed")
-        cae_weight = adm[:, _CAE[:, 1]] * exp[:, _CAE[:, 2]]                                        # (z, 12)
-        footing = self._footing(_CAE[:, 0], _CAE[:, 1], _CAE[:, 2], fact)
-        for site in _FOOTING_SITES:
-            if site in cluster:
-                cae_weight = cae_weight * (footing[site] == cluster[site])
-        pre = np.stack([self._precondition(a, footing, fact) for a in ATTACK_NAMES], 1)            # (12, 8)
-        for i, a in enumerate(ATTACK_NAMES):
-            if f"{a}.precondition" in cluster:
-                cae_weight = cae_weight * (pre[:, i] == cluster[f"{a}.precondition"])
-        if twin:
-            cf_class = np.full(12, min(cf["attacker"], 2)) if "attacker" in cf else _CAE[:, 0]
-            cf_adm = np.full(12, cf["admission_open"]) if "admission_open" in cf else _CAE[:, 1]
-            cf_exp = np.full(12, cf["peer_table_exposed"]) if "peer_table_exposed" in cf else _CAE[:, 2]
-            cf_footing = self._footing(cf_class, cf_adm, cf_exp, cf)
-            pre_cf = np.stack([self._precondition(a, cf_footing, cf) for a in ATTACK_NAMES], 1)
-        else:
-            pre_cf = pre
-
-        # States: root combinations and precursor configurations of non-zero prior mass.
-        allowed = np.ones((12, _NA, 2), dtype=bool)
-        allowed[:, :, 1] = pre.astype(bool)
-        for i, a in enumerate(ATTACK_NAMES):
-            site = f"{a}.precursor"
-            if site in fact:
-                allowed[:, i, :] = False
-                allowed[:, i, fact[site]] = True
-        allowed &= (cae_weight.max(0) > 0)[:, None, None]
-        valid = np.ones((12, 2 ** _NA), dtype=bool)
-        for i in range(_NA):
-            valid &= allowed[:, i, :][:, _BITS[:, i]]
-        cae_idx, p_idx = np.nonzero(valid)
-        if cae_idx.size == 0:
-            raise ImpossibleEvidenceError(f"the evidence has probability zero under the model: {fact}")
+        prior_a, cae_weight, pre, pre_cf = self._roots(do, cluster, cf, fact)
+        cae_idx, p_idx = self._precursor_states(pre, cae_weight, fact)
         state_class = _CAE[cae_idx, 0]
-
         join = None
         if "join_rate" in cluster:
             join = self.join_on if cluster["join_rate"] else 1.0 - self.join_on
@@ -571,7 +521,6 @@ class Engine:
                                                         else {}))                                                        # (z, N, 4)
         pairs = np.nonzero(C.max((0, 1)) > 0)[0]
         C = C[:, :, pairs]
-        cut_f, cut_c = _CUT_PAIRS[pairs, 0], _CUT_PAIRS[pairs, 1]
         # Outcome terms.
         if terms is None:
             terms = self.outcome_terms(cluster, outcome_cf)
@@ -581,6 +530,25 @@ class Engine:
             if len(cf) != 1 or ("attacker" in cf and cf["attacker"] != 0):
                 raise InvalidInputError("a counterfactual with outcomes fixed in both worlds needs one "
                                         "intervention (attacker only to 0), so that the worlds are ordered")
+        G, Pi, keep_f, local, local_for, wanted, leave_one_out, groups = self._chains(
+            do, cluster, cf, fact, kinds, outputs, local_for, (pre, pre_cf, cae_idx, p_idx), pairs)
+        return _Structure(
+            prior_a=prior_a, join=join, C=C, pairs=pairs, cae_idx=cae_idx, p_idx=p_idx, state_class=state_class,
+            cae_weight=cae_weight[:, cae_idx], state_class_onehot=(state_class[:, None] == np.arange(3)).astype(float),
+            coef=coef, draw_weight=draw_weight, G=G, Pi=Pi, keep=keep_f, local=local, local_for=local_for,
+            wanted=wanted, leave_one_out=leave_one_out, groups=groups, n_terms=len(terms))
+
+    def _chains(self, do, cluster, cf, fact, kinds, outputs, local_for, states, pairs):
+        """The attack chains of a pass: their product over attacks summed over the controls, and its pieces.
+
+        Returns ``(G, Pi, keep, local, local_for, wanted, leave_one_out, groups)``: the product of the
+        attacks' factors per term, draw, state and cut pair; the control weights; P(success | executing)
+        per control configuration; each attack's local joint; and the leave-one-out products with their
+        state groupings for the attacks the outputs ask about.
+        """
+        pre, pre_cf, cae_idx, p_idx = states
+        twin = bool(cf)
+        cut_f, cut_c = _CUT_PAIRS[pairs, 0], _CUT_PAIRS[pairs, 1]
         # Which attacks' chains reach something observed (an outcome term, their own executing or
         # success sites): only those couple through the shared controls. The others sum to one.
         touched = {o for k in kinds for o in k}
@@ -645,11 +613,67 @@ class Engine:
             group = np.zeros((cae_idx.size, 8))
             group[np.arange(cae_idx.size), factors[i][1]] = 1.0
             groups[i] = group.T.copy()
-        return _Structure(
-            prior_a=prior_a, join=join, C=C, pairs=pairs, cae_idx=cae_idx, p_idx=p_idx, state_class=state_class,
-            cae_weight=cae_weight[:, cae_idx], state_class_onehot=(state_class[:, None] == np.arange(3)).astype(float),
-            coef=coef, draw_weight=draw_weight, G=G, Pi=Pi, keep=keep_f, local=local, local_for=local_for,
-            wanted=wanted, leave_one_out=leave_one_out, groups=groups, n_terms=len(terms))
+        return G, Pi, keep_f, local, local_for, wanted, leave_one_out, groups
+
+    def _roots(self, do, cluster, cf, fact):
+        """Root priors: ``prior_a (z, N)``, ``cae_weight (z, 12)`` and the preconditions of both worlds ``(12, 8)``.
+
+        ``do`` puts a point mass without weight on a root; evidence multiplies its prior by an indicator.
+        """
+        n, N, z = self.n, self.n + 1, self.draws
+        prior_a = tables.spread(self.prior_inside, n)                                           # (z, N)
+        if "attacker" in do:
+            prior_a = np.broadcast_to((np.arange(N) == do["attacker"]).astype(float), (z, N))
+        elif "attacker" in cluster:
+            prior_a = prior_a * (np.arange(N) == cluster["attacker"])
+
+        def binary_prior(p, site):
+            table = np.stack([1.0 - p, p], 1)
+            if site in do:
+                return np.broadcast_to(np.eye(2)[do[site]], (z, 2))
+            if site in cluster:
+                return table * np.eye(2)[cluster[site]]
+            return table
+
+        adm = binary_prior(self.prior_adm, "admission_open")
+        exp = binary_prior(self.prior_exposed, "peer_table_exposed")
+        cae_weight = adm[:, _CAE[:, 1]] * exp[:, _CAE[:, 2]]                                        # (z, 12)
+        footing = self._footing(_CAE[:, 0], _CAE[:, 1], _CAE[:, 2], fact)
+        for site in _FOOTING_SITES:
+            if site in cluster:
+                cae_weight = cae_weight * (footing[site] == cluster[site])
+        pre = np.stack([self._precondition(a, footing, fact) for a in ATTACK_NAMES], 1)            # (12, 8)
+        for i, a in enumerate(ATTACK_NAMES):
+            if f"{a}.precondition" in cluster:
+                cae_weight = cae_weight * (pre[:, i] == cluster[f"{a}.precondition"])
+        if cf:
+            cf_class = np.full(12, min(cf["attacker"], 2)) if "attacker" in cf else _CAE[:, 0]
+            cf_adm = np.full(12, cf["admission_open"]) if "admission_open" in cf else _CAE[:, 1]
+            cf_exp = np.full(12, cf["peer_table_exposed"]) if "peer_table_exposed" in cf else _CAE[:, 2]
+            cf_footing = self._footing(cf_class, cf_adm, cf_exp, cf)
+            pre_cf = np.stack([self._precondition(a, cf_footing, cf) for a in ATTACK_NAMES], 1)
+        else:
+            pre_cf = pre
+        return prior_a, cae_weight, pre, pre_cf
+
+    @staticmethod
+    def _precursor_states(pre, cae_weight, fact):
+        """Root combinations and precursor configurations of non-zero prior mass: ``(cae_idx, p_idx)``."""
+        allowed = np.ones((12, _NA, 2), dtype=bool)
+        allowed[:, :, 1] = pre.astype(bool)
+        for i, a in enumerate(ATTACK_NAMES):
+            site = f"{a}.precursor"
+            if site in fact:
+                allowed[:, i, :] = False
+                allowed[:, i, fact[site]] = True
+        allowed &= (cae_weight.max(0) > 0)[:, None, None]
+        valid = np.ones((12, 2 ** _NA), dtype=bool)
+        for i in range(_NA):
+            valid &= allowed[:, i, :][:, _BITS[:, i]]
+        cae_idx, p_idx = np.nonzero(valid)
+        if cae_idx.size == 0:
+            raise ImpossibleEvidenceError(f"the evidence has probability zero under the model: {fact}")
+        return cae_idx, p_idx
 
     @staticmethod
     def _footing(c, adm, exp, fixed):

@@ -132,13 +132,12 @@ def test_impossible_evidence_raises_as_the_generic_backend_does():
 
 
 def test_declared_sites_match_the_trace_and_queries_skip_tracing():
-    from bayes_defense.causal.structure import _trace_sites
-
     for model in (bd.models.cluster(4), bd.models.cluster(5, telemetry="continuous"),
                   bd.models.cluster(4, parameters={"flooding.p_attempt": [0.2, 0.4]})):
-        sites, _ = _trace_sites(model)
-        assert {name: site.distribution for name, site in sites.items()} == model.site_distributions
+        # A wrapper declares nothing, so its description comes from a trace.
+        traced = model_info(lambda model=model: model())
+        assert {name: site.distribution for name, site in traced.sites.items()} == model.site_distributions
     fresh = bd.models.ClusterModel(6, 1, "indicators")
     bd.intervene(fresh, {"rate_limited": 1.0}, "flooding.success", evidence={"r0.msg_rate": 1})
-    assert model_info(fresh)._sites is None
-    assert list(model_info(fresh).sites) == list(fresh.site_distributions)
+    assert not model_info(fresh).traced
+    assert list(model_info(fresh).sites) == list(fresh.site_distributions) and model_info(fresh).traced
