@@ -49,6 +49,7 @@ _LAZY: dict[str, tuple[str, str | None]] = {
     "fit": ("bayes_defense.fitting", "fit"),
     "Posterior": ("bayes_defense.fitting.defender", "Posterior"),
     "load_posterior": ("bayes_defense.fitting", "load_posterior"),
+    "merge_posteriors": ("bayes_defense.fitting.merge", "merge_posteriors"),
     "ClusterPosterior": ("bayes_defense.fitting.cluster", "ClusterPosterior"),
     "fitting": ("bayes_defense.fitting", None),
 }
