@@ -28,14 +28,18 @@ def log_add(a: float, b: float) -> float:
 @njit(cache=True, nogil=True)
 def kernel(values, row0, count, level, trend, cov, scale2, wmean, wm2, last_anomaly,
            season, period, offset, log_alpha, log_switch_in, log_stay_typical, log_stay, log_leave,
-           log_kappa, log_share, log_not_share, df, delta_level, delta_trend, anomaly_power,
+           log_kappa, share, not_share, df, delta_level, delta_trend, anomaly_power,
            season_gain, scale_gain, warmup, floor_abs, floor_rel, tail, prob, lower, upper,
            column_probability, zscore):
     """Filter a block of rows in place: update the state arrays, write the outputs (see series.py)."""
     rows, columns = values.shape
     draws = log_alpha.shape[0]
     periods = period.shape[1]
-    lf_ratio = np.empty((columns, draws))
+    # Per cell and draw: share * (anomalous / typical likelihood), and the cell's emission term
+    # not_share + that (linear space: one exp and one log per cell and draw).
+    weighted = np.empty((columns, draws))
+    term = np.empty((columns, draws))
+    inverse_kappa = np.exp(-log_kappa)
     warm = np.zeros(columns, np.bool_)
     resid = np.zeros(columns)
     forecast_level = np.zeros(columns)
@@ -107,8 +111,10 @@ def kernel(values, row0, count, level, trend, cov, scale2, wmean, wm2, last_anom
             evidence += 1
             base = -half * math.log1p(z * z / df)
             for e in range(draws):
-                zk = z * math.exp(-log_kappa[e])
-                lf_ratio[c, e] = -half * math.log1p(zk * zk / df) - log_kappa[e] - base
+                zk = z * inverse_kappa[e]
+                ratio = -half * math.log1p(zk * zk / df) - log_kappa[e] - base
+                weighted[c, e] = share[e] * math.exp(min(ratio, 700.0))
+                term[c, e] = not_share[e] + weighted[c, e]
         for e in range(draws):
             a0 = log_alpha[e, 0]
             a1 = log_alpha[e, 1]
@@ -117,7 +123,7 @@ def kernel(values, row0, count, level, trend, cov, scale2, wmean, wm2, last_anom
             emission = 0.0
             for c in range(columns):
                 if warm[c]:
-                    emission += log_add(log_not_share[e], log_share[e] + lf_ratio[c, e])
+                    emission += math.log(term[c, e])
             n0 = p_typ
             n1 = p_anom + emission
             norm = log_add(n0, n1)
@@ -152,8 +158,7 @@ def kernel(values, row0, count, level, trend, cov, scale2, wmean, wm2, last_anom
                 continue
             total = 0.0
             for e in range(draws):
-                x = log_share[e] + lf_ratio[c, e]
-                responsibility = math.exp(x - log_add(log_not_share[e], x))
+                responsibility = weighted[c, e] / term[c, e]
                 total += prob_draw[e] * responsibility
             anomaly_mean[c] = min(max(total / draws, 0.0), 1.0)
             column_probability[t, c] = anomaly_mean[c]

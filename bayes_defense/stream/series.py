@@ -362,8 +362,8 @@ class SeriesModel:
             "switch_in": np.log(p["switch_in"]), "stay_typical": np.log1p(-p["switch_in"]),
             "stay": np.log(p["stay"]), "leave": np.log1p(-p["stay"]), "kappa": np.log(p["kappa"]),
             # One column: an anomalous row is an anomalous column.
-            "share": np.log(p["share"]) if self.columns > 1 else np.zeros_like(p["share"]),
-            "not_share": np.log1p(-p["share"]) if self.columns > 1 else np.full_like(p["share"], -np.inf),
+            "share": p["share"].copy() if self.columns > 1 else np.ones_like(p["share"]),
+            "not_share": 1.0 - p["share"] if self.columns > 1 else np.zeros_like(p["share"]),
         }
 
     def reset(self) -> None:
