@@ -17,7 +17,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import IO, Any
 
-__all__ = ["atomic_write", "atomic_path", "fsync_directory"]
+__all__ = ["atomic_write", "atomic_path", "fsync_directory", "match_mode"]
 
 
 def fsync_directory(directory: str | os.PathLike[str]) -> None:
@@ -71,7 +71,7 @@ def atomic_path(path: str | os.PathLike[str], *, suffix: str | None = None) -> I
         yield temporary
         with open(temporary, "rb+") as handle:
             os.fsync(handle.fileno())
-        _keep_mode(target, temporary)
+        match_mode(target, temporary)
         os.replace(temporary, target)
         fsync_directory(directory)
     except BaseException:
@@ -80,9 +80,20 @@ def atomic_path(path: str | os.PathLike[str], *, suffix: str | None = None) -> I
         raise
 
 
-def _keep_mode(target: Path, temporary: Path) -> None:
-    # mkstemp creates the file with mode 0600; give the new file the old
-    # file's mode, or the mode a plain open() would have given it.
+def match_mode(target: Path, temporary: Path) -> None:
+    """Give ``temporary`` the mode of ``target``, or the mode a plain ``open`` would give a new file.
+
+    ``tempfile.mkstemp`` creates files with mode 0600, which a rename would
+    otherwise carry over to the user's file.
+
+    Examples
+    --------
+    >>> import tempfile, pathlib
+    >>> directory = pathlib.Path(tempfile.mkdtemp())
+    >>> (directory / "old").touch(mode=0o640); (directory / "new").touch(mode=0o600)
+    >>> match_mode(directory / "old", directory / "new"); oct((directory / "new").stat().st_mode & 0o777)
+    '0o640'
+    """
     try:
         mode = target.stat().st_mode & 0o777
     except FileNotFoundError:

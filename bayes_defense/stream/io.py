@@ -12,6 +12,7 @@ import csv
 import io
 import json
 import os
+import tempfile
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from pathlib import Path
@@ -20,6 +21,7 @@ from typing import Annotated, Any
 import msgspec
 
 from bayes_defense.errors import ConfigError, InvalidInputError, MalformedEventError
+from bayes_defense.ioutil import match_mode, fsync_directory
 from bayes_defense.stream.schema import (
     FIELDS,
     KNOWN_KIND_SET,
@@ -468,6 +470,10 @@ class EventWriter:
     groups of ``row_group_size`` rows with ``attrs`` as a JSON string column;
     CSV carries ``attrs`` the same way.
 
+    The log is written to a temporary file beside ``path`` and renamed onto
+    it by :meth:`close`; leaving the ``with`` block by an exception (or a
+    killed process) leaves any older file at ``path`` as it was.
+
     Examples
     --------
     >>> import tempfile, pathlib
@@ -484,6 +490,11 @@ class EventWriter:
         self.path = Path(path)
         self.format = fmt
         self.count = 0
+        if self.path.is_dir():
+            raise IsADirectoryError(f"cannot write the log to {str(self.path)!r}: it is a directory")
+        descriptor, name = tempfile.mkstemp(prefix=f".{self.path.name}.", suffix=".tmp", dir=self.path.parent)
+        os.close(descriptor)
+        self._temporary = Path(name)
         self._row_group_size = row_group_size
         self._dumps = json.JSONEncoder(separators=(",", ":"), allow_nan=False).encode
         # Node and kind names repeat endlessly; quote each once.
@@ -493,7 +504,7 @@ class EventWriter:
             self._parquet_writer = None
             self._handle: io.TextIOWrapper | None = None
         else:
-            self._handle = open(self.path, "w", encoding="utf-8", newline="", buffering=1 << 20)
+            self._handle = open(self._temporary, "w", encoding="utf-8", newline="", buffering=1 << 20)
             if fmt == "csv":
                 self._csv = csv.writer(self._handle)  # default "\r\n" makes the writer quote fields holding \r
                 self._csv.writerow(FIELDS)
@@ -552,27 +563,51 @@ class EventWriter:
             }
         )
         if self._parquet_writer is None:
-            self._parquet_writer = pq.ParquetWriter(self.path, table.schema)
+            self._parquet_writer = pq.ParquetWriter(self._temporary, table.schema)
         self._parquet_writer.write_table(table)
         for values in columns.values():
             values.clear()
 
     def close(self) -> None:
-        """Flush what is buffered and close the file."""
+        """Flush what is buffered, close the file and move it to ``path``."""
+        if self._temporary is None:
+            return
         if self.format == "parquet":
             self._flush_row_group()
             if self._parquet_writer is not None:
                 self._parquet_writer.close()
                 self._parquet_writer = None
         elif self._handle is not None:
+            self._handle.flush()
+            os.fsync(self._handle.fileno())
             self._handle.close()
             self._handle = None
+        match_mode(self.path, self._temporary)
+        os.replace(self._temporary, self.path)
+        fsync_directory(self.path.parent)
+        self._temporary = None
+
+    def discard(self) -> None:
+        """Close without writing ``path``: the temporary file is removed."""
+        if self._temporary is None:
+            return
+        if getattr(self, "_parquet_writer", None) is not None:
+            self._parquet_writer.close()
+            self._parquet_writer = None
+        if self._handle is not None:
+            self._handle.close()
+            self._handle = None
+        self._temporary.unlink(missing_ok=True)
+        self._temporary = None
 
     def __enter__(self) -> EventWriter:
         return self
 
-    def __exit__(self, *exc_info: object) -> None:
-        self.close()
+    def __exit__(self, exc_type: object, *exc_info: object) -> None:
+        if exc_type is None:
+            self.close()
+        else:
+            self.discard()
 
 
 def write_events(

@@ -8,7 +8,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from bayes_defense.errors import ConfigError, MalformedEventError
+from bayes_defense.errors import ConfigError, InvalidInputError, MalformedEventError
 from bayes_defense.stream import Event, EventWriter, events_to_dataframe, read_events, write_events
 from bayes_defense.stream.schema import KNOWN_KINDS
 
@@ -113,3 +113,34 @@ def test_dataframe_conversion(tmp_path):
     assert len(frame) == len(EVENTS)
     assert frame["value"].isna().sum() == 1
     assert frame.loc[1, "attrs.seq"] == 4
+
+
+@pytest.mark.parametrize("fmt", ["jsonl", "csv", "parquet"])
+def test_writer_is_atomic(tmp_path, fmt):
+    path = tmp_path / f"events.{fmt}"
+    write_events(path, EVENTS[:2])
+    with pytest.raises(RuntimeError), EventWriter(path, fmt) as writer:
+        writer.write_many(EVENTS)
+        raise RuntimeError("interrupted")
+    assert list(read_events(path)) == EVENTS[:2]
+    assert sorted(p.name for p in tmp_path.iterdir()) == [path.name]
+
+
+def test_reader_resumes_from_its_counts(tmp_path):
+    lines = [json.dumps({"ts": float(i), "node": "r0", "kind": "join", "value": 1}) for i in range(30_000)]
+    lines[7] = "not json"
+    path = tmp_path / "events.jsonl"
+    path.write_text("\n".join(lines) + "\n")
+    first = read_events(path, strict=False)
+    saved = []
+    first.on_block = lambda reader: saved.append(reader.counts())
+    whole = list(first)
+    middle = next(c for c in saved if c["position"]["offset"] > 0)
+    rest = list(read_events(path, strict=False, start=middle))
+    done = whole[: middle["events"]] + rest
+    assert done == whole
+    resumed = read_events(path, strict=False, start=middle)
+    list(resumed)
+    assert resumed.counts()["reasons"] == {"not_json": 1} and resumed.events == len(whole)
+    with pytest.raises(InvalidInputError, match="does not fit"):
+        read_events(path, strict=False, start={**middle, "position": {"offset": 10**12, "line": 0, "record": 0}})
