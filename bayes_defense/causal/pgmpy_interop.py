@@ -202,8 +202,16 @@ class TabularModel:
         self.tables = dict(tables)
         self.row_sum_errors = dict(row_sum_errors or {})
 
+    @property
+    def site_distributions(self) -> dict:
+        """``{variable: "Categorical"}``: the sites, declared so that queries need not trace the model."""
+        return {name: "Categorical" for name in self.variables}
+
     def discrete_tables(self) -> tuple[dict, dict]:
-        """``(parents, tables)``: the network itself, for the exact backend to use without running the model.
+        """``(parents, tables)`` in sampling order: the network itself, for the exact backend.
+
+        The exact backend compiles these tables instead of running the model,
+        which samples from the same tables.
 
         Examples
         --------
@@ -214,7 +222,7 @@ class TabularModel:
         >>> m.discrete_tables()[1]["rain"].tolist()
         [0.8, 0.2]
         """
-        return self.parents, self.tables
+        return self.parents, {name: self.tables[name] for name in self.variables}
 
     def __call__(self) -> dict:
         values: dict = {}

@@ -61,6 +61,7 @@ from __future__ import annotations
 import heapq
 import math
 from collections import OrderedDict
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 import networkx as nx
@@ -71,9 +72,7 @@ import torch.distributions as tdist
 from pyro.poutine.messenger import Messenger
 from pyro.poutine.subsample_messenger import _Subsample
 
-from bayes_defense.causal.noise import base_distribution as _strip
-from bayes_defense.causal.noise import discrete_table as _discrete_table
-from bayes_defense.causal.noise import log_prob
+from bayes_defense.causal.noise import base_distribution, discrete_table, log_prob
 from bayes_defense.causal.structure import float64
 from bayes_defense.errors import ImpossibleEvidenceError, InvalidInputError, UnsupportedModelError
 from bayes_defense.estimate import exact_estimate
@@ -268,7 +267,7 @@ def _check_sites(info) -> None:
                 f"backend 'exact' needs discrete sites; site {site.name!r} is {site.distribution}. "
                 "Use backend='analytic' for linear-Gaussian models or backend='importance'"
             )
-        if site.discrete and not (site.distribution == "Categorical" or getattr(_strip(site.fn), "has_enumerate_support", False)):
+        if site.discrete and not (site.distribution == "Categorical" or getattr(base_distribution(site.fn), "has_enumerate_support", False)):
             raise UnsupportedModelError(
                 f"backend 'exact' needs finite supports; site {site.name!r} is {site.distribution} "
                 "with unbounded support. Use backend='importance'"
@@ -276,32 +275,40 @@ def _check_sites(info) -> None:
 
 
 def _compile(info, model, limit: int) -> DiscreteNetwork:
-    _check_sites(info)
     provider = getattr(model, "discrete_tables", None)
     if callable(provider):
         return _from_tables(info, *provider())
+    _check_sites(info)
     return _from_runs(info, model, limit)
 
 
 def _from_tables(info, parents: dict, tables: dict) -> DiscreteNetwork:
-    """A network from a model's own tables, checked against what a trace of the model shows."""
-    names = list(info.names)
-    if set(tables) != set(names) or set(parents) != set(names):
-        raise UnsupportedModelError(
-            f"the model's discrete_tables() name {sorted(tables)}, but its run samples {names}; they must agree"
-        )
+    """A network from a model's own tables (``tables`` in sampling order), without running the model.
+
+    The tables are the model's definition, so they are checked for shape and
+    order only; a model that was traced anyway (it declares no
+    ``site_distributions``) is also checked against its trace.
+    """
+    names = list(tables)
     position = {name: i for i, name in enumerate(names)}
+    if set(parents) != set(names) or (info.traced and info.names != names):
+        raise UnsupportedModelError(
+            f"the model's discrete_tables() name {names}, but its run samples "
+            f"{info.names if info.traced else sorted(parents)}; they must agree, in sampling order"
+        )
     support, cpt, dtypes = {}, {}, {}
     for name in names:
-        site = info.sites[name]
         table = torch.as_tensor(tables[name], dtype=torch.float64)
         pa = tuple(parents[name])
-        if site.distribution != "Categorical" or any(position[p] >= position[name] for p in pa):
+        distribution = info.distribution(name)
+        if distribution != "Categorical" or any(position.get(p, len(names)) >= position[name] for p in pa):
             raise UnsupportedModelError(
                 f"discrete_tables() describes site {name!r} as a Categorical after its parents {pa}, but the "
-                f"model samples it as {site.distribution} at position {position[name]}"
+                f"model samples it as {distribution} at position {position[name]}"
             )
-        expected = tuple(cpt[p].shape[-1] for p in pa) + (_strip(site.fn).probs.shape[-1],)
+        expected = tuple(cpt[p].shape[-1] for p in pa) + (table.shape[-1],)
+        if info.traced:
+            expected = expected[:-1] + (base_distribution(info.sites[name].fn).probs.shape[-1],)
         if tuple(table.shape) != expected:
             raise UnsupportedModelError(
                 f"discrete_tables() gives site {name!r} a table of shape {tuple(table.shape)}; its parents' "
@@ -309,7 +316,8 @@ def _from_tables(info, parents: dict, tables: dict) -> DiscreteNetwork:
             )
         support[name] = torch.arange(table.shape[-1], dtype=torch.float64)
         cpt[name] = table
-        dtypes[name] = site.example.dtype
+        # A Categorical site's values are positions.
+        dtypes[name] = torch.int64
     return DiscreteNetwork(names=names, parents={n: tuple(parents[n]) for n in names}, support=support, cpt=cpt,
                            dtypes=dtypes)
 
@@ -354,7 +362,7 @@ class _Tabulate(Messenger):
 
 def _block_table(d, value, start: int, stop: int, total: int):
     """``("values", tensor)`` of a deterministic site, or ``("pmf", support, (rows, K) pmf)`` over a block."""
-    base = _strip(d)
+    base = base_distribution(d)
     rows = stop - start
     if isinstance(base, pyro.distributions.Delta):
         # A value computed from no forced parent has no particle dimension.
@@ -366,7 +374,7 @@ def _block_table(d, value, start: int, stop: int, total: int):
         probs = probs.reshape(-1, k)
         table = probs.expand(rows, k) if probs.shape[0] == 1 else probs[start:stop]
         return ("pmf", torch.arange(k, dtype=torch.float64), table.to(torch.float64))
-    support, _ = _discrete_table(base)
+    support, _ = discrete_table(base)
     shaped = support.reshape((-1,) + (1,) * len(base.batch_shape))
     pmf = log_prob(base, shaped).exp().reshape(support.numel(), -1)
     table = pmf.expand(support.numel(), rows) if pmf.shape[1] == 1 else pmf[:, start:stop]
@@ -388,7 +396,7 @@ def _from_runs(info, model, limit: int) -> DiscreteNetwork:
     run_dtypes = {name: trace.nodes[name]["value"].dtype for name in names}
     for name in names:
         if not info.sites[name].deterministic:
-            support[name] = _discrete_table(trace.nodes[name]["fn"])[0].to(torch.float64)
+            support[name] = discrete_table(trace.nodes[name]["fn"])[0].to(torch.float64)
     cpt: dict = {}
     # A run holds one forced value per site and particle and one site's table at a time.
     widest = max(len(names), max((s.numel() for s in support.values()), default=1))
@@ -828,7 +836,8 @@ def _read(query: Query, network: DiscreteNetwork) -> tuple:
     """The sites a query reads (cached per query key)."""
 
     def find():
-        example = {name: network.support[name][:1].to(network.dtypes[name]) for name in network.names}
+        example = network.derived("example", lambda: {name: network.support[name][:1].to(network.dtypes[name])
+                                                      for name in network.names})
         return tuple(query.sites_read(example))
 
     if query.key is None:
@@ -849,13 +858,37 @@ def _query_table(query: Query, network: DiscreteNetwork, read: tuple):
     return cached
 
 
+class _Grid(Mapping):
+    """Site values over a query's grid: the read sites vary, every other site sits at its first value.
+
+    Values of sites the query does not read are built only if it asks for them.
+    """
+
+    def __init__(self, network: DiscreteNetwork, values: dict, size: int):
+        self._network, self._values, self._size = network, values, size
+
+    def __getitem__(self, name):
+        value = self._values.get(name)
+        if value is None:
+            network = self._network
+            value = self._values[name] = network.support[name][:1].expand(self._size).to(network.dtypes[name])
+        return value
+
+    def __iter__(self):
+        return iter(self._network.names)
+
+    def __len__(self):
+        return len(self._network.names)
+
+    def __contains__(self, name):
+        return name in self._network.position
+
+
 def _tabulate(query: Query, network: DiscreteNetwork, read: tuple):
     sizes = [network.support[name].numel() for name in read]
     grids = torch.meshgrid(*[network.support[name] for name in read], indexing="ij") if read else ()
     values = {name: g.reshape(-1).to(network.dtypes[name]) for name, g in zip(read, grids, strict=False)}
-    full = {**{name: network.support[name][:1].expand(max(1, math.prod(sizes))).to(network.dtypes[name])
-               for name in network.names}, **values}
-    result = torch.as_tensor(query.fn(full))
+    result = torch.as_tensor(query.fn(_Grid(network, values, max(1, math.prod(sizes)))))
     is_probability = query.is_probability(result)
     table = _as_numpy(result.to(torch.float64).reshape(tuple(sizes) if sizes else ()))
     return table, is_probability
