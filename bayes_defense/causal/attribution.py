@@ -116,23 +116,26 @@ def typical_noise(d) -> float:
     return 0.0
 
 
-def _point_attribution(model, evidence: dict, outcome: str, candidates, *, num_samples: int, level: float):
-    """Share and contribution of each candidate for a model with fixed parameters."""
+def _point_attribution(model_for, info, draws: int, evidence: dict, outcome: str, candidates, *,
+                       num_samples: int, level: float):
+    """Share and contribution of each candidate, for each of ``draws`` parameter draws.
+
+    ``model_for(worlds)`` is the model to run with ``worlds * draws * particles`` particles laid out
+    as ``(world, draw, particle)``; a model with fixed parameters ignores the layout (``draws`` = 1).
+    Returns one ``(deviation, [(share, contribution) per candidate])`` per draw.
+    """
     from bayes_defense.inference.base import Problem, make_query
 
-    info = model_info(model)
     evidence = {k: torch.as_tensor(v, dtype=torch.get_default_dtype()) for k, v in evidence.items()}
-    graph = info.graph()
-    needed = {outcome} | set(_ancestors(graph, outcome))
     # Abduction is deterministic when every needed site is observed and continuous.
-    exact = all(name in evidence and not info.sites[name].discrete for name in needed
-                if not info.sites[name].deterministic)
+    exact = _exact_abduction(info, evidence, outcome)
     particles = 1 if exact else num_samples
-    problem = Problem(model=model, info=info, do={}, evidence=evidence, query=make_query(outcome, info),
-                      counterfactual=True, num_samples=particles, level=level)
-    factual = problem.run_world(evidence=evidence, num_particles=particles)
-    log_weight = factual.log_weight
-    if not bool(torch.isfinite(log_weight).any()):
+    batch = draws * particles
+    problem = Problem(model=model_for(1), info=info, do={}, evidence=evidence, query=make_query(outcome, info),
+                      counterfactual=True, num_samples=batch, level=level)
+    factual = problem.run_world(evidence=evidence, num_particles=batch)
+    log_weight = factual.log_weight.reshape(draws, particles)
+    if not bool(torch.isfinite(log_weight).any(-1).all()):
         from bayes_defense.errors import ImpossibleEvidenceError
 
         raise ImpossibleEvidenceError(f"the evidence has probability zero under the model: {sorted(evidence)}")
@@ -144,35 +147,66 @@ def _point_attribution(model, evidence: dict, outcome: str, candidates, *, num_s
         if noise is None or info.sites[name].deterministic:
             continue
         noise = noise.reshape(-1).to(torch.get_default_dtype())
-        noise = noise.expand(particles) if noise.numel() == 1 else noise
+        noise = noise.expand(batch) if noise.numel() == 1 else noise
         tiled = noise.repeat(worlds)
         typical = typical_noise(factual.distributions[name])
-        tiled[:particles] = typical
+        tiled[:batch] = typical
         if name in candidates:
             k = candidates.index(name) + 1
-            tiled[k * particles:(k + 1) * particles] = typical
+            tiled[k * batch:(k + 1) * batch] = typical
         replay[name] = tiled
-    counter = problem.run_world(noise=replay, use_model_observations=False, num_particles=worlds * particles)
-    values = counter.values[outcome].reshape(-1)
-    values = values.expand(worlds * particles) if values.numel() == 1 else values
-    values = values.reshape(worlds, particles).to(torch.float64)
+    counter = Problem(model=model_for(worlds), info=info, do={}, evidence={}, query=problem.query,
+                      counterfactual=True, num_samples=worlds * batch, level=level)
+    counter_world = counter.run_world(noise=replay, use_model_observations=False, num_particles=worlds * batch)
+    values = counter_world.values[outcome].reshape(-1)
+    values = values.expand(worlds * batch) if values.numel() == 1 else values
+    values = values.reshape(worlds, draws, particles).to(torch.float64)
     observed = float(evidence[outcome])
     deviation = observed - values[0]
     contributions = observed - values[1:]
     shares = contributions / torch.where(deviation.abs() > 0, deviation, torch.full_like(deviation, math.nan))
-    if exact:
-        dev = exact_estimate(float(deviation[0]), is_probability=False, level=level, backend="attribution")
-        out = [(exact_estimate(float(shares[k, 0]), is_probability=False, level=level, backend="attribution"),
-                exact_estimate(float(contributions[k, 0]), is_probability=False, level=level,
-                               backend="attribution")) for k in range(len(candidates))]
-        return dev, out
-    weights = log_weight.reshape(-1)
-    dev = weighted_estimate(deviation, weights, is_probability=False, level=level, backend="attribution")
-    shares = torch.nan_to_num(shares, nan=0.0)
-    out = [(weighted_estimate(shares[k], weights, is_probability=False, level=level, backend="attribution"),
-            weighted_estimate(contributions[k], weights, is_probability=False, level=level, backend="attribution"))
-           for k in range(len(candidates))]
-    return dev, out
+    answers = []
+    for d in range(draws):
+        if exact:
+            dev = exact_estimate(float(deviation[d, 0]), is_probability=False, level=level, backend="attribution")
+            out = [(exact_estimate(float(shares[k, d, 0]), is_probability=False, level=level,
+                                   backend="attribution"),
+                    exact_estimate(float(contributions[k, d, 0]), is_probability=False, level=level,
+                                   backend="attribution")) for k in range(len(candidates))]
+        else:
+            weights = log_weight[d]
+            dev = weighted_estimate(deviation[d], weights, is_probability=False, level=level,
+                                    backend="attribution")
+            share = torch.nan_to_num(shares[:, d], nan=0.0)
+            out = [(weighted_estimate(share[k], weights, is_probability=False, level=level, backend="attribution"),
+                    weighted_estimate(contributions[k, d], weights, is_probability=False, level=level,
+                                      backend="attribution"))
+                   for k in range(len(candidates))]
+        answers.append((dev, out))
+    return answers
+
+
+def _batched_graph_draws(model):
+    """For a fitted :func:`from_graph` model: ``(GraphSCM, {site: (draws, ...) tensor})``, else None.
+
+    Its draws then run in one batch (the parameters become per-particle tensors) instead of one model
+    run per draw.
+    """
+    from bayes_defense.models.graph import GraphSCM, _PointSCM
+
+    draws = getattr(model, "parameter_models", None)
+    if not draws or not all(isinstance(m, _PointSCM) for m in draws):
+        return None
+    scm = draws[0].scm
+    if not isinstance(scm, GraphSCM) or any(m.scm is not scm for m in draws):
+        return None
+    return scm, {name: torch.stack([m.parameters[name] for m in draws]) for name in scm.parameter_sites}
+
+
+def _exact_abduction(info, evidence, outcome) -> bool:
+    needed = {outcome} | set(_ancestors(info.graph(), outcome))
+    return all(name in evidence and not info.sites[name].discrete for name in needed
+               if not info.sites[name].deterministic)
 
 
 def _ancestors(graph, node) -> list:
@@ -243,10 +277,25 @@ def attribute(model, evidence: dict, outcome: str, *, candidates=None, num_sampl
                       and not info.sites[name].deterministic]
     else:
         candidates = list(info.check_names({c: None for c in candidates}, "candidates"))
-    models = parameter_models(model) or [model]
+    batched = _batched_graph_draws(model)
     with seeded(seed), single_threaded(), torch.no_grad():
-        answers = [_point_attribution(m, evidence, outcome, candidates, num_samples=num_samples, level=level)
-                   for m in models]
+        if batched is not None:
+            scm, stacked = batched
+            draws = next(iter(stacked.values())).shape[0]
+            particles = 1 if _exact_abduction(info, evidence, outcome) else num_samples
+
+            def model_for(worlds, _stacked=stacked, _draws=draws, _particles=particles):
+                # Layout (world, draw, particle): each parameter row repeated per particle, tiled per world.
+                return scm.with_parameters({name: value.repeat_interleave(_particles, 0).repeat(
+                    (worlds,) + (1,) * (value.dim() - 1)) for name, value in _stacked.items()})
+
+            answers = _point_attribution(model_for, model_info(model.parameter_models[0]), draws, evidence,
+                                         outcome, candidates, num_samples=num_samples, level=level)
+        else:
+            answers = []
+            for m in parameter_models(model) or [model]:
+                answers += _point_attribution(lambda worlds, _m=m: _m, model_info(m), 1, evidence, outcome,
+                                              candidates, num_samples=num_samples, level=level)
     if len(answers) == 1:
         deviation, scored = answers[0]
     else:

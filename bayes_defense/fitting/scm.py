@@ -118,24 +118,37 @@ def _classify(model, info, columns: list[str], latent) -> tuple[list[str], list[
     return parameters, units
 
 
-def _check_priors(model, info, parameters, units, columns, table) -> None:
-    """A site the data never shows must have a proper distribution to be summed over."""
-    from bayes_defense.causal.noise import _strip
-    from pyro import distributions as dist
+def _check_priors(model, table) -> None:
+    """Refuse sites without a proper distribution (``ImproperUniform``, Pyro's "no prior").
 
-    for name in units:
-        if name in columns and not table[name].isna().all():
-            continue
-        d = _strip(info.sites[name].fn)
-        if isinstance(d, dist.ImproperUniform):
-            raise InvalidInputError(f"node {name!r} has no data (no column, or only missing values) and no prior "
-                                    "(an ImproperUniform distribution): nothing determines it. Add a column for "
-                                    "it or give it a proper distribution")
-    for name in parameters:
-        d = _strip(info.sites[name].fn)
-        if isinstance(d, dist.ImproperUniform) and not any(c in info.descendants([name]) for c in columns):
-            raise InvalidInputError(f"parameter {name!r} has no prior (ImproperUniform) and no data column "
-                                    "depends on it; give it a proper prior")
+    A site with no data and no prior is determined by nothing; one with data but no prior could be
+    fitted, but the queries a fitted SCM is for sample every site, so both are refused, before the
+    model is traced (tracing samples every site).
+    """
+    import pyro
+    import torch
+    from pyro import distributions as dist
+    from pyro.poutine.messenger import Messenger
+
+    from bayes_defense.causal.noise import _strip
+
+    present = {str(c) for c in table.columns if not table[c].isna().all()}
+
+    class _Improper(Messenger):
+        def _pyro_sample(self, msg):
+            if not isinstance(_strip(msg["fn"]), dist.ImproperUniform):
+                return
+            name = msg["name"]
+            if name not in present:
+                raise InvalidInputError(f"node {name!r} has no data (no column, or only missing values) and no "
+                                        "prior (an ImproperUniform distribution): nothing determines it. Add a "
+                                        "column for it or give it a proper distribution")
+            raise InvalidInputError(f"site {name!r} has data but no prior (an ImproperUniform distribution); "
+                                    "fitting is Bayesian and the fitted model's queries sample every site: give "
+                                    "it a proper prior")
+
+    with torch.no_grad(), pyro.validation_enabled(False), torch.random.fork_rng(), _Improper():
+        pyro.poutine.trace(model).get_trace()
 
 
 class _Columns:
@@ -196,7 +209,10 @@ def _rows_messenger(columns: _Columns, discrete: set):
                 msg["is_observed"] = True
                 return
             infer = {"enumerate": "parallel"} if name in discrete else {}
-            unobserved = pyro.sample(f"{name}.missing", fn.mask(missing), infer=infer)
+            # One latent per row with its full density: the entries of observed rows are then auxiliary
+            # draws that integrate to one for every parameter value, so they leave the posterior of the
+            # parameters unchanged (a masked density would leave them improper in the guide).
+            unobserved = pyro.sample(f"{name}.missing", fn, infer=infer)
             msg["value"] = torch.where(missing, unobserved, values)
             msg["fn"] = fn.mask(~missing)
             msg["is_observed"] = True
@@ -266,10 +282,13 @@ def fit_scm(model, data, *, method: str = "svi", num_steps: int | None = None, n
         One row per unit, one column per observed site (CSV or Parquet
         paths are read); NaN marks a missing value, which is latent.
     method : {"svi", "nuts"}
-        SVI with a multivariate normal guide over the parameters (mean-field
-        over missing cells), or NUTS.
+        ``"svi"``: the Laplace approximation, a multivariate normal guide at
+        the posterior mode found by L-BFGS on the exact loss; with missing
+        cells, stochastic SVI with a multivariate normal over the parameters
+        and a mean-field normal over the cells (a joint mode over cells and
+        scales would shrink the scales); ``"nuts"``: NUTS.
     num_steps : int, optional
-        SVI steps (default 2000).
+        Most L-BFGS iterations, or SVI steps with missing cells (default 2000).
     num_samples, num_warmup, num_chains : int, optional
         Posterior draws (default 1000 for SVI, 500 per chain for NUTS),
         NUTS warm-up (default 500) and chains (default 2, run one after another).
@@ -316,6 +335,7 @@ def fit_scm(model, data, *, method: str = "svi", num_steps: int | None = None, n
 
     from bayes_defense.causal.structure import model_info
     from bayes_defense.fitting.options import check_method, check_sizes
+    from bayes_defense.causal.structure import float64
     from bayes_defense.inference.base import single_threaded
 
     check_method(method)
@@ -331,10 +351,10 @@ def fit_scm(model, data, *, method: str = "svi", num_steps: int | None = None, n
     table = read_table(data)
     if len(table) == 0:
         raise InvalidInputError("the data table has no rows; fit needs at least one")
+    _check_priors(model, table)
     info = model_info(model)
     columns = [str(c) for c in table.columns]
     parameters, units = _classify(model, info, columns, latent)
-    _check_priors(model, info, parameters, units, columns, table)
     param_store_names = _param_names(model)
     if param_store_names and method == "nuts":
         raise InvalidInputError(f"NUTS samples sample sites only; {', '.join(param_store_names)} are pyro.param: "
@@ -349,8 +369,8 @@ def fit_scm(model, data, *, method: str = "svi", num_steps: int | None = None, n
     try:
         pyro.set_rng_seed(int(seed))
         # Single-threaded as the queries are: on a loaded two-core machine intra-op threads cost more
-        # than they save on these small tensors.
-        with pyro.validation_enabled(False), single_threaded():
+        # than they save on these small tensors. float64: L-BFGS and the Hessian need the precision.
+        with pyro.validation_enabled(False), single_threaded(), float64():
             tensors = _Columns(table, info, units)
             fitting_model = _plated(model, parameters, units, tensors, info.max_plate_nesting, discrete)
             enumerated = bool({*tensors.partial, *tensors.latent_units} & discrete)
@@ -400,10 +420,18 @@ def _svi(fitting_model, parameters, param_store_names, *, num_steps, num_samples
 
     pyro.clear_param_store()
     if not local and parameters:
-        from bayes_defense.fitting.svi import svi_multivariate_normal
+        guide, losses = _laplace(fitting_model, num_steps=num_steps)
+    elif not local:
+        # Only pyro.param: nothing to integrate, SVI with an empty guide is maximum likelihood.
+        from pyro.infer import SVI, Trace_ELBO
 
-        guide, losses = svi_multivariate_normal(fitting_model, init_to_median, num_steps=num_steps,
-                                                learning_rate=learning_rate, show=show, desc="fit SCM")
+        def guide():
+            return {}
+
+        svi = SVI(fitting_model, guide, pyro.optim.ClippedAdam({"lr": learning_rate,
+                                                                 "lrd": 0.1 ** (1 / max(num_steps, 1))}),
+                  Trace_ELBO())
+        losses = np.array([svi.step() for _ in range(num_steps)])
     else:
         # Missing cells are one latent per row: a full covariance over them would not fit in memory, so
         # the parameters get the multivariate normal and the cells a mean-field normal; discrete cells
@@ -414,12 +442,21 @@ def _svi(fitting_model, parameters, param_store_names, *, num_steps, num_samples
         def enumerated_site(msg):
             return msg["infer"].get("enumerate") == "parallel"
 
+        start = init_to_median
+        if not enumerated:
+            # Stochastic SVI from the prior median lands in poor optima when a parent's cells are
+            # missing; start it from the joint mode of parameters and cells (found by L-BFGS).
+            from pyro.infer.autoguide import init_to_value
+
+            mode = _mode(fitting_model, num_steps=num_steps)
+            pyro.clear_param_store()
+            start = init_to_value(values=mode)
         guide = AutoGuideList(fitting_model)
         if parameters:
             guide.append(AutoMultivariateNormal(poutine.block(fitting_model, expose=list(parameters)),
-                                                init_loc_fn=init_to_median, init_scale=0.05))
+                                                init_loc_fn=start, init_scale=0.05))
         guide.append(AutoNormal(poutine.block(fitting_model, hide_fn=lambda m: m["name"] in parameters
-                                              or enumerated_site(m)), init_loc_fn=init_to_median, init_scale=0.05))
+                                              or enumerated_site(m)), init_loc_fn=start, init_scale=0.05))
         elbo = TraceEnum_ELBO(max_plate_nesting=nesting) if enumerated else Trace_ELBO()
         svi = SVI(fitting_model, guide, pyro.optim.ClippedAdam({"lr": learning_rate,
                                                                  "lrd": 0.1 ** (1 / max(num_steps, 1))}), elbo)
@@ -434,6 +471,63 @@ def _svi(fitting_model, parameters, param_store_names, *, num_steps, num_samples
                 draws[name].append(sample[name].detach().cpu().numpy())
     fixed = {name: pyro.param(name).detach().cpu().numpy() for name in param_store_names}
     return {name: np.stack(values)[None] for name, values in draws.items()}, {}, losses, fixed
+
+
+def _mode(fitting_model, *, num_steps) -> dict:
+    """The joint posterior mode of every latent site, by L-BFGS (a starting point, not an answer)."""
+    import torch
+
+    guide, _ = _lbfgs(fitting_model, num_steps=num_steps)
+    with torch.no_grad():
+        # The guide is a point mass at the mode: a draw is the mode.
+        return {name: value.detach() for name, value in guide().items()}
+
+
+def _lbfgs(fitting_model, *, num_steps):
+    import pyro
+    import torch
+    from pyro.infer import Trace_ELBO
+    from pyro.infer.autoguide import AutoLaplaceApproximation, init_to_median
+
+    guide = AutoLaplaceApproximation(fitting_model, init_loc_fn=init_to_median)
+    elbo = Trace_ELBO()
+    guide()  # creates the guide's parameters
+    variables = [p.unconstrained() for p in pyro.get_param_store().values()]
+    optimizer = torch.optim.LBFGS(variables, lr=1.0, max_iter=num_steps, history_size=50,
+                                  line_search_fn="strong_wolfe", tolerance_grad=1e-9, tolerance_change=1e-12)
+    losses: list[float] = []
+
+    def closure():
+        optimizer.zero_grad()
+        loss = elbo.differentiable_loss(fitting_model, guide)
+        loss.backward()
+        losses.append(float(loss.detach()))
+        return loss
+
+    optimizer.step(closure)
+    if not np.isfinite(losses[-1]):
+        raise InvalidInputError("the fit's loss is not finite at the mode: the data have probability zero "
+                                "under the model's priors (a value outside a site's support?)")
+    return guide, losses
+
+
+def _laplace(fitting_model, *, num_steps):
+    """The mode by L-BFGS on the exact (deterministic) loss, then the Gaussian with the Hessian there.
+
+    Stochastic-gradient SVI with a multivariate normal guide converges slowly on the regressions of a
+    graph whose parents are correlated (a posterior correlation of 0.97 between two coefficients left
+    the means 0.7 standard errors off and the spreads half too narrow after 2000 steps); the mode of
+    this smooth, well-identified density is found in tens of L-BFGS iterations and the Laplace
+    approximation at it matches the exact regression posterior (tests/fit/test_scm_fit.py).
+    """
+    guide, losses = _lbfgs(fitting_model, num_steps=num_steps)
+    try:
+        return guide.laplace_approximation(), np.asarray(losses)
+    except (RuntimeError, ValueError):
+        raise InvalidInputError(f"the posterior's curvature at the point reached after {len(losses)} loss "
+                                "evaluations is not positive definite, so the mode was not reached or the "
+                                "parameters are not identified by the data: raise num_steps, or use "
+                                "method='nuts'") from None
 
 
 def _nuts(fitting_model, parameters, *, num_samples, num_warmup, num_chains, seed, show, nesting):
