@@ -422,3 +422,16 @@ def test_munin1_queries_answer_within_a_small_table_limit_and_match_pgmpy():
             assert abs(got.mean - oracle[state]) <= 1e-9, (do, evidence, query_site, state)
     # Without pruning, most of these contractions would not fit.
     assert beyond >= 3
+
+
+@pytest.mark.slow
+def test_mildew_counterfactual_beyond_the_limit_is_refused_and_auto_samples_it():
+    model = from_pgmpy(_example_model("mildew"))
+    first, last, before_last = model.variables[0], model.variables[-1], model.variables[-2]
+    evidence, do, query = {last: 0}, {first: 1}, {before_last: 0}
+    # Its coupling tables would hold about 10 GB (torch was once asked for 627 GB here).
+    with pytest.raises(bd.UnsupportedModelError, match="coupling table.*importance"):
+        bd.counterfactual(model, evidence, do, query, backend="exact")
+    estimate = bd.counterfactual(model, evidence, do, query, num_samples=20_000, seed=0)
+    assert estimate.backend == "importance"
+    assert 0.0 <= estimate.lower <= estimate.mean <= estimate.upper <= 1.0
