@@ -78,7 +78,7 @@ def kernel(values, row0, count, level, trend, cov, scale2, wmean, wm2, last_anom
                 wmean[c] += d / count[c]
                 wm2[c] += d * (x - wmean[c])
                 if count[c] == warmup:
-                    floor = floor_abs + floor_rel * abs(wmean[c])
+                    floor = floor_abs[c] + floor_rel * abs(wmean[c])
                     var = wm2[c] / max(warmup - 1, 1)
                     scale2[c] = max(var, floor * floor, 1e-300)
                     level[c] = wmean[c]
@@ -187,7 +187,7 @@ def kernel(values, row0, count, level, trend, cov, scale2, wmean, wm2, last_anom
                         season[c, offset[c, k] + row % p] += gain * after
                 target = u * r * r * scale2[c] / qvar[c]
                 scale2[c] += scale_gain * w * (target - scale2[c])
-                floor = floor_abs + floor_rel * abs(level[c])
+                floor = floor_abs[c] + floor_rel * abs(level[c])
                 scale2[c] = max(scale2[c], floor * floor, 1e-300)
             else:
                 level[c] = forecast_level[c]

@@ -381,6 +381,7 @@ class SeriesModel:
         self.last_anomaly = np.zeros(c)
         self.log_alpha = np.tile(np.log(np.array([1.0 - 1e-3, 1e-3])), (draws, 1))
         self.skipped = np.zeros(c, np.int64)
+        self.floor = np.full(c, self.min_scale)
         if self._auto:
             self.period = np.zeros((c, 1), np.int64)
             self.offset = np.zeros((c, 1), np.int64)
@@ -419,6 +420,29 @@ class SeriesModel:
                 start += p
         self._auto = False
         self._buffer = None
+
+    def set_resolution(self, values: Any) -> None:
+        """Floor each column's noise scale at half its resolution, the smallest step between its values.
+
+        A metric reported in steps of 0.01 cannot be known better than that:
+        without the floor, a column that stays on one value for a while learns
+        a scale near zero, and its next step of one unit reads as an anomaly.
+
+        Examples
+        --------
+        >>> model = SeriesModel(2, periods=())
+        >>> model.set_resolution([[0.51, 3.0], [0.52, 3.0], [0.54, 5.0]])
+        >>> np.round(model.floor, 6).tolist()
+        [0.005, 1.0]
+        """
+        block = np.asarray(values, dtype=np.float64).reshape(-1, self.columns)
+        for c in range(self.columns):
+            distinct = np.unique(block[np.isfinite(block[:, c]), c])
+            steps = np.diff(distinct)
+            # Steps below float rounding of the values are not a resolution.
+            steps = steps[steps > 1e-9 * max(1.0, float(np.abs(distinct).max(initial=0.0)))]
+            if steps.size:
+                self.floor[c] = max(self.min_scale, 0.5 * float(steps.min()))
 
     def score(self, values: Any) -> SeriesScores:
         """Score a block of rows in order and learn from them; each row's score uses no later row.
@@ -487,7 +511,7 @@ class SeriesModel:
                   self.log_alpha, log["switch_in"], log["stay_typical"], log["stay"], log["leave"], log["kappa"],
                   log["share"], log["not_share"], DEFAULT_DF, self.delta_level, self.delta_trend,
                   self.anomaly_discount_power, self.season_gain, self.scale_gain, self.warmup,
-                  self.min_scale, self.relative_min_scale, tail, *out)
+                  self.floor, self.relative_min_scale, tail, *out)
         self.rows += block.shape[0]
         if self._auto and self._buffer is not None:
             # Until the periods are known, a seasonal swing reads as an anomaly: these rows are warm-up.
@@ -498,6 +522,7 @@ class SeriesModel:
         buffer = self._buffer
         assert buffer is not None
         found = [find_periods(buffer[:, c]) for c in range(self.columns)]
+        self.set_resolution(buffer)
         initial = []
         for c, periods in enumerate(found):
             profiles = _phase_profiles(buffer[:, c], periods)
@@ -515,7 +540,7 @@ class SeriesModel:
                     self.level_state[c] = float(np.mean(recent))
                     self.trend[c] = 0.0
                     spread = float(np.median(np.abs(finite - np.median(finite)))) * 1.4826
-                    floor = self.min_scale + self.relative_min_scale * abs(self.level_state[c])
+                    floor = self.floor[c] + self.relative_min_scale * abs(self.level_state[c])
                     self.scale2[c] = max(spread * spread, floor * floor, 1e-300)
                     self.cov[c] = (self.scale2[c] / self.warmup, 0.0, self.scale2[c] / self.warmup ** 3)
         self.set_periods(found, initial)
@@ -535,7 +560,7 @@ class SeriesModel:
         True
         """
         arrays = ("count", "level_state", "trend", "cov", "scale2", "warm_mean", "warm_m2", "last_anomaly",
-                  "log_alpha", "skipped", "period", "offset", "season")
+                  "log_alpha", "skipped", "period", "offset", "season", "floor")
         state: dict[str, Any] = {name: getattr(self, name).tolist() for name in arrays}
         state["rows"] = int(self.rows)
         state["auto"] = bool(self._auto)
@@ -550,7 +575,7 @@ class SeriesModel:
             arrays = {name: np.asarray(state[name], dtype=np.int64 if name in ("count", "skipped", "period", "offset")
                                        else np.float64)
                       for name in ("count", "level_state", "trend", "cov", "scale2", "warm_mean", "warm_m2",
-                                   "last_anomaly", "log_alpha", "skipped", "period", "offset", "season")}
+                                   "last_anomaly", "log_alpha", "skipped", "period", "offset", "season", "floor")}
             rows = int(state["rows"])
         except (KeyError, TypeError, ValueError) as error:
             raise InvalidInputError(f"not a SeriesModel state: {error}") from None
@@ -750,6 +775,7 @@ def _fit_series(values: Any, periods: Any, steps: int, draws: int, seed: int, le
     model = SeriesModel(columns, periods=periods, parameters=mean_parameters, **options)
     if any(model.periods):
         model.set_periods(model.periods, [_phase_profiles(block[:, c], p) for c, p in enumerate(model.periods)])
+    model.set_resolution(block)
     residuals = model.score(block).zscore
     residuals = residuals[np.isfinite(residuals).any(axis=1)]
     present = torch.as_tensor(np.isfinite(residuals), dtype=torch.float64)
@@ -790,7 +816,10 @@ def _fit_series(values: Any, periods: Any, steps: int, draws: int, seed: int, le
     pyro.clear_param_store()
     torch.manual_seed(seed)
     guide = AutoMultivariateNormal(pyro_model)
-    svi = SVI(pyro_model, guide, pyro.optim.Adam({"lr": learning_rate}), Trace_ELBO())
+    # The step size decays tenfold over the run: the posterior of thousands of rows is narrow, and
+    # the guide must settle on it rather than jitter around it.
+    decay = 0.1 ** (1.0 / max(int(steps), 1))
+    svi = SVI(pyro_model, guide, pyro.optim.ClippedAdam({"lr": learning_rate, "lrd": decay}), Trace_ELBO())
     losses = [float(svi.step()) for _ in range(int(steps))]
     tail = max(1, len(losses) // 10)
     with torch.no_grad():
@@ -847,6 +876,7 @@ def trained_model(values: Any, *, periods: Any = "auto", steps: int = 600, draws
     found = diagnostics["periods"]
     model = SeriesModel(block.shape[1], periods=found, parameters=parameters, level=level, **options)
     model.set_periods(found, [_phase_profiles(block[:, c], p) for c, p in enumerate(found)])
+    model.set_resolution(block)
     return model, model.score(block), diagnostics
 
 
