@@ -55,6 +55,8 @@ _BITS = tables.PRECURSOR_CONFIGURATIONS                                # (256, 8
 _CUT_PAIRS = np.array([[0, 0], [0, 1], [1, 0], [1, 1]])               # (factual cut, counterfactual cut)
 _CAE = np.array(list(itertools.product(range(3), range(2), range(2))))  # (12, 3): attacker class, adm, exp
 _FOOTING_SITES = tables.FOOTING_SITES
+# Pieces one engine keeps (a few kilobytes each; the explanation's leave-one-out products up to about a megabyte).
+_CACHE_ENTRIES = 512
 # Efficacy slots (control sites, then the isolation cut) that mitigate each attack.
 _SLOTS_OF_ATTACK = tuple(frozenset(tables.EFFICACY_SLOTS[key] for key, _ in tables.mitigations(a)) for a in ATTACK_NAMES)
 
@@ -744,11 +746,13 @@ class Engine:
 
     def _cached(self, key, build):
         """Memoise a piece that depends only on the query's shape (bounded, per engine)."""
-        value = self._cache.get(key)
+        value = self._cache.pop(key, None)
         if value is None:
-            if len(self._cache) > 128:
-                self._cache.clear()
-            value = self._cache[key] = build()
+            value = build()
+            if len(self._cache) >= _CACHE_ENTRIES:
+                # Least recently used first: a working set of several query kinds stays warm.
+                del self._cache[next(iter(self._cache))]
+        self._cache[key] = value
         return value
 
     def _cut_table(self, do, cluster, cf):
