@@ -26,14 +26,48 @@ def log_add(a: float, b: float) -> float:
 
 
 @njit(cache=True, nogil=True)
+def forward(alpha, log_stay_typical, log_leave, log_switch_in, log_stay, emission):
+    """One step of the two-state regime filter in place on ``alpha`` (log); return P(anomalous)."""
+    a0 = alpha[0]
+    a1 = alpha[1]
+    n0 = log_add(a0 + log_stay_typical, a1 + log_leave)
+    n1 = log_add(a0 + log_switch_in, a1 + log_stay) + emission
+    norm = log_add(n0, n1)
+    alpha[0] = n0 - norm
+    alpha[1] = n1 - norm
+    return math.exp(n1 - norm)
+
+
+@njit(cache=True, nogil=True)
+def band(prob_draw, sorted_draw, tail):
+    """Mean of the draws' probabilities and its quantile interval (linear interpolation, as numpy's)."""
+    draws = prob_draw.shape[0]
+    mean = 0.0
+    for e in range(draws):
+        mean += prob_draw[e]
+        sorted_draw[e] = prob_draw[e]
+    mean = min(max(mean / draws, 0.0), 1.0)
+    sorted_draw.sort()
+    position = tail * (draws - 1)
+    i = int(math.floor(position))
+    j = min(i + 1, draws - 1)
+    low = sorted_draw[i] + (position - i) * (sorted_draw[j] - sorted_draw[i])
+    position = (1.0 - tail) * (draws - 1)
+    i = int(math.floor(position))
+    j = min(i + 1, draws - 1)
+    high = sorted_draw[i] + (position - i) * (sorted_draw[j] - sorted_draw[i])
+    return mean, min(max(low, 0.0), mean), max(min(high, 1.0), mean)
+
+
+@njit(cache=True, nogil=True)
 def kernel(values, row0, count, level, trend, cov, scale2, wmean, wm2, last_anomaly,
            season, period, offset, log_alpha, log_switch_in, log_stay_typical, log_stay, log_leave,
            log_kappa, share, not_share, df, delta_level, delta_trend, anomaly_power,
            season_gain, scale_gain, warmup, floor_abs, floor_rel, tail, prob, lower, upper,
-           column_probability, zscore):
+           column_probability, zscore, independent):
     """Filter a block of rows in place: update the state arrays, write the outputs (see series.py)."""
     rows, columns = values.shape
-    draws = log_alpha.shape[0]
+    draws = log_alpha.shape[1]
     periods = period.shape[1]
     # Per cell and draw: share * (anomalous / typical likelihood), and the cell's emission term
     # not_share + that (linear space: one exp and one log per cell and draw).
@@ -78,7 +112,7 @@ def kernel(values, row0, count, level, trend, cov, scale2, wmean, wm2, last_anom
                 wmean[c] += d / count[c]
                 wm2[c] += d * (x - wmean[c])
                 if count[c] == warmup:
-                    floor = floor_abs[c] + floor_rel * abs(wmean[c])
+                    floor = floor_abs[c] + floor_rel[c] * abs(wmean[c])
                     var = wm2[c] / max(warmup - 1, 1)
                     scale2[c] = max(var, floor * floor, 1e-300)
                     level[c] = wmean[c]
@@ -115,53 +149,49 @@ def kernel(values, row0, count, level, trend, cov, scale2, wmean, wm2, last_anom
                 ratio = -half * math.log1p(zk * zk / df) - log_kappa[e] - base
                 weighted[c, e] = share[e] * math.exp(min(ratio, 700.0))
                 term[c, e] = not_share[e] + weighted[c, e]
-        for e in range(draws):
-            a0 = log_alpha[e, 0]
-            a1 = log_alpha[e, 1]
-            p_typ = log_add(a0 + log_stay_typical[e], a1 + log_leave[e])
-            p_anom = log_add(a0 + log_switch_in[e], a1 + log_stay[e])
-            emission = 0.0
+        if independent:
+            # One chain per column (a bank of univariate models): a skipped cell leaves its chain as it was.
+            best = -1.0
             for c in range(columns):
-                if warm[c]:
-                    emission += math.log(term[c, e])
-            n0 = p_typ
-            n1 = p_anom + emission
-            norm = log_add(n0, n1)
-            log_alpha[e, 0] = n0 - norm
-            log_alpha[e, 1] = n1 - norm
-            prob_draw[e] = math.exp(n1 - norm)
-        if evidence == 0:
-            prob[t] = np.nan
-            lower[t] = np.nan
-            upper[t] = np.nan
-            continue
-        mean = 0.0
-        for e in range(draws):
-            mean += prob_draw[e]
-        mean /= draws
-        for e in range(draws):
-            sorted_draw[e] = prob_draw[e]
-        sorted_draw.sort()
-        position = tail * (draws - 1)
-        i = int(math.floor(position))
-        j = min(i + 1, draws - 1)
-        low = sorted_draw[i] + (position - i) * (sorted_draw[j] - sorted_draw[i])
-        position = (1.0 - tail) * (draws - 1)
-        i = int(math.floor(position))
-        j = min(i + 1, draws - 1)
-        high = sorted_draw[i] + (position - i) * (sorted_draw[j] - sorted_draw[i])
-        prob[t] = min(max(mean, 0.0), 1.0)
-        lower[t] = min(max(low, 0.0), prob[t])
-        upper[t] = max(min(high, 1.0), prob[t])
-        for c in range(columns):
-            if not warm[c]:
+                if not warm[c]:
+                    continue
+                for e in range(draws):
+                    prob_draw[e] = forward(log_alpha[c, e], log_stay_typical[e], log_leave[e], log_switch_in[e],
+                                           log_stay[e], math.log(term[c, e]))
+                mean, low, high = band(prob_draw, sorted_draw, tail)
+                anomaly_mean[c] = mean
+                column_probability[t, c] = mean
+                if mean > best:
+                    best = mean
+                    prob[t], lower[t], upper[t] = mean, low, high
+            if evidence == 0:
+                prob[t] = np.nan
+                lower[t] = np.nan
+                upper[t] = np.nan
                 continue
-            total = 0.0
+        else:
             for e in range(draws):
-                responsibility = weighted[c, e] / term[c, e]
-                total += prob_draw[e] * responsibility
-            anomaly_mean[c] = min(max(total / draws, 0.0), 1.0)
-            column_probability[t, c] = anomaly_mean[c]
+                emission = 0.0
+                for c in range(columns):
+                    if warm[c]:
+                        emission += math.log(term[c, e])
+                prob_draw[e] = forward(log_alpha[0, e], log_stay_typical[e], log_leave[e], log_switch_in[e],
+                                       log_stay[e], emission)
+            if evidence == 0:
+                prob[t] = np.nan
+                lower[t] = np.nan
+                upper[t] = np.nan
+                continue
+            prob[t], lower[t], upper[t] = band(prob_draw, sorted_draw, tail)
+            for c in range(columns):
+                if not warm[c]:
+                    continue
+                total = 0.0
+                for e in range(draws):
+                    responsibility = weighted[c, e] / term[c, e]
+                    total += prob_draw[e] * responsibility
+                anomaly_mean[c] = min(max(total / draws, 0.0), 1.0)
+                column_probability[t, c] = anomaly_mean[c]
         for c in range(columns):
             if not warm[c]:
                 continue
@@ -187,7 +217,7 @@ def kernel(values, row0, count, level, trend, cov, scale2, wmean, wm2, last_anom
                         season[c, offset[c, k] + row % p] += gain * after
                 target = u * r * r * scale2[c] / qvar[c]
                 scale2[c] += scale_gain * w * (target - scale2[c])
-                floor = floor_abs[c] + floor_rel * abs(level[c])
+                floor = floor_abs[c] + floor_rel[c] * abs(level[c])
                 scale2[c] = max(scale2[c], floor * floor, 1e-300)
             else:
                 level[c] = forecast_level[c]

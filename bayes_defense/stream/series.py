@@ -308,9 +308,14 @@ class SeriesModel:
     search_rows : int
         Rows kept for the period search when ``periods="auto"``; they are
         the warm-up then (not scored).
-    min_scale, relative_min_scale : float
+    min_scale, relative_min_scale : float or array of one per column
         Floor of the noise scale: ``min_scale + relative_min_scale * |level|``
         (for counts, where a run of identical values would give scale 0).
+    independent : bool
+        Score the columns as independent series (a bank of univariate
+        models, each with its own regime chain) instead of jointly; a row's
+        probability is then its most anomalous column's, and ``causes`` does
+        not apply.
 
     Examples
     --------
@@ -329,7 +334,7 @@ class SeriesModel:
                  ensemble: int = 16, seed: int = 0, level: float = 0.9, warmup: int = 30,
                  delta_level: float = 0.98, delta_trend: float = 0.9999, anomaly_discount_power: float = 3.0,
                  season_gain: float = 0.1, scale_gain: float = 0.01, search_rows: int = 4096,
-                 min_scale: float = 0.0, relative_min_scale: float = 0.0) -> None:
+                 min_scale: Any = 0.0, relative_min_scale: Any = 0.0, independent: bool = False) -> None:
         if int(columns) < 1:
             raise InvalidInputError(f"columns must be at least 1; got {columns!r}")
         if not 0.0 < float(level) < 1.0:
@@ -346,7 +351,12 @@ class SeriesModel:
         self.anomaly_discount_power = float(anomaly_discount_power)
         self.season_gain, self.scale_gain = float(season_gain), float(scale_gain)
         self.search_rows = int(search_rows)
-        self.min_scale, self.relative_min_scale = float(min_scale), float(relative_min_scale)
+        self.min_scale = np.broadcast_to(np.asarray(min_scale, dtype=np.float64), (self.columns,)).copy()
+        self.relative_min_scale = np.broadcast_to(np.asarray(relative_min_scale, dtype=np.float64),
+                                                  (self.columns,)).copy()
+        if (self.min_scale < 0).any() or (self.relative_min_scale < 0).any():
+            raise InvalidInputError("min_scale and relative_min_scale must be non-negative")
+        self.independent = bool(independent)
         self.parameters = _check_parameters(prior_parameters(ensemble, seed) if parameters is None else parameters)
         self._auto = isinstance(periods, str)
         if self._auto and periods != "auto":
@@ -361,9 +371,9 @@ class SeriesModel:
         self._log = {
             "switch_in": np.log(p["switch_in"]), "stay_typical": np.log1p(-p["switch_in"]),
             "stay": np.log(p["stay"]), "leave": np.log1p(-p["stay"]), "kappa": np.log(p["kappa"]),
-            # One column: an anomalous row is an anomalous column.
-            "share": p["share"].copy() if self.columns > 1 else np.ones_like(p["share"]),
-            "not_share": 1.0 - p["share"] if self.columns > 1 else np.zeros_like(p["share"]),
+            # One column (or each column its own chain): an anomalous row is an anomalous column.
+            "share": p["share"].copy() if self.columns > 1 and not self.independent else np.ones_like(p["share"]),
+            "not_share": 1.0 - p["share"] if self.columns > 1 and not self.independent else np.zeros_like(p["share"]),
         }
 
     def reset(self) -> None:
@@ -379,9 +389,10 @@ class SeriesModel:
         self.warm_mean = np.zeros(c)
         self.warm_m2 = np.zeros(c)
         self.last_anomaly = np.zeros(c)
-        self.log_alpha = np.tile(np.log(np.array([1.0 - 1e-3, 1e-3])), (draws, 1))
+        chains = self.columns if self.independent else 1
+        self.log_alpha = np.tile(np.log(np.array([1.0 - 1e-3, 1e-3])), (chains, draws, 1))
         self.skipped = np.zeros(c, np.int64)
-        self.floor = np.full(c, self.min_scale)
+        self.floor = self.min_scale.copy()
         if self._auto:
             self.period = np.zeros((c, 1), np.int64)
             self.offset = np.zeros((c, 1), np.int64)
@@ -442,7 +453,7 @@ class SeriesModel:
             # Steps below float rounding of the values are not a resolution.
             steps = steps[steps > 1e-9 * max(1.0, float(np.abs(distinct).max(initial=0.0)))]
             if steps.size:
-                self.floor[c] = max(self.min_scale, 0.5 * float(steps.min()))
+                self.floor[c] = max(self.min_scale[c], 0.5 * float(steps.min()))
 
     def score(self, values: Any) -> SeriesScores:
         """Score a block of rows in order and learn from them; each row's score uses no later row.
@@ -511,7 +522,7 @@ class SeriesModel:
                   self.log_alpha, log["switch_in"], log["stay_typical"], log["stay"], log["leave"], log["kappa"],
                   log["share"], log["not_share"], DEFAULT_DF, self.delta_level, self.delta_trend,
                   self.anomaly_discount_power, self.season_gain, self.scale_gain, self.warmup,
-                  self.floor, self.relative_min_scale, tail, *out)
+                  self.floor, self.relative_min_scale, tail, *out, self.independent)
         self.rows += block.shape[0]
         if self._auto and self._buffer is not None:
             # Until the periods are known, a seasonal swing reads as an anomaly: these rows are warm-up.
@@ -540,7 +551,7 @@ class SeriesModel:
                     self.level_state[c] = float(np.mean(recent))
                     self.trend[c] = 0.0
                     spread = float(np.median(np.abs(finite - np.median(finite)))) * 1.4826
-                    floor = self.floor[c] + self.relative_min_scale * abs(self.level_state[c])
+                    floor = self.floor[c] + self.relative_min_scale[c] * abs(self.level_state[c])
                     self.scale2[c] = max(spread * spread, floor * floor, 1e-300)
                     self.cov[c] = (self.scale2[c] / self.warmup, 0.0, self.scale2[c] / self.warmup ** 3)
         self.set_periods(found, initial)
@@ -579,9 +590,11 @@ class SeriesModel:
             rows = int(state["rows"])
         except (KeyError, TypeError, ValueError) as error:
             raise InvalidInputError(f"not a SeriesModel state: {error}") from None
-        if arrays["count"].shape != (self.columns,) or arrays["log_alpha"].shape != (parameters["stay"].size, 2):
-            raise InvalidInputError(f"state is for {arrays['count'].shape} columns and "
-                                    f"{arrays['log_alpha'].shape[0]} draws; this model has {self.columns} columns")
+        chains = self.columns if self.independent else 1
+        if arrays["count"].shape != (self.columns,) or arrays["log_alpha"].shape != (chains, parameters["stay"].size, 2):
+            raise InvalidInputError(f"state is for {arrays['count'].shape[0]} columns and regime chains of shape "
+                                    f"{arrays['log_alpha'].shape}; this model has {self.columns} columns and "
+                                    f"{'one chain per column' if self.independent else 'one joint chain'}")
         self.parameters = parameters
         self._set_log_parameters()
         for name, value in arrays.items():

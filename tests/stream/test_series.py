@@ -93,6 +93,24 @@ def test_regime_filter_equals_brute_force_forward_pass_joint():
     assert scores.probability[6] > 0.5
 
 
+def test_independent_columns_each_follow_the_brute_force_forward_pass():
+    parameters = {"switch_in": [0.05], "stay": [0.7], "kappa": [6.0], "share": [0.3]}
+    rng = np.random.default_rng(4)
+    values = rng.normal(size=(10, 2))
+    values[6, 0] += 9.0
+    values[4, 1] = np.nan
+    scores = SeriesModel(2, periods=(), parameters=parameters, warmup=3, independent=True).score(values)
+    for c in range(2):
+        z = scores.zscore[:, c]
+        # Warm-up and skipped cells leave a column's chain as it was: the oracle sees scored cells only.
+        present = np.isfinite(z)
+        assert present.sum() == (7 if c == 0 else 6)
+        oracle = regime_forward_brute_force(_log_ratio(z[present], 6.0), 0.05, 0.7)
+        np.testing.assert_allclose(scores.column_probability[present, c], oracle, rtol=1e-9, atol=1e-12)
+    assert scores.column_probability[6, 0] > 0.5 > scores.column_probability[6, 1]
+    np.testing.assert_allclose(scores.probability[3:], np.nanmax(scores.column_probability[3:], axis=1))
+
+
 def test_every_probability_in_unit_interval_with_ordered_band():
     rng = np.random.default_rng(5)
     values = rng.standard_t(3, size=(6000, 4)) * [1.0, 10.0, 0.01, 1e4] + [0.0, 5.0, -3.0, 1e6]
