@@ -149,10 +149,6 @@ class ClusterModel:
         return (f"cluster(n_nodes={self.n_nodes}, colluders={self.colluders}, "
                 f"telemetry={self.telemetry!r}{extra})")
 
-    def success_given_execution(self, attack: str) -> np.ndarray:
-        """P(success | execution, no defence) of ``attack`` per draw, colluders included."""
-        return tables.success_given_execution(attack, self.parameter_values.__getitem__, self.collusion_share)
-
     @property
     def collusion_share(self) -> float:
         """The share of the ``f`` possible colluders helping the attacker (:func:`~bayes_defense.models.tables.collusion_share`)."""
@@ -297,7 +293,7 @@ class ClusterModel:
         isolated = pyro.sample("isolated", dist.Categorical(tables.spread(value("prior.isolated"), n)))
         controls[tables.ISOLATION] = _fixed(tables.ISOLATION, _float((isolated == attacker) & (attacker >= 1)))
         precursors, successes = {}, {}
-        share = tables.collusion_share(self.colluders, self.f)
+        share = self.collusion_share
         for a in ATTACKS:
             pre = _fixed(f"{a}.precondition", tables.precondition(a, footing))
             precursors[a] = pyro.sample(f"{a}.precursor", dist.Bernoulli(tables.precursor_probability(a, value, pre)))

@@ -16,6 +16,7 @@ from typing import NamedTuple
 import numpy as np
 
 from bayes_defense.errors import InvalidInputError
+from bayes_defense.models import tables
 from bayes_defense.models.catalogue import (
     ATTACKS,
     CONTROLS,
@@ -47,6 +48,7 @@ def _catalogue_parameters() -> dict:
     for site, prior in CONTROLS.items():
         out[f"prior.{site}"] = Parameter(prior, f"P(control {site!r} is already in place)")
     out["prior.isolated"] = Parameter(ISOLATED_PRIOR, "P(some replica is already isolated), spread evenly")
+    # Edge parameters take their names from the tables module, which reads them.
     for a, attack in ATTACKS.items():
         out[f"{a}.p_attempt"] = Parameter(attack.p_attempt, f"P({a} precursor phase starts | precondition)")
         out[f"{a}.p_execute"] = Parameter(attack.p_execute, f"P({a} executes | precursor phase)")
@@ -55,18 +57,19 @@ def _catalogue_parameters() -> dict:
                                                f"share of {a}'s remaining failure removed when all f collude")
         for outcome, weight in attack.impacts.items():
             out[f"{a}.impact.{outcome}"] = Parameter(weight, f"P({a} success breaks {outcome})")
-        for name, efficacy in attack.mitigations.items():
-            out[f"{a}.efficacy.{name}"] = Parameter(efficacy, f"fraction of {a}'s success that {name} removes")
+        for (_, name), countermeasure in zip(tables.mitigations(a), attack.mitigations, strict=True):
+            out[name] = Parameter(attack.mitigations[countermeasure],
+                                  f"fraction of {a}'s success that {countermeasure} removes")
     for t in TELEMETRY:
         out[f"telemetry.{t.name}.baseline"] = Parameter(t.baseline, f"benign P({t.name} indicator on) per replica")
-        for a, weight in t.attacker_side.items():
-            out[f"telemetry.{t.name}.{a}"] = Parameter(
-                weight, f"P({a} precursor raises {t.name} at the attacker's replica)")
-        for a, weight in t.cluster_side.items():
-            out[f"telemetry.{t.name}.{a}"] = Parameter(weight, f"P({a} precursor raises {t.name} at every replica)")
+        attacker_side, cluster_side = tables.telemetry_causes(t.name)
+        for a, name in attacker_side:
+            out[name] = Parameter(t.attacker_side[a], f"P({a} precursor raises {t.name} at the attacker's replica)")
+        for a, name in cluster_side:
+            out[name] = Parameter(t.cluster_side[a], f"P({a} precursor raises {t.name} at every replica)")
     out["telemetry.join_rate.baseline"] = Parameter(JOIN_RATE["baseline"], "benign P(join rate above threshold)")
-    for a in ("sybil", "eclipse"):
-        out[f"telemetry.join_rate.{a}"] = Parameter(JOIN_RATE[a], f"P({a} precursor raises the join rate)")
+    for a, name in tables.join_rate_causes():
+        out[name] = Parameter(JOIN_RATE[a], f"P({a} precursor raises the join rate)")
     for name, baseline, meaning in OUTCOMES:
         out[f"outcome.{name}.baseline"] = Parameter(baseline, f"benign P({name}) per window: {meaning}")
     return out
