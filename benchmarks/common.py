@@ -177,7 +177,7 @@ def oracle(family: str, nodes: int, kind: str) -> float:
 
 def supported(scm: SCM, kind: str, backend: str) -> bool:
     """Whether ``backend`` can answer the case (without running the inference)."""
-    from bayes_defense.causal.queries import _problem
+    from bayes_defense.causal.queries import build_problem as _problem
     from bayes_defense.inference.base import get_backend
 
     spec = getattr(scm, kind)

@@ -36,7 +36,7 @@ from bayes_defense.inference.base import (
     single_threaded,
 )
 
-__all__ = ["intervene", "counterfactual", "probability_of_necessity", "probability_of_sufficiency"]
+__all__ = ["intervene", "counterfactual", "probability_of_necessity", "probability_of_sufficiency", "build_problem"]
 
 
 def _check_common(num_samples, level) -> None:
@@ -65,7 +65,22 @@ def _as_tensor(value, name: str, role: str) -> torch.Tensor:
     return tensor
 
 
-def _problem(model, do, evidence, query, *, counterfactual, num_samples, level, condition=None, options=None):
+def build_problem(model, do, evidence, query, *, counterfactual, num_samples, level, condition=None,
+                  options=None) -> Problem:
+    """Check a query's arguments and describe it as the :class:`~bayes_defense.inference.base.Problem` backends take.
+
+    :func:`intervene` and :func:`counterfactual` call it; benchmarks call it to time a backend alone.
+
+    Examples
+    --------
+    >>> import pyro, pyro.distributions as dist
+    >>> from bayes_defense.causal.queries import build_problem
+    >>> def coin():
+    ...     pyro.sample("x", dist.Bernoulli(0.5))
+    >>> problem = build_problem(coin, {}, {"x": 1}, "x", counterfactual=False, num_samples=10, level=0.9)
+    >>> sorted(problem.evidence), problem.query.site
+    (['x'], 'x')
+    """
     _check_common(num_samples, level)
     info = model_info(model)
     do = {k: _as_tensor(v, k, "do") for k, v in info.check_names(do, "do").items()}
@@ -156,7 +171,7 @@ def intervene(
     >>> round(p.mean, 4), p.backend
     (0.5377, 'exact')
     """
-    problem = _problem(model, do, evidence, query, counterfactual=False, num_samples=num_samples,
+    problem = build_problem(model, do, evidence, query, counterfactual=False, num_samples=num_samples,
                        level=level, options=options)
     return _answer(problem, backend, seed)
 
@@ -215,7 +230,7 @@ def counterfactual(
     """
     info = model_info(model)
     condition_query = None if condition is None else make_query(condition, info, "condition")
-    problem = _problem(model, do, evidence, query, counterfactual=True, num_samples=num_samples,
+    problem = build_problem(model, do, evidence, query, counterfactual=True, num_samples=num_samples,
                        level=level, condition=condition_query, options=options)
     return _answer(problem, backend, seed)
 
