@@ -13,18 +13,28 @@ Targets (issue 5): at least 100k events per second per core batched at
 n = 7 and 50; p99 single-event latency at most 100 us; memory flat over 10
 million events; and the CPU share needed to keep up with a 50-replica
 cluster producing 10k events per second well below one core.
+
+End to end (issue 16): ``bayes-defense defend`` from a JSON Lines log at
+300k events per second; ``EndToEnd`` measures the command and its two
+parts, reading (msgspec) and defending, so the split shows which one limits.
 """
 
 from __future__ import annotations
 
+import contextlib
 import functools
-import pickle
+import io
+import json
+import tempfile
 import time
+from pathlib import Path
 
 import numpy as np
 
-from bayes_defense.sim import AttackSpec, Scenario, run_to_events
+from bayes_defense.sim import AttackSpec, Scenario, run_to_events, simulate
+from bayes_defense.stream.checkpoint import encode
 from bayes_defense.stream.defender import StreamingDefender
+from bayes_defense.stream.io import read_events
 from bayes_defense.stream.schema import TELEMETRY_KINDS, Event
 
 #: Events per second a 50-replica cluster is assumed to produce for the CPU-share figure.
@@ -147,12 +157,75 @@ class Memory:
         StreamingDefender().observe_batch(synthetic_stream(1_000_000))
 
     def track_state_growth_bytes_1m_to_10m(self):
-        """Pickled state after 10 million events minus after 1 million (flat memory: about 0)."""
+        """Checkpoint size after 10 million events minus after 1 million (flat memory: about 0)."""
         defender = StreamingDefender()
         stream = synthetic_stream(10_000_000)
         defender.observe_batch(next(stream) for _ in range(1_000_000))
-        early = len(pickle.dumps(defender.state_dict()))
+        early = len(json.dumps(encode(defender.state_dict())))
         defender.observe_batch(stream)
-        return len(pickle.dumps(defender.state_dict())) - early
+        return len(json.dumps(encode(defender.state_dict()))) - early
 
     track_state_growth_bytes_1m_to_10m.unit = "bytes"
+
+
+@functools.cache
+def jsonl_log() -> Path:
+    """A simulated JSON Lines log: 7 replicas, 900 s, one replay attack (about 190k events, 20 MB)."""
+    directory = Path(tempfile.mkdtemp(prefix="bench_defend_"))
+    attack = AttackSpec("replay", start=500.0, precursor=100.0, duration=100.0)
+    simulate(Scenario(nodes=7, duration=900.0, seed=3, attacks=[attack]), directory)
+    return directory / "events.jsonl"
+
+
+def _cpu_rate(run, events: int, repeats: int = 3) -> float:
+    rates = []
+    for _ in range(repeats):
+        started = time.process_time()
+        run()
+        rates.append(events / (time.process_time() - started))
+    return float(np.median(rates))
+
+
+class EndToEnd:
+    """``bayes-defense defend LOG.jsonl`` and its parts, in events per CPU second."""
+
+    timeout = 600
+    timer = time.process_time
+
+    def setup(self):
+        from bayes_defense.commands import main
+
+        self.main = main
+        self.log = jsonl_log()
+        self.out = self.log.parent / "alerts.jsonl"
+        self.events = list(read_events(self.log))
+        warm_planner(7)
+        self._defend()  # loads torch and the planner's cache, as a long run does once
+
+    def _defend(self):
+        with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
+            status = self.main(["defend", str(self.log), "--out", str(self.out), "--json"])
+        assert status == 0
+
+    def time_defend_jsonl(self):
+        self._defend()
+
+    def track_defend_jsonl_events_per_second(self):
+        return _cpu_rate(self._defend, len(self.events))
+
+    track_defend_jsonl_events_per_second.unit = "events/s/core"
+
+    def track_read_jsonl_events_per_second(self):
+        return _cpu_rate(lambda: sum(1 for _ in read_events(self.log, strict=False)), len(self.events))
+
+    track_read_jsonl_events_per_second.unit = "events/s/core"
+
+    def track_observe_events_per_second(self):
+        def run():
+            observe = StreamingDefender().observe
+            for event in self.events:
+                observe(event)
+
+        return _cpu_rate(run, len(self.events))
+
+    track_observe_events_per_second.unit = "events/s/core"

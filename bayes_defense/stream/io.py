@@ -62,6 +62,8 @@ _MAX_KEPT_ERRORS = 100
 # position a resumed run starts from is a block boundary.
 _BLOCK_BYTES = 1 << 20
 _CSV_BLOCK_ROWS = 65_536
+# Marks the end of a block in the readers' internal streams.
+_BOUNDARY = object()
 
 
 def guess_format(path: str | os.PathLike[str]) -> str:
@@ -161,6 +163,7 @@ class EventReader:
     checkpoint); it moves at block boundaries (1 MiB of JSON Lines, 65,536
     CSV or Parquet rows), and ``on_block``, when set, is called with the
     reader at each boundary, when every event before it has been consumed.
+    :meth:`blocks` yields the events a block at a time instead.
     """
 
     def __init__(self, path: Path, fmt: str, *, strict: bool, allow_unknown_kind: bool,
@@ -203,13 +206,50 @@ class EventReader:
         self.reasons, self.errors = Counter(reasons), errors
 
     def __iter__(self) -> Iterator[Event]:
+        for item in self._items():
+            if item is _BOUNDARY:
+                # The consumer asked for the event after the block's last one: all of it is consumed.
+                self._boundary()
+                continue
+            yield item
+
+    def blocks(self) -> Iterator[list[Event]]:
+        """Yield the events block by block (lists, possibly empty).
+
+        While a block is being handled, :attr:`position` is the end of that
+        block: a consumer that checkpoints after handling each block saves a
+        position that matches what it has seen.
+
+        Examples
+        --------
+        >>> import tempfile, pathlib
+        >>> log = pathlib.Path(tempfile.mkdtemp()) / "events.jsonl"
+        >>> _ = log.write_text('{"ts": 0.5, "node": "r0", "kind": "join"}\\n')
+        >>> [len(block) for block in read_events(log).blocks()]
+        [1]
+        """
+        block: list[Event] = []
+        for item in self._items():
+            if item is _BOUNDARY:
+                yield block
+                block = []
+            else:
+                block.append(item)
+        if block:
+            yield block
+
+    def _items(self) -> Iterator[Any]:
         if self.format == "jsonl":
             yield from self._jsonl()
             return
         records = {"csv": self._csv, "parquet": self._parquet}[self.format]()
         from_dict = Event.from_dict
         allow = self.allow_unknown_kind
-        for line_number, record in records:
+        for item in records:
+            if item is _BOUNDARY:
+                yield item
+                continue
+            line_number, record = item
             try:
                 if isinstance(record, MalformedEventError):
                     raise record
@@ -241,7 +281,6 @@ class EventReader:
         with open(self.path, "rb") as handle:
             handle.seek(self.position["offset"])
             while True:
-                self._boundary()
                 lines = handle.readlines(_BLOCK_BYTES)
                 if not lines:
                     return
@@ -274,6 +313,7 @@ class EventReader:
                 self.position = {"offset": self.position["offset"] + sum(map(len, lines)),
                                  "line": self.position["line"] + len(lines),
                                  "record": self.position["record"] + len(lines)}
+                yield _BOUNDARY
 
     def _one_line(self, line_number: int, line: bytes, from_dict: Any, allow: bool) -> Event | None:
         if not line.strip():
@@ -308,12 +348,14 @@ class EventReader:
             skip = self.position["record"]
             rows = 0
             while True:
-                if rows % _CSV_BLOCK_ROWS == 0 and rows >= skip:
+                if rows % _CSV_BLOCK_ROWS == 0 and rows > skip:
                     self.position = {"offset": 0, "line": reader.line_num, "record": rows}
-                    self._boundary()
+                    yield _BOUNDARY
                 try:
                     row = next(reader)
                 except StopIteration:
+                    self.position = {"offset": 0, "line": reader.line_num, "record": rows}
+                    yield _BOUNDARY
                     return
                 except csv.Error as error:
                     rows += 1
@@ -359,7 +401,7 @@ class EventReader:
                         attrs_col[i],
                     )
                 self.position = {"offset": 0, "line": row_number, "record": row_number}
-                self._boundary()
+                yield _BOUNDARY
         except (pa.ArrowException, OSError) as error:
             raise MalformedEventError(f"{self.path.name}: Parquet data after row {row_number} cannot be read "
                                       f"({' '.join(str(error).split())[:200]})") from None

@@ -117,3 +117,34 @@ def test_json_output_is_strict(tmp_path, capsys):
     main(["defend", str(log), "--out", str(tmp_path / "alerts.jsonl"), "--json"])
     text = capsys.readouterr().out
     json.loads(text, parse_constant=lambda name: pytest.fail(f"{name} in --json output"))
+
+
+class _Interrupt(BaseException):
+    """Stands in for a signal: not an Exception, so nothing on the way catches it."""
+
+
+@pytest.mark.parametrize("stop_after", [1, 4])
+def test_interrupted_at_a_checkpoint_resumes_to_the_same_alerts(long_run, tmp_path, capsys, monkeypatch, stop_after):
+    from bayes_defense.stream.defender import StreamingDefender
+
+    log = long_run / "events.jsonl"
+    reference = tmp_path / "reference.jsonl"
+    assert main(["defend", str(log), "--out", str(reference)]) == 0
+    out = tmp_path / "alerts.jsonl"
+    saves = []
+    original = StreamingDefender.save
+
+    def save_then_stop(self, path, extra=None):
+        original(self, path, extra)
+        saves.append(path)
+        if len(saves) == stop_after:
+            raise _Interrupt
+
+    monkeypatch.setattr(StreamingDefender, "save", save_then_stop)
+    with pytest.raises(_Interrupt):
+        main(["defend", str(log), "--out", str(out), "--checkpoint-every", "0"])
+    monkeypatch.setattr(StreamingDefender, "save", original)
+    assert not out.exists()
+    assert main(["defend", str(log), "--out", str(out), "--resume", str(saves[-1])]) == 0
+    capsys.readouterr()
+    assert _alerts(out) == _alerts(reference)
