@@ -14,7 +14,8 @@ peer table shrank lost links (a partition or a crash), a replica that stopped
 reporting is down. They carry the domain knowledge the hand-scored defender
 held as discounts ("a partition explains slow pre-prepares").
 
-Numbers are plausible orders of magnitude per telemetry window, written in
+Durations: the simulator's faults last tens of seconds (docs/log-schema.md);
+a restart's burst of replayed messages a few. Numbers are plausible orders of magnitude per telemetry window, written in
 the catalogue's conventions (an indicator is on above the 99th percentile of
 benign windows; protocol facts fire benignly at 0.001-0.005). They are the
 prior: :func:`bayes_defense.fit` with ``model="defender"`` learns them.
@@ -51,6 +52,10 @@ class Fault:
     cluster : dict
         ``{signal: probability}`` raised at every replica (and on the
         cluster-wide outcome signals).
+    duration : float
+        Mean seconds a fault lasts once it starts: faults persist, so the
+        filter follows them as a chain (``fault.{name}.prior`` is its
+        long-run share of windows).
     """
 
     name: str
@@ -58,6 +63,7 @@ class Fault:
     prior: float
     at_node: dict = field(default_factory=dict)
     cluster: dict = field(default_factory=dict)
+    duration: float = 30.0
 
 
 #: Signals only benign faults raise, with their benign rate per replica and window.
@@ -89,7 +95,7 @@ _FAULTS = (
           {"latency_high": 0.4, "stale": 0.2, "duplicates": 0.1}),
     Fault("restart", "a replica comes back after a while down and resends its old messages", 0.01,
           {"restart_seen": 0.95, "duplicates": 0.7, "stale": 0.6},
-          {"vc_request": 0.1, "latency_high": 0.1}),
+          {"vc_request": 0.1, "latency_high": 0.1}, duration=5.0),
 )
 
 #: The six benign faults by name.

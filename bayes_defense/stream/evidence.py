@@ -5,14 +5,13 @@ have, under each attack hypothesis and stage, the probability the cluster
 model gives them: every signal a noisy-OR (:func:`bayes_defense.models.tables.noisy_or`)
 of its benign rate, the attack's effects (the catalogue's ``attacker_side``
 at the attacker's replica, ``cluster_side`` everywhere; in execution also
-the outcomes its success breaks, :func:`~bayes_defense.models.tables.success_given_execution`
-times the impact), and one benign fault of :data:`~bayes_defense.models.faults.FAULTS`
+the outcomes its success breaks), and one benign fault of :data:`~bayes_defense.models.faults.FAULTS`
 or none (its ``at_node`` effects at the replica it hits, ``cluster`` effects
 everywhere). Signals are independent given these causes, as in the SCM.
 
-Attack effects are the catalogue's probabilities per incident window,
-sliced to one telemetry window (:func:`time_slice`); benign rates and fault
-effects are per window already.
+Attack effects are per-window probabilities whose defaults are the
+catalogue's incident-window probabilities sliced to one telemetry window
+(:func:`time_slice`); benign rates and fault effects are per window already.
 
 The unknowns are summed out as the cluster SCM does: the attacker's
 replica with the attack's precondition as its prior (``primary_faulty``: the
@@ -48,7 +47,8 @@ from bayes_defense.models.registry import attack_spec, tracked_attacks
 from bayes_defense.stream.signals import SIGNALS, WindowSignals
 
 __all__ = ["STAGES", "TRANSITIONS", "SignalTables", "parameter_names", "default_values", "prior_draws",
-           "check_values", "signal_tables", "window_log_likelihood", "attacker_weights", "time_slice"]
+           "check_values", "signal_tables", "window_log_likelihood", "attacker_weights", "time_slice",
+           "incident_parameters", "fault_transitions", "predict_faults", "FaultFilter"]
 
 #: The stages of an attack's phase chain.
 STAGES = ("benign", "pattern", "precursor", "execution")
@@ -70,20 +70,24 @@ def _baseline_name(signal: str) -> str:
 
 
 def _effect_name(signal: str, attack: str) -> str:
-    return f"telemetry.{signal}.{attack}"
+    return f"window.{signal}.{attack}"
 
 
 def parameter_names(attacks: Sequence[str] | None = None) -> dict[str, float]:
     """Every parameter of the signal model with its default: ``{name: value}``.
 
-    Catalogue parameters keep the cluster model's names (:data:`bayes_defense.models.PARAMETERS`),
-    so a fitted value reaches :func:`bayes_defense.models.cluster` under the same name.
+    Benign rates keep the cluster model's names (:data:`bayes_defense.models.PARAMETERS`).
+    An attack's effect on a signal is a per-window probability
+    ``window.{signal}.{attack}`` (for an outcome signal: that its success
+    breaks the outcome in the window); its default is the catalogue's
+    incident-window probability sliced to a window (:func:`time_slice`), and
+    :func:`incident_parameters` turns fitted values back into the catalogue's names.
 
     Examples
     --------
     >>> names = parameter_names()
-    >>> names["telemetry.conflicting.equivocation"], names["fault.restart.restart_seen"]
-    (0.95, 0.95)
+    >>> round(names["window.conflicting.equivocation"], 4), names["fault.restart.restart_seen"]
+    (0.0327, 0.95)
     """
     from bayes_defense.models.parameters import PARAMETERS
 
@@ -92,17 +96,22 @@ def parameter_names(attacks: Sequence[str] | None = None) -> dict[str, float]:
     for signal in SIGNALS:
         name = _baseline_name(signal)
         out[name] = PARAMETERS[name].default if name in PARAMETERS else FAULT_SIGNALS[signal]
+    per_window = TRANSITIONS["precursor_to_execution"]
     for attack in attacks:
         spec = attack_spec(attack)
+
+        def catalogue(name: str, fallback: float) -> float:
+            return PARAMETERS[name].default if name in PARAMETERS else fallback
+
+        success = catalogue(f"{attack}.p_success", spec.p_success)
         for signal, p in {**spec.attacker_side, **spec.cluster_side}.items():
-            name = _effect_name(signal, attack)
-            out[name] = PARAMETERS[name].default if name in PARAMETERS else p
+            out[_effect_name(signal, attack)] = float(time_slice(catalogue(f"telemetry.{signal}.{attack}", p),
+                                                                 per_window))
         for outcome, p in spec.impacts.items():
-            name = f"{attack}.impact.{outcome}"
-            out[name] = PARAMETERS[name].default if name in PARAMETERS else p
-        for suffix, p in (("p_success", spec.p_success), ("collusion_gain", spec.collusion_gain)):
-            name = f"{attack}.{suffix}"
-            out[name] = PARAMETERS[name].default if name in PARAMETERS else p
+            out[_effect_name(outcome, attack)] = float(time_slice(catalogue(f"{attack}.impact.{outcome}", p) * success,
+                                                                  per_window))
+        out[f"{attack}.p_success"] = success
+        out[f"{attack}.collusion_gain"] = catalogue(f"{attack}.collusion_gain", spec.collusion_gain)
         for key, p in TRANSITIONS.items():
             if key != "pattern_to_precursor" or spec.pattern is not None:
                 out[f"{attack}.{key}"] = p
@@ -111,6 +120,40 @@ def parameter_names(attacks: Sequence[str] | None = None) -> dict[str, float]:
         for signal, p in {**fault.at_node, **fault.cluster}.items():
             out[f"fault.{fault.name}.{signal}"] = p
     return out
+
+
+def incident_parameters(values: Mapping[str, np.ndarray], attacks: Sequence[str] | None = None) -> dict:
+    """The catalogue-named parameters (per incident window) implied by signal-model values.
+
+    ``telemetry.{signal}.{attack} = 1 - (1 - q) ** (1 / precursor_to_execution)`` for each
+    per-window effect ``q``, ``{attack}.impact.{outcome}`` the same divided by
+    P(success | execution), and the benign rates as they are; only names the
+    cluster model has (:data:`bayes_defense.models.PARAMETERS`) are returned.
+
+    Examples
+    --------
+    >>> out = incident_parameters(default_values())
+    >>> round(float(out["telemetry.conflicting.equivocation"][0]), 6)
+    0.95
+    """
+    from bayes_defense.models.parameters import PARAMETERS
+
+    attacks = tracked_attacks() if attacks is None else tuple(attacks)
+    values = check_values(values, attacks)
+    out = {}
+    for attack in attacks:
+        spec = attack_spec(attack)
+        rate = values[f"{attack}.precursor_to_execution"]
+        for signal in {**spec.attacker_side, **spec.cluster_side}:
+            out[f"telemetry.{signal}.{attack}"] = 1.0 - (1.0 - values[_effect_name(signal, attack)]) ** (1.0 / rate)
+        for outcome in spec.impacts:
+            incident = 1.0 - (1.0 - values[_effect_name(outcome, attack)]) ** (1.0 / rate)
+            out[f"{attack}.impact.{outcome}"] = np.clip(incident / np.maximum(values[f"{attack}.p_success"], 1e-9),
+                                                        0.0, 1.0)
+    for name, array in values.items():
+        if name in PARAMETERS and name not in out:
+            out[name] = array
+    return {name: np.clip(array, 0.0, 1.0) for name, array in out.items() if name in PARAMETERS}
 
 
 def default_values(attacks: Sequence[str] | None = None) -> dict[str, np.ndarray]:
@@ -128,7 +171,7 @@ def prior_draws(ensemble: int = 16, seed: int = 0, attacks: Sequence[str] | None
     Examples
     --------
     >>> draws = prior_draws(8, seed=1)
-    >>> draws["telemetry.msg_rate.flooding"].shape
+    >>> draws["window.msg_rate.flooding"].shape
     (8,)
     """
     rng = np.random.default_rng(seed)
@@ -209,11 +252,8 @@ class SignalTables:
         return self.log_on.shape[0]
 
 
-def signal_tables(values: Mapping[str, np.ndarray], attacks: Sequence[str] | None = None,
-                  share: float = 0.0) -> SignalTables:
+def signal_tables(values: Mapping[str, np.ndarray], attacks: Sequence[str] | None = None) -> SignalTables:
     """Build :class:`SignalTables` from :func:`check_values` output.
-
-    ``share`` is the colluders' share (:func:`bayes_defense.models.tables.collusion_share`).
 
     Examples
     --------
@@ -224,7 +264,6 @@ def signal_tables(values: Mapping[str, np.ndarray], attacks: Sequence[str] | Non
     attacks = tracked_attacks() if attacks is None else tuple(attacks)
     values = check_values(values, attacks)
     draws = next(iter(values.values())).shape[0]
-    value = tables.accessor(values)
     n_signals, n_attacks, n_faults = len(SIGNALS), len(attacks), len(FAULTS)
     baseline = np.stack([values[_baseline_name(s)] for s in SIGNALS], -1)      # (D, S)
     attacker = np.zeros((draws, n_attacks, n_signals))
@@ -233,17 +272,15 @@ def signal_tables(values: Mapping[str, np.ndarray], attacks: Sequence[str] | Non
     outcome = np.zeros((draws, n_attacks, n_signals))
     for i, attack in enumerate(attacks):
         spec = attack_spec(attack)
-        per_window = values[f"{attack}.precursor_to_execution"]
         for signal in spec.attacker_side:
-            attacker[:, i, SIGNALS.index(signal)] = time_slice(values[_effect_name(signal, attack)], per_window)
+            attacker[:, i, SIGNALS.index(signal)] = values[_effect_name(signal, attack)]
         for signal in spec.cluster_side:
-            cluster[:, i, SIGNALS.index(signal)] = time_slice(values[_effect_name(signal, attack)], per_window)
+            cluster[:, i, SIGNALS.index(signal)] = values[_effect_name(signal, attack)]
         if spec.pattern is not None:
             pattern_mask[i] = 0.0
             pattern_mask[i, SIGNALS.index(spec.pattern.first)] = 1.0
-        success = tables.success_given_execution(attack, value, share)
         for o in spec.impacts:
-            outcome[:, i, SIGNALS.index(o)] = time_slice(values[f"{attack}.impact.{o}"] * success, per_window)
+            outcome[:, i, SIGNALS.index(o)] = values[_effect_name(o, attack)]
     at_node = np.zeros((draws, n_faults + 1, n_signals))
     everywhere = np.zeros((draws, n_faults + 1, n_signals))
     for g, fault in enumerate(FAULTS.values(), start=1):
@@ -331,12 +368,47 @@ def _logsumexp(a: np.ndarray, axis: int) -> np.ndarray:
         return np.squeeze(peak, axis) + np.log(np.sum(np.exp(a - peak), axis=axis))
 
 
-def window_log_likelihood(model: SignalTables, window: WindowSignals, *,
-                          with_attacker: bool = False) -> Any:
+def fault_transitions(values: Mapping[str, np.ndarray], window: float = 1.0) -> np.ndarray:
+    """Log transition matrix of the fault chain, ``(D, G + 1, G + 1)`` over (none, each fault).
+
+    A fault lasts ``duration`` seconds on average (:class:`~bayes_defense.models.faults.Fault`);
+    it starts at the rate that makes ``fault.{name}.prior`` its long-run share of windows.
+
+    Examples
+    --------
+    >>> t = np.exp(fault_transitions(default_values()))
+    >>> bool(np.allclose(t.sum(-1), 1.0))
+    True
+    """
+    priors = np.stack([values[f"fault.{name}.prior"] for name in _FAULT_NAMES], -1)           # (D, G)
+    stay = np.array([max(0.0, 1.0 - window / fault.duration) for fault in FAULTS.values()])   # (G,)
+    none = np.clip(1.0 - priors.sum(-1, keepdims=True), 1e-6, 1.0)
+    start = priors * (1.0 - stay) / none                                                      # stationary balance
+    scale = np.maximum(start.sum(-1, keepdims=True), 1.0)
+    start = start / scale
+    draws, count = priors.shape
+    matrix = np.zeros((draws, count + 1, count + 1))
+    matrix[:, 0, 1:] = start
+    matrix[:, 0, 0] = 1.0 - start.sum(-1)
+    matrix[:, 1:, 0] = 1.0 - stay
+    index = np.arange(1, count + 1)
+    matrix[:, index, index] = stay
+    with np.errstate(divide="ignore"):
+        return np.log(matrix)
+
+
+def predict_faults(log_faults: np.ndarray, log_transition: np.ndarray) -> np.ndarray:
+    """One step of the fault chain: ``log P(fault now)`` from last window's ``(D, G + 1)`` posterior."""
+    return _logsumexp(log_faults[:, :, None] + log_transition, 1)
+
+
+def window_log_likelihood(model: SignalTables, window: WindowSignals, *, with_attacker: bool = False,
+                          log_fault_prior: np.ndarray | None = None) -> Any:
     """``log P(window's signals | attack a in stage k)`` for every draw: ``(D, A, 4)``.
 
     The attacker's replica, the fault and the fault's replica are summed out
-    (module docstring). With ``with_attacker=True`` also returns the log
+    (module docstring); ``log_fault_prior`` ``(D, G + 1)`` replaces the
+    faults' long-run prior (the filter passes its fault chain's prediction, :func:`predict_faults`). With ``with_attacker=True`` also returns the log
     posterior weight of each attacker position (``(D, A, 4, R + 1)``, the
     last entry "outside any replica"), from which the suspects come, and the
     log posterior of each fault (``(D, A, 4, G + 1)``, "no fault" first).
@@ -347,7 +419,7 @@ def window_log_likelihood(model: SignalTables, window: WindowSignals, *,
     >>> values = np.full((3, len(SIGNALS)), np.nan)     # rows r0, r1, unattributed
     >>> values[:2, SIGNALS.index("conflicting")] = [1.0, 0.0]
     >>> ll = window_log_likelihood(signal_tables(default_values()), WindowSignals(("r0", "r1"), 0, values))
-    >>> bool(ll[0, 0, 2] - ll[0, 0, 0] > 3.0)   # a conflicting pair from the primary: equivocation
+    >>> bool(ll[0, 0, 2] - ll[0, 0, 0] > 2.0)   # a conflicting pair from the primary: equivocation
     True
     """
     x = window.values
@@ -384,10 +456,47 @@ def window_log_likelihood(model: SignalTables, window: WindowSignals, *,
     with np.errstate(divide="ignore"):
         for i, footing in enumerate(model.footing):
             log_weights[i] = np.log(attacker_weights(footing, replicas, window.primary))
-    joint = position + model.log_fault_prior[:, None, None, :, None] + log_weights[None, :, None, None, :]
+    fault_prior = model.log_fault_prior if log_fault_prior is None else log_fault_prior
+    joint = position + fault_prior[:, None, None, :, None] + log_weights[None, :, None, None, :]
     by_position = _logsumexp(joint, 3)                                        # (D, A, K, R + 1)
     total_ll = _logsumexp(by_position, 3)                                     # (D, A, K)
     if with_attacker:
         by_fault = _logsumexp(joint, 4)                                       # (D, A, K, G + 1), priors in
         return total_ll, by_position - total_ll[..., None], by_fault - total_ll[..., None]
     return total_ll
+
+
+class FaultFilter:
+    """The benign faults' chain, filtered window by window under "no attack" (used by the filter and the fit).
+
+    :meth:`step` returns the window's likelihood (:func:`window_log_likelihood`
+    with the chain's predicted fault prior) and moves the chain on.
+
+    Examples
+    --------
+    >>> from bayes_defense.stream.signals import WindowSignals, SIGNALS
+    >>> faults = FaultFilter(default_values())
+    >>> model = signal_tables(default_values())
+    >>> x = np.full((2, len(SIGNALS)), np.nan)
+    >>> x[0, SIGNALS.index("restart_seen")] = 1.0
+    >>> _ = faults.step(model, WindowSignals(("r0",), 0, x))
+    >>> bool(np.exp(faults.log_faults[0, 1 + list(FAULTS).index("restart")]) > 0.5)
+    True
+    """
+
+    def __init__(self, values: Mapping[str, np.ndarray], window: float = 1.0) -> None:
+        self.log_transition = fault_transitions(values, window)
+        draws = self.log_transition.shape[0]
+        start = np.zeros((draws, len(_FAULT_NAMES) + 1))
+        start[:, 0] = 1.0
+        with np.errstate(divide="ignore"):
+            self.log_faults = np.maximum(np.log(start), -700.0)
+
+    def step(self, model: SignalTables, window: WindowSignals) -> tuple:
+        """``(log likelihood (D, A, 4), log attacker position, log fault posterior)`` of this window."""
+        prior = predict_faults(self.log_faults, self.log_transition)
+        result = window_log_likelihood(model, window, with_attacker=True, log_fault_prior=prior)
+        # The chain moves on under "no attack" (attack 0, benign stage: the same for every attack).
+        posterior = result[2][:, 0, 0, :]
+        self.log_faults = np.maximum(posterior - _logsumexp(posterior, 1)[:, None], -700.0)
+        return result

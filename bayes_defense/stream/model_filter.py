@@ -167,6 +167,10 @@ max_clock_skew, clock_confirm
             values = evidence.prior_draws(ensemble, seed, self.attacks)
         elif hasattr(parameters, "signal_parameters"):
             values = evidence.check_values(parameters.signal_parameters(ensemble, seed), self.attacks)
+        elif hasattr(parameters, "defender_parameters"):
+            raise InvalidInputError("this posterior was fitted for the scored defender (score means and spreads), "
+                                    "not for the model filter's signal probabilities; refit with `bayes-defense fit` "
+                                    "(bd.fit('defender', ...)) or run it with bayes_defense.stream.scored")
         else:
             values = evidence.check_values(parameters, self.attacks)
         if planner == "plan":
@@ -178,6 +182,8 @@ max_clock_skew, clock_confirm
         self.__dict__.update(settings)
         self.adaptive = None if adaptive is None else float(adaptive)
         self._build()
+        # When a list, each closed window's (end, WindowSignals) is appended (the fit records windows so).
+        self.record: list | None = None
         self.reset()
 
     def _build(self) -> None:
@@ -242,6 +248,7 @@ max_clock_skew, clock_confirm
         self._held: list = []
         self._seen: set = set()
         self._extractor = SignalExtractor(self.baseline_rate, self._map.replica_pattern)
+        self._faults = evidence.FaultFilter(self.parameters, self.window)
         self._aggregates: dict = {}
         self._previous: dict = {}   # (node, kind) -> ts of its last aggregated event, for "interval"
         self._armed = [True] * attacks
@@ -289,6 +296,7 @@ max_clock_skew, clock_confirm
         state.update({name: getattr(self, name) for name in _SETTINGS})
         state.update(parameters=self.parameters, adaptive=self.adaptive, attacks=self.attacks,
                      observation_map=self._map_state(), extractor=self._extractor.state_dict(),
+                     log_faults=self._faults.log_faults,
                      unmatched=dict(self.unmatched.counts), unmatched_total=self.unmatched.total,
                      belief_ts=self.belief.ts)
         return copy.deepcopy(state)
@@ -311,6 +319,8 @@ max_clock_skew, clock_confirm
                 setattr(self, key, checked[key])
             self._extractor = SignalExtractor(self.baseline_rate, self._map.replica_pattern)
             self._extractor.load_state_dict(checked["extractor"])
+            self._faults = evidence.FaultFilter(self.parameters, self.window)
+            self._faults.log_faults = checked["log_faults"]
             self.unmatched = UnmatchedCounter()
             self.unmatched.counts, self.unmatched.total = dict(checked["unmatched"]), int(checked["unmatched_total"])
             self.belief = self._summarise(checked["belief_ts"], ())
@@ -349,6 +359,10 @@ max_clock_skew, clock_confirm
                 raise InvalidInputError(f"{key} must be a whole number >= {low}; got {state[key]!r}")
         if any(reason not in REJECTION_REASONS or type(n) is not int or n < 0 for reason, n in state["rejected"].items()):
             raise InvalidInputError("rejected must count known reasons with whole numbers >= 0")
+        faults = state["log_faults"]
+        if (not isinstance(faults, np.ndarray) or faults.shape != (draws, len(_FAULT_NAMES) + 1)
+                or not np.all(np.isfinite(faults)) or np.any(np.abs(np.log(np.exp(faults).sum(-1))) > 1e-6)):
+            raise InvalidInputError(f"log_faults must be finite log probabilities of shape {(draws, len(_FAULT_NAMES) + 1)}")
         if len(state["_armed"]) != len(self.attacks) or len(state["_quiet"]) != len(self.attacks):
             raise InvalidInputError(f"_armed and _quiet must hold {len(self.attacks)} entries")
         thresholds = state["_thresholds"]
@@ -462,16 +476,17 @@ max_clock_skew, clock_confirm
         if self._aggregates:
             self._flush_aggregates(end)
         window = self._extractor.close()
-        log_likelihood, by_position, by_fault = evidence.window_log_likelihood(self._tables, window, with_attacker=True)
+        if self.record is not None:
+            self.record.append((end, window))
+        log_likelihood, by_position, by_fault = self._faults.step(self._tables, window)
         self.last_log_likelihood = log_likelihood
         self.windows += 1
-        emission = np.transpose(log_likelihood - log_likelihood[..., :1], (1, 0, 2))      # (A, D, 4)
         joint = self._log_alpha[..., :, None] + self._log_transition
-        # Every stage is reachable from benign or itself, so each column has a finite entry.
         peak = joint.max(axis=-2)
         peak = np.where(peak > -np.inf, peak, 0.0)   # an unreachable stage (no pattern) stays at -inf
         with np.errstate(divide="ignore"):
-            predicted = peak + np.log(np.exp(joint - peak[..., None, :]).sum(axis=-2))
+            predicted = peak + np.log(np.exp(joint - peak[..., None, :]).sum(axis=-2))   # (A, D, 4)
+        emission = self._emission(predicted, np.transpose(log_likelihood, (1, 0, 2)))
         posterior = predicted + emission
         posterior -= posterior.max(axis=-1, keepdims=True)
         posterior -= np.log(np.exp(posterior).sum(axis=-1, keepdims=True))
@@ -487,6 +502,36 @@ max_clock_skew, clock_confirm
                 self._suspects[attack] = (names[best],)
         self.belief = self._summarise(end, ())
         self._raise_alerts(end)
+
+    @staticmethod
+    def _emission(predicted: np.ndarray, log_likelihood: np.ndarray) -> np.ndarray:
+        """Each chain's evidence against its alternative: one attack at a time, the others as they stand.
+
+        In the model one attack at a time is under way. For attack ``a`` in
+        stage ``k >= 1`` the window's likelihood is ``L_a(k)``; for ``a``
+        benign, it is that of whatever else is going on: no attack, or
+        another attack ``b`` in its stage, weighted by ``b``'s predicted
+        stage probabilities. So a window that an attack already under way
+        explains is no evidence for a second one (explaining away between
+        attacks, as between attacks and faults). ``predicted`` and
+        ``log_likelihood`` are ``(A, D, 4)``.
+        """
+        probability = np.exp(predicted)
+        others = probability[..., 1:]                                          # (A, D, 3): each attack's stages
+        with np.errstate(divide="ignore"):
+            weighted = np.log(np.maximum(others, 1e-300)) + log_likelihood[..., 1:]
+        # log sum over b != a of sum_k P_b(k) L_b(k), and the share left for "no attack".
+        per_attack = np.logaddexp.reduce(weighted, axis=-1)                    # (A, D)
+        total = np.logaddexp.reduce(per_attack, axis=0)                        # (D,)
+        active = others.sum(-1)                                                # (A, D)
+        with np.errstate(divide="ignore", invalid="ignore"):
+            # Remove a's own term (log-space subtraction, floored: a's term can be the whole sum).
+            rest = total[None] + np.log(np.maximum(1.0 - np.exp(per_attack - total[None]), 1e-300))
+        none = np.clip(1.0 - (active.sum(0)[None] - active), 1e-12, 1.0)      # P(no other attack), (A, D)
+        background = np.logaddexp(np.log(none) + log_likelihood[..., 0], rest)
+        emission = log_likelihood - background[..., None]
+        emission[..., 0] = 0.0
+        return emission
 
     def _summarise(self, ts: float, alerts: tuple) -> Belief:
         probability = np.exp(self._log_alpha)                                              # (A, D, 4)

@@ -162,6 +162,7 @@ class SignalExtractor:
         self.baselines: dict[str, list[float]] = {}   # series -> [mean, mean square deviation, windows seen]
         self.digests: OrderedDict = OrderedDict()
         self.peer_norm: dict[str, float] = {}
+        self.kinds_seen: set = set()
         self._clear_window()
 
     def _clear_window(self) -> None:
@@ -195,6 +196,10 @@ class SignalExtractor:
 
     def ingest(self, ts: float, node: str, kind: str, value: float | None, attrs: Mapping) -> None:
         """Fold one (mapped) event into the open window."""
+        # Any event from a node shows it is alive (a log without per-second telemetry, such as
+        # plenum's, still says who is silent).
+        if len(self.reporting) < _MAX_SERIES:
+            self.reporting.add(node)
         if kind in _TELEMETRY_SET:
             self._replica(node)
             self.reporting.add(node)
@@ -319,8 +324,14 @@ class SignalExtractor:
             return statistics.median(found) if found else None
 
         def total(kind: str) -> float | None:
+            # A count kind the log has carried before counts zero in a window without it (a log of
+            # one event per message says nothing in a quiet window); one it never carried is unobserved.
             found = [v[1] for (node, k), v in values.items() if k == kind and node in rows]
-            return float(sum(found)) if found else None
+            if found:
+                if len(self.kinds_seen) < 64:
+                    self.kinds_seen.add(kind)
+                return float(sum(found))
+            return 0.0 if kind in self.kinds_seen else None
 
         # Rates and delays, pooled over the replicas that report them.
         rate = median("source_rate_max")
@@ -411,6 +422,7 @@ class SignalExtractor:
         return {"replicas": list(self.replicas), "primary": self.primary,
                 "baselines": {k: list(v) for k, v in self.baselines.items()},
                 "digests": OrderedDict(self.digests), "peer_norm": dict(self.peer_norm),
+                "kinds_seen": set(self.kinds_seen),
                 "values": {k: list(v) for k, v in self.values.items()}, "sources": dict(self.sources),
                 "peers": dict(self.peers), "view_changes": dict(self.view_changes),
                 "peer_joins": dict(self.peer_joins), "joins": dict(self.joins), "direct": dict(self.direct),
@@ -423,6 +435,7 @@ class SignalExtractor:
         self.baselines = {k: list(v) for k, v in state["baselines"].items()}
         self.digests = OrderedDict(state["digests"])
         self.peer_norm = dict(state["peer_norm"])
+        self.kinds_seen = set(state["kinds_seen"])
         self.values = {k: list(v) for k, v in state["values"].items()}
         for key in ("sources", "peers", "view_changes", "peer_joins", "joins", "direct"):
             setattr(self, key, dict(state[key]))

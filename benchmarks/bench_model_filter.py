@@ -1,0 +1,81 @@
+"""asv benchmarks of the model filter (bayes_defense.stream.model_filter): throughput, latency, flat memory.
+
+The same streams and measures as bench_defender.py (simulated 7- and
+50-replica streams with a replay attack; a synthetic telemetry pattern for
+the 10-million-event memory case), run through :class:`ModelDefender` with
+its default prior ensemble of 16 draws. Targets (issue 14, as issue 5):
+at least 100k events per second per core batched, p99 single-event latency
+at most 100 us, memory flat over 10 million events.
+"""
+
+from __future__ import annotations
+
+import functools
+import time
+
+import numpy as np
+
+from benchmarks.bench_defender import simulated_stream, synthetic_stream
+from bayes_defense.stream.model_filter import ModelDefender
+
+
+def cpu_events_per_second(events, repeats: int = 3) -> float:
+    """Median over ``repeats`` of events per CPU second through ``observe_batch``."""
+    rates = []
+    for _ in range(repeats):
+        defender = ModelDefender(planner=None)
+        started = time.process_time()
+        defender.observe_batch(events)
+        rates.append(len(events) / (time.process_time() - started))
+    return float(np.median(rates))
+
+
+@functools.cache
+def latencies(nodes: int) -> np.ndarray:
+    """Per-event ``observe`` wall-clock latencies in microseconds over the simulated stream."""
+    defender = ModelDefender(planner=None)
+    clock = time.perf_counter
+    out = []
+    for event in simulated_stream(nodes):
+        t0 = clock()
+        defender.observe(event)
+        out.append(clock() - t0)
+    return np.asarray(out) * 1e6
+
+
+class ModelFilterThroughput:
+    params = [7, 50]
+    param_names = ["nodes"]
+    timeout = 600
+    timer = time.process_time
+
+    def setup(self, nodes):
+        self.events = simulated_stream(nodes)
+
+    def time_observe_batch(self, nodes):
+        ModelDefender(planner=None).observe_batch(self.events)
+
+    def track_events_per_second(self, nodes):
+        return cpu_events_per_second(self.events)
+
+    track_events_per_second.unit = "events/s/core"
+
+    def track_latency_p50_us(self, nodes):
+        return float(np.percentile(latencies(nodes), 50))
+
+    track_latency_p50_us.unit = "us"
+
+    def track_latency_p99_us(self, nodes):
+        return float(np.percentile(latencies(nodes), 99))
+
+    track_latency_p99_us.unit = "us"
+
+
+class ModelFilterMemory:
+    params = [1_000_000, 10_000_000]
+    param_names = ["events"]
+    timeout = 3600
+
+    def peakmem_observe(self, events):
+        defender = ModelDefender(planner=None, ensemble=4)
+        defender.observe_batch(synthetic_stream(events))

@@ -1,0 +1,229 @@
+"""The model filter: bounds at every step, checkpoints, explanations, look-alikes, user attacks, maps."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from bayes_defense.errors import InvalidInputError
+from bayes_defense.models import registry
+from bayes_defense.sim import random_scenario
+from bayes_defense.sim.engine import Simulation
+from bayes_defense.stream import Event
+from bayes_defense.stream.model_filter import ModelDefender
+from bayes_defense.stream.obsmap import ObservationMap
+
+
+@pytest.fixture(scope="module")
+def replay_run():
+    simulation = Simulation(random_scenario(7, nodes=4, duration=240.0, attacks=["replay"], faults=["jitter"],
+                                            intensity=0.9))
+    return list(simulation.events()), simulation.labels
+
+
+def _check_bands(belief) -> None:
+    for what in ("precursor", "execution", "within_horizon", "active"):
+        table = getattr(belief, what)
+        mean, lower, upper = table[:, 0], table[:, 1], table[:, 2]
+        assert np.all(np.isfinite(table)), what
+        assert np.all((0.0 <= lower) & (lower <= mean) & (mean <= upper) & (upper <= 1.0)), what
+
+
+def test_every_probability_is_bounded_at_every_step(replay_run):
+    events, _ = replay_run
+    defender = ModelDefender(ensemble=8, planner=None)
+    last = None
+    for event in events:
+        belief = defender.observe(event)
+        if belief is not last:
+            _check_bands(belief)
+            for alert in belief.alerts:
+                assert 0.0 <= alert.lower <= alert.probability <= alert.upper <= 1.0
+                for cause in alert.explanation:
+                    assert 0.0 <= cause["lower"] <= cause["probability"] <= cause["upper"] <= 1.0
+            last = belief
+    _check_bands(defender.flush())
+    assert defender.windows > 200
+
+
+def test_replay_is_detected_and_explained(replay_run):
+    events, labels = replay_run
+    defender = ModelDefender(ensemble=8, planner=None)
+    defender.observe_batch(events)
+    defender.flush()
+    label = labels[0]
+    inside = [a for a in defender.alerts if label["precursor_start"] <= a.ts <= label["end"]]
+    assert inside and inside[0].attack == "replay"
+    record = inside[0].to_dict()
+    assert record["explanation"][0]["cause"] == "replay"
+    assert record["countermeasure"] == "trusted_component"
+
+
+def test_checkpoint_and_resume_identical(replay_run, tmp_path):
+    events, _ = replay_run
+    whole = ModelDefender(ensemble=4, planner=None)
+    whole.observe_batch(events)
+    whole.flush()
+    first = ModelDefender(ensemble=4, planner=None)
+    half = len(events) // 2
+    first.observe_batch(events[:half])
+    first.save(tmp_path / "checkpoint.json")
+    resumed = ModelDefender.load(tmp_path / "checkpoint.json", planner=None)
+    resumed.observe_batch(events[half:])
+    resumed.flush()
+    assert [a.to_dict() for a in resumed.alerts] == [a.to_dict() for a in whole.alerts]
+    np.testing.assert_array_equal(resumed.belief.active, whole.belief.active)
+    np.testing.assert_array_equal(resumed._log_alpha, whole._log_alpha)
+
+
+def test_bad_checkpoint_state_is_refused_and_leaves_the_defender_as_it_was(replay_run):
+    events, _ = replay_run
+    defender = ModelDefender(ensemble=2, planner=None)
+    defender.observe_batch(events[:500])
+    state = defender.state_dict()
+    before = defender.state_dict()
+    bad = dict(state, _log_alpha=np.zeros_like(state["_log_alpha"]))
+    with pytest.raises(InvalidInputError, match="_log_alpha"):
+        defender.load_state_dict(bad)
+    with pytest.raises(InvalidInputError, match="missing keys"):
+        defender.load_state_dict({k: v for k, v in state.items() if k != "log_faults"})
+    after = defender.state_dict()
+    np.testing.assert_array_equal(after["_log_alpha"], before["_log_alpha"])
+    assert after["accepted"] == before["accepted"]
+
+
+@pytest.mark.parametrize("seed", [41, 42])
+def test_look_alike_faults_alone_raise_no_alert(seed):
+    simulation = Simulation(random_scenario(seed, nodes=7, duration=600.0, attacks=[],
+                                            faults=["crash", "partition", "slow", "load_spike", "jitter", "restart"]))
+    defender = ModelDefender(ensemble=8, planner=None)
+    defender.observe_batch(simulation.events())
+    defender.flush()
+    assert list(defender.alerts) == []
+
+
+def _renamed(events):
+    """The same run in another vocabulary: kinds, attr names and node names rewritten."""
+    kinds = {"duplicate_messages": "dup_msgs", "stale_messages": "old_msgs", "preprepare_interval": "pp_gap_ms",
+             "source_rate_max": "top_sender_rate", "view_change": "VC"}
+
+    def node(name):
+        return f"replica-{name[1:]}" if name[:1] == "r" and name[1:].isdigit() else name
+
+    out = []
+    for e in events:
+        attrs = {key: node(value) if isinstance(value, str) else value for key, value in e.attrs.items()}
+        value = e.value
+        if e.kind == "preprepare_interval":
+            attrs["leader"] = attrs.pop("primary")
+            value = value * 1000.0
+        out.append(Event(e.ts, node(e.node), kinds.get(e.kind, e.kind), value, attrs))
+    return out
+
+
+RENAMED_MAP = """
+[kinds.dup_msgs]
+as = "duplicate_messages"
+[kinds.old_msgs]
+as = "stale_messages"
+[kinds.pp_gap_ms]
+as = "preprepare_interval"
+scale = 0.001
+attrs = { leader = "primary" }
+[kinds.top_sender_rate]
+as = "source_rate_max"
+[kinds.VC]
+as = "view_change"
+[nodes]
+replica = '^replica-\\d+$'
+"""
+
+
+def test_renamed_vocabulary_gives_the_same_alerts(replay_run):
+    events, _ = replay_run
+    original = ModelDefender(ensemble=4, planner=None)
+    original.observe_batch(events)
+    original.flush()
+    renamed = ModelDefender(ensemble=4, planner=None, observation_map=ObservationMap.from_toml(RENAMED_MAP))
+    renamed.observe_batch(_renamed(events))
+    renamed.flush()
+    assert renamed.rejected == original.rejected
+    expected = [(a.ts, a.attack, tuple(n.replace("r", "replica-", 1) for n in a.nodes), a.phase)
+                for a in original.alerts]
+    assert [(a.ts, a.attack, a.nodes, a.phase) for a in renamed.alerts] == expected
+    assert expected
+    np.testing.assert_allclose(renamed.belief.active, original.belief.active, rtol=0, atol=1e-9)
+
+
+def test_unmatched_kinds_are_counted_with_bounded_memory():
+    defender = ModelDefender(ensemble=2, planner=None, clock_confirm=1,
+                             observation_map=ObservationMap.from_toml(RENAMED_MAP))
+    for i in range(300):
+        defender.observe(Event(float(i), "replica-1", f"kind{i % 100}", 1.0, {}))
+    assert defender.rejected == {"unknown_kind": 300}
+    assert defender.unmatched.total == 300 and len(defender.unmatched.counts) <= 65
+    assert defender.unmatched.most_common(1)[0][1] >= 3
+
+
+def test_user_attack_is_tracked_and_detected():
+    registry.add_attack("vote_and_poison", footing="attacker_inside",
+                        attacker_side={"vc_request": 0.999, "peer_in_degree": 0.999},
+                        impacts={"liveness_lost": 0.5}, matched="expose_and_evict")
+    try:
+        simulation = Simulation(random_scenario(3, nodes=7, duration=400.0, attacks=[], faults=[]))
+        events = list(simulation.events())
+        # Its signals show from 250 s to 320 s: r2 asks for view changes and its peer table fills.
+        extra = [Event(t + 0.5, "r2", "view_change", 1.0, {"view": 0}) for t in range(250, 320, 2)]
+        extra += [Event(t + 0.7, f"x{t}", "join", 1.0, {"prefix": "10.9", "role": "peer", "peer_of": "r2"})
+                  for t in range(250, 320, 2)]
+        events = sorted(events + extra, key=lambda e: e.ts)
+        defender = ModelDefender(ensemble=8, planner=None)
+        assert "vote_and_poison" in defender.attacks
+        defender.observe_batch(events)
+        defender.flush()
+        alerts = [a for a in defender.alerts if 250 <= a.ts <= 330]
+        assert alerts and alerts[0].attack == "vote_and_poison"
+        assert alerts[0].nodes == ("r2",) and alerts[0].countermeasure == "expose_and_evict"
+        assert 0.0 <= float(defender.belief.probability("vote_and_poison").mean) <= 1.0
+    finally:
+        registry.remove_attack("vote_and_poison")
+
+
+def test_old_scored_posterior_is_refused_with_a_reason():
+    class ScoredPosterior:
+        def defender_parameters(self, draws, seed):
+            return {}
+
+    with pytest.raises(InvalidInputError, match="scored defender"):
+        ModelDefender(ScoredPosterior())
+
+
+def test_bad_maps_name_the_key_and_what_was_expected():
+    with pytest.raises(InvalidInputError, match=r"\[kinds.x\] 'as' must be a schema-1.0 kind"):
+        ObservationMap.from_toml('[kinds.x]\nas = "nothing"\n')
+    with pytest.raises(InvalidInputError, match="'aggregate' must be one of rate"):
+        ObservationMap.from_toml('[kinds.x]\nas = "msg_rate_in"\naggregate = "median"\n')
+    with pytest.raises(InvalidInputError, match="key 'scal'"):
+        ObservationMap.from_toml('[kinds.x]\nas = "msg_rate_in"\nscal = 2\n')
+    with pytest.raises(InvalidInputError, match="not valid TOML"):
+        ObservationMap.from_toml("[kinds.x\n")
+    with pytest.raises(InvalidInputError, match="no shipped observation map 'nope'"):
+        ObservationMap.load("nope")
+
+
+def test_aggregate_rate_feeds_a_per_window_value():
+    text = '[kinds.MSG]\nas = "msg_rate_in"\naggregate = "rate"\n'
+    defender = ModelDefender(ensemble=2, planner=None, clock_confirm=1, window=2.0,
+                             observation_map=ObservationMap.from_toml(text))
+    seen = []
+    original = defender._extractor.ingest
+
+    def spy(ts, node, kind, value, attrs):
+        seen.append((ts, node, kind, value))
+        original(ts, node, kind, value, attrs)
+
+    defender._extractor.ingest = spy
+    for i in range(10):
+        defender.observe(Event(0.1 + 0.1 * i, "n1", "MSG", 1.0, {}))
+    defender.observe(Event(2.5, "n1", "MSG", 1.0, {}))
+    assert seen == [(2.0, "n1", "msg_rate_in", 5.0)]
