@@ -3,8 +3,8 @@
 For each attack hypothesis a hidden phase (benign, precursor, execution) is
 filtered online in log space, one small forward step per telemetry window, so
 work per event is constant. Evidence per window comes from three paths fused
-in one likelihood: temporal precursor patterns (robust z-scores of telemetry
-against exponentially weighted per-node baselines), precondition monitoring
+in one likelihood: temporal precursor patterns (standardised deviations of
+telemetry from per-(node, kind) series models, :mod:`bayes_defense.stream.series`), precondition monitoring
 (the suspect is the primary, joins share a prefix, a replica's peer table
 churns), and counterfactual projection (the probability that execution starts
 within a horizon if nothing is done, from the ensemble's transition rates).
@@ -37,6 +37,7 @@ from bayes_defense.stream.schema import (
     attrs_depth_ok,
     finite_float,
 )
+from bayes_defense.stream.series import SeriesModel, prior_mean_parameters
 
 __all__ = ["ATTACK_HYPOTHESES", "COUNTERMEASURE_FOR", "PARAMETER_KEYS", "PHASES", "Alert", "Belief", "StreamingDefender",
            "check_parameters", "default_parameters", "parameter_problem"]
@@ -60,8 +61,12 @@ _COUNT_KINDS = frozenset({"auth_failures", "view_change_requests", "instance_cha
 SCORE_CAP = 12.0
 WARMUP_WINDOWS = 20
 _MAX_LOG_RATIO = 4.0
-_GATE = 2.5
-_GATED_RATE = 0.1
+# Telemetry baselines: one univariate series model per (node, kind), all in one bank
+# (stream.series, independent columns, no seasonality: at one window per second the
+# level follows a daily cycle), at the regime priors' means; a new series scores after
+# this many windows.
+_BASELINE_WARMUP = 5
+_BANK_GROWTH = 64
 # Configuration that is not part of a checkpoint (rebuilt by the constructor),
 # and the belief, which is recomputed from the state on load (its ``alerts``
 # were delivered already and must not be raised again).
@@ -346,37 +351,17 @@ class Belief:
         return ATTACK_HYPOTHESES[int(np.argmax(self.active[:, 0]))]
 
 
-class _Baseline:
-    """Exponentially weighted robust location and spread of one series."""
+def _baseline_bank(rate: float) -> SeriesModel:
+    """An empty bank of per-(node, kind) telemetry baselines; the level adapts at ``rate`` per window.
 
-    __slots__ = ("mean", "spread", "count", "floor_abs", "floor_rel")
-
-    def __init__(self, floor_abs: float, floor_rel: float) -> None:
-        self.mean = 0.0
-        self.spread = 0.0
-        self.count = 0
-        self.floor_abs = floor_abs
-        self.floor_rel = floor_rel
-
-    def score(self, value: float, rate: float) -> float:
-        """Return the robust z-score of ``value`` and fold it into the baseline."""
-        if self.count == 0:
-            self.mean, self.count = value, 1
-            return 0.0
-        scale = max(1.4826 * self.spread, self.floor_abs + self.floor_rel * abs(self.mean))
-        deviation = value - self.mean
-        z = deviation / scale
-        self.count += 1
-        alpha = max(rate, 1.0 / self.count)
-        if z > _GATE or z < -_GATE:
-            # A window far from the baseline is learned from slowly: an attack
-            # that builds up over minutes must not become the new normal.
-            alpha *= _GATED_RATE
-        # Clipped updates: an attack bends the baseline slowly, not at once.
-        clipped = min(max(deviation, -3.0 * scale), 3.0 * scale)
-        self.mean += alpha * clipped
-        self.spread += alpha * (min(abs(deviation), 3.0 * scale) - self.spread)
-        return z
+    A window's standardised deviation is the series model's one-step
+    residual over its predictive scale; a window the model finds anomalous
+    is barely learned from, so an attack that builds up over minutes does
+    not become the new normal, while a lasting change (a slow replica's
+    steady state) is taken in once it persists.
+    """
+    return SeriesModel(1, periods=(), parameters=prior_mean_parameters(), independent=True,
+                       warmup=_BASELINE_WARMUP, delta_level=1.0 - rate)
 
 
 def _check_alert(alert: Any) -> None:
@@ -600,7 +585,9 @@ class StreamingDefender:
         self._peer_joins: dict[str, float] = {}
         self._peer_counts: dict[str, float] = {}  # this window's peer-table sizes
         self._peer_norm: dict[str, float] = {}  # their slow moving averages
-        self._baselines: dict[tuple[str, str], _Baseline] = {}
+        # (node, kind) -> its column in the bank of series models.
+        self._baselines: dict[tuple[str, str], int] = {}
+        self._baseline_bank = _baseline_bank(self.baseline_rate)
         self._armed = [True] * attacks
         self._quiet = [0] * attacks
         self._suspects: dict[str, tuple[str, ...]] = {name: () for name in ATTACK_HYPOTHESES}
@@ -711,6 +698,11 @@ class StreamingDefender:
                 if len(value) > limits.get(key, _MAX_SERIES):
                     raise InvalidInputError(f"{key} holds {len(value)} entries, more than its bound "
                                             f"{limits.get(key, _MAX_SERIES)}")
+        bank = state["_baseline_bank"]
+        if (not bank.independent or bank.columns > _MAX_SERIES
+                or any(type(column) is not int or not 0 <= column < bank.columns
+                       for column in state["_baselines"].values())):
+            raise InvalidInputError(f"_baselines must map series to columns of _baseline_bank (at most {_MAX_SERIES})")
         for event in state["_held"]:
             if self._parse(event) != tuple(event):
                 raise InvalidInputError("_held must hold valid events")
@@ -1082,18 +1074,38 @@ class StreamingDefender:
 
     # ------------------------------------------------------------ per window
     def _zscores(self) -> dict[str, dict[str, float]]:
-        scores: dict[str, dict[str, float]] = {}
         baselines = self._baselines
-        rate = self.baseline_rate
+        bank = self._baseline_bank
+        columns: list[tuple[str, str, int]] = []
+        values: list[float] = []
         for key, value in self._telemetry.items():
-            baseline = baselines.get(key)
-            if baseline is None:
+            column = baselines.get(key)
+            if column is None:
                 if len(baselines) >= _MAX_SERIES:
                     # Bounded memory even when a log invents node names without end.
                     continue
-                baseline = baselines[key] = _Baseline(*_floors(key[1]))
-            scores.setdefault(key[1], {})[key[0]] = baseline.score(value, rate)
+                column = baselines[key] = len(baselines)
+                if column >= bank.columns:
+                    bank.add_columns(1)
+                floor_abs, floor_rel = _floors(key[1])
+                bank.min_scale[column] = bank.floor[column] = floor_abs
+                bank.relative_min_scale[column] = floor_rel
+                if column + 1 == bank.columns and bank.columns < _MAX_SERIES:
+                    bank.add_columns(min(_BANK_GROWTH, _MAX_SERIES - bank.columns))
+            columns.append((key[0], key[1], column))
+            values.append(value)
         self._telemetry = {}
+        if not columns:
+            return {}
+        # One row for the whole window: series without a value this window are skipped (untouched).
+        row = np.full((1, bank.columns), np.nan)
+        row[0, [column for _, _, column in columns]] = values
+        deviations = bank.score(row).zscore[0]
+        scores: dict[str, dict[str, float]] = {}
+        for (node, kind, column) in columns:
+            z = float(deviations[column])
+            # A series still warming up shows no deviation.
+            scores.setdefault(kind, {})[node] = z if z == z else 0.0
         return scores
 
     def _evidence(self) -> tuple[np.ndarray, dict[str, tuple[str, ...]]]:

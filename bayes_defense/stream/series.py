@@ -68,7 +68,7 @@ import numpy as np
 
 from bayes_defense.errors import InvalidInputError
 
-__all__ = ["SeriesModel", "SeriesScores", "prior_parameters", "find_periods", "episodes",
+__all__ = ["SeriesModel", "SeriesScores", "prior_parameters", "prior_mean_parameters", "find_periods", "episodes",
            "regime_forward_brute_force", "fit_series", "trained_model", "PARAMETER_NAMES", "DEFAULT_DF"]
 
 #: The regime parameters that carry uncertainty (one value per ensemble draw).
@@ -119,6 +119,17 @@ def prior_parameters(ensemble: int = 16, seed: int = 0) -> dict[str, np.ndarray]
         family, a, b = PRIORS[name]
         out[name] = rng.beta(a, b, int(ensemble)) if family == "beta" else rng.lognormal(a, b, int(ensemble))
     return out
+
+
+def prior_mean_parameters() -> dict[str, np.ndarray]:
+    """The regime parameters at their prior means, as a one-draw ensemble (no band, least work).
+
+    Examples
+    --------
+    >>> {name: round(float(value[0]), 4) for name, value in prior_mean_parameters().items()}["stay"]
+    0.95
+    """
+    return {name: np.array([_prior_mean(name)]) for name in PARAMETER_NAMES}
 
 
 def _check_parameters(parameters: Mapping[str, Any]) -> dict[str, np.ndarray]:
@@ -431,6 +442,44 @@ class SeriesModel:
                 start += p
         self._auto = False
         self._buffer = None
+
+    def add_columns(self, count: int, *, min_scale: float = 0.0, relative_min_scale: float = 0.0) -> None:
+        """Append ``count`` fresh columns (new series), each warming up from its first value.
+
+        Only a model without seasonality or with its periods fixed can grow;
+        a joint model's regime chain is shared, so new columns join it.
+
+        Examples
+        --------
+        >>> bank = SeriesModel(1, periods=(), independent=True, warmup=3)
+        >>> bank.add_columns(2, min_scale=0.5)
+        >>> bank.columns, bank.floor.tolist()
+        (3, [0.0, 0.5, 0.5])
+        """
+        count = int(count)
+        if count < 1:
+            raise InvalidInputError(f"add_columns needs a count of at least 1; got {count!r}")
+        if self._auto:
+            raise InvalidInputError("a model still searching for its periods cannot grow; give periods")
+
+        def grow(array: np.ndarray, fill: Any) -> np.ndarray:
+            extra = np.full((count,) + array.shape[1:], fill, dtype=array.dtype)
+            return np.concatenate([array, extra])
+
+        self.count = grow(self.count, 0)
+        self.level_state, self.trend = grow(self.level_state, 0.0), grow(self.trend, 0.0)
+        self.cov, self.scale2 = grow(self.cov, 0.0), grow(self.scale2, 1.0)
+        self.warm_mean, self.warm_m2 = grow(self.warm_mean, 0.0), grow(self.warm_m2, 0.0)
+        self.last_anomaly, self.skipped = grow(self.last_anomaly, 0.0), grow(self.skipped, 0)
+        self.min_scale = grow(self.min_scale, float(min_scale))
+        self.relative_min_scale = grow(self.relative_min_scale, float(relative_min_scale))
+        self.floor = grow(self.floor, float(min_scale))
+        self.period, self.offset, self.season = grow(self.period, 0), grow(self.offset, 0), grow(self.season, 0.0)
+        if self.independent:
+            start = np.log(np.array([1.0 - 1e-3, 1e-3]))
+            self.log_alpha = np.concatenate([self.log_alpha, np.tile(start, (count, self.log_alpha.shape[1], 1))])
+        self.columns += count
+        self._set_log_parameters()
 
     def set_resolution(self, values: Any) -> None:
         """Floor each column's noise scale at half its resolution, the smallest step between its values.
@@ -784,8 +833,7 @@ def _fit_series(values: Any, periods: Any, steps: int, draws: int, seed: int, le
     columns = block.shape[1]
     if periods == "auto":
         periods = [find_periods(block[:, c]) for c in range(columns)]
-    mean_parameters = {name: np.array([_prior_mean(name)]) for name in PARAMETER_NAMES}
-    model = SeriesModel(columns, periods=periods, parameters=mean_parameters, **options)
+    model = SeriesModel(columns, periods=periods, parameters=prior_mean_parameters(), **options)
     if any(model.periods):
         model.set_periods(model.periods, [_phase_profiles(block[:, c], p) for c, p in enumerate(model.periods)])
     model.set_resolution(block)
