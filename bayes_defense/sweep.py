@@ -608,7 +608,9 @@ def _client(scheduler: str | None, workers: int | None):
     # One thread per worker process: the simulator and the detectors are pure Python, so threads would
     # share one interpreter lock; processes run in parallel.
     # silence_logs: the cluster is the sweep's own, so its routine shutdown notices are not the user's concern.
-    with LocalCluster(n_workers=count, threads_per_worker=1, processes=True, dashboard_address=None,
+    # dashboard_address ":0": the scheduler serves HTTP even without a dashboard, and a fixed port would
+    # collide with another sweep (or Jupyter's Dask) on the same machine.
+    with LocalCluster(n_workers=count, threads_per_worker=1, processes=True, dashboard_address=":0",
                       silence_logs=logging.ERROR) as cluster, Client(cluster) as client:
         yield client
 
@@ -667,7 +669,7 @@ def run_sweep(spec: SweepSpec, out: str | os.PathLike[str], *, scheduler: str | 
     >>> from distributed import Client
     >>> spec = parse_sweep({"seeds": [1, 2], "detectors": ["cusum", "fixed_threshold"],
     ...                     "scenarios": {"small": {"nodes": 4, "duration": 120.0}}})
-    >>> with Client(processes=False, n_workers=1, threads_per_worker=2, dashboard_address=None) as client:
+    >>> with Client(processes=False, n_workers=1, threads_per_worker=2, dashboard_address=":0") as client:
     ...     result = run_sweep(spec, tempfile.mkdtemp(), client=client)
     >>> result.done, len(result.table), list(result.table["status"].unique())
     (4, 4, ['done'])

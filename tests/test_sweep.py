@@ -33,7 +33,7 @@ duration = 120.0
 @pytest.fixture(scope="module")
 def cluster():
     with distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=True,
-                                  dashboard_address=None) as local:
+                                  dashboard_address=":0") as local:
         yield local
 
 
@@ -120,7 +120,7 @@ def test_a_failing_task_is_recorded_and_the_others_finish(tmp_path, monkeypatch)
                         "scenarios": {"four": {"nodes": 4, "duration": 120.0}}})
     monkeypatch.setattr(sweep, "run_task", crashing_on_one_task)
     # One thread in-process, so the patched module is the one the tasks run in, one task at a time.
-    with distributed.Client(processes=False, n_workers=1, threads_per_worker=1, dashboard_address=None) as local:
+    with distributed.Client(processes=False, n_workers=1, threads_per_worker=1, dashboard_address=":0") as local:
         result = run_sweep(spec, tmp_path, client=local)
     assert [(f["seed"], f["detector"]) for f in result.failed] == [(12, "cusum")]
     assert "detector crashed" in result.failed[0]["error"]
@@ -128,7 +128,7 @@ def test_a_failing_task_is_recorded_and_the_others_finish(tmp_path, monkeypatch)
     assert (tmp_path / "tasks" / f"{result.failed[0]['task_id']}.failed.json").exists()
     # The rerun retries the failed task only; now it succeeds.
     monkeypatch.setattr(sweep, "run_task", real_run_task)
-    with distributed.Client(processes=False, n_workers=1, threads_per_worker=1, dashboard_address=None) as local:
+    with distributed.Client(processes=False, n_workers=1, threads_per_worker=1, dashboard_address=":0") as local:
         rerun = run_sweep(spec, tmp_path, client=local)
     assert rerun.done == 1 and rerun.skipped == 3 and not rerun.failed
     assert not list((tmp_path / "tasks").glob("*.failed.json"))

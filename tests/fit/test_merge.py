@@ -141,7 +141,7 @@ def test_fit_sites_runs_each_site_as_a_dask_task():
     data = [simulate_windows(n_windows=150, seed=s) for s in (1, 2)]
     options = {"num_steps": 20, "num_samples": 30, "progress": False, "check": False, "ppc_draws": 5}
     # Worker processes with one thread each: Pyro's handler stack and parameter store are per process.
-    with distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None) as cluster, \
+    with distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=":0") as cluster, \
             distributed.Client(cluster) as client:
         on_dask = fit_sites("defender", data, client=client, **options)
     in_process = fit_sites("defender", data, **options)
