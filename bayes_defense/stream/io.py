@@ -21,7 +21,7 @@ from typing import Annotated, Any
 import msgspec
 
 from bayes_defense.errors import ConfigError, InvalidInputError, MalformedEventError
-from bayes_defense.ioutil import match_mode, fsync_directory
+from bayes_defense.ioutil import fsync_directory, match_mode
 from bayes_defense.stream.schema import (
     FIELDS,
     KNOWN_KIND_SET,

@@ -89,7 +89,7 @@ def test_resume_refuses_another_log_or_other_options(long_run, tmp_path, capsys)
     ("time,host,what,v,a\n" + "1,r0,join,1,\n" * 2000, "events.csv", 2, "CSV header must be"),
     (b"PAR1 garbage", "events.parquet", 2, "not a readable Parquet file"),
     (b"", "events.parquet", 2, "not a readable Parquet file"),
-    ("".join('{"ts": "2026-12-01T10:00:%02dZ", "node": "r0", "kind": "join"}\n' % i for i in range(50)),
+    ("".join(f'{{"ts": "2026-12-01T10:00:{i:02d}Z", "node": "r0", "kind": "join"}}\n' for i in range(50)),
      "events.jsonl", 1, "bad_ts 50"),
     ("", "events.jsonl", 1, "holds no events"),
 ])

@@ -65,7 +65,7 @@ def test_a_block_with_one_bad_line_keeps_the_rest(tmp_path):
 
 def test_reason_counter_stays_bounded_with_unique_unknown_kinds(tmp_path):
     log = tmp_path / "events.jsonl"
-    log.write_text("".join('{"ts": 1, "node": "r0", "kind": "kind%d"}\n' % i for i in range(20_000)))
+    log.write_text("".join(f'{{"ts": 1, "node": "r0", "kind": "kind{i}"}}\n' for i in range(20_000)))
     reader = read_events(log, strict=False)
     assert list(reader) == []
     assert dict(reader.reasons) == {"unknown_kind": 20_000} and len(reader.errors) == _MAX_KEPT_ERRORS
