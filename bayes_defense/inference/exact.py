@@ -483,34 +483,57 @@ def _as_numpy(tensor) -> numpy.ndarray:
     return tensor.detach().to(torch.float64).numpy()
 
 
-#: Above this many multiply-adds an elimination step runs in torch (see ``_contract``).
-_TORCH_STEP = 2e6
+#: A pairwise product over more joint entries than this runs in torch (see ``_contract``).
+_TORCH_ENTRIES = 2**16
 _LETTERS = "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ"
 
 
 @dataclass
 class _Expression:
-    """A contraction as a sequence of variable eliminations, found once per query pattern.
+    """A contraction as pairwise products, found once per query pattern.
 
-    ``steps[i] = (operands, subscripts, large)``: the einsum of the live
-    tables ``operands`` (indices into inputs, then earlier steps' results)
-    that sums one variable out; ``final`` multiplies what is left onto the
-    kept variables. ``largest`` is the largest table built, in entries.
+    ``steps[i] = (left, right, subscripts, large)``: the einsum of live
+    tables ``left`` and ``right`` (indices into the inputs, then earlier
+    steps' results; ``right`` is None for a sum over one table). Summing out
+    a variable multiplies the tables that hold it, smallest first, and sums
+    it at the last product. ``output`` is the live table holding the result
+    over the kept variables (None: the empty product, 1); ``largest`` is the
+    largest table built, in entries, and ``cost`` the joint entries visited.
+    A step whose ``large`` is ``"sum"`` sums one table over the axes in its
+    third field.
     """
 
     steps: list
-    final: tuple
+    output: int | None
     largest: int
+    cost: int = 0
 
 
-def _expression(scopes: list, sizes: dict, keep: tuple) -> _Expression:
+#: Above this many multiply-adds a second elimination order (min-fill) is worth planning.
+_SECOND_ORDER_COST = 1e7
+
+
+def _expression(scopes: list, sizes: dict, keep: tuple, limit: int) -> _Expression:
+    """The cheaper of the min-weight and, for large contractions, the min-fill elimination orders.
+
+    Cheaper: fewer entries visited, among the orders whose tables fit the limit.
+    """
+    first = _eliminate(scopes, sizes, keep, "weight")
+    if first.cost <= _SECOND_ORDER_COST:
+        return first
+    second = _eliminate(scopes, sizes, keep, "fill")
+    return min(first, second, key=lambda e: (e.largest * _ENTRY_BYTES > limit, e.cost))
+
+
+def _eliminate(scopes: list, sizes: dict, keep: tuple, heuristic: str) -> _Expression:
     """Plan the contraction of tables with label ``scopes`` onto ``keep`` by greedy variable elimination.
 
-    Each step sums out the variable whose elimination builds the smallest
-    table (the product of its neighbours' sizes in the interaction graph),
-    the classic min-weight heuristic; the neighbour sets are updated as
+    Each elimination sums out the variable whose elimination builds the
+    smallest table (the product of its neighbours' sizes in the interaction
+    graph: the min-weight heuristic) or adds the least weight of new edges
+    between its neighbours (min-fill); the neighbour sets are updated as
     variables go, so planning costs about the number of variables times
-    their degree.
+    their degree (squared for min-fill).
     """
     holders: dict = {}
     for i, scope in enumerate(scopes):
@@ -525,36 +548,83 @@ def _expression(scopes: list, sizes: dict, keep: tuple) -> _Expression:
     kept = set(keep)
 
     def weight(label):
-        return math.prod(sizes[u] for u in neighbours[label])
+        size = math.prod(sizes[u] for u in neighbours[label])
+        if heuristic == "weight":
+            return size
+        around = sorted(neighbours[label])
+        fill = sum(sizes[a] * sizes[b] for i, a in enumerate(around) for b in around[i + 1:]
+                   if b not in neighbours[a])
+        return (fill, size)
+
+    def volume(scope):
+        return math.prod(sizes[u] for u in scope)
 
     heap = [(weight(label), label) for label in holders if label not in kept]
     heapq.heapify(heap)
     current = {label: w for w, label in heap}
-    live_scopes = {i: tuple(scope) for i, scope in enumerate(scopes)}
-    steps, largest, next_id = [], max((math.prod(sizes[u] for u in scope) for scope in scopes), default=1), len(scopes)
+    live = {i: tuple(scope) for i, scope in enumerate(scopes)}
+    steps: list = []
+    largest = max((volume(scope) for scope in scopes), default=1)
+    cost = 0
+
+    def emit(left, right, out):
+        nonlocal largest, cost
+        scopes_in = [live.pop(left)] + ([live.pop(right)] if right is not None else [])
+        joint = set().union(*scopes_in)
+        cost += volume(joint)
+        if right is None and len(set(scopes_in[0])) == len(scopes_in[0]) and \
+                tuple(label for label in scopes_in[0] if label in out) == tuple(out):
+            # A plain sum over axes: one numpy reduction, far cheaper than an einsum.
+            steps.append((left, None, tuple(i for i, label in enumerate(scopes_in[0]) if label not in out), "sum"))
+        else:
+            steps.append((left, right, _subscripts(scopes_in, out), volume(joint) > _TORCH_ENTRIES))
+        largest = max(largest, volume(out))
+        index = len(scopes) + len(steps) - 1
+        live[index] = out
+        return index
+
     while heap:
         w, label = heapq.heappop(heap)
         if current.get(label) != w:
             continue  # a stale entry: the weight changed after it was pushed
         del current[label]
-        operands = sorted(holders.pop(label))
-        scope = tuple(sorted(neighbours.pop(label)))
-        steps.append((tuple(operands), _subscripts([live_scopes.pop(i) for i in operands], scope),
-                      w * sizes[label] * len(operands) > _TORCH_STEP))
-        largest = max(largest, w)
+        operands = sorted(holders.pop(label), key=lambda i: volume(live[i]))
+        # Variables held by these tables alone go in the same step: summing them
+        # only ever shrinks the result.
+        merged = set(operands)
+        private = [u for u in neighbours[label] if u not in kept and holders[u] <= merged]
+        for u in private:
+            del current[u], holders[u]
+            neighbours.pop(u)
+        for u in neighbours[label].difference(private):
+            neighbours[u].difference_update(private)
+        scope = tuple(sorted(neighbours.pop(label).difference(private)))
+        if len(operands) == 1:
+            result = emit(operands[0], None, scope)
+        else:
+            result = operands[0]
+            for j, other in enumerate(operands[1:]):
+                last = j == len(operands) - 2
+                result = emit(result, other, scope if last else tuple(sorted(set(live[result]) | set(live[other]))))
         for u in scope:
             holders[u].difference_update(operands)
-            holders[u].add(next_id)
+            holders[u].add(result)
             neighbours[u].update(scope)
             neighbours[u].discard(u)
             neighbours[u].discard(label)
             if u not in kept:
                 current[u] = weight(u)
                 heapq.heappush(heap, (current[u], u))
-        live_scopes[next_id] = scope
-        next_id += 1
-    rest = sorted(live_scopes)
-    return _Expression(steps, (tuple(rest), _subscripts([live_scopes[i] for i in rest], keep)), largest)
+    # What is left holds kept variables only: multiply it onto the kept order.
+    rest = sorted(live, key=lambda i: volume(live[i]))
+    if not rest:
+        return _Expression(steps, None, largest, cost)
+    result = rest[0]
+    for other in rest[1:]:
+        result = emit(result, other, tuple(sorted(set(live[result]) | set(live[other]))))
+    if live[result] != tuple(keep):
+        result = emit(result, None, tuple(keep))
+    return _Expression(steps, result, largest, cost)
 
 
 def _subscripts(scopes: list, output: tuple) -> str:
@@ -564,7 +634,7 @@ def _subscripts(scopes: list, output: tuple) -> str:
             if label not in letters:
                 letters[label] = _LETTERS[len(letters)] if len(letters) < len(_LETTERS) else None
     if None in letters.values():
-        # A step over more than 52 variables: its table would be far beyond any memory limit.
+        # A product over more than 52 variables: its table would be far beyond any memory limit.
         raise UnsupportedModelError("backend 'exact' cannot contract a step over more than 52 variables; "
                                     "use backend='importance'")
     inputs = ",".join("".join(letters[label] for label in scope) for scope in scopes)
@@ -573,19 +643,20 @@ def _subscripts(scopes: list, output: tuple) -> str:
 
 def _contract(expression: _Expression, tensors: list) -> numpy.ndarray:
     live = list(tensors)
-    for operands, subscripts, large in expression.steps:
-        arguments = [live[i] for i in operands]
-        if large:
-            # Large steps with shared batch indices are batched matrix products
-            # in torch but slow loops in numpy's einsum.
+    for left, right, subscripts, large in expression.steps:
+        arguments = [live[left]] if right is None else [live[left], live[right]]
+        if large == "sum":
+            live.append(arguments[0].sum(axis=subscripts))
+        elif large:
+            # Large products with shared batch indices are batched matrix
+            # products in torch but slow loops in numpy's einsum.
             live.append(torch.einsum(subscripts, *(torch.from_numpy(numpy.ascontiguousarray(a))
                                                    for a in arguments)).numpy())
         else:
             live.append(numpy.einsum(subscripts, *arguments))
-    operands, subscripts = expression.final
-    if not operands:
+    if expression.output is None:
         return numpy.ones(())
-    return numpy.asarray(numpy.einsum(subscripts, *[live[i] for i in operands]))
+    return numpy.asarray(live[expression.output])
 
 
 #: Coupling tables kept per network, bounded in total by the table limit.
@@ -783,7 +854,7 @@ def _group_expression(network, group: _Group, n: int, limit: int) -> _Expression
     sizes = {}
     for factor in group.factors:
         sizes.update(zip(factor.sliced, _sliced_shape(network, factor, n), strict=True))
-    expression = _expression([factor.sliced for factor in group.factors], sizes, group.keep)
+    expression = _expression([factor.sliced for factor in group.factors], sizes, group.keep, limit)
     if expression.largest * _ENTRY_BYTES > limit:
         raise _too_large("an intermediate table while contracting this query", expression.largest, limit)
     return expression
