@@ -376,7 +376,8 @@ def fit_scm(model, data, *, method: str = "svi", num_steps: int | None = None, n
             enumerated = bool({*tensors.partial, *tensors.latent_units} & discrete)
             local = bool(tensors.partial or tensors.latent_units)
             if method == "svi":
-                draws, stats, losses, fixed = _svi(fitting_model, parameters, param_store_names, num_steps=num_steps,
+                draws, optimizer_stats, losses, fixed = _svi(fitting_model, parameters, param_store_names,
+                                                             num_steps=num_steps,
                                                    num_samples=num_samples, learning_rate=learning_rate, show=show,
                                                    local=local, enumerated=enumerated,
                                                    nesting=info.max_plate_nesting + 1)
@@ -384,16 +385,18 @@ def fit_scm(model, data, *, method: str = "svi", num_steps: int | None = None, n
                 draws, stats = _nuts(fitting_model, parameters, num_samples=num_samples, num_warmup=num_warmup,
                                      num_chains=num_chains, seed=int(seed), show=show,
                                      nesting=info.max_plate_nesting + 1)
-                losses, fixed = None, {}
+                losses, fixed, optimizer_stats = None, {}, {}
     finally:
         torch.set_rng_state(state)
     seconds = time.perf_counter() - started
-    posterior = SCMPosterior(draws, method=method, sample_stats=stats, losses=losses, fixed=fixed,
+    posterior = SCMPosterior(draws, method=method, sample_stats=stats if method == "nuts" else {},
+                             losses=losses, fixed=fixed,
                              info={"seconds": seconds, "num_rows": len(table), "columns": columns,
                                    "parameters": parameters, "units": units,
                                    "missing": {n: int(tensors.values[n][1].sum()) for n in tensors.partial},
                                    "latent": tensors.latent_units, "num_steps": num_steps if method == "svi" else None,
-                                   "num_warmup": num_warmup if method == "nuts" else None},
+                                   "num_warmup": num_warmup if method == "nuts" else None,
+                                   **optimizer_stats},
                              level=float(level), model=model)
     if check and not posterior.diagnostics_ok:
         from bayes_defense.fitting.diagnostics import FitDiagnosticsWarning
@@ -470,7 +473,13 @@ def _svi(fitting_model, parameters, param_store_names, *, num_steps, num_samples
             for name in parameters:
                 draws[name].append(sample[name].detach().cpu().numpy())
     fixed = {name: pyro.param(name).detach().cpu().numpy() for name in param_store_names}
-    return {name: np.stack(values)[None] for name, values in draws.items()}, {}, losses, fixed
+    stats = {}
+    if hasattr(guide, "converged"):
+        # L-BFGS's losses include line-search trials, so their trend says nothing; its own stopping
+        # rule does (it stops early once the loss and gradient stop changing).
+        stats = {"lbfgs_iterations": guide.iterations, "lbfgs_converged": guide.converged}
+        losses = None
+    return {name: np.stack(values)[None] for name, values in draws.items()}, stats, losses, fixed
 
 
 def _mode(fitting_model, *, num_steps) -> dict:
@@ -505,6 +514,9 @@ def _lbfgs(fitting_model, *, num_steps):
         return loss
 
     optimizer.step(closure)
+    state = optimizer.state[optimizer._params[0]]
+    guide.iterations = int(state.get("n_iter", 0))
+    guide.converged = guide.iterations < num_steps
     if not np.isfinite(losses[-1]):
         raise InvalidInputError("the fit's loss is not finite at the mode: the data have probability zero "
                                 "under the model's priors (a value outside a site's support?)")
@@ -522,7 +534,9 @@ def _laplace(fitting_model, *, num_steps):
     """
     guide, losses = _lbfgs(fitting_model, num_steps=num_steps)
     try:
-        return guide.laplace_approximation(), np.asarray(losses)
+        laplace = guide.laplace_approximation()
+        laplace.iterations, laplace.converged = guide.iterations, guide.converged
+        return laplace, np.asarray(losses)
     except (RuntimeError, ValueError):
         raise InvalidInputError(f"the posterior's curvature at the point reached after {len(losses)} loss "
                                 "evaluations is not positive definite, so the mode was not reached or the "
@@ -675,6 +689,9 @@ class SCMPosterior:
             per_chain = next(iter(self.draws.values())).shape[1] if self.draws else 0
             self._problems = convergence_problems(self.method, self.diagnostics, per_chain, self.sample_stats,
                                                   trend)
+            if self.info.get("lbfgs_converged") is False:
+                self._problems.append(f"L-BFGS stopped at its limit of {self.info['lbfgs_iterations']} iterations "
+                                      "before the mode converged; raise num_steps")
         return list(self._problems)
 
     @property

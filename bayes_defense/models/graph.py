@@ -8,12 +8,15 @@ and every query of the causal core answers the fitted model.
 
 Mechanisms, per node:
 
-- ``"linear"`` (continuous): ``x = c0 + sum_p w_p x_p + e``, ``e ~ Normal(0, s)``;
+- ``"linear"`` (continuous): ``x = c0 + sum_p w_p (x_p - location_p) + e``,
+  ``e ~ Normal(0, s)``;
 - ``"additive"`` (continuous): a linear spline in each parent, added up:
-  ``x = c0 + sum_p (w_p x_p + sum_k a_pk relu(z_p - t_k)) + e``, where
-  ``z_p = (x_p - location_p) / spread_p`` puts the knots ``t_k`` where the
-  parent's values lie (pass ``scales=`` or a training table), so the parent
-  effect can bend without the noise stopping being additive;
+  ``x = c0 + sum_p (w_p (x_p - location_p) + sum_k a_pk relu(z_p - t_k)) + e``,
+  where ``z_p = (x_p - location_p) / spread_p`` puts the knots ``t_k`` where
+  the parent's values lie, so the parent effect can bend without the noise
+  stopping being additive. Locations and spreads come from ``scales=`` (a
+  training table, or 0 and 1 by default); with them the intercept ``c0`` is
+  the node's level when its parents are at their locations;
 - ``"discrete"``: a node with ``states`` (an integer of at least 2) takes
   values ``0 .. states - 1`` from a conditional probability table, one
   Dirichlet-distributed row per configuration of its (discrete) parents.
@@ -225,7 +228,9 @@ class GraphSCM:
                 index = value.long()
                 columns += [(index == state).to(torch.get_default_dtype()) for state in range(1, parent_spec.states)]
                 continue
-            columns.append(value)
+            # Centred at the parent's location: the intercept is then the node's level at typical
+            # parents, nearly uncorrelated with the slopes, which keeps the fit well conditioned.
+            columns.append(value - float(self.locations[parent]))
             if spec.kind == "additive":
                 z = (value - float(self.locations[parent])) / float(self.spreads[parent])
                 columns += [torch.relu(z - knot) for knot in self.knots]

@@ -67,7 +67,7 @@ def test_additive_mechanism_is_a_linear_spline_of_each_parent():
     x = torch.tensor([-4.0, 0.0, 1.0, 2.0, 6.0])
     d = scm.distribution("y", {"y.coefficients": coefficients, "y.scale": torch.tensor(1.0)}, {"x": x})
     z = (x - 1.0) / 2.0
-    expected = 0.5 + x + 2.0 * torch.relu(z + 1) - torch.relu(z) + 3.0 * torch.relu(z - 1)
+    expected = 0.5 + (x - 1.0) + 2.0 * torch.relu(z + 1) - torch.relu(z) + 3.0 * torch.relu(z - 1)
     assert torch.allclose(d.loc, expected)
 
 
