@@ -779,8 +779,9 @@ def fit_series(values: Any, *, periods: Any = "auto", steps: int = 600, draws: i
     is then maximised in expectation under a multivariate normal guide over
     the unconstrained parameters (Pyro SVI). The posterior draws feed
     :class:`SeriesModel` (``parameters=``). Diagnostics: the final ELBO and
-    its change over the last tenth of the steps against the noise of the
-    stochastic ELBO (``elbo_noise``, three standard errors), and the Pareto ``k`` of the
+    its rise over the last tenth of the steps against the noise of the
+    stochastic ELBO (``elbo_noise``, three standard errors; the check of
+    :func:`bayes_defense.fitting.diagnostics.loss_trend`), and the Pareto ``k`` of the
     importance weights of guide draws (ArviZ ``psislw``; above 0.7 the guide
     is a poor fit to the posterior, Yao et al. 2018).
 
@@ -824,8 +825,10 @@ def _fit_series(values: Any, periods: Any, steps: int, draws: int, seed: int, le
     import pyro
     import pyro.distributions as dist
     import torch
-    from pyro.infer import SVI, Trace_ELBO
-    from pyro.infer.autoguide import AutoMultivariateNormal
+    from pyro.infer.autoguide import init_to_median
+
+    from bayes_defense.fitting.diagnostics import loss_trend
+    from bayes_defense.fitting.svi import svi_multivariate_normal
 
     block = np.asarray(values, dtype=np.float64)
     if block.ndim == 1:
@@ -876,13 +879,10 @@ def _fit_series(values: Any, periods: Any, steps: int, draws: int, seed: int, le
 
     pyro.clear_param_store()
     torch.manual_seed(seed)
-    guide = AutoMultivariateNormal(pyro_model)
-    # The step size decays tenfold over the run: the posterior of thousands of rows is narrow, and
-    # the guide must settle on it rather than jitter around it.
-    decay = 0.1 ** (1.0 / max(int(steps), 1))
-    svi = SVI(pyro_model, guide, pyro.optim.ClippedAdam({"lr": learning_rate, "lrd": decay}), Trace_ELBO())
-    losses = [float(svi.step()) for _ in range(int(steps))]
-    tail = max(1, len(losses) // 10)
+    # The package's SVI runner: a multivariate normal guide, the step size decaying tenfold over the run
+    # (the posterior of thousands of rows is narrow, and the guide must settle on it).
+    guide, losses = svi_multivariate_normal(pyro_model, init_to_median, num_steps=int(steps),
+                                            learning_rate=learning_rate, show=False, desc="fit series")
     with torch.no_grad():
         samples = [guide() for _ in range(int(draws))]
         log_weights = []
@@ -897,15 +897,13 @@ def _fit_series(values: Any, periods: Any, steps: int, draws: int, seed: int, le
             out[name] = np.full(int(draws), _prior_mean(name))
         else:
             out[name] = np.array([float(sample[name]) for sample in samples[: int(draws)]])
-    last, before = np.array(losses[-tail:]), np.array(losses[-2 * tail:-tail])
-    elbo = -float(last.mean())
-    # Converged: the ELBO of the last tenth of the steps differs from the tenth before by no more
-    # than the noise of the stochastic ELBO (three standard errors) or a thousandth of its size.
-    change = abs(float(last.mean() - before.mean())) if before.size else math.nan
-    noise = 3.0 * math.sqrt((last.var() + before.var()) / tail) if before.size else math.nan
-    converged = bool(before.size) and change <= max(noise, 1e-3 * abs(elbo))
-    diagnostics = {"elbo": elbo, "elbo_change": change, "elbo_noise": noise, "pareto_k": pareto_k,
-                   "periods": model.periods, "rows": int(z.shape[0]), "ok": bool(pareto_k < 0.7 and converged)}
+    # Settled: the loss of the last tenth of the steps no longer falls below the tenth before
+    # (fitting.diagnostics.loss_trend: by three standard errors and a thousandth of the loss).
+    trend = loss_trend(losses)
+    diagnostics = {"elbo": -trend["last"], "elbo_change": trend["previous"] - trend["last"],
+                   "elbo_noise": 3.0 * trend["se"], "pareto_k": pareto_k, "periods": model.periods,
+                   "rows": int(z.shape[0]),
+                   "ok": bool(pareto_k < 0.7 and not trend["still_falling"])}
     return out, diagnostics
 
 
