@@ -42,7 +42,12 @@ df) were chosen on the synthetic streams of ``tests/stream/test_series.py``
 
 Usage::
 
-    python papers/asd_detection.py [--data ../shared/data/asd] [--entities 12] [--out papers/asd_detection.md]
+    python papers/asd_detection.py [--data ../shared/data/asd] [--entities 12] [--jobs 2]
+        [--cache units.json] [--report-only] [--out papers/asd_detection.md]
+
+With ``--cache`` each finished work unit (an entity, or one detector's
+synthetic streams) is stored as it finishes; ``--report-only`` writes the
+report from the finished units and says how many there were.
 """
 
 from __future__ import annotations
@@ -273,65 +278,91 @@ DETECTORS = {
 }
 
 
+def entity_result(data: str, entity: str, names: list[str]) -> dict:
+    """Everything the report needs from one entity: per detector its pooled-able pieces."""
+    train, test, labels, segments = load_entity(Path(data), entity)
+    out: dict = {"entity": entity, "labels": labels.tolist(), "detectors": {}}
+    for name in names:
+        started = time.process_time()
+        if name == "series model":
+            train_scores, test_scores, column_scores, diagnostics = series_model(train, test)
+            out["fit"] = {"periods": diagnostics["periods"], "pareto_k": diagnostics["pareto_k"],
+                          "ok": diagnostics["ok"]}
+        else:
+            train_scores, test_scores, column_scores = DETECTORS[name](train, test)
+        threshold = float(np.nanquantile(train_scores, TRAIN_QUANTILE))
+        at100, at150 = hit_rates(column_scores, segments)
+        out["detectors"][name] = {
+            "seconds": time.process_time() - started, "threshold": threshold,
+            "test": np.where(np.isfinite(test_scores), test_scores, -1.0).tolist(),
+            "at100": at100, "at150": at150}
+    return out
+
+
+def _work(task: tuple) -> tuple[str, dict]:
+    kind, argument, data, names, seeds = task
+    if kind == "entity":
+        return argument, entity_result(data, argument, names)
+    return argument, synthetic_report(argument, range(seeds))
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--data", default="../shared/data/asd", help="folder of the ASD files (default ../shared/data/asd)")
     parser.add_argument("--entities", type=int, default=12, help="first N entities omi-1..omi-N (default 12)")
     parser.add_argument("--synthetic-seeds", type=int, default=10, help="synthetic streams (default 10)")
+    parser.add_argument("--jobs", type=int, default=1, help="worker processes (default 1)")
+    parser.add_argument("--cache", default=None,
+                        help="JSON file of finished work units: read, extended as units finish, so a rerun resumes")
+    parser.add_argument("--report-only", action="store_true",
+                        help="write the report from the units in --cache that are finished; compute nothing")
     parser.add_argument("--out", default="papers/asd_detection.md", help="report (default papers/asd_detection.md)")
-    parser.add_argument("--json", default=None, help="also write the raw numbers here")
     args = parser.parse_args()
     import importlib.util
 
     names = ["series model"] + [n for n in DETECTORS if n != "half-space trees" or importlib.util.find_spec("river")]
-    data = Path(args.data)
-    pooled: dict[str, dict[str, list]] = {name: {"labels": [], "test": [], "train_flags": [], "half": [],
-                                                 "at100": [], "at150": [], "seconds": 0.0} for name in names}
-    fit_notes = []
-    for k in range(1, args.entities + 1):
-        entity = f"omi-{k}"
-        train, test, labels, segments = load_entity(data, entity)
-        for name in names:
-            started = time.process_time()
-            if name == "series model":
-                train_scores, test_scores, column_scores, diagnostics = series_model(train, test)
-                fit_notes.append((entity, diagnostics))
-            else:
-                train_scores, test_scores, column_scores = DETECTORS[name](train, test)
-            record = pooled[name]
-            record["seconds"] += time.process_time() - started
-            threshold = np.nanquantile(train_scores, TRAIN_QUANTILE)
-            finite = np.where(np.isfinite(test_scores), test_scores, -np.inf)
-            record["labels"].append(labels)
-            record["test"].append(test_scores)
-            record["train_flags"].append(finite >= threshold)
-            record["half"].append(finite >= 0.5)
-            at100, at150 = hit_rates(column_scores, segments)
-            record["at100"] += at100
-            record["at150"] += at150
-        print(f"{entity} done", flush=True)
+    cache_path = Path(args.cache) if args.cache else None
+    done: dict = json.loads(cache_path.read_text()) if cache_path and cache_path.exists() else {}
+    tasks = [("entity", f"omi-{k}", args.data, names, args.synthetic_seeds) for k in range(1, args.entities + 1)]
+    tasks += [("synthetic", name, args.data, names, args.synthetic_seeds) for name in names]
+    todo = [task for task in tasks if f"{task[0]}:{task[1]}" not in done]
+    if not args.report_only and todo:
+        from multiprocessing import Pool
+
+        with Pool(max(1, args.jobs)) as pool:
+            for key, result in pool.imap_unordered(_work, [(t[0], t[1], t[2], t[3], t[4]) for t in todo]):
+                kind = "entity" if key.startswith("omi-") else "synthetic"
+                done[f"{kind}:{key}"] = result
+                if cache_path:
+                    cache_path.write_text(json.dumps(done))
+                print(f"{key} done", flush=True)
+    entities = [done[f"entity:omi-{k}"] for k in range(1, args.entities + 1) if f"entity:omi-{k}" in done]
     results = {}
     for name in names:
-        record = pooled[name]
-        labels = np.concatenate(record["labels"])
-        entity_best_pa = [best_f1(s, lab, True) for s, lab in zip(record["test"], record["labels"], strict=True)]
-        entity_best = [best_f1(s, lab, False) for s, lab in zip(record["test"], record["labels"], strict=True)]
+        per = [e["detectors"][name] for e in entities if name in e["detectors"]]
+        if not per:
+            continue
+        labels_list = [np.asarray(e["labels"]) for e in entities]
+        tests = [np.asarray(d["test"]) for d in per]
+        labels = np.concatenate(labels_list)
+        train_flags = np.concatenate([t >= d["threshold"] for t, d in zip(tests, per, strict=True)])
+        half = np.concatenate([t >= 0.5 for t in tests])
         results[name] = {
-            "f1_train_threshold": f1(np.concatenate(record["train_flags"]), labels),
-            "f1_half": f1(np.concatenate(record["half"]), labels) if name in ("series model", "MetricAnomalyDetector") else None,
-            "best_f1_point_adjusted": float(np.mean(entity_best_pa)),
-            "best_f1": float(np.mean(entity_best)),
-            "hit_rate_100": float(np.mean(record["at100"])),
-            "hit_rate_150": float(np.mean(record["at150"])),
-            "cpu_seconds": record["seconds"],
+            "f1_train_threshold": f1(train_flags, labels),
+            "f1_half": f1(half, labels) if name in ("series model", "MetricAnomalyDetector") else None,
+            "best_f1_point_adjusted": float(np.mean([best_f1(t, lab, True) for t, lab in zip(tests, labels_list, strict=True)])),
+            "best_f1": float(np.mean([best_f1(t, lab, False) for t, lab in zip(tests, labels_list, strict=True)])),
+            "hit_rate_100": float(np.mean([x for d in per for x in d["at100"]])),
+            "hit_rate_150": float(np.mean([x for d in per for x in d["at150"]])),
+            "cpu_seconds": float(sum(d["seconds"] for d in per)),
         }
-    synthetic = {name: synthetic_report(name, range(args.synthetic_seeds)) for name in names}
-    write_report(Path(args.out), results, synthetic, fit_notes, args)
-    if args.json:
-        Path(args.json).write_text(json.dumps({"asd": results, "synthetic": synthetic}, indent=1, default=str))
+    synthetic = {name: done[f"synthetic:{name}"] for name in names if f"synthetic:{name}" in done}
+    fit_notes = [(e["entity"], e["fit"]) for e in entities if "fit" in e]
+    write_report(Path(args.out), results, synthetic, fit_notes, args, [e["entity"] for e in entities])
 
 
-def write_report(path: Path, results: dict, synthetic: dict, fit_notes: list, args: argparse.Namespace) -> None:
+def write_report(path: Path, results: dict, synthetic: dict, fit_notes: list, args: argparse.Namespace,
+                 entities: list[str]) -> None:
     def cell(value: float | None) -> str:
         return "-" if value is None or (isinstance(value, float) and math.isnan(value)) else f"{value:.3f}"
 
@@ -342,7 +373,8 @@ def write_report(path: Path, results: dict, synthetic: dict, fit_notes: list, ar
         f"{args.synthetic_seeds}` (data: `{args.data}`); every number below comes from that run. "
         "The protocol is in the script's docstring.",
         "",
-        f"## ASD: {args.entities} entities, 19 metrics, test rows pooled",
+        f"## ASD: {len(entities)} of {args.entities} entities ({', '.join(entities) or 'none'}), 19 metrics, "
+        "test rows pooled",
         "",
         "Threshold from train: the 99.5th percentile of the detector's scores on the entity's train split. "
         "Best F1: threshold searched on each entity's test split, averaged over entities "
@@ -366,7 +398,8 @@ def write_report(path: Path, results: dict, synthetic: dict, fit_notes: list, ar
     for entity, d in fit_notes:
         found = sorted({p for row in d["periods"] for p in row})
         lines.append(f"| {entity} | {', '.join(map(str, found)) or 'none'} | {d['pareto_k']:.2f} | {d['ok']} |")
-    lines += ["", f"## Synthetic univariate streams: {args.synthetic_seeds} seeds x 40k scored rows", "",
+    lines += ["", f"## Synthetic univariate streams: {args.synthetic_seeds} seeds x 40k scored rows "
+              f"({len(synthetic)} of the detectors finished)", "",
               "Daily pattern (288 rows) with unit noise; 12 injected anomalies per stream: spikes (8-15 spreads), "
               "temporary level shifts (3-6 spreads, 50-500 rows) and drifts (0.05-0.2 spreads per row for "
               "100-300 rows, then held 500 rows). Thresholds from a clean 10k-row prefix (series model: p >= 0.5).",
