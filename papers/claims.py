@@ -38,6 +38,8 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+from _stats import wilson  # papers/ is on sys.path when a script here runs
+
 #: Seeds of the detection scenarios: never used for tuning (0-159) or by evaluate_defender.py (30000+, 35000+).
 FIRST_SEED = 50_000
 #: Bytes of a protocol message authenticated per send, for the protocol-work proxy (a PBFT PREPARE with
@@ -126,16 +128,6 @@ def measure_times(nodes: int, repeats: int) -> dict[str, dict[str, float]]:
     return {"nodes": nodes, **out}
 
 
-def _wilson(successes: int, trials: int, level: float = 0.9) -> tuple[float, float, float]:
-    if trials == 0:
-        return math.nan, math.nan, math.nan
-    z = statistics.NormalDist().inv_cdf(0.5 + level / 2)
-    p = successes / trials
-    centre = (p + z * z / (2 * trials)) / (1 + z * z / trials)
-    half = z * math.sqrt(p * (1 - p) / trials + z * z / (4 * trials * trials)) / (1 + z * z / trials)
-    return p, max(0.0, centre - half), min(1.0, centre + half)
-
-
 def measure_detection(scenarios: int, duration: float, workers: int, out: Path) -> dict[str, object]:
     """Run the defender over fresh scenarios with the sweep; pool the rates of DESIGN.md section 6."""
     from bayes_defense.stream.metrics import combine_reports
@@ -150,9 +142,9 @@ def measure_detection(scenarios: int, duration: float, workers: int, out: Path) 
     pooled = combine_reports(rows)
     leads = [t for row in rows for t in row["lead_times"]]
     in_window = sum(1 for t in leads if 30 <= t <= 300)
-    return {"pooled": pooled, "detection": _wilson(pooled["detected"], pooled["attacks"]),
-            "false_positive": _wilson(pooled["benign_windows_alerted"], pooled["benign_windows"]),
-            "lead_window": _wilson(in_window, len(leads)), "leads": leads, "scenarios": scenarios,
+    return {"pooled": pooled, "detection": wilson(pooled["detected"], pooled["attacks"]),
+            "false_positive": wilson(pooled["benign_windows_alerted"], pooled["benign_windows"]),
+            "lead_window": wilson(in_window, len(leads)), "leads": leads, "scenarios": scenarios,
             "duration": duration}
 
 

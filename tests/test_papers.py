@@ -12,6 +12,12 @@ import pytest
 ROOT = Path(__file__).resolve().parent.parent
 
 
+@pytest.fixture(autouse=True)
+def _papers_on_path(monkeypatch):
+    # A script in papers/ runs with papers/ first on sys.path (its shared helpers live there).
+    monkeypatch.syspath_prepend(str(ROOT / "papers"))
+
+
 def _load(name: str):
     spec = importlib.util.spec_from_file_location(f"papers_{name}", ROOT / "papers" / f"{name}.py")
     module = importlib.util.module_from_spec(spec)
@@ -37,12 +43,24 @@ def test_claims_script_writes_every_claim(tmp_path):
 
 
 def test_wilson_interval_is_inside_zero_one_and_covers_the_rate():
-    claims = _load("claims")
+    wilson = _load("_stats").wilson
     for successes, trials in ((0, 4), (4, 4), (3, 10), (500, 1000)):
-        p, low, high = claims._wilson(successes, trials)
+        p, low, high = wilson(successes, trials)
         assert 0.0 <= low <= p <= high <= 1.0
     # The 90% Wilson interval for 0 of 4: upper bound z^2 / (n + z^2) with z = 1.645.
-    assert claims._wilson(0, 4)[2] == pytest.approx(1.6449 ** 2 / (4 + 1.6449 ** 2), rel=1e-3)
+    assert wilson(0, 4)[2] == pytest.approx(1.6449 ** 2 / (4 + 1.6449 ** 2), rel=1e-3)
+
+
+@pytest.mark.slow  # a Dask worker process and simulated scenarios: about a minute
+def test_baselines_script_writes_a_table_per_cluster_size(tmp_path):
+    pytest.importorskip("distributed")
+    baselines = _load("baselines")
+    out = tmp_path / "baselines.md"
+    baselines.main(["--nodes", "4", "--seeds", "1", "--intensities", "1", "--duration", "240", "--workers", "1",
+                    "--sweep-dir", str(tmp_path / "sweep"), "--out", str(out)])
+    text = out.read_text()
+    assert "## 4 replicas" in text and "defender: detection / FPR" in text
+    assert (tmp_path / "baselines.png").stat().st_size > 0
 
 
 def test_backends_script_reads_asv_results_and_draws_the_figure(tmp_path):
