@@ -24,7 +24,7 @@ evidence sits in the last row. For every signal:
 - transitions: Beta posteriors of the labelled phase changes per window.
 
 Each Beta has the prior's value as its mean and ``prior_strength``
-pseudo-windows of weight; the posterior draws are independent (conjugate),
+pseudo-windows of weight (:data:`BASELINE_STRENGTH` for the benign rates); the posterior draws are independent (conjugate),
 so no sampler diagnostics apply. Benign faults are not labelled and keep
 their prior draws. Phases latent (no labels) are not fitted: the fit says so.
 
@@ -52,13 +52,17 @@ from bayes_defense.models.registry import attack_spec, tracked_attacks
 from bayes_defense.stream import evidence
 from bayes_defense.stream.signals import SIGNALS, WindowSignals
 
-__all__ = ["FORMAT_NAME", "FORMAT_VERSION", "PPC_TAIL", "RecordedWindows", "SignalPosterior", "record_windows",
+__all__ = ["FORMAT_NAME", "FORMAT_VERSION", "PPC_TAIL", "BASELINE_STRENGTH", "RecordedWindows", "SignalPosterior", "record_windows",
            "window_phases", "window_log_likelihoods", "fit_signal_model", "predictive_check", "posterior_from_groups"]
 
 FORMAT_NAME = "bayes_defense.signal_posterior"
 FORMAT_VERSION = "1.0"
 #: Two-sided tail of the posterior predictive check: outside the central 99.9 % fails.
 PPC_TAIL = 0.0005
+#: Pseudo-windows of the benign rates' prior. The indicators are thresholded at the 1 % tail of
+#: benign windows, so their benign rate is known to be near 0.01 before any data; a short log
+#: without a single benign "on" must not make it 0 (one later window would then look damning).
+BASELINE_STRENGTH = 200.0
 
 
 @dataclass
@@ -391,7 +395,7 @@ def fit_signal_model(data: Any, *, labels: Any = None, observation_map: Any = No
     benign_rate = {}
     for s, signal in enumerate(SIGNALS):
         name = evidence._baseline_name(signal)
-        on_fraction = _beta(rng, benign_on[s], benign_obs[s], prior[name], prior_strength, num_samples)
+        on_fraction = _beta(rng, benign_on[s], benign_obs[s], prior[name], BASELINE_STRENGTH, num_samples)
         faults = _fault_share(draws, signal, replicas, attributed=signal not in OUTCOME_SIGNALS)
         draws[name] = np.clip(1.0 - (1.0 - on_fraction) / (1.0 - faults), 1e-5, 1.0)
         benign_rate[signal] = 1.0 - (1.0 - draws[name]) * (1.0 - faults)

@@ -342,7 +342,10 @@ class SignalExtractor:
             if self.sources:
                 ranked = sorted(self.sources.values())
                 source = max(ranked, key=ranked.count)
-                out[rows[source] if source in rows else unattributed, column] = on
+                # A busiest source that is no replica (a client) is the load-spike look-alike: no
+                # replica's rate is up, and the model's flooding by a replica is not in view.
+                if source in rows:
+                    out[rows[source], column] = on
         delay = median("preprepare_interval")
         if delay is not None:
             on = self._continuous("cluster|preprepare_interval", delay)

@@ -9,7 +9,7 @@ from bayes_defense.errors import InvalidInputError
 from bayes_defense.models import registry
 from bayes_defense.sim import random_scenario
 from bayes_defense.sim.engine import Simulation
-from bayes_defense.stream import Event
+from bayes_defense.stream import Event, evidence
 from bayes_defense.stream.model_filter import ModelDefender
 from bayes_defense.stream.obsmap import ObservationMap
 
@@ -19,6 +19,19 @@ def replay_run():
     simulation = Simulation(random_scenario(7, nodes=4, duration=240.0, attacks=["replay"], faults=["jitter"],
                                             intensity=0.9))
     return list(simulation.events()), simulation.labels
+
+
+@pytest.fixture(scope="module")
+def fitted():
+    """A signal model fitted on two other runs (seeds 5 and 6), as a user would run the defender."""
+    from bayes_defense.fitting.signal_model import fit_signal_model
+
+    runs = []
+    for seed, attack in ((5, "replay"), (6, "flooding")):
+        simulation = Simulation(random_scenario(seed, nodes=4, duration=240.0, attacks=[attack],
+                                                faults=["jitter", "restart"], intensity=0.7))
+        runs.append((list(simulation.events()), simulation.labels))
+    return fit_signal_model(runs, num_samples=24, seed=0)
 
 
 def _check_bands(belief) -> None:
@@ -46,9 +59,9 @@ def test_every_probability_is_bounded_at_every_step(replay_run):
     assert defender.windows > 200
 
 
-def test_replay_is_detected_and_explained(replay_run):
+def test_replay_is_detected_and_explained(replay_run, fitted):
     events, labels = replay_run
-    defender = ModelDefender(ensemble=8, planner=None)
+    defender = ModelDefender(fitted, ensemble=8, planner=None)
     defender.observe_batch(events)
     defender.flush()
     label = labels[0]
@@ -93,10 +106,10 @@ def test_bad_checkpoint_state_is_refused_and_leaves_the_defender_as_it_was(repla
 
 
 @pytest.mark.parametrize("seed", [41, 42])
-def test_look_alike_faults_alone_raise_no_alert(seed):
+def test_look_alike_faults_alone_raise_no_alert(seed, fitted):
     simulation = Simulation(random_scenario(seed, nodes=7, duration=600.0, attacks=[],
                                             faults=["crash", "partition", "slow", "load_spike", "jitter", "restart"]))
-    defender = ModelDefender(ensemble=8, planner=None)
+    defender = ModelDefender(fitted, ensemble=8, planner=None)
     defender.observe_batch(simulation.events())
     defender.flush()
     assert list(defender.alerts) == []
@@ -139,12 +152,12 @@ replica = '^replica-\\d+$'
 """
 
 
-def test_renamed_vocabulary_gives_the_same_alerts(replay_run):
+def test_renamed_vocabulary_gives_the_same_alerts(replay_run, fitted):
     events, _ = replay_run
-    original = ModelDefender(ensemble=4, planner=None)
+    original = ModelDefender(fitted, ensemble=4, planner=None)
     original.observe_batch(events)
     original.flush()
-    renamed = ModelDefender(ensemble=4, planner=None, observation_map=ObservationMap.from_toml(RENAMED_MAP))
+    renamed = ModelDefender(fitted, ensemble=4, planner=None, observation_map=ObservationMap.from_toml(RENAMED_MAP))
     renamed.observe_batch(_renamed(events))
     renamed.flush()
     assert renamed.rejected == original.rejected
@@ -173,11 +186,12 @@ def test_user_attack_is_tracked_and_detected():
         simulation = Simulation(random_scenario(3, nodes=7, duration=400.0, attacks=[], faults=[]))
         events = list(simulation.events())
         # Its signals show from 250 s to 320 s: r2 asks for view changes and its peer table fills.
-        extra = [Event(t + 0.5, "r2", "view_change", 1.0, {"view": 0}) for t in range(250, 320, 2)]
+        extra = [Event(t + 0.5, "r2", "view_change", 1.0, {"view": 0}) for t in range(250, 320)]
         extra += [Event(t + 0.7, f"x{t}", "join", 1.0, {"prefix": "10.9", "role": "peer", "peer_of": "r2"})
-                  for t in range(250, 320, 2)]
+                  for t in range(250, 320)]
         events = sorted(events + extra, key=lambda e: e.ts)
-        defender = ModelDefender(ensemble=8, planner=None)
+        # The catalogue's values as one parameter draw: the attack's own numbers, no fit.
+        defender = ModelDefender(evidence.default_values(), planner=None)
         assert "vote_and_poison" in defender.attacks
         defender.observe_batch(events)
         defender.flush()
