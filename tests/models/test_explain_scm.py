@@ -235,3 +235,20 @@ def test_bad_plan_input():
         bd.plan(model, {}, {"x": {"b": 0}})
     with pytest.raises(bd.InvalidInputError, match="not actions"):
         bd.plan(model, {}, {"x": {"b": 0}}, risk={"d": 1}, cost={"y": 1.0})
+
+
+def test_batched_draws_equal_one_run_per_draw(monkeypatch):
+    from bayes_defense.causal import attribution
+    from bayes_defense.fitting.scm import FittedSCM
+
+    scm, parameters, names, *_ = _random_linear(3, num_nodes=6)
+    rng = np.random.default_rng(0)
+    draws = [{k: v.numpy() + 0.05 * rng.normal(size=v.shape) for k, v in parameters.items()} for _ in range(4)]
+    fitted = FittedSCM(scm, {k: v.numpy() for k, v in parameters.items()}, draws)
+    incident = scm.simulate(1, parameters, shift={names[1]: 5.0}, seed=0).iloc[0].to_dict()
+    batched = bd.explain(fitted, incident, names[-1])
+    monkeypatch.setattr(attribution, "_batched_graph_draws", lambda model: None)
+    looped = bd.explain(fitted, incident, names[-1])
+    assert [c for c, _ in batched.ranking] == [c for c, _ in looped.ranking]
+    for (_, a), (_, b) in zip(batched.ranking, looped.ranking):
+        assert (a.mean, a.lower, a.upper) == pytest.approx((b.mean, b.lower, b.upper), abs=1e-5)
