@@ -188,10 +188,11 @@ def load_posterior(path: str | os.PathLike[str]):
 
 def _readers() -> dict[str, tuple[str, str]]:
     """Format name -> (module, reader taking ``(path, groups)``), each name read from its own module."""
-    from bayes_defense.fitting import cluster, defender
+    from bayes_defense.fitting import cluster, defender, signal_model
 
     readers = {defender.FORMAT_NAME: ("bayes_defense.fitting.defender", "posterior_from_groups"),
-               cluster.CLUSTER_FORMAT_NAME: ("bayes_defense.fitting.cluster", "posterior_from_groups")}
+               cluster.CLUSTER_FORMAT_NAME: ("bayes_defense.fitting.cluster", "posterior_from_groups"),
+               signal_model.FORMAT_NAME: ("bayes_defense.fitting.signal_model", "posterior_from_groups")}
     if importlib.util.find_spec("bayes_defense.fitting.scm") is not None:
         from bayes_defense.fitting import scm
 

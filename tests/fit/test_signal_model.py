@@ -70,8 +70,8 @@ def test_fit_learns_replay_signals_and_reaches_the_defender(run, posterior):
 
 def test_posterior_file_round_trip(posterior, tmp_path):
     path = posterior.save(tmp_path / "signal.nc")
-    back = signal_model.posterior_from_groups(path, __import__(
-        "bayes_defense.fitting.storage", fromlist=["x"]).read_posterior_groups(path))
+    back = bd.load_posterior(path)
+    assert isinstance(back, signal_model.SignalPosterior)
     assert back.attacks == posterior.attacks
     np.testing.assert_allclose(back.draws["window.duplicates.replay"], posterior.draws["window.duplicates.replay"])
     assert back.ppc == posterior.ppc
@@ -96,3 +96,13 @@ def test_fit_needs_labels(run):
     events, _ = run
     with pytest.raises(InvalidInputError, match="labels"):
         signal_model.fit_signal_model(events)
+
+
+def test_newer_format_version_is_refused_with_a_reason(posterior, tmp_path):
+    from bayes_defense.fitting.storage import read_posterior_groups
+
+    path = posterior.save(tmp_path / "signal.nc")
+    groups = read_posterior_groups(path)
+    groups["posterior"].attrs["format_version"] = "2.0"
+    with pytest.raises(InvalidInputError, match="format version '2.0'.*refit"):
+        signal_model.posterior_from_groups(path, groups)
