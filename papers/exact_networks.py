@@ -1,8 +1,8 @@
 """Exact queries on the bnlearn networks shipped inside pgmpy: time per query against pgmpy, and errors.
 
-Regenerates the table of docs/exact_networks.md:
+The table in docs/exact_networks.md is the output of
 
-    python papers/exact_networks.py --queries 5 --counterfactuals 2 --out docs/exact_networks.md
+    python papers/exact_networks.py --queries 5 --counterfactuals 2 --out exact_networks.md
 
 For every ``*.bif.gz`` in pgmpy's ``utils/example_models`` (or the ones named
 with ``--networks``), parsed once by pgmpy's BIF reader (not timed, for
@@ -221,8 +221,8 @@ def table(rows: list, parse_seconds: dict, nodes: dict) -> str:
 def main(argv=None) -> list:
     parser = argparse.ArgumentParser(
         description=__doc__.splitlines()[0],
-        epilog="Command for the table in docs/exact_networks.md: python papers/exact_networks.py --queries 5 "
-               "--counterfactuals 2 --out docs/exact_networks.md",
+        epilog="The table in docs/exact_networks.md: python papers/exact_networks.py --queries 5 "
+               "--counterfactuals 2 --out exact_networks.md",
     )
     parser.add_argument("--networks", nargs="+", metavar="NAME",
                         help="network names (default: every *.bif.gz shipped inside pgmpy)")
