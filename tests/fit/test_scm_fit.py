@@ -253,3 +253,17 @@ def test_coverage_of_the_credible_intervals():
     coverage = hits / total
     se = math.sqrt(0.9 * 0.1 / total)
     assert abs(coverage - 0.9) < 5 * se, coverage
+
+
+@pytest.mark.slow
+def test_missing_discrete_cells_are_summed_out():
+    scm = bd.models.from_graph(nx.DiGraph([("x", "y")]), states={"x": 2, "y": 2})
+    truth = {"x.cpt": torch.tensor([[0.3, 0.7]]), "y.cpt": torch.tensor([[0.8, 0.2], [0.1, 0.9]])}
+    table = scm.simulate(600, truth, seed=0).astype(float)
+    table.loc[::3, "x"] = np.nan
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", bd.fitting.FitDiagnosticsWarning)
+        posterior = bd.fit(scm, table, num_steps=1000, num_samples=400, progress=False)
+    for name in ("x.cpt", "y.cpt"):
+        draws = posterior.flat(name)
+        assert np.all(np.abs(draws.mean(0) - truth[name].numpy()) < 5 * draws.std(0) + 1e-3), name
