@@ -426,7 +426,6 @@ def run_task(task: Task, out: str | os.PathLike[str] | None = None) -> dict[str,
         if out is None:
             raise InvalidInputError("a fit task writes its posterior under the sweep's directory; pass out")
         import bayes_defense as bd
-
         from bayes_defense.fitting import extract_features
 
         started = time.perf_counter()

@@ -14,7 +14,15 @@ import pandas as pd
 import pytest
 
 from bayes_defense.commands import main
-from bayes_defense.sweep import TIMING_COLUMNS, expand, load_sweep, parse_sweep, read_table, run_sweep, run_task
+from bayes_defense.sweep import (
+    TIMING_COLUMNS,
+    expand,
+    load_sweep,
+    parse_sweep,
+    read_table,
+    run_sweep,
+    run_task,
+)
 
 distributed = pytest.importorskip("distributed")
 
