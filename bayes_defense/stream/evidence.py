@@ -239,12 +239,12 @@ class SignalTables:
     log_off: np.ndarray
     log_fault_prior: np.ndarray
     footing: tuple
-    stacked: np.ndarray = None   # (D * A * 4 * (G + 1) * 4, 2 S): [log_on, log_off] for one matrix product
+    stacked: np.ndarray = None   # (2 S, D * A * 4 * (G + 1) * 4): log_on, then log_off, one row per signal
 
     def __post_init__(self) -> None:
         signals = self.log_on.shape[-1]
         stacked = np.concatenate([self.log_on.reshape(-1, signals), self.log_off.reshape(-1, signals)], 1)
-        object.__setattr__(self, "stacked", np.ascontiguousarray(stacked))
+        object.__setattr__(self, "stacked", np.ascontiguousarray(stacked.T))
 
     @property
     def draws(self) -> int:
@@ -432,10 +432,10 @@ def window_log_likelihood(model: SignalTables, window: WindowSignals, *, with_at
     indicator = np.concatenate([on, off], 1) > 0.5
     distinct, inverse = np.unique(indicator, axis=0, return_inverse=True)
     stacked = model.stacked
-    sums = np.empty((stacked.shape[0], distinct.shape[0]))
+    sums = np.empty((distinct.shape[0], stacked.shape[1]))
     for j, row in enumerate(distinct):
-        sums[:, j] = stacked[:, np.flatnonzero(row)].sum(1)
-    terms = sums[:, inverse.reshape(-1)].reshape(model.log_on.shape[:-1] + (replicas + 1,))
+        np.sum(stacked[np.flatnonzero(row)], axis=0, out=sums[j])
+    terms = np.moveaxis(sums[inverse.reshape(-1)], 0, -1).reshape(model.log_on.shape[:-1] + (replicas + 1,))
     t00, t10, t01, t11 = (terms[..., a, f, :replicas] for a, f in ((0, 0), (1, 0), (0, 1), (1, 1)))
     outside_row = terms[..., 1, 1, replicas]                                  # (D, A, K, G)
     base = t00.sum(-1) + outside_row                                          # (D, A, K, G)
