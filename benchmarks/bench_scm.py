@@ -26,7 +26,7 @@ SIZES = (10, 50, 200)
 ROWS = 10_000
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def case(nodes: int):
     """(GraphSCM, true parameters, outcome, injected cause) for a graph of ``nodes`` nodes."""
     import bayes_defense as bd

@@ -101,7 +101,7 @@ class Truth:
         values = {}
         for node in self.order:
             parents, weights = self.weights[node]
-            loc = self.intercept[node] + sum(w * self.h(values[p]) for p, w in zip(parents, weights))
+            loc = self.intercept[node] + sum(w * self.h(values[p]) for p, w in zip(parents, weights, strict=True))
             values[node] = loc + self.scale[node] * (rng.normal(size=rows) + shift.get(node, 0.0))
         return pd.DataFrame(values)
 
@@ -116,7 +116,7 @@ class Truth:
             for node in self.order:
                 parents, weights = self.weights[node]
                 loc = torch.as_tensor(self.intercept[node])
-                for p, w in zip(parents, weights):
+                for p, w in zip(parents, weights, strict=True):
                     x = values[p]
                     loc = loc + float(w) * (x + torch.tanh(2 * x) if self.nonlinear else x)
                 values[node] = pyro.sample(node, dist.Normal(loc, self.scale[node]))
@@ -199,10 +199,10 @@ def run_config(kind: str, size: int, nonlinear: bool, *, incidents: int, dowhy_i
         base = truth.simulate(1, np.random.default_rng([seed, size, index]))
         row = truth.simulate(1, noise_rng, shift={cause: shift}).iloc[0].to_dict()
         identifiable.append(abs(row[outcome] - base[outcome].iloc[0]) > 3 * sd[outcome])
-        for name, call in (("bd", lambda: explain_bd(fitted, row, outcome)),
-                           ("truth", lambda: explain_bd(oracle, row, outcome)),
-                           ("zscore", lambda: explain_zscore(mean, sd, row, candidates)),
-                           ("dowhy", (lambda: explain_dowhy(dowhy_model, row, outcome, candidates))
+        for name, call in (("bd", lambda row=row: explain_bd(fitted, row, outcome)),
+                           ("truth", lambda row=row: explain_bd(oracle, row, outcome)),
+                           ("zscore", lambda row=row: explain_zscore(mean, sd, row, candidates)),
+                           ("dowhy", (lambda row=row: explain_dowhy(dowhy_model, row, outcome, candidates))
                             if have_dowhy and index < dowhy_incidents else None)):
             if call is None:
                 continue
@@ -224,8 +224,8 @@ def run_config(kind: str, size: int, nonlinear: bool, *, incidents: int, dowhy_i
         summary[name] = {
             "n": len(items), "n_identifiable": int(sum(ident)),
             "top1": float(np.mean(top1)), "top3": float(np.mean(top3)),
-            "top1_identifiable": float(np.mean([t for t, i in zip(top1, ident) if i])) if any(ident) else math.nan,
-            "top3_identifiable": float(np.mean([t for t, i in zip(top3, ident) if i])) if any(ident) else math.nan,
+            "top1_identifiable": float(np.mean([t for t, i in zip(top1, ident, strict=True) if i])) if any(ident) else math.nan,
+            "top3_identifiable": float(np.mean([t for t, i in zip(top3, ident, strict=True) if i])) if any(ident) else math.nan,
             "ms": 1000 * float(np.median(seconds[name])),
             "cpu_ms": 1000 * float(np.median(cpu_seconds[name])),
         }

@@ -368,7 +368,7 @@ def necessity_ranking(model, evidence: dict, outcome: dict, *, candidates=None, 
         necessity_draws = [probability_of_necessity(m, {name: value}, {name: alternative}, outcome, evidence=rest,
                                                     **options) for m in models]
         scores = [Probability(p.mean * n.mean, p.lower * n.lower, p.upper * n.upper, level=level,
-                              backend=n.backend) for p, n in zip(posterior_draws, necessity_draws)]
+                              backend=n.backend) for p, n in zip(posterior_draws, necessity_draws, strict=True)]
         pool = (lambda xs: xs[0]) if len(models) == 1 else (lambda xs: combine_draws(xs, level=level))
         score = pool(scores)
         ranking.append((name, score))

@@ -333,9 +333,8 @@ def fit_scm(model, data, *, method: str = "svi", num_steps: int | None = None, n
     import pyro
     import torch
 
-    from bayes_defense.causal.structure import model_info
+    from bayes_defense.causal.structure import float64, model_info
     from bayes_defense.fitting.options import check_method, check_sizes
-    from bayes_defense.causal.structure import float64
     from bayes_defense.inference.base import single_threaded
 
     check_method(method)

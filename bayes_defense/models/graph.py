@@ -371,7 +371,7 @@ def _read_csv(path) -> nx.DiGraph:
         if a in lowered and b in lowered:
             graph = nx.DiGraph()
             graph.add_edges_from(zip(table.iloc[:, lowered.index(a)].astype(str),
-                                     table.iloc[:, lowered.index(b)].astype(str)))
+                                     table.iloc[:, lowered.index(b)].astype(str), strict=True))
             return graph
     table = table.set_index(table.columns[0])
     rows = [str(r) for r in table.index]

@@ -25,7 +25,7 @@ def _random_linear(seed, num_nodes=7, edge_probability=0.4):
     intercept = rng.normal(size=num_nodes)
     scale = rng.uniform(0.3, 1.5, size=num_nodes)
     parameters = {}
-    for i, name in enumerate(scm.nodes):
+    for name in scm.nodes:
         parents = scm.parents(name)
         coefficients = [intercept[names.index(name)]]
         for parent in parents:
@@ -134,7 +134,7 @@ def _cells():
     cells = {}
     for node, rows in CPTS.items():
         cuts = sorted({0.0, 1.0} | {float(np.cumsum(row)[0]) for row in rows})
-        cells[node] = [(lo, hi) for lo, hi in zip(cuts, cuts[1:]) if hi > lo]
+        cells[node] = [(lo, hi) for lo, hi in zip(cuts, cuts[1:], strict=False) if hi > lo]
     return cells
 
 
@@ -158,7 +158,7 @@ def _brute_force(condition, query_fn):
     num = den = 0.0
     for choice in itertools.product(*(cells[n] for n in "abcd")):
         weight = np.prod([hi - lo for lo, hi in choice])
-        u = {n: (lo + hi) / 2 for n, (lo, hi) in zip("abcd", choice)}
+        u = {n: (lo + hi) / 2 for n, (lo, hi) in zip("abcd", choice, strict=True)}
         if condition(u):
             den += weight
             num += weight * query_fn(u)
@@ -197,7 +197,9 @@ def test_discrete_plan_matches_brute_force():
     cost = {"force_b_off": 0.05, "force_c_off": 0.02, "force_both": 0.3}
     evidence = {"d": 1, "a": 1}
     result = bd.plan(model, evidence, actions, risk={"d": 1}, cost=cost)
-    observed = (lambda u: _respond(u)["d"] == 1 and _respond(u)["a"] == 1)
+    def observed(u):
+        return _respond(u)["d"] == 1 and _respond(u)["a"] == 1
+
     expected = {(): _brute_force(observed, lambda u: float(_respond(u)["d"] == 1))}
     for name, do in actions.items():
         expected[(name,)] = _brute_force(observed, lambda u, do=do: float(_respond(u, do)["d"] == 1))
@@ -250,5 +252,5 @@ def test_batched_draws_equal_one_run_per_draw(monkeypatch):
     monkeypatch.setattr(attribution, "_batched_graph_draws", lambda model: None)
     looped = bd.explain(fitted, incident, names[-1])
     assert [c for c, _ in batched.ranking] == [c for c, _ in looped.ranking]
-    for (_, a), (_, b) in zip(batched.ranking, looped.ranking):
+    for (_, a), (_, b) in zip(batched.ranking, looped.ranking, strict=True):
         assert (a.mean, a.lower, a.upper) == pytest.approx((b.mean, b.lower, b.upper), abs=1e-5)
