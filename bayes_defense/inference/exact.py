@@ -28,7 +28,8 @@ reused.
 Contracting. The kept tables are summed over every variable but the ones the
 query reads, which stay open, so one contraction gives both the numerator and
 the normaliser. The order in which variables are summed out is the greedy
-min-weight elimination order (each step builds the smallest table it can);
+min-weight elimination order (each step builds the smallest table it can),
+or for contractions over 1e7 entries the min-fill order where it is cheaper;
 small steps run in numpy float64 (less overhead per step than torch), large
 ones in torch (batched matrix products).
 
@@ -659,10 +660,6 @@ def _contract(expression: _Expression, tensors: list) -> numpy.ndarray:
     return numpy.asarray(live[expression.output])
 
 
-#: Coupling tables kept per network, bounded in total by the table limit.
-_COUPLING_BUDGET_FACTOR = 1
-
-
 def _coupling(network: DiscreteNetwork, name: str, affected_parents: tuple, limit: int) -> numpy.ndarray:
     """Joint ``P(x = k, x' = k')`` of a site and its counterfactual copy.
 
@@ -697,7 +694,7 @@ def _coupling(network: DiscreteNetwork, name: str, affected_parents: tuple, limi
     joint = joint.reshape(tuple(shared_sizes) + tuple(moved_sizes) * 2 + (k, k))
     cache[key] = joint
     total = sum(table.size for table in cache.values()) * _ENTRY_BYTES
-    while total > limit * _COUPLING_BUDGET_FACTOR and len(cache) > 1:
+    while total > limit and len(cache) > 1:
         _, dropped = cache.popitem(last=False)
         total -= dropped.size * _ENTRY_BYTES
     return joint
