@@ -847,17 +847,19 @@ class Engine:
         ``control_weights`` (z, k), when given, sums the control axis here (no other attack depends on it).
         """
         z = self.draws
-        pa, pe = self.p_attempt[:, i], self.p_execute[:, i]
+        value = {f"{a}.p_attempt": self.p_attempt[:, i, None, None],
+                 f"{a}.p_execute": self.p_execute[:, i, None, None]}.__getitem__
         pre = np.arange(2)
-        pP = pre[None, :, None] * pa[:, None, None] + 0.0 * pre[None, None, :]         # (z, a, b)
-        pPc = pre[None, None, :] * pa[:, None, None] + 0.0 * pre[None, :, None]
+        # Each world's parent on its own axis, the other world's parent broadcast: (z, a, b).
+        pP = tables.precursor_probability(a, value, pre[None, :, None] + 0.0 * pre[None, None, :])
+        pPc = tables.precursor_probability(a, value, pre[None, None, :] + 0.0 * pre[None, :, None])
         JP = _twin_level(f"{a}.precursor", pP, pPc, do, cluster, cf)                                                          # (z, a, b, p, q)
         if not deep:
             f = JP.sum(-1).reshape(z, 8)[None, :, :, None, None]
             return np.broadcast_to(f, (len(kinds), z, 8, 1, 1)), None
         parent = np.arange(2)
-        pE = parent[None, :, None] * pe[:, None, None] + 0.0 * parent[None, None, :]   # (z, p, q)
-        pEc = parent[None, None, :] * pe[:, None, None] + 0.0 * parent[None, :, None]
+        pE = tables.execution_probability(a, value, parent[None, :, None] + 0.0 * parent[None, None, :])  # (z, p, q)
+        pEc = tables.execution_probability(a, value, parent[None, None, :] + 0.0 * parent[None, :, None])
         JE = _twin_level(f"{a}.executing", pE, pEc, do, cluster, cf)                                                          # (z, p, q, e, f)
         kf, kc = keep_f[:, i], keep_c[:, i]                                            # (z, k, u)
         pS = parent[None, :, None, None, None] * kf[:, None, None] + 0.0 * parent[None, None, :, None, None]
