@@ -357,6 +357,15 @@ def main() -> None:
             "cpu_seconds": float(sum(d["seconds"] for d in per)),
         }
     synthetic = {name: done[f"synthetic:{name}"] for name in names if f"synthetic:{name}" in done}
+    # What a ranking of the metrics at random scores, in expectation: context for the hit rates,
+    # since the operators often name most of the 19 metrics.
+    truths = [truth for e in entities for _, _, truth in load_entity(Path(args.data), e["entity"])[3]]
+    if truths:
+        results["(random ranking)"] = {
+            "f1_train_threshold": None, "f1_half": None, "best_f1_point_adjusted": None, "best_f1": None,
+            "hit_rate_100": float(np.mean([len(t) / 19 for t in truths])),
+            "hit_rate_150": float(np.mean([min(1.0, math.floor(1.5 * len(t)) / 19) for t in truths])),
+            "cpu_seconds": 0.0}
     fit_notes = [(e["entity"], e["fit"]) for e in entities if "fit" in e]
     write_report(Path(args.out), results, synthetic, fit_notes, args, [e["entity"] for e in entities])
 
