@@ -379,6 +379,19 @@ max_clock_skew, clock_confirm
                 raise InvalidInputError("_held must hold valid events")
         if state["adaptive"] is not None and not (isinstance(state["adaptive"], float) and 0 < state["adaptive"] < 0.5):
             raise InvalidInputError("adaptive must be None or a rate in (0, 0.5)")
+        for key, shape in (("_fault_posterior", (len(self.attacks), draws, 4, len(_FAULT_NAMES) + 1)),
+                           ("last_log_likelihood", (draws, len(self.attacks), 4))):
+            value = state[key]
+            if not isinstance(value, np.ndarray) or value.shape != shape or not np.all(np.isfinite(value)):
+                raise InvalidInputError(f"{key} must be a finite array of shape {shape}")
+        extractor = state["extractor"]
+        baselines = extractor["baselines"]
+        if (not isinstance(baselines, dict) or len(baselines) > 8192 or not all(
+                isinstance(k, str) and isinstance(v, list) and len(v) == 3
+                and all(isinstance(x, float) for x in v) for k, v in baselines.items())):
+            raise InvalidInputError("extractor baselines must map series names to [mean, square, windows] floats")
+        if len(extractor["replicas"]) > 100 or not all(isinstance(r, str) for r in extractor["replicas"]):
+            raise InvalidInputError("extractor replicas must be at most 100 node names")
         return state
 
     def save(self, path: Any, extra: Mapping[str, Any] | None = None) -> None:

@@ -241,3 +241,17 @@ def test_aggregate_rate_feeds_a_per_window_value():
         defender.observe(Event(0.1 + 0.1 * i, "n1", "MSG", 1.0, {}))
     defender.observe(Event(2.5, "n1", "MSG", 1.0, {}))
     assert seen == [(2.0, "n1", "msg_rate_in", 5.0)]
+
+
+def test_checkpoint_with_a_bad_extractor_state_is_refused(replay_run):
+    events, _ = replay_run
+    defender = ModelDefender(ensemble=2, planner=None)
+    defender.observe_batch(events[:2000])
+    state = defender.state_dict()
+    state["extractor"]["baselines"]["r0|x"] = ["not", "a", "number"]
+    with pytest.raises(InvalidInputError, match="extractor baselines"):
+        defender.load_state_dict(state)
+    state = defender.state_dict()
+    state["_fault_posterior"] = state["_fault_posterior"][:1]
+    with pytest.raises(InvalidInputError, match="_fault_posterior"):
+        defender.load_state_dict(state)
