@@ -254,3 +254,22 @@ def test_batched_draws_equal_one_run_per_draw(monkeypatch):
     assert [c for c, _ in batched.ranking] == [c for c, _ in looped.ranking]
     for (_, a), (_, b) in zip(batched.ranking, looped.ranking, strict=True):
         assert (a.mean, a.lower, a.upper) == pytest.approx((b.mean, b.lower, b.upper), abs=1e-5)
+
+
+@pytest.mark.slow
+def test_worked_example_and_evaluation_scripts_run(tmp_path):
+    import importlib.util
+    import pathlib
+
+    root = pathlib.Path(__file__).resolve().parents[2] / "papers"
+
+    def load(name):
+        spec = importlib.util.spec_from_file_location(name, root / f"{name}.py")
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+        return module
+
+    why, remedy = load("microservice_example").main(quick=True)
+    assert why.top == "db" and remedy.best.countermeasures
+    summaries = load("scm_explain").main(["--quick", "--out", str(tmp_path / "quick.md")])
+    assert summaries[0]["bd"]["n"] == 5 and (tmp_path / "quick.md").exists()
