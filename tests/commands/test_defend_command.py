@@ -148,3 +148,17 @@ def test_interrupted_at_a_checkpoint_resumes_to_the_same_alerts(long_run, tmp_pa
     assert main(["defend", str(log), "--out", str(out), "--resume", str(saves[-1])]) == 0
     capsys.readouterr()
     assert _alerts(out) == _alerts(reference)
+
+
+def test_hostile_lines_cost_one_rejected_line_each_not_the_run(long_run, tmp_path, capsys):
+    # Point 2 of issue 16: non-UTF-8, an integer beyond a float, attrs 1000 deep, in the middle of a real log.
+    lines = (long_run / "events.jsonl").read_bytes().splitlines(keepends=True)[:20_000]
+    hostile = [b'{"ts": 1' + b"0" * 400 + b', "node": "r0", "kind": "msg_rate_in"}\n',
+               b'{"ts": 5, "node": "r\xff", "kind": "msg_rate_in"}\n',
+               b'{"ts": 5, "node": "r0", "kind": "join", "attrs": ' + b'{"a": ' * 1000 + b"1" + b"}" * 1000 + b"}\n"]
+    log = tmp_path / "events.jsonl"
+    log.write_bytes(b"".join(lines[:10_000] + hostile + lines[10_000:]))
+    assert main(["defend", str(log), "--out", str(tmp_path / "alerts.jsonl"), "--json"]) == 0
+    summary = json.loads(capsys.readouterr().out)
+    assert summary["events"] == 20_003 and summary["accepted"] == 20_000
+    assert summary["rejected"] == {"bad_ts": 1, "not_utf8": 1, "too_deep": 1}
