@@ -37,7 +37,8 @@ import torch
 import torch.distributions as tdist
 from pyro import distributions as dist
 
-from bayes_defense.causal.noise import _strip, is_deterministic
+from bayes_defense.causal.noise import base_distribution as _strip
+from bayes_defense.causal.noise import is_deterministic
 from bayes_defense.causal.structure import model_info
 from bayes_defense.errors import InvalidInputError
 from bayes_defense.estimate import Estimate, exact_estimate, weighted_estimate

@@ -483,9 +483,3 @@ def _dtype_of(d):
         return base.mean.dtype
     except (NotImplementedError, AttributeError):
         return torch.get_default_dtype()
-
-
-# Former private names, still imported by bayes_defense.causal.attribution and bayes_defense.fitting.scm
-# (outside this module's owners' files); new code imports the public names.
-_strip = base_distribution
-_discrete_table = discrete_table

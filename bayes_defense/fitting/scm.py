@@ -130,7 +130,7 @@ def _check_priors(model, table) -> None:
     from pyro import distributions as dist
     from pyro.poutine.messenger import Messenger
 
-    from bayes_defense.causal.noise import _strip
+    from bayes_defense.causal.noise import base_distribution as _strip
 
     present = {str(c) for c in table.columns if not table[c].isna().all()}
 
