@@ -146,8 +146,9 @@ def figure(rows: list[dict], path: Path) -> None:
         axis.set(xscale="log", yscale="log", xlabel="seconds per query", title=f"{family}, {kind}")
         axis.axhline(1e-12, color="grey", lw=0.5, ls=":")
     axes[0][0].set_ylabel("absolute error (exact answers at 1e-12)")
-    axes[0][-1].legend(fontsize=7, loc="upper right")
-    fig.tight_layout()
+    handles = [plt.Line2D([], [], marker="o", ls="", color=colours[engine], label=engine) for engine in engines]
+    fig.legend(handles=handles, loc="lower center", ncol=len(engines), fontsize=8, frameon=False)
+    fig.tight_layout(rect=(0, 0.08, 1, 1))
     from bayes_defense.ioutil import atomic_path
 
     with atomic_path(path) as temporary:
@@ -169,8 +170,9 @@ def markdown(rows: list[dict], source: Path | None, figure_path: Path, command: 
              "from the exact (binary) or closed-form (linear-Gaussian) answer. ChiRho runs 10k particles "
              "of its own `do`/`condition` (twin worlds for counterfactuals); pgmpy answers interventional "
              "queries on the binary family by graph surgery and variable elimination. An engine missing from a "
-             "table cannot answer that query (its setup refuses it). Times from `asv run --quick` are single "
-             "samples.",
+             "table cannot answer that query (its setup refuses it). "
+             + ("Times from `asv run --quick` are single samples." if source is not None else
+                "Times are wall clock (`time.perf_counter`), so the machine's load inflates them."),
              "", f"![time against error]({figure_path.name})", ""]
     for family in sorted({r["family"] for r in rows}):
         for kind in sorted({r["kind"] for r in rows}):
