@@ -15,8 +15,8 @@ import time
 
 import numpy as np
 
-from benchmarks.bench_defender import simulated_stream, synthetic_stream
 from bayes_defense.stream.model_filter import ModelDefender
+from benchmarks.bench_defender import simulated_stream, synthetic_stream
 
 
 def cpu_events_per_second(events, repeats: int = 3) -> float:

@@ -79,8 +79,14 @@ def _init(posterior) -> None:
 
 def _one(seed: int) -> dict:
     from bayes_defense.sim.engine import Simulation
-    from bayes_defense.stream.baselines import Bocpd, Cusum, FixedThreshold, river_available, run_baseline, \
-        run_half_space_trees
+    from bayes_defense.stream.baselines import (
+        Bocpd,
+        Cusum,
+        FixedThreshold,
+        river_available,
+        run_baseline,
+        run_half_space_trees,
+    )
     from bayes_defense.stream.metrics import evaluate_alerts
     from bayes_defense.stream.model_filter import ModelDefender
 
