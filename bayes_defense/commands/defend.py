@@ -12,6 +12,7 @@ continues from there and gives the alerts an uninterrupted run gives.
 from __future__ import annotations
 
 import argparse
+import gc
 import hashlib
 import itertools
 import math
@@ -240,6 +241,11 @@ def run_defend(args: argparse.Namespace) -> int:
     # the defender, not an import.
     import bayes_defense.models  # noqa: F401
     import bayes_defense.planning  # noqa: F401
+
+    # The modules just loaded (torch, Pyro) hold millions of objects that live
+    # as long as the process; without this every full garbage collection
+    # during the stream walks them again (measured: a third of the run time).
+    gc.freeze()
 
     last_save = [time.perf_counter()]
     run_started = time.perf_counter()
