@@ -38,6 +38,8 @@ _LAZY: dict[str, tuple[str, str | None]] = {
     "UnknownSiteError": ("bayes_defense.errors", "UnknownSiteError"),
     "UnsupportedModelError": ("bayes_defense.errors", "UnsupportedModelError"),
     "models": ("bayes_defense.models", None),
+    "causal": ("bayes_defense.causal", None),
+    "inference": ("bayes_defense.inference", None),
     "plan": ("bayes_defense.planning", "plan"),
     "explain": ("bayes_defense.explain", "explain"),
     "sim": ("bayes_defense.sim", None),
