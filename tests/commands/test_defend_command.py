@@ -162,3 +162,18 @@ def test_hostile_lines_cost_one_rejected_line_each_not_the_run(long_run, tmp_pat
     summary = json.loads(capsys.readouterr().out)
     assert summary["events"] == 20_003 and summary["accepted"] == 20_000
     assert summary["rejected"] == {"bad_ts": 1, "not_utf8": 1, "too_deep": 1}
+
+
+@pytest.mark.parametrize("ts", ["1e15", "1764583200000"])  # far future; epoch milliseconds
+def test_one_far_future_event_leaves_the_alerts_unchanged(long_run, tmp_path, capsys, ts):
+    lines = (long_run / "events.jsonl").read_bytes().splitlines(keepends=True)
+    reference = tmp_path / "reference.jsonl"
+    assert main(["defend", str(long_run / "events.jsonl"), "--out", str(reference)]) == 0
+    log = tmp_path / "events.jsonl"
+    injected = b'{"ts": ' + ts.encode() + b', "node": "r3", "kind": "msg_rate_in", "value": 1}\n'
+    log.write_bytes(b"".join(lines[: len(lines) // 4] + [injected] + lines[len(lines) // 4:]))
+    out = tmp_path / "alerts.jsonl"
+    assert main(["defend", str(log), "--out", str(out), "--json"]) == 0
+    summary = json.loads(capsys.readouterr().out.splitlines()[-1])
+    assert summary["rejected"] == {"clock_skew": 1}
+    assert _alerts(out) == _alerts(reference) and len(_alerts(out)) >= 2
