@@ -21,21 +21,33 @@ A multi-step plan applies one more countermeasure at each of up to three
 steps of the horizon; defences stay in place once applied; its loss is the
 sum over the horizon's steps. Call :meth:`Plan.replan` (or :func:`plan`
 again) with new evidence to re-evaluate.
+
+On any other SCM, ``bd.plan(model, evidence, actions, risk=..., cost=...)``
+chooses among the user's actions (:func:`plan_actions`). Each action is an
+intervention ``{site: value}``. With evidence, the exogenous state of the
+system is abducted from it and each action is applied to that same state (a
+counterfactual: what the risk would be, in these circumstances, had the
+action been taken); without evidence it is the interventional expectation.
+Loss = risk + ``cost_weight`` * cost. With a fitted SCM the risk is computed
+per parameter draw and its interval is the spread across draws (as every
+query of :mod:`bayes_defense.causal` does).
 """
 
 from __future__ import annotations
 
 import itertools
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 import numpy as np
 
+from bayes_defense.causal.structure import model_info
 from bayes_defense.errors import InvalidInputError
 from bayes_defense.models import tables
 from bayes_defense.models.catalogue import ATTACKS, COUNTERMEASURES
 from bayes_defense.models.queries import countermeasure_do
 
-__all__ = ["plan", "Option", "Plan"]
+__all__ = ["plan", "plan_actions", "NO_ACTION", "Option", "Plan"]
 
 
 @dataclass(frozen=True)
@@ -129,7 +141,7 @@ def plan(model, evidence: dict | None = None, actions: dict | None = None, *, ri
     model : ClusterModel or callable
         An indicator-mode model from :func:`bayes_defense.models.cluster`;
         any other Pyro SCM is planned for by
-        :func:`bayes_defense.causal.decision.plan_actions` with ``actions``,
+        :func:`plan_actions` with ``actions``,
         ``risk`` and ``cost`` (the cluster-only options then do not apply).
     evidence : dict, optional
         Telemetry and other observations.
@@ -170,8 +182,6 @@ def plan(model, evidence: dict | None = None, actions: dict | None = None, *, ri
     from bayes_defense.models.cluster import ClusterModel
 
     if not isinstance(model, ClusterModel):
-        from bayes_defense.causal.decision import plan_actions
-
         return plan_actions(model, evidence, actions, risk=risk, cost=cost, cost_weight=cost_weight, level=level)
     from bayes_defense.models.engine import draw_estimate, engine
 
@@ -263,3 +273,95 @@ def _most_suspected(model, evidence) -> int:
 
     posterior = engine(model).marginals(["attacker"], evidence=evidence)["attacker"]
     return int(np.asarray(posterior)[1:].argmax())
+
+
+#: Name of the option that intervenes on nothing, scored with the others.
+NO_ACTION = "(nothing)"
+
+
+def plan_actions(model, evidence: dict | None, actions: Mapping, *, risk, cost: Mapping | None = None,
+                 cost_weight: float = 1.0, level: float = 0.9, backend: str = "auto", num_samples: int = 10_000,
+                 seed: int | None = 0):
+    """Rank user actions on an SCM by expected loss; return a :class:`bayes_defense.planning.Plan`.
+
+    Parameters
+    ----------
+    model : callable
+        A Pyro SCM (or a fitted one, ``posterior.model()``).
+    evidence : dict or None
+        ``{site: value}`` observed now.
+    actions : dict
+        ``{name: {site: value}}``: each an intervention. Doing nothing is
+        scored too, as ``"(nothing)"``, unless an action of that name is given.
+    risk : str, dict or callable
+        What is bad: a site name (its expected value), a ``{site: value}``
+        event (its probability) or a callable on ``{site: tensor}``.
+    cost : dict, optional
+        ``{name: cost}`` of each action (default 0).
+    cost_weight : float
+        Weight of cost against risk in the loss.
+    level, backend, num_samples, seed
+        As for :func:`bayes_defense.counterfactual`.
+
+    Returns
+    -------
+    Plan
+        ``ranked`` (by loss), ``pareto`` (risk against cost), ``robust``
+        (smallest upper risk bound) and ``best``; ``steps`` is the best action.
+
+    Examples
+    --------
+    >>> import pyro, pyro.distributions as dist
+    >>> import bayes_defense as bd
+    >>> def service():
+    ...     overload = pyro.sample("overload", dist.Bernoulli(0.2))
+    ...     cache = pyro.sample("cache", dist.Bernoulli(0.9))
+    ...     pyro.sample("outage", dist.Bernoulli(0.02 + 0.6 * overload * (1 - 0.5 * cache)))
+    >>> result = bd.plan(service, {"overload": 1}, {"shed_load": {"overload": 0}, "warm_cache": {"cache": 1}},
+    ...                  risk={"outage": 1}, cost={"shed_load": 0.1, "warm_cache": 0.01})
+    >>> result.best.countermeasures
+    ('shed_load',)
+    """
+    from bayes_defense.causal.queries import counterfactual, intervene
+
+    info = model_info(model)
+    evidence = info.check_names(evidence, "evidence")
+    if not isinstance(actions, Mapping) or not actions:
+        raise InvalidInputError(f"actions must be a non-empty {{name: {{site: value}}}} dict; got {actions!r}")
+    options = dict(actions)
+    for name, do in options.items():
+        if not isinstance(name, str):
+            raise InvalidInputError(f"action names must be strings; got {name!r}")
+        info.check_names(do, f"action {name!r}")
+    options.setdefault(NO_ACTION, {})
+    cost = dict(cost or {})
+    unknown = [name for name in cost if name not in options]
+    if unknown:
+        raise InvalidInputError(f"cost names {', '.join(map(repr, unknown))}, which are not actions; actions: "
+                                f"{', '.join(options)}")
+    for name, value in cost.items():
+        if not isinstance(value, (int, float)) or isinstance(value, bool) or value != value:
+            raise InvalidInputError(f"cost of {name!r} must be a number; got {value!r}")
+    if risk is None:
+        raise InvalidInputError("risk is required: a site name, a {site: value} event or a callable on "
+                                "{site: tensor} saying what is bad")
+    query = {"backend": backend, "num_samples": num_samples, "level": level, "seed": seed}
+    scored = []
+    for name, do in options.items():
+        if evidence:
+            estimate = counterfactual(model, evidence, dict(do), risk, **query)
+        else:
+            estimate = intervene(model, dict(do), risk, **query)
+        c = float(cost.get(name, 0.0))
+        weighted = cost_weight * c
+        scored.append(Option((name,) if name != NO_ACTION else (), estimate.mean, estimate.lower, estimate.upper,
+                             c, estimate.mean + weighted, estimate.lower + weighted, estimate.upper + weighted,
+                             {"risk": estimate}))
+    ranked = sorted(scored, key=lambda o: (o.loss, o.cost))
+    pareto = [o for o in scored if not any((p.risk <= o.risk and p.cost <= o.cost)
+                                           and (p.risk < o.risk or p.cost < o.cost) for p in scored)]
+    pareto.sort(key=lambda o: o.cost)
+    robust = min(scored, key=lambda o: (o.risk_upper, o.cost))
+    settings = {"actions": dict(actions), "risk": risk, "cost": cost, "cost_weight": cost_weight, "level": level}
+    best = ranked[0]
+    return Plan(ranked, pareto, robust, list(best.countermeasures), [best.loss], 1, evidence, settings, model)

@@ -16,7 +16,7 @@ from typing import NamedTuple
 import numpy as np
 
 from bayes_defense.errors import InvalidInputError
-from bayes_defense.models import tables
+from bayes_defense.models import edges
 from bayes_defense.models.catalogue import (
     ATTACKS,
     CONTROLS,
@@ -48,7 +48,7 @@ def _catalogue_parameters() -> dict:
     for site, prior in CONTROLS.items():
         out[f"prior.{site}"] = Parameter(prior, f"P(control {site!r} is already in place)")
     out["prior.isolated"] = Parameter(ISOLATED_PRIOR, "P(some replica is already isolated), spread evenly")
-    # Edge parameters take their names from the tables module, which reads them.
+    # Edge parameters take their names from the edges module, which tables.py reads too.
     for a, attack in ATTACKS.items():
         out[f"{a}.p_attempt"] = Parameter(attack.p_attempt, f"P({a} precursor phase starts | precondition)")
         out[f"{a}.p_execute"] = Parameter(attack.p_execute, f"P({a} executes | precursor phase)")
@@ -57,18 +57,18 @@ def _catalogue_parameters() -> dict:
                                                f"share of {a}'s remaining failure removed when all f collude")
         for outcome, weight in attack.impacts.items():
             out[f"{a}.impact.{outcome}"] = Parameter(weight, f"P({a} success breaks {outcome})")
-        for (_, name), countermeasure in zip(tables.mitigations(a), attack.mitigations, strict=True):
+        for (_, name), countermeasure in zip(edges.mitigations(a), attack.mitigations, strict=True):
             out[name] = Parameter(attack.mitigations[countermeasure],
                                   f"fraction of {a}'s success that {countermeasure} removes")
     for t in TELEMETRY:
         out[f"telemetry.{t.name}.baseline"] = Parameter(t.baseline, f"benign P({t.name} indicator on) per replica")
-        attacker_side, cluster_side = tables.telemetry_causes(t.name)
+        attacker_side, cluster_side = edges.telemetry_causes(t.name)
         for a, name in attacker_side:
             out[name] = Parameter(t.attacker_side[a], f"P({a} precursor raises {t.name} at the attacker's replica)")
         for a, name in cluster_side:
             out[name] = Parameter(t.cluster_side[a], f"P({a} precursor raises {t.name} at every replica)")
     out["telemetry.join_rate.baseline"] = Parameter(JOIN_RATE["baseline"], "benign P(join rate above threshold)")
-    for a, name in tables.join_rate_causes():
+    for a, name in edges.join_rate_causes():
         out[name] = Parameter(JOIN_RATE[a], f"P({a} precursor raises the join rate)")
     for name, baseline, meaning in OUTCOMES:
         out[f"outcome.{name}.baseline"] = Parameter(baseline, f"benign P({name}) per window: {meaning}")

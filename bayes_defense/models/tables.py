@@ -48,11 +48,18 @@ from bayes_defense.models.catalogue import (
     ATTACK_NAMES,
     ATTACKS,
     CONTROLS,
-    COUNTERMEASURES,
-    JOIN_RATE,
     OUTCOMES,
     TELEMETRY,
 )
+from bayes_defense.models.edges import (
+    ISOLATION,
+    control_key,
+    join_rate_causes,
+    mitigations,
+    outcome_causes,
+    telemetry_causes,
+)
+from bayes_defense.models.parameters import PARAMETERS
 
 __all__ = [
     "ATTACK_NAMES", "OUTCOME_NAMES", "CONTROL_SITES", "TELEMETRY_NAMES", "FOOTING_SITES", "ISOLATION",
@@ -72,15 +79,9 @@ TELEMETRY_NAMES: tuple[str, ...] = tuple(t.name for t in TELEMETRY)
 #: Footing sites that are functions of the root state, in the order the numeric code lists them.
 FOOTING_SITES: tuple[str, ...] = ("primary_faulty", "attacker_inside", "backup_faulty", "eclipse_footing")
 
-#: The key under which a ``controls`` mapping carries "the attacker's replica is isolated".
-#: ``isolate_node`` sets ``isolated``; it mitigates an attack only when it names the attacker's replica.
-ISOLATION = "attacker_isolated"
-
 #: Every configuration of the eight precursor bits, ``(2 ** A, A)``: row ``c`` has bit ``a`` of ``c``.
 PRECURSOR_CONFIGURATIONS = (np.arange(2 ** len(ATTACK_NAMES))[:, None] >> np.arange(len(ATTACK_NAMES))) & 1
 PRECURSOR_CONFIGURATIONS.setflags(write=False)
-
-_TELEMETRY = {t.name: t for t in TELEMETRY}
 
 #: The mitigation slots of :attr:`ParameterTables.efficacy`: control site (or :data:`ISOLATION`) -> column.
 EFFICACY_SLOTS = MappingProxyType({**{site: j for j, site in enumerate(CONTROL_SITES)},
@@ -106,8 +107,6 @@ def accessor(values: Mapping, *, expand: Callable | None = None) -> Callable:
     >>> value("replay.p_attempt"), value("replay.p_execute")
     (0.5, 0.8)
     """
-    from bayes_defense.models.parameters import PARAMETERS
-
     def value(name):
         found = values[name] if name in values else PARAMETERS[name].default
         return found if expand is None else expand(found)
@@ -117,8 +116,6 @@ def accessor(values: Mapping, *, expand: Callable | None = None) -> Callable:
 
 def default_values() -> dict:
     """Every parameter at its catalogue default as a one-draw array ``{name: array (1,)}``."""
-    from bayes_defense.models.parameters import PARAMETERS
-
     return {name: np.array([spec.default]) for name, spec in PARAMETERS.items()}
 
 
@@ -158,17 +155,6 @@ def spread(p, n: int):
     return np.concatenate([1.0 - p, np.broadcast_to(p / n, p.shape[:-1] + (n,))], -1)
 
 
-def telemetry_causes(signal: str) -> tuple[tuple, tuple]:
-    """``(attacker-side, cluster-side)`` causes of a telemetry signal: ``((attack, parameter), ...)`` each.
-
-    Attacker-side causes show at the attacker's replica only; cluster-side
-    ones at every replica.
-    """
-    t = _TELEMETRY[signal]
-    return (tuple((a, f"telemetry.{signal}.{a}") for a in t.attacker_side),
-            tuple((a, f"telemetry.{signal}.{a}") for a in t.cluster_side))
-
-
 def telemetry_probability(signal: str, value: Callable, faulty, precursors: Mapping):
     """P(``rk.<signal>`` = 1 | the replica's ``faulty`` flag, the attacks' precursor phases): a noisy-OR.
 
@@ -189,41 +175,16 @@ def telemetry_probability(signal: str, value: Callable, faulty, precursors: Mapp
     return noisy_or(value(f"telemetry.{signal}.baseline"), terms)
 
 
-def join_rate_causes() -> tuple:
-    """``((attack, parameter), ...)`` that raise ``join_rate``."""
-    return tuple((a, f"telemetry.join_rate.{a}") for a in JOIN_RATE if a != "baseline")
-
-
 def join_rate_probability(value: Callable, precursors: Mapping):
     """P(``join_rate`` = 1 | precursor phases): a noisy-OR."""
     return noisy_or(value("telemetry.join_rate.baseline"),
                     [(value(p), precursors[a]) for a, p in join_rate_causes()])
 
 
-def outcome_causes(outcome: str) -> tuple:
-    """``((attack, parameter), ...)``: the attacks whose success can break ``outcome``."""
-    return tuple((a, f"{a}.impact.{outcome}") for a, attack in ATTACKS.items() if outcome in attack.impacts)
-
-
 def outcome_probability(outcome: str, value: Callable, successes: Mapping):
     """P(``outcome`` = 1 | the attacks' successes): a noisy-OR over :func:`outcome_causes`."""
     return noisy_or(value(f"outcome.{outcome}.baseline"),
                     [(value(p), successes[a]) for a, p in outcome_causes(outcome)])
-
-
-def control_key(countermeasure: str) -> str:
-    """The control a countermeasure sets, as :func:`mitigations` names it (:data:`ISOLATION` for ``isolate_node``)."""
-    site = COUNTERMEASURES[countermeasure].site
-    return ISOLATION if site == "isolated" else site
-
-
-def mitigations(attack: str) -> tuple:
-    """``((control key, parameter), ...)``: each countermeasure against ``attack`` as the control it reads.
-
-    The control key is the countermeasure's control site, or :data:`ISOLATION`
-    for ``isolate_node`` (which acts only when it isolates the attacker's replica).
-    """
-    return tuple((control_key(name), f"{attack}.efficacy.{name}") for name in ATTACKS[attack].mitigations)
 
 
 def success_given_execution(attack: str, value: Callable, share: float):
