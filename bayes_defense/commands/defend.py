@@ -213,6 +213,16 @@ def run_defend(args: argparse.Namespace) -> int:
         raise InvalidInputError(f"--checkpoint-every must be a number of seconds >= 0, got {args.checkpoint_every}")
     reader = read_events(args.events, strict=False)
     source = str(reader.path.resolve())
+    # Load the planner's modules (torch, Pyro) before the clock starts: the
+    # first alert would load them anyway, and events_per_second should time
+    # the defender, not an import.
+    import bayes_defense.models  # noqa: F401
+    import bayes_defense.planning  # noqa: F401
+
+    # The modules just loaded (torch, Pyro) hold millions of objects that live
+    # as long as the process; without this every full garbage collection
+    # during the stream walks them again (measured: a third of the run time).
+    gc.freeze()
     if args.resume:
         defender, extra = StreamingDefender.load(args.resume, with_extra=True)
         if not isinstance(extra.get("defend"), dict):
@@ -236,16 +246,6 @@ def run_defend(args: argparse.Namespace) -> int:
         alerts_file = _AlertFile(partial, None)
         alerts_before = 0
         elapsed_before = 0.0
-    # Load the planner's modules (torch, Pyro) before the clock starts: the
-    # first alert would load them anyway, and events_per_second should time
-    # the defender, not an import.
-    import bayes_defense.models  # noqa: F401
-    import bayes_defense.planning  # noqa: F401
-
-    # The modules just loaded (torch, Pyro) hold millions of objects that live
-    # as long as the process; without this every full garbage collection
-    # during the stream walks them again (measured: a third of the run time).
-    gc.freeze()
 
     last_save = [time.perf_counter()]
     run_started = time.perf_counter()
