@@ -235,10 +235,14 @@ def run_defend(args: argparse.Namespace) -> int:
         if saved.get("threshold") != args.threshold or saved.get("posterior") != args.posterior:
             raise InvalidInputError(f"checkpoint {args.resume!r} was written with --threshold {saved.get('threshold')} "
                                     f"and --posterior {saved.get('posterior')}; resume with the same options")
+        kept, alerts_before, elapsed_before = saved.get("alerts_bytes"), saved.get("alerts"), saved.get("seconds")
+        if not (type(kept) is int and kept >= 0 and type(alerts_before) is int and alerts_before >= 0
+                and isinstance(elapsed_before, (int, float)) and math.isfinite(elapsed_before)):
+            raise InvalidInputError(f"checkpoint {args.resume!r} does not record how many alerts were written; "
+                                    "it is damaged; rerun without --resume")
         reader.restore(saved.get("reader", {}))
-        alerts_file = _AlertFile(partial, int(saved.get("alerts_bytes", -1)))
-        alerts_before = int(saved.get("alerts", 0))
-        elapsed_before = float(saved.get("seconds", 0.0))
+        alerts_file = _AlertFile(partial, kept)
+        elapsed_before = float(elapsed_before)
     else:
         defender = StreamingDefender(load_parameters(args.posterior), threshold=args.threshold,
                                      max_clock_skew=args.max_clock_skew)

@@ -177,3 +177,18 @@ def test_one_far_future_event_leaves_the_alerts_unchanged(long_run, tmp_path, ca
     summary = json.loads(capsys.readouterr().out.splitlines()[-1])
     assert summary["rejected"] == {"clock_skew": 1}
     assert _alerts(out) == _alerts(reference) and len(_alerts(out)) >= 2
+
+
+def test_a_damaged_defend_checkpoint_is_refused(tmp_path, capsys):
+    from bayes_defense.stream.defender import StreamingDefender
+
+    log = tmp_path / "events.jsonl"
+    log.write_text('{"ts": 1, "node": "r0", "kind": "join"}\n')
+    from bayes_defense.commands.defend import _fingerprint
+
+    checkpoint = tmp_path / "c.checkpoint"
+    StreamingDefender(planner=None).save(checkpoint, extra={"defend": {
+        "source": str(log.resolve()), "fingerprint": _fingerprint(log, 0), "threshold": 0.8, "posterior": None,
+        "reader": {"position": {"offset": 0, "line": 0, "record": 0}}, "alerts_bytes": -5, "alerts": 0}})
+    assert main(["defend", str(log), "--out", str(tmp_path / "a.jsonl"), "--resume", str(checkpoint)]) == 2
+    assert "damaged" in capsys.readouterr().err
