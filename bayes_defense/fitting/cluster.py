@@ -82,100 +82,64 @@ class _Structure:
     """
 
     def __init__(self, model) -> None:
-        from bayes_defense.models.catalogue import (
-            ATTACKS,
-            CONTROLS,
-            COUNTERMEASURES,
-            OUTCOMES,
-            TELEMETRY,
-        )
+        from bayes_defense.models import edges, tables
         from bayes_defense.models.parameters import PARAMETERS
 
         self.names = list(PARAMETERS)
         self.defaults = np.array([PARAMETERS[n].default for n in self.names], float)
         K = len(self.names)
         self.K = K
-        index = {name: i for i, name in enumerate(self.names)}
-        used = set()
-
-        def idx(name: str) -> int:
-            if name in index:
-                used.add(name)
-                return index[name]
-            return K   # the padding slot: value 0
-
+        self.index = {name: i for i, name in enumerate(self.names)}
         self.n = model.n_nodes
-        self.attacks = list(ATTACKS)
-        self.outcomes = [name for name, _, _ in OUTCOMES]
-        self.controls = list(CONTROLS)
-        self.telemetry = [t.name for t in TELEMETRY]
-        A, C, T = len(self.attacks), len(self.controls), len(self.telemetry)
-        n_outcomes = len(self.outcomes)
-        f = model.f
-        self.share = 0.0 if f <= 0 else min(max(model.colluders, 0), f) / f
-        self.p_attempt = np.array([idx(f"{a}.p_attempt") for a in self.attacks])
-        self.p_execute = np.array([idx(f"{a}.p_execute") for a in self.attacks])
-        self.p_success = np.array([idx(f"{a}.p_success") for a in self.attacks])
-        self.gain = np.array([idx(f"{a}.collusion_gain") for a in self.attacks])
-        self.impact = np.full((A, n_outcomes), K)
-        self.efficacy = np.full((A, C + 1), K)          # last slot: the attacker's replica is isolated
-        for i, (a, attack) in enumerate(ATTACKS.items()):
-            for o, outcome in enumerate(self.outcomes):
-                if outcome in attack.impacts:
-                    self.impact[i, o] = idx(f"{a}.impact.{outcome}")
-            for name in attack.mitigations:
-                site = COUNTERMEASURES[name].site
-                if site == "isolated":
-                    slot = C
-                elif site in CONTROLS:
-                    slot = self.controls.index(site)
-                else:
-                    raise UnsupportedModelError(f"mitigation {name!r} of {a} acts on site {site!r}, which the cluster "
-                                                f"fit does not know; fit_cluster needs updating")
-                self.efficacy[i, slot] = idx(f"{a}.efficacy.{name}")
-        self.outcome_baseline = np.array([idx(f"outcome.{o}.baseline") for o in self.outcomes])
-        self.tel_baseline = np.array([idx(f"telemetry.{t}.baseline") for t in self.telemetry])
-        self.tel_attacker = np.full((T, A), K)
-        self.tel_cluster = np.full((T, A), K)
-        for t, tel in enumerate(TELEMETRY):
-            for a in tel.attacker_side:
-                self.tel_attacker[t, self.attacks.index(a)] = idx(f"telemetry.{tel.name}.{a}")
-            for a in tel.cluster_side:
-                self.tel_cluster[t, self.attacks.index(a)] = idx(f"telemetry.{tel.name}.{a}")
-        self.join_baseline = idx("telemetry.join_rate.baseline")
-        self.join = np.array([idx(f"telemetry.join_rate.{a}") for a in self.attacks])
-        self.prior_inside = idx("prior.attacker_inside")
-        self.prior_admission = idx("prior.admission_open")
-        self.prior_exposed = idx("prior.peer_table_exposed")
-        self.prior_controls = np.array([idx(f"prior.{c}") for c in self.controls])
-        self.prior_isolated = idx("prior.isolated")
-        unused = [name for name in self.names if name not in used]
+        self.attacks = list(tables.ATTACK_NAMES)
+        self.outcomes = list(tables.OUTCOME_NAMES)
+        self.controls = list(tables.CONTROL_SITES)
+        self.telemetry = list(tables.TELEMETRY_NAMES)
+        A, C = len(self.attacks), len(self.controls)
+        self.share = tables.collusion_share(model.colluders, model.f)
+        # The outcome factor is expanded into a sum over outcome subsets (see _Likelihood.tables),
+        # which needs each outcome's weights as an (attack, outcome) array: K is the padding slot, value 0.
+        self.impact = np.full((A, len(self.outcomes)), K)
+        for o, outcome in enumerate(self.outcomes):
+            for attack, parameter in edges.outcome_causes(outcome):
+                self.impact[self.attacks.index(attack), o] = self.index[parameter]
+        self.outcome_baseline = np.array([self.index[f"outcome.{o}.baseline"] for o in self.outcomes])
+        self.prior_controls = np.array([self.index[f"prior.{c}"] for c in self.controls])
+        for attack in self.attacks:
+            for key, _ in edges.mitigations(attack):
+                if key not in tables.EFFICACY_SLOTS:
+                    raise UnsupportedModelError(f"a mitigation of {attack} acts on {key!r}, which the cluster fit "
+                                                f"does not know; fit_cluster needs updating")
+        unused = [name for name in self.names if name not in self._used()]
         if unused:
             raise UnsupportedModelError(
                 f"the cluster fit does not know how the model uses parameter(s) {', '.join(unused[:5])}; "
                 f"fit_cluster needs updating for them")
         # Precondition of each attack per (attacker class: none / primary / backup, admission_open, exposed).
-        footing = {
-            "primary_faulty": lambda c, adm, exp: c == 1,
-            "attacker_inside": lambda c, adm, exp: c >= 1,
-            "backup_faulty": lambda c, adm, exp: c == 2,
-            "admission_open": lambda c, adm, exp: adm == 1,
-            "eclipse_footing": lambda c, adm, exp: c >= 1 and exp == 1,
-        }
-        self.precondition = np.zeros((3, 2, 2, A))
-        for i, attack in enumerate(ATTACKS.values()):
-            if attack.footing not in footing:
-                raise UnsupportedModelError(f"attack {attack.name} has footing {attack.footing!r}, which the "
-                                            f"cluster fit does not know; fit_cluster needs updating")
-            for c in range(3):
-                for adm in range(2):
-                    for exp in range(2):
-                        self.precondition[c, adm, exp, i] = float(footing[attack.footing](c, adm, exp))
-        self.P = (np.arange(2 ** A)[:, None] >> np.arange(A)) & 1                  # precursor configurations
+        self.precondition = tables.precondition_table()
+        self.P = np.asarray(tables.PRECURSOR_CONFIGURATIONS)
         self.feasible = (self.P[None, None, None] <= self.precondition[..., None, :]).all(-1)   # (3, 2, 2, 2^A)
-        self.U = (np.arange(2 ** n_outcomes)[:, None] >> np.arange(n_outcomes)) & 1                  # outcome subsets
+        self.U = (np.arange(2 ** len(self.outcomes))[:, None] >> np.arange(len(self.outcomes))) & 1   # outcome subsets
         self.cfg = (np.arange(2 ** (C + 1))[:, None] >> np.arange(C + 1)) & 1     # controls + isolated bit
         self.classes = np.minimum(np.arange(self.n + 1), 2)
+
+    def _used(self) -> set[str]:
+        """Every parameter name some factor of the likelihood reads (from the model's edges)."""
+        from bayes_defense.models import edges
+
+        used = {f"prior.{name}" for name in ("attacker_inside", "admission_open", "peer_table_exposed", "isolated")}
+        used |= {f"prior.{c}" for c in self.controls} | {f"outcome.{o}.baseline" for o in self.outcomes}
+        used |= {f"telemetry.{t}.baseline" for t in self.telemetry} | {"telemetry.join_rate.baseline"}
+        for a in self.attacks:
+            used |= {f"{a}.{name}" for name in ("p_attempt", "p_execute", "p_success", "collusion_gain")}
+            used |= {parameter for _, parameter in edges.mitigations(a)}
+        for t in self.telemetry:
+            attacker_side, cluster_side = edges.telemetry_causes(t)
+            used |= {parameter for _, parameter in attacker_side + cluster_side}
+        used |= {parameter for _, parameter in edges.join_rate_causes()}
+        for o in self.outcomes:
+            used |= {parameter for _, parameter in edges.outcome_causes(o)}
+        return used
 
     def site_names(self) -> dict[str, str]:
         """Accepted column -> kind (``binary``, ``replica`` or ``categorical``)."""
@@ -436,53 +400,59 @@ class _Likelihood:
         return self.torch.log(x) if self.strict else self.torch.log(x.clamp_min(1e-300))
 
     def parameters(self, theta):
-        """Structured views of the flat parameter vector."""
+        """The flat parameter vector clamped into (0, 1), padded with a 0 slot, and the outcome arrays' views."""
         torch = self.torch
         s = self.data.s
         tp = torch.cat([theta.clamp(_EPS, 1 - _EPS), theta.new_zeros(1)])
-        return {name: tp[torch.as_tensor(getattr(s, name))] for name in (
-            "p_attempt", "p_execute", "p_success", "gain", "impact", "efficacy", "outcome_baseline", "tel_baseline",
-            "tel_attacker", "tel_cluster", "join", "prior_controls")} | {
-            name: tp[getattr(s, name)] for name in ("join_baseline", "prior_inside", "prior_admission",
-                                                    "prior_exposed", "prior_isolated")}
+        return {"flat": tp} | {name: tp[torch.as_tensor(getattr(s, name))]
+                               for name in ("impact", "outcome_baseline", "prior_controls")}
 
     def tables(self, theta) -> dict:
-        """Parameter-only tables shared by every row."""
+        """Parameter-only tables shared by every row, from the model's own formulas (models.tables)."""
+        from bayes_defense.models import tables as model
+
         torch = self.torch
         s = self.data.s
         v = self.parameters(theta)
+        flat, index = v["flat"], s.index
+
+        def value(name):
+            return flat[index[name]]
+
         P, n = self.P, s.n
         log1m = lambda x: torch.log1p(-x)   # noqa: E731
-        # Telemetry: log P(indicator off | precursors, faulty) per (P, T).
-        cluster_keep = torch.log1p(-v["tel_baseline"])[None] + P @ log1m(v["tel_cluster"]).T
-        keep = torch.stack([cluster_keep, cluster_keep + P @ log1m(v["tel_attacker"]).T])   # (2, P, T)
-        on = torch.log(-torch.expm1(keep))
-        join_off = torch.log1p(-v["join_baseline"]) + P @ log1m(v["join"])
-        join_on = torch.log(-torch.expm1(join_off))
+        precursors = {a: P[:, i] for i, a in enumerate(s.attacks)}
+        # Telemetry: log P(indicator off | precursors, faulty) per (faulty, P, T).
+        on_probability = torch.stack([torch.stack([model.telemetry_probability(t, value, faulty, precursors)
+                                                   for t in s.telemetry], -1) for faulty in (0, 1)])
+        keep = log1m(on_probability)
+        on = torch.log(on_probability)
+        join_probability = model.join_rate_probability(value, precursors)
+        join_off, join_on = log1m(join_probability), torch.log(join_probability)
         # Precursor prior with the footing sites, per (class, admission_open, exposed, P).
-        la, l1a = torch.log(v["p_attempt"]), log1m(v["p_attempt"])
-        per_attack = P[None, None, None] * la + (1 - P[None, None, None]) * l1a                # (1,1,1,P,A)
-        logw = (self.precondition[..., None, :] * per_attack).sum(-1)
+        attempt = torch.stack([model.precursor_probability(a, value, self.precondition[..., i])
+                               for i, a in enumerate(s.attacks)], -1)[..., None, :]              # (3, 2, 2, 1, A)
+        per_attack = torch.where(P.bool(), self._log(attempt), log1m(attempt))
+        logw = per_attack.sum(-1)
         logw = torch.where(self.feasible, logw, torch.full_like(logw, -math.inf))
-        adm, exp = v["prior_admission"], v["prior_exposed"]
+        adm, exp = value("prior.admission_open"), value("prior.peer_table_exposed")
         logw = logw + torch.log(torch.stack([1 - adm, adm]))[None, :, None, None] \
             + torch.log(torch.stack([1 - exp, exp]))[None, None, :, None]
-        # Attacker prior.
-        inside = v["prior_inside"]
-        attacker = torch.cat([torch.log1p(-inside)[None], (torch.log(inside) - math.log(n)).expand(n)])
-        iso = v["prior_isolated"]
-        isolated = torch.cat([torch.log1p(-iso)[None], (torch.log(iso) - math.log(n)).expand(n)])
-        # Success, per configuration of (controls, isolated bit) and attack.
-        share = s.share
-        base = v["p_success"] + (1 - v["p_success"]) * v["gain"] * share
-        keep_success = torch.exp(torch.log(base)[None] + self.cfg @ log1m(v["efficacy"]).T)   # (cfg, A)
-        pe = v["p_execute"][None]
+        inside, iso = value("prior.attacker_inside"), value("prior.isolated")
+        attacker = torch.log(model.spread(inside, n))
+        isolated = torch.log(model.spread(iso, n))
+        # Success and execution, per configuration of (controls, isolated bit) and attack.
+        in_place = {key: self.cfg[:, slot] for key, slot in model.EFFICACY_SLOTS.items()}
+        keep_success = torch.stack([model.success_given_controls(a, value, s.share, in_place)
+                                    for a in s.attacks], -1)                                     # (cfg, A)
+        pe = torch.stack([model.execution_probability(a, value, 1.0) for a in s.attacks])[None]
         q = pe * keep_success
         zero = torch.zeros_like(q)
         # (alpha, beta) per label state 3 * (executing + 1) + (success + 1), for a precursor that is on.
         alpha = torch.stack([1 - q, 1 - q, zero, 1 - pe.expand_as(q), 1 - pe.expand_as(q), zero,
                              pe - q, pe - q, zero])
         beta = torch.stack([q, zero, q, zero, zero, zero, q, zero, q])                         # (9, cfg, A)
+        # The noisy-OR outcomes as a sum of products over outcome subsets U: P(O = 0 | S) = (1 - b) prod_A (1 - w_A S_A).
         log_d = self.U @ log1m(v["impact"]).T                                                 # (U, A)
         factor = alpha[:, None] + beta[:, None] * torch.exp(log_d)[None, :, None]             # (9, U, cfg, A)
         log_factor = torch.log(factor.clamp_min(1e-300))
