@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from bayes_defense.errors import ConfigError
+from bayes_defense.ioutil import atomic_write
 from bayes_defense.sim.engine import Simulation
 from bayes_defense.sim.scenario import Scenario
 from bayes_defense.stream.io import EVENT_FILE_NAMES, FORMATS, EventWriter
@@ -91,7 +92,8 @@ def run_to_events(scenario: Scenario) -> Iterator[Event]:
 
 
 def _write_json(path: Path, data: Any) -> None:
-    with open(path, "w", encoding="utf-8") as handle:
+    # Atomic, as the event log is: an interrupted run leaves the old file or none.
+    with atomic_write(path, "w") as handle:
         json.dump(data, handle, indent=2, sort_keys=False)
         handle.write("\n")
 
