@@ -243,7 +243,7 @@ def run_baseline(events: Iterable[Event], factory: Any, *, window: float = 1.0, 
 
 
 def river_available() -> bool:
-    """Whether the optional ``river`` package (``pip install bayes_defense[river]``) is installed."""
+    """Whether the optional ``river`` package (``pip install bayes_defense[peers]``) is installed."""
     import importlib.util
 
     return importlib.util.find_spec("river") is not None
@@ -287,7 +287,7 @@ def run_half_space_trees(events: Iterable[Event], *, window: float = 1.0, limit:
     try:
         from river.anomaly import HalfSpaceTrees
     except ImportError:
-        raise ImportError("the HalfSpaceTrees baseline needs river: pip install 'bayes_defense[river]'") from None
+        raise ImportError("the HalfSpaceTrees baseline needs river: pip install 'bayes_defense[peers]'") from None
     model = HalfSpaceTrees(seed=seed, **{"n_trees": 25, "height": 8, "window_size": 250, **options})
     scale = {name: _Standardiser() for name in _SERIES}
     quiet = rearm_windows

@@ -44,7 +44,7 @@ def test_univariate_baselines_see_a_blatant_replay(replay_run, factory):
 
 def test_half_space_trees_runs_when_river_is_installed(replay_run):
     if not river_available():
-        pytest.skip("river is not installed (optional: pip install 'bayes_defense[river]')")
+        pytest.skip("river is not installed (optional: pip install 'bayes_defense[peers]')")
     events, spec = replay_run
     alerts = run_half_space_trees(events)
     assert alerts == run_half_space_trees(events)  # seeded: the same trees every time
