@@ -55,5 +55,5 @@ def test_half_space_trees_runs_when_river_is_installed(replay_run):
 
 def test_half_space_trees_without_river_says_how_to_install(replay_run, monkeypatch):
     monkeypatch.setitem(sys.modules, "river.anomaly", None)
-    with pytest.raises(ImportError, match=r"bayes_defense\[river\]"):
+    with pytest.raises(ImportError, match=r"bayes_defense\[peers\]"):
         run_half_space_trees(replay_run[0][:100])
