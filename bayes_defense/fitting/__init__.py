@@ -20,7 +20,6 @@ Names are loaded on first use, so importing this package costs no torch.
 from __future__ import annotations
 
 import importlib
-import importlib.util
 import inspect
 import os
 from typing import Any
@@ -188,13 +187,9 @@ def load_posterior(path: str | os.PathLike[str]):
 
 def _readers() -> dict[str, tuple[str, str]]:
     """Format name -> (module, reader taking ``(path, groups)``), each name read from its own module."""
-    from bayes_defense.fitting import cluster, defender, signal_model
+    from bayes_defense.fitting import cluster, defender, scm, signal_model
 
-    readers = {defender.FORMAT_NAME: ("bayes_defense.fitting.defender", "posterior_from_groups"),
-               cluster.CLUSTER_FORMAT_NAME: ("bayes_defense.fitting.cluster", "posterior_from_groups"),
-               signal_model.FORMAT_NAME: ("bayes_defense.fitting.signal_model", "posterior_from_groups")}
-    if importlib.util.find_spec("bayes_defense.fitting.scm") is not None:
-        from bayes_defense.fitting import scm
-
-        readers[scm.FORMAT_NAME] = ("bayes_defense.fitting.scm", "load_scm_posterior")
-    return readers
+    return {defender.FORMAT_NAME: ("bayes_defense.fitting.defender", "posterior_from_groups"),
+            cluster.CLUSTER_FORMAT_NAME: ("bayes_defense.fitting.cluster", "posterior_from_groups"),
+            signal_model.FORMAT_NAME: ("bayes_defense.fitting.signal_model", "posterior_from_groups"),
+            scm.FORMAT_NAME: ("bayes_defense.fitting.scm", "load_scm_posterior")}
