@@ -8,6 +8,10 @@ One module per fitted model, and one per shared piece:
   parameters, fitted to incident tables;
 - :mod:`~bayes_defense.fitting.scm`: any Pyro SCM with parameter sites,
   fitted to a table with one column per observed site;
+- :mod:`~bayes_defense.fitting.signal_model`: the model filter's signal and
+  transition parameters (:class:`~bayes_defense.stream.model_filter.ModelDefender`),
+  fitted to labelled event logs through the filter's own likelihood;
+- :mod:`~bayes_defense.fitting.merge`: posteriors fitted apart, merged;
 - :mod:`~bayes_defense.fitting.diagnostics` (thresholds, checks, the
   warning), :mod:`~bayes_defense.fitting.svi` (the SVI runner),
   :mod:`~bayes_defense.fitting.storage` (NetCDF files),
