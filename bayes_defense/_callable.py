@@ -1,11 +1,11 @@
 """Submodules that share their name with the function they export.
 
-``bd.explain`` and ``bd.fit`` are functions (DESIGN.md), defined in the
-submodules ``bayes_defense.explain`` and ``bayes_defense.fit``. Importing such
+``bd.explain`` and ``bd.models.cluster`` are functions (DESIGN.md), defined in
+the submodules ``bayes_defense.explain`` and ``bayes_defense.models.cluster``. Importing such
 a submodule makes Python bind the package attribute of the same name to the
 module, replacing the function. Making the module callable, forwarding to its
-function, keeps ``bd.explain(...)`` and ``bd.fit(...)`` working whichever of
-the two the attribute holds, while ``import bayes_defense.fit as m`` still
+function, keeps ``bd.explain(...)`` and ``bd.models.cluster(...)`` working whichever
+of the two the attribute holds, while ``import bayes_defense.explain as m`` still
 gives the module.
 """
 
