@@ -89,18 +89,22 @@ def cpu_events_per_second(events: list[Event], repeats: int = 3) -> float:
     return float(np.median(rates))
 
 
-@functools.cache
-def latencies(nodes: int) -> np.ndarray:
-    """Per-event ``observe`` wall-clock latencies in microseconds over the simulated stream."""
-    warm_planner(nodes)
-    defender = StreamingDefender()
+def observe_latencies(defender, events) -> np.ndarray:
+    """Per-event ``defender.observe`` wall-clock latencies in microseconds over ``events``."""
     clock = time.perf_counter
     out = []
-    for event in simulated_stream(nodes):
+    for event in events:
         t0 = clock()
         defender.observe(event)
         out.append(clock() - t0)
     return np.asarray(out) * 1e6
+
+
+@functools.cache
+def latencies(nodes: int) -> np.ndarray:
+    """Per-event ``observe`` latencies of the defender (microseconds) over the simulated stream."""
+    warm_planner(nodes)
+    return observe_latencies(StreamingDefender(), simulated_stream(nodes))
 
 
 class Throughput:

@@ -16,7 +16,7 @@ import time
 import numpy as np
 
 from bayes_defense.stream.model_filter import ModelDefender
-from benchmarks.bench_defender import simulated_stream, synthetic_stream
+from benchmarks.bench_defender import observe_latencies, simulated_stream, synthetic_stream
 
 
 def cpu_events_per_second(events, repeats: int = 3) -> float:
@@ -32,15 +32,8 @@ def cpu_events_per_second(events, repeats: int = 3) -> float:
 
 @functools.cache
 def latencies(nodes: int) -> np.ndarray:
-    """Per-event ``observe`` wall-clock latencies in microseconds over the simulated stream."""
-    defender = ModelDefender(planner=None)
-    clock = time.perf_counter
-    out = []
-    for event in simulated_stream(nodes):
-        t0 = clock()
-        defender.observe(event)
-        out.append(clock() - t0)
-    return np.asarray(out) * 1e6
+    """Per-event ``observe`` latencies of the model filter (microseconds) over the simulated stream."""
+    return observe_latencies(ModelDefender(planner=None), simulated_stream(nodes))
 
 
 class ModelFilterThroughput:

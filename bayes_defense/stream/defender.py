@@ -27,7 +27,7 @@ import numpy as np
 
 from bayes_defense.errors import InvalidInputError
 from bayes_defense.models.catalogue import ATTACK_NAMES
-from bayes_defense.stream.recommend import FALLBACK, Recommendations, recommend
+from bayes_defense.stream.recommend import FALLBACK, Recommendations, resolve_planner
 from bayes_defense.stream.schema import (
     KNOWN_KINDS,
     MAX_ATTRS_DEPTH,
@@ -550,11 +550,7 @@ class StreamingDefender:
                                     "max_clock_skew": max_clock_skew, "clock_confirm": clock_confirm})
         params = default_parameters(ensemble, seed) if parameters is None else check_parameters(
             parameters, ensemble=ensemble, seed=seed)
-        if planner == "plan":
-            planner = recommend
-        elif planner is not None and not callable(planner):
-            raise InvalidInputError(f"planner must be 'plan', None or a callable; got {planner!r}")
-        self._planner = planner
+        self._planner = resolve_planner(planner)
         self.parameters = params
         self.__dict__.update(settings)
         self._log_transition = self._transitions(params)

@@ -48,7 +48,7 @@ from bayes_defense.stream.defender import (
     _check_settings,
 )
 from bayes_defense.stream.obsmap import KindRule, ObservationMap, UnmatchedCounter
-from bayes_defense.stream.recommend import FALLBACK, Recommendations, recommend
+from bayes_defense.stream.recommend import FALLBACK, Recommendations, resolve_planner
 from bayes_defense.stream.schema import KNOWN_KINDS, REJECTION_REASONS
 from bayes_defense.stream.signals import SignalExtractor
 
@@ -179,11 +179,7 @@ max_clock_skew, clock_confirm
                                     "(bd.fit('defender', ...)) or run it with bayes_defense.stream.scored")
         else:
             values = evidence.check_values(parameters, self.attacks)
-        if planner == "plan":
-            planner = recommend
-        elif planner is not None and not callable(planner):
-            raise InvalidInputError(f"planner must be 'plan', None or a callable; got {planner!r}")
-        self._planner = planner
+        self._planner = resolve_planner(planner)
         self.parameters = values
         self.__dict__.update(settings)
         self.adaptive = None if adaptive is None else float(adaptive)

@@ -21,6 +21,7 @@ from __future__ import annotations
 import functools
 from collections.abc import Iterator, Mapping
 
+from bayes_defense.errors import InvalidInputError
 from bayes_defense.models.catalogue import (
     ATTACKS_FROM_A_REPLICA,
     MATCHED_COUNTERMEASURES,
@@ -28,7 +29,7 @@ from bayes_defense.models.catalogue import (
     MIN_NODES,
 )
 
-__all__ = ["ATTACKER_SUSPECTS", "FALLBACK", "evidence_for", "recommend", "role_of", "Recommendations"]
+__all__ = ["ATTACKER_SUSPECTS", "FALLBACK", "evidence_for", "recommend", "resolve_planner", "role_of", "Recommendations"]
 
 #: Attacks whose suspects are the attacking replicas (for sybil the suspects
 #: are outside identities, for eclipse the victim replica). The catalogue is
@@ -99,6 +100,24 @@ def recommend(attack: str, role: str, phase: str, n_nodes: int) -> str:
     except ImpossibleEvidenceError:
         result = bd.plan(model, evidence_for(attack, "none", phase), max_steps=1, horizon=1)
     return "+".join(result.best.countermeasures) or "observe"
+
+
+def resolve_planner(planner):
+    """A defender's ``planner`` argument as the callable it stands for: ``"plan"`` is :func:`recommend`.
+
+    ``None`` (the catalogue's matched countermeasure) and callables pass through;
+    anything else is refused.
+
+    Examples
+    --------
+    >>> resolve_planner("plan") is recommend, resolve_planner(None)
+    (True, None)
+    """
+    if isinstance(planner, str) and planner == "plan":
+        return recommend
+    if planner is not None and not callable(planner):
+        raise InvalidInputError(f"planner must be 'plan', None or a callable; got {planner!r}")
+    return planner
 
 
 def role_of(nodes: tuple[str, ...], primary: str, replicas: frozenset | set) -> str:
