@@ -27,6 +27,7 @@ parameter uncertainty.
 from __future__ import annotations
 
 import json
+import math
 import os
 import time
 import warnings
@@ -286,7 +287,12 @@ def fit_scm(model, data, *, method: str = "svi", num_steps: int | None = None, n
         the posterior mode found by L-BFGS on the exact loss; with missing
         cells, stochastic SVI with a multivariate normal over the parameters
         and a mean-field normal over the cells (a joint mode over cells and
-        scales would shrink the scales); ``"nuts"``: NUTS.
+        scales would shrink the scales); ``"nuts"``: NUTS. A
+        :func:`~bayes_defense.models.from_graph` model with every cell
+        observed has a posterior that factorises over its nodes: ``"svi"``
+        then computes each node's Laplace approximation in closed form (the
+        same Gaussian, without L-BFGS) and draws each table row from its
+        exact Dirichlet posterior.
     num_steps : int, optional
         Most L-BFGS iterations, or SVI steps with missing cells (default 2000).
     num_samples, num_warmup, num_chains : int, optional
@@ -319,13 +325,16 @@ def fit_scm(model, data, *, method: str = "svi", num_steps: int | None = None, n
 
     Examples
     --------
+    A regression whose least-squares slope lies 1.7 standard errors from the
+    true 2.0 (so a 90% interval would miss it; a 99% one holds it):
+
     >>> import networkx as nx, numpy as np, pandas as pd
     >>> import bayes_defense as bd
     >>> rng = np.random.default_rng(0)
     >>> x = rng.normal(size=400)
     >>> table = pd.DataFrame({"x": x, "y": 1.0 + 2.0 * x + 0.5 * rng.normal(size=400)})
     >>> scm = bd.models.from_graph(nx.DiGraph([("x", "y")]))
-    >>> post = bd.fit(scm, table, num_steps=1500, num_samples=200, progress=False)
+    >>> post = bd.fit(scm, table, num_samples=1000, level=0.99, progress=False)
     >>> slope = post.estimate("y.coefficients", 1)
     >>> bool(slope.lower < 2.0 < slope.upper), round(slope.mean, 1)
     (True, 2.0)
@@ -374,7 +383,10 @@ def fit_scm(model, data, *, method: str = "svi", num_steps: int | None = None, n
             fitting_model = _plated(model, parameters, units, tensors, info.max_plate_nesting, discrete)
             enumerated = bool({*tensors.partial, *tensors.latent_units} & discrete)
             local = bool(tensors.partial or tensors.latent_units)
-            if method == "svi":
+            if method == "svi" and _factorised(model, tensors):
+                draws, optimizer_stats = _graph_posterior(model, tensors, num_samples=num_samples, seed=int(seed))
+                losses, fixed = None, {}
+            elif method == "svi":
                 draws, optimizer_stats, losses, fixed = _svi(fitting_model, parameters, param_store_names,
                                                              num_steps=num_steps,
                                                    num_samples=num_samples, learning_rate=learning_rate, show=show,
@@ -479,6 +491,106 @@ def _svi(fitting_model, parameters, param_store_names, *, num_steps, num_samples
         stats = {"lbfgs_iterations": guide.iterations, "lbfgs_converged": guide.converged}
         losses = None
     return {name: np.stack(values)[None] for name, values in draws.items()}, stats, losses, fixed
+
+
+def _factorised(model, columns: _Columns) -> bool:
+    """Whether the posterior of a from_graph model factorises over its nodes: every cell observed.
+
+    The priors are independent per node and each node's likelihood involves only its own
+    parameters once its parents are observed, so each node is a separate regression (or table).
+    """
+    from bayes_defense.models.graph import GraphSCM
+
+    return (isinstance(model, GraphSCM) and not columns.partial and not columns.latent_units
+            and set(columns.values) == set(model.nodes))
+
+
+def _node_laplace(design: np.ndarray, target: np.ndarray, prior_mean: np.ndarray, prior_sd: np.ndarray,
+                  scale_sd: float, *, tolerance: float = 1e-12, max_iterations: int = 500):
+    """Mode and covariance of the Laplace approximation of one node's regression posterior.
+
+    The parameters are ``theta = (coefficients, log scale)``, the space in which
+    ``AutoLaplaceApproximation`` works (the scale's HalfNormal prior carries the Jacobian ``+ log s``).
+    With ``t = s^2``, ``S`` the residual sum of squares and ``P`` the prior precision, the negative
+    log posterior is ``n log s + S / (2 t) + sum (beta - m)^2 P / 2 + t / (2 scale_sd^2) - log s``.
+    Its two conditional modes are closed forms: ``beta = (X'X / t + P)^-1 (X'y / t + P m)``, and
+    ``t`` the positive root of ``t^2 / scale_sd^2 + (n - 1) t - S = 0``; alternating them reaches the
+    joint mode (the cross curvature ``2 X'r / t`` vanishes at the conditional mode up to the prior).
+    The Hessian there is exact: ``[[X'X / t + P, 2 X'r / t], [2 r'X / t, 2 S / t + 2 t / scale_sd^2]]``.
+
+    Returns ``(mode, covariance, iterations)``; ``mode[-1]`` is ``log s``.
+    """
+    rows = design.shape[0]
+    gram, moment, total = design.T @ design, design.T @ target, float(target @ target)
+    precision = 1.0 / np.square(prior_sd)
+    beta = np.linalg.lstsq(design, target, rcond=None)[0]
+    t = max(float(np.mean(np.square(target - design @ beta))), 1e-300)
+    for iteration in range(1, max_iterations + 1):
+        beta = np.linalg.solve(gram / t + np.diag(precision), moment / t + precision * prior_mean)
+        squares = max(total - 2.0 * beta @ moment + beta @ gram @ beta, 0.0)
+        a = 1.0 / scale_sd ** 2
+        # The positive root, written so that it does not cancel when (n - 1)^2 dominates.
+        t_new = 2.0 * squares / ((rows - 1) + math.sqrt((rows - 1) ** 2 + 4.0 * a * squares)) \
+            if squares > 0 else 1e-300
+        converged = abs(t_new - t) <= tolerance * t
+        t = t_new
+        if converged:
+            break
+    beta = np.linalg.solve(gram / t + np.diag(precision), moment / t + precision * prior_mean)
+    residual_moment = moment - gram @ beta
+    squares = max(total - 2.0 * beta @ moment + beta @ gram @ beta, 0.0)
+    size = design.shape[1]
+    hessian = np.empty((size + 1, size + 1))
+    hessian[:size, :size] = gram / t + np.diag(precision)
+    hessian[:size, size] = hessian[size, :size] = 2.0 * residual_moment / t
+    hessian[size, size] = 2.0 * squares / t + 2.0 * t / scale_sd ** 2
+    try:
+        covariance = np.linalg.inv(hessian)
+        np.linalg.cholesky(covariance)
+    except np.linalg.LinAlgError:
+        raise InvalidInputError("a node's regression has no positive-definite curvature at its mode (a "
+                                "column constant or collinear with its parents'?): drop the edge or the "
+                                "column, or use method='nuts'") from None
+    return np.append(beta, 0.5 * math.log(t)), covariance, iteration
+
+
+def _graph_posterior(model, columns: _Columns, *, num_samples: int, seed: int):
+    """Posterior draws of a fully observed from_graph model, node by node (see :func:`_factorised`).
+
+    Continuous nodes: the Laplace approximation of each regression, in closed form
+    (:func:`_node_laplace`), the same Gaussian ``method="svi"`` finds by L-BFGS on the joint model.
+    Discrete nodes: each table row's exact posterior, Dirichlet(concentration + counts).
+    Returns ``(draws, info)``.
+    """
+    import torch
+
+    rng = np.random.default_rng([int(seed), 0x5C3F])
+    priors = model.priors()
+    values = {name: columns.values[name][0] for name in model.nodes}
+    draws, iterations = {}, 0
+    for node in model.nodes:
+        if model.kind(node) == "discrete":
+            parents = model.parents(node)
+            index = np.zeros(columns.num_rows, dtype=np.int64)
+            for parent in parents:
+                index = index * model.states(parent) + values[parent].numpy().astype(np.int64)
+            alpha = priors[f"{node}.cpt"].base_dist.concentration.numpy().astype(float).copy()
+            np.add.at(alpha, (index, values[node].numpy().astype(np.int64)), 1.0)
+            gamma = rng.standard_gamma(alpha, size=(num_samples, *alpha.shape))
+            draws[f"{node}.cpt"] = (gamma / gamma.sum(-1, keepdims=True))[None]
+            continue
+        with torch.no_grad():
+            design = model.features(node, values).expand(columns.num_rows, -1).numpy().astype(float)
+        coefficients = priors[f"{node}.coefficients"].base_dist
+        mode, covariance, used = _node_laplace(design, values[node].numpy().astype(float),
+                                               coefficients.loc.numpy().astype(float),
+                                               coefficients.scale.numpy().astype(float),
+                                               float(priors[f"{node}.scale"].scale))
+        iterations = max(iterations, used)
+        theta = mode + rng.standard_normal((num_samples, mode.size)) @ np.linalg.cholesky(covariance).T
+        draws[f"{node}.coefficients"] = theta[None, :, :-1]
+        draws[f"{node}.scale"] = np.exp(theta[None, :, -1])
+    return draws, {"laplace": "closed form per node", "laplace_iterations": iterations}
 
 
 def _mode(fitting_model, *, num_steps) -> dict:
@@ -686,8 +798,15 @@ class SCMPosterior:
 
             trend = loss_trend(self.losses) if self.losses is not None else None
             per_chain = next(iter(self.draws.values())).shape[1] if self.draws else 0
-            self._problems = convergence_problems(self.method, self.diagnostics, per_chain, self.sample_stats,
-                                                  trend)
+            # Guide draws are independent, so only NUTS's checks read r_hat and ESS; az.summary over
+            # every entry of a large graph takes far longer than its fit, so SVI does not compute it.
+            if self.method == "nuts":
+                table = self.diagnostics
+            else:
+                import pandas as pd
+
+                table = pd.DataFrame(columns=["r_hat", "ess_bulk", "ess_tail"], dtype=float)
+            self._problems = convergence_problems(self.method, table, per_chain, self.sample_stats, trend)
             if self.info.get("lbfgs_converged") is False:
                 self._problems.append(f"L-BFGS stopped at its limit of {self.info['lbfgs_iterations']} iterations "
                                       "before the mode converged; raise num_steps")

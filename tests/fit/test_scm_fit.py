@@ -267,3 +267,40 @@ def test_missing_discrete_cells_are_summed_out():
     for name in ("x.cpt", "y.cpt"):
         draws = posterior.flat(name)
         assert np.all(np.abs(draws.mean(0) - truth[name].numpy()) < 5 * draws.std(0) + 1e-3), name
+
+
+@pytest.mark.parametrize("mechanism", ["linear", "additive"])
+def test_closed_form_node_laplace_equals_the_joint_lbfgs_laplace(mechanism):
+    """The per-node closed form (every cell observed) is the Gaussian that L-BFGS + Hessian finds on the joint."""
+    from bayes_defense.causal.structure import float64, model_info
+    from bayes_defense.fitting import scm as fitting
+
+    graph = _graph_model().graph()
+    table = _table(300, seed=3)
+    model = bd.models.from_graph(graph, mechanisms=mechanism, scales=table)
+    info = model_info(model)
+    with float64():
+        columns = fitting._Columns(table, info, list(model.nodes))
+        joint = fitting._plated(model, list(model.parameter_sites), list(model.nodes), columns,
+                                info.max_plate_nesting, set())
+        pyro.clear_param_store()
+        laplace, _ = fitting._laplace(joint, num_steps=2000)
+        loc = laplace.loc.detach().numpy()
+        covariance = laplace.get_posterior().covariance_matrix.detach().numpy()
+        priors = model.priors()
+        offset = 0
+        for node in model.nodes:
+            design = model.features(node, {k: v[0] for k, v in columns.values.items()}).expand(300, -1).numpy()
+            prior = priors[f"{node}.coefficients"].base_dist
+            mode, node_covariance, _ = fitting._node_laplace(design, columns.values[node][0].numpy(),
+                                                             prior.loc.numpy(), prior.scale.numpy(),
+                                                             float(priors[f"{node}.scale"].scale))
+            size = mode.size
+            block = covariance[offset:offset + size, offset:offset + size]
+            # L-BFGS stops at tolerance_change 1e-12 on a loss of order 1e3: its mode is good to ~1e-6.
+            np.testing.assert_allclose(mode, loc[offset:offset + size], atol=1e-5 * np.sqrt(np.diag(block)).max())
+            np.testing.assert_allclose(node_covariance, block, rtol=1e-4, atol=1e-8)
+            # The joint Hessian is block diagonal: nodes share no parameter.
+            assert np.abs(covariance[offset:offset + size, offset + size:]).max(initial=0.0) < 1e-6 * block.max()
+            offset += size
+    assert offset == loc.size
