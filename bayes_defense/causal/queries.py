@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
+from dataclasses import replace
 
 import torch
 
@@ -30,8 +31,10 @@ from bayes_defense.estimate import Estimate
 from bayes_defense.inference.base import (
     Problem,
     Query,
+    SiteValues,
     make_query,
     resolve,
+    resolve_many,
     seeded,
     single_threaded,
 )
@@ -47,11 +50,17 @@ def _check_common(num_samples, level) -> None:
 
 
 def _as_tensor(value, name: str, role: str) -> torch.Tensor:
+    value = _checked(value, name, role)
+    return torch.scalar_tensor(value) if type(value) is float else value
+
+
+def _checked(value, name: str, role: str) -> float | torch.Tensor:
+    """A checked value: a float for a plain number (made a tensor only when read, :class:`SiteValues`), else a tensor."""
     if type(value) in (int, float, bool):
         # Plain numbers (most evidence) skip the general conversion: a tenth of a fast query otherwise.
         if not math.isfinite(value):
             raise InvalidInputError(f"{role} value for site {name!r} must be finite; got {value!r}")
-        return torch.scalar_tensor(float(value))
+        return float(value)
     try:
         tensor = torch.as_tensor(value)
     except (TypeError, ValueError, RuntimeError) as error:
@@ -84,11 +93,12 @@ def build_problem(model, do, evidence, query, *, counterfactual, num_samples, le
     _check_common(num_samples, level)
     info = model_info(model)
     do = {k: _as_tensor(v, k, "do") for k, v in info.check_names(do, "do").items()}
-    evidence = {k: _as_tensor(v, k, "evidence") for k, v in info.check_names(evidence, "evidence").items()}
+    evidence = {k: _checked(v, k, "evidence") for k, v in info.check_names(evidence, "evidence").items()}
     if not counterfactual:
         # Evidence on an intervened site is either implied by the intervention or impossible.
         for name in list(evidence):
             if name in do:
+                evidence[name] = _as_tensor(evidence[name], name, "evidence")
                 try:
                     consistent = bool((evidence[name].to(do[name].dtype) == do[name]).all())
                 except RuntimeError:
@@ -104,7 +114,7 @@ def build_problem(model, do, evidence, query, *, counterfactual, num_samples, le
         model=model,
         info=info,
         do=do,
-        evidence=evidence,
+        evidence=SiteValues(evidence),
         query=make_query(query, info),
         counterfactual=counterfactual,
         num_samples=num_samples,
@@ -135,10 +145,14 @@ def intervene(
         ``pyro.sample`` site whose distribution depends on its parents.
     do : dict
         ``{site: value}`` interventions (graph surgery).
-    query : str, dict or callable
+    query : str, dict, callable, or a list of them
         A site name (the estimate is that site's mean), a ``{site: value}``
         event, or a callable on ``{site: tensor}`` returning one value per
-        particle; a boolean result makes the estimate a probability.
+        particle; a boolean result makes the estimate a probability. A list
+        of queries is a batch: they share ``do`` and ``evidence``, a backend
+        that can answer them together does (the cluster engine answers every
+        site marginal of a batch in one pass), and the others answer them one
+        by one; each query goes to the backend it would go to alone.
     evidence : dict, optional
         ``{site: value}`` observed in the intervened world, anywhere in the graph.
     backend : str
@@ -155,9 +169,10 @@ def intervene(
 
     Returns
     -------
-    Estimate
+    Estimate or list of Estimate
         A :class:`~bayes_defense.estimate.Probability` for boolean queries
-        and for means of Bernoulli sites.
+        and for means of Bernoulli sites; for a list of queries, a list of
+        estimates in the same order.
 
     Examples
     --------
@@ -170,10 +185,17 @@ def intervene(
     >>> p = bd.intervene(sprinkler, {"sprinkler": 1.0}, "rain", evidence={"wet": 1.0})
     >>> round(p.mean, 4), p.backend
     (0.5377, 'exact')
+
+    Several queries in one call (a batch):
+
+    >>> rain, wet = bd.intervene(sprinkler, {"sprinkler": 1.0}, ["rain", {"wet": 1.0}])
+    >>> round(rain.mean, 4), round(wet.mean, 4)
+    (0.3, 0.53)
     """
-    problem = build_problem(model, do, evidence, query, counterfactual=False, num_samples=num_samples,
-                       level=level, options=options)
-    return _answer(problem, backend, seed)
+    first, rest = _split_batch(query)
+    problem = build_problem(model, do, evidence, first, counterfactual=False, num_samples=num_samples,
+                            level=level, options=options)
+    return _answer(problem, backend, seed, _batch(problem, rest))
 
 
 def counterfactual(
@@ -199,8 +221,9 @@ def counterfactual(
         ``{site: value}`` observed in the factual world.
     do : dict
         ``{site: value}`` interventions that define the counterfactual world.
-    query : str, dict or callable
-        Evaluated in the counterfactual world, as for :func:`intervene`.
+    query : str, dict, callable, or a list of them
+        Evaluated in the counterfactual world, as for :func:`intervene`
+        (a list is a batch sharing the evidence, ``do`` and ``condition``).
     backend, num_samples, level, seed, options
         As for :func:`intervene`.
     condition : dict or callable, optional
@@ -209,7 +232,8 @@ def counterfactual(
 
     Returns
     -------
-    Estimate
+    Estimate or list of Estimate
+        One estimate per query for a list of queries.
 
     Examples
     --------
@@ -230,31 +254,67 @@ def counterfactual(
     """
     info = model_info(model)
     condition_query = None if condition is None else make_query(condition, info, "condition")
-    problem = build_problem(model, do, evidence, query, counterfactual=True, num_samples=num_samples,
-                       level=level, condition=condition_query, options=options)
-    return _answer(problem, backend, seed)
+    first, rest = _split_batch(query)
+    problem = build_problem(model, do, evidence, first, counterfactual=True, num_samples=num_samples,
+                            level=level, condition=condition_query, options=options)
+    return _answer(problem, backend, seed, _batch(problem, rest))
 
 
-def _answer(problem: Problem, backend: str, seed):
+def _split_batch(query):
+    """``(first query, the rest or None)``: None when ``query`` is a single query, not a list."""
+    if not isinstance(query, (list, tuple)):
+        return query, None
+    if not query:
+        raise InvalidInputError("query is an empty list; give a query (a site name, a {site: value} dict or a "
+                                "callable) or a non-empty list of them")
+    return query[0], list(query[1:])
+
+
+def _batch(problem: Problem, rest) -> list[Query] | None:
+    """Every query of a batch as :class:`Query` (the first is ``problem.query``), or None for one query."""
+    if rest is None:
+        return None
+    return [problem.query, *(make_query(q, problem.info) for q in rest)]
+
+
+def _answer(problem: Problem, backend: str, seed, queries: list[Query] | None = None):
+    """Answer ``problem`` (or each query of a batch, sharing its do, evidence and condition)."""
     if not isinstance(backend, str):
         raise InvalidInputError(f"backend must be a name string, one of bayes_defense.backends(); got {backend!r}")
+    batch = [problem.query] if queries is None else queries
     draws = getattr(problem.model, "parameter_models", None)
     if draws:
         # A fitted SCM (posterior.model()): one answer per parameter draw, pooled, so that the
         # interval carries the parameter uncertainty as well as the Monte Carlo error.
-        from dataclasses import replace
-
         from bayes_defense.estimate import combine_draws
 
-        answers = []
+        by_draw = []
         with seeded(seed), single_threaded():
             for model in draws:
                 per_draw = replace(problem, model=model, info=model_info(model))
-                answers.append(resolve(per_draw, backend).run(per_draw))
-        return combine_draws(answers, level=problem.level)
-    chosen = resolve(problem, backend)
-    with seeded(seed), single_threaded():
-        return chosen.run(problem)
+                by_draw.append(_run_batch(per_draw, batch, backend))
+        answers = [combine_draws([draw[i] for draw in by_draw], level=problem.level) for i in range(len(batch))]
+    else:
+        groups = resolve_many(problem, batch, backend) if queries is not None else None
+        with seeded(seed), single_threaded():
+            if groups is None:
+                return resolve(problem, backend).run(problem)
+            answers = _run_groups(problem, batch, groups)
+    return answers if queries is not None else answers[0]
+
+
+def _run_batch(problem: Problem, batch: list[Query], backend: str) -> list:
+    if len(batch) == 1:
+        return [resolve(problem, backend).run(problem)]
+    return _run_groups(problem, batch, resolve_many(problem, batch, backend))
+
+
+def _run_groups(problem: Problem, batch: list[Query], groups) -> list:
+    answers = [None] * len(batch)
+    for chosen, indices in groups:
+        for i, estimate in zip(indices, chosen.run_many(problem, [batch[i] for i in indices]), strict=True):
+            answers[i] = estimate
+    return answers
 
 
 def _negate(query: Query) -> Query:

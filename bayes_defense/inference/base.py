@@ -39,8 +39,8 @@ from __future__ import annotations
 
 import contextlib
 import math
-from collections.abc import Callable
-from dataclasses import dataclass, field
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field, replace
 
 import pyro
 import torch
@@ -52,7 +52,8 @@ from bayes_defense.causal.noise import World
 from bayes_defense.causal.structure import ModelInfo
 from bayes_defense.errors import InvalidInputError, UnsupportedModelError
 
-__all__ = ["Backend", "Problem", "Query", "register_backend", "get_backend", "backends"]
+__all__ = ["Backend", "Problem", "Query", "register_backend", "get_backend", "backends", "resolve_many",
+           "SiteValues"]
 
 
 class _AccessRecorder(dict):
@@ -181,6 +182,43 @@ class _ParticlePlate(PlateMessenger):
         BroadcastMessenger._pyro_sample(msg)
 
 
+class SiteValues(Mapping):
+    """``{site: tensor}``, the evidence of a :class:`Problem`, with plain numbers turned into tensors when read.
+
+    A backend that computes with plain numbers (the cluster engine, in numpy)
+    reads :meth:`raw` and never pays for a tensor per observed site: a
+    50-replica cluster's evidence has hundreds of them.
+
+    Examples
+    --------
+    >>> from bayes_defense.inference.base import SiteValues
+    >>> values = SiteValues({"x": 1.0})
+    >>> values.raw()["x"], values["x"].item()
+    (1.0, 1.0)
+    """
+
+    def __init__(self, values: Mapping):
+        self._values = dict(values)
+        # The dtype in force where the values were given, as an eager conversion would have used.
+        self._dtype = torch.get_default_dtype()
+
+    def __getitem__(self, name: str) -> torch.Tensor:
+        value = self._values[name]
+        if not isinstance(value, torch.Tensor):
+            value = self._values[name] = torch.scalar_tensor(value, dtype=self._dtype)
+        return value
+
+    def __iter__(self):
+        return iter(self._values)
+
+    def __len__(self) -> int:
+        return len(self._values)
+
+    def raw(self) -> dict:
+        """``{site: float or tensor}``: the values as given, plain numbers not converted."""
+        return dict(self._values)
+
+
 @dataclass
 class Problem:
     """Everything a backend needs to answer one query."""
@@ -242,6 +280,24 @@ class Backend:
     def run(self, problem: Problem):  # pragma: no cover - interface
         raise NotImplementedError
 
+    def check_many(self, problem: Problem, queries) -> None:
+        """:meth:`check` for several queries sharing ``problem``'s do, evidence and condition.
+
+        The default checks each query in turn; a backend that shares work
+        across a batch overrides it with :meth:`run_many`.
+        """
+        for query in queries:
+            self.check(replace(problem, query=query))
+
+    def run_many(self, problem: Problem, queries) -> list:
+        """Answer several queries that share ``problem``'s do, evidence and condition: a list of estimates.
+
+        The default answers each query in turn (the fallback for backends
+        that cannot batch); :class:`~bayes_defense.inference.cluster_engine.ClusterEngine`
+        answers every site marginal of a batch from one pass.
+        """
+        return [self.run(replace(problem, query=query)) for query in queries]
+
 
 _REGISTRY: dict[str, type[Backend]] = {}
 # Listing order of the built-in backends; user backends follow in registration order.
@@ -294,6 +350,46 @@ def resolve(problem: Problem, name: str) -> Backend:
         backend = get_backend(name)
     backend.check(problem)
     return backend
+
+
+def resolve_many(problem: Problem, queries, name: str) -> list[tuple[Backend, list[int]]]:
+    """Backends for a batch of queries: ``[(backend, indices of the queries it answers), ...]``.
+
+    A named backend answers the whole batch (or raises as :func:`resolve`
+    does). ``auto`` gives each query the backend :func:`resolve` would pick
+    for it alone (the first of its order that answers it), so a batch goes
+    where separate queries would; a backend that answers the whole rest of
+    the batch is found with one :meth:`Backend.check_many`.
+    """
+    indices = list(range(len(queries)))
+    if name != "auto":
+        backend = get_backend(name)
+        backend.check_many(problem, queries)
+        return [(backend, indices)]
+    groups = []
+    for candidate in (*_AUTO_ORDER, "importance"):
+        if not indices:
+            break
+        backend = get_backend(candidate)
+        try:
+            backend.check_many(problem, [queries[i] for i in indices])
+            answered = indices
+        except UnsupportedModelError:
+            if len(indices) == 1 and candidate != "importance":
+                continue
+            answered = []
+            for i in indices:
+                try:
+                    backend.check(replace(problem, query=queries[i]))
+                except UnsupportedModelError:
+                    if candidate == "importance":
+                        raise
+                    continue
+                answered.append(i)
+        if answered:
+            groups.append((backend, answered))
+            indices = [i for i in indices if i not in answered]
+    return groups
 
 
 @contextlib.contextmanager

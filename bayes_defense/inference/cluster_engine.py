@@ -41,7 +41,7 @@ import numpy as np
 import torch
 
 from bayes_defense.errors import ImpossibleEvidenceError, InvalidInputError, UnsupportedModelError
-from bayes_defense.inference.base import Backend, Problem, register_backend
+from bayes_defense.inference.base import Backend, Problem, Query, SiteValues, register_backend
 
 __all__ = ["ClusterEngine", "MAX_CONFIGURATIONS"]
 
@@ -80,6 +80,9 @@ def _event_of(key) -> _Event | None:
 def _scalars(values: dict, role: str) -> dict:
     out = {}
     for name, value in values.items():
+        if type(value) is float:
+            out[name] = value
+            continue
         if isinstance(value, torch.Tensor):
             if value.numel() != 1:
                 raise UnsupportedModelError(f"the cluster engine takes one value per site; {role} {name} has "
@@ -90,9 +93,39 @@ def _scalars(values: dict, role: str) -> dict:
 
 
 class _Plan:
-    """What a problem asks of the engine, checked: the pieces :meth:`ClusterEngine.run` evaluates."""
+    """What a problem asks of the engine, checked: the pieces :meth:`ClusterEngine.run` evaluates.
 
-    def __init__(self, problem: Problem):
+    ``shared``, a plan of another query of the same batch, lends its checked
+    model, do, evidence and condition, so a batch checks them once.
+    """
+
+    def __init__(self, problem: Problem, query: Query | None = None, shared: _Plan | None = None):
+        if shared is None:
+            self._setting(problem)
+        else:
+            self.model, self.engine, self.distributions = shared.model, shared.engine, shared.distributions
+            self.evidence, self.counterfactual, self.do = shared.evidence, shared.counterfactual, shared.do
+            self.condition = shared.condition
+        query = problem.query if query is None else query
+        self.callable = None
+        self.site = None
+        self.event = None
+        if query.site is not None:
+            self.site = query.site
+            if self.distributions[self.site] == "Bernoulli":
+                self.site, self.event = None, _Event({query.site: 1.0})
+        else:
+            self.event = _event_of(query.key)
+            if self.event is None:
+                self.callable = query
+        if self.counterfactual:
+            self._check_counterfactual()
+        elif self.callable is not None:
+            self._check_callable()
+        self.marginal = None if self.counterfactual else self._marginal()
+
+    def _setting(self, problem: Problem) -> None:
+        """The checks every query of a problem shares: the model, ``do``, evidence and condition."""
         from bayes_defense.models.cluster import ClusterModel
         from bayes_defense.models.engine import engine
 
@@ -107,7 +140,8 @@ class _Plan:
         self.engine = engine(model)
         self.distributions = model.site_distributions
         do = _scalars(problem.do, "do")
-        self.evidence = _scalars(problem.evidence, "evidence")
+        evidence = problem.evidence
+        self.evidence = _scalars(evidence.raw() if isinstance(evidence, SiteValues) else evidence, "evidence")
         self.counterfactual = problem.counterfactual
         for name in do:
             if name == "theta_draw" and self.counterfactual:
@@ -118,29 +152,12 @@ class _Plan:
                                             "attacker's replica flags, outcomes and join_rate are leaves of its "
                                             "factorisation); use backend='exact'")
         self.do = self.engine.check_do(do)
-        query = problem.query
-        self.callable = None
-        self.site = None
-        self.event = None
-        if query.site is not None:
-            self.site = query.site
-            if self.distributions[self.site] == "Bernoulli":
-                self.site, self.event = None, _Event({query.site: 1.0})
-        else:
-            self.event = _event_of(query.key)
-            if self.event is None:
-                self.callable = query
         self.condition = None
         if problem.condition is not None:
             self.condition = _event_of(problem.condition.key)
             if self.condition is None:
                 raise UnsupportedModelError("the cluster engine takes a counterfactual condition that is a "
                                             "{site: value} event or its negation; use backend='exact'")
-        if self.counterfactual:
-            self._check_counterfactual()
-        elif self.callable is not None:
-            self._check_callable()
-        self.marginal = None if self.counterfactual else self._marginal()
 
     def _marginal(self):
         """``(site, value)`` when the query is one site's value that a single engine pass reports, else None."""
@@ -216,6 +233,13 @@ class _Masses:
         self.plan = plan
         self.engine = plan.engine
         self.reference = None
+        self._evidence_mass = None
+
+    def evidence_mass(self) -> np.ndarray:
+        """Z(evidence) per draw, computed once for every query of a batch."""
+        if self._evidence_mass is None:
+            self._evidence_mass = self.mass({})
+        return self._evidence_mass
 
     def mass(self, sites: dict, *, cf: dict | None = None, outcome_cf: dict | None = None) -> np.ndarray:
         """Z(evidence and ``sites`` [and the counterfactual outcomes]) per draw, 0 where they cannot hold."""
@@ -283,31 +307,51 @@ class ClusterEngine(Backend):
     name = "cluster_engine"
 
     def __init__(self):
-        self._plan: tuple | None = None
+        self._plans: tuple | None = None
 
-    def _compiled(self, problem: Problem) -> _Plan:
-        if self._plan is None or self._plan[0] is not problem:
-            self._plan = (problem, _Plan(problem))
-        return self._plan[1]
+    def _compiled(self, problem: Problem, queries=None) -> list[_Plan]:
+        """One plan per query (``problem.query`` alone by default), remembered for the run after a check."""
+        queries = [problem.query] if queries is None else list(queries)
+        key = (problem, [id(q) for q in queries])
+        if self._plans is None or self._plans[0][0] is not problem or self._plans[0][1] != key[1]:
+            first = _Plan(problem, queries[0])
+            plans = [first] + [_Plan(problem, q, shared=first) for q in queries[1:]]
+            # The queries are held so that their ids stay theirs while the plans are kept.
+            self._plans = (key, plans, queries)
+        return self._plans[1]
 
     def check(self, problem: Problem) -> None:
         self._compiled(problem)
 
+    def check_many(self, problem: Problem, queries) -> None:
+        self._compiled(problem, queries)
+
     def run(self, problem: Problem):
+        return self.run_many(problem, [problem.query])[0]
+
+    def run_many(self, problem: Problem, queries) -> list:
+        """Every query of a batch, the site marginals from one engine pass and the rest sharing Z(evidence)."""
         from bayes_defense.models.engine import draw_estimate
 
-        plan = self._compiled(problem)
-        masses = _Masses(plan)
-        if plan.marginal is not None:
-            values, weights, is_probability = self._marginal(plan)
-        elif plan.counterfactual:
-            values, weights, is_probability = self._counterfactual(plan, masses)
-        elif plan.event is not None:
-            values, weights, is_probability = self._event(plan, masses)
-        else:
-            values, weights, is_probability = self._mean(plan, masses)
-        return draw_estimate(values, weights, level=problem.level, backend=self.name,
-                             is_probability=is_probability)
+        plans = self._compiled(problem, queries)
+        masses = _Masses(plans[0])
+        marginal = [plan for plan in plans if plan.marginal is not None]
+        if marginal:
+            sites = list(dict.fromkeys(plan.marginal[0] for plan in marginal))
+            by_draw, marginal_weights = plans[0].engine.query(sites, do=plans[0].do, evidence=plans[0].evidence)
+        answers = []
+        for plan in plans:
+            if plan.marginal is not None:
+                values, weights, is_probability = self._marginal(plan, by_draw), marginal_weights, True
+            elif plan.counterfactual:
+                values, weights, is_probability = self._counterfactual(plan, masses)
+            elif plan.event is not None:
+                values, weights, is_probability = self._event(plan, masses)
+            else:
+                values, weights, is_probability = self._mean(plan, masses)
+            answers.append(draw_estimate(values, weights, level=problem.level, backend=self.name,
+                                         is_probability=is_probability))
+        return answers
 
     @staticmethod
     def _ratio(numerator, denominator):
@@ -319,20 +363,20 @@ class ClusterEngine(Backend):
         return values, weights / weights.sum()
 
     @staticmethod
-    def _marginal(plan: _Plan):
+    def _marginal(plan: _Plan, by_draw: dict) -> np.ndarray:
+        """The per-draw probability of a one-site event from the engine's marginals ``by_draw``."""
         site, value = plan.marginal
-        by_draw, weights = plan.engine.query([site], do=plan.do, evidence=plan.evidence)
         values = by_draw[site]
         values = values[:, int(value)] if site == "attacker" else (values if value == 1.0 else 1.0 - values)
-        return (1.0 - values if plan.event.negated else values), weights, True
+        return 1.0 - values if plan.event.negated else values
 
     def _event(self, plan: _Plan, masses: _Masses):
-        base = masses.mass({})
+        base = masses.evidence_mass()
         values, weights = self._ratio(_event_mass(masses, base, _Event(plan.event.sites)), base)
         return (1.0 - values if plan.event.negated else values), weights, True
 
     def _counterfactual(self, plan: _Plan, masses: _Masses):
-        base = masses.mass({})
+        base = masses.evidence_mass()
         condition = plan.condition
         denominator = _event_mass(masses, base, condition)
         outcome_cf = plan.event.sites
@@ -359,7 +403,7 @@ class ClusterEngine(Backend):
         else:
             read, supports = plan.read, plan.supports
             evaluate = plan.callable.evaluate
-        base = masses.mass({})
+        base = masses.evidence_mass()
         configurations = list(itertools.product(*supports))
         grid = {name: torch.tensor([c[i] for c in configurations], dtype=torch.get_default_dtype())
                 for i, name in enumerate(read)}

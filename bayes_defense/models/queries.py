@@ -1,7 +1,9 @@
 """The standard questions about a cluster model: preconditions, success, simulated incidents.
 
 Each question is asked through the public queries (:func:`bayes_defense.intervene`,
-:func:`bayes_defense.counterfactual`), so ``backend="auto"`` answers
+:func:`bayes_defense.counterfactual`), one batch per question (a list of
+queries: the cluster engine answers every attack's marginal in one pass), so
+``backend="auto"`` answers
 indicator-mode models exactly with the cluster engine (the
 ``cluster_engine`` backend): each :class:`~bayes_defense.estimate.Probability`
 has a zero-width interval, or, for a model built with posterior draws of its
@@ -72,7 +74,8 @@ def precondition_check(model, evidence: dict | None = None, attacks=None, **kwar
     1.0
     """
     names = check_attacks(attacks)
-    return {a: intervene(model, {}, f"{a}.precondition", evidence=evidence, **kwargs) for a in names}
+    answers = intervene(model, {}, [f"{a}.precondition" for a in names], evidence=evidence, **kwargs)
+    return dict(zip(names, answers, strict=True))
 
 
 def success_probability(model, evidence: dict | None = None, countermeasures=(), attacks=None, *,
@@ -90,7 +93,8 @@ def success_probability(model, evidence: dict | None = None, countermeasures=(),
     """
     names = check_attacks(attacks)
     do = countermeasure_do(model, countermeasures, target)
-    return {a: intervene(model, do, f"{a}.success", evidence=evidence, **kwargs) for a in names}
+    answers = intervene(model, do, [f"{a}.success" for a in names], evidence=evidence, **kwargs)
+    return dict(zip(names, answers, strict=True))
 
 
 def simulate_attack(model, evidence: dict, attack: str | None = None, countermeasure: str | None = None, *,
@@ -123,7 +127,8 @@ def simulate_attack(model, evidence: dict, attack: str | None = None, countermea
     else:
         do = countermeasure_do(model, [countermeasure], target)
     outcomes = [outcomes] if isinstance(outcomes, str) else list(outcomes)
-    return {o: counterfactual(model, evidence, do, {o: 1.0}, **kwargs) for o in outcomes}
+    answers = counterfactual(model, evidence, do, [{o: 1.0} for o in outcomes], **kwargs)
+    return dict(zip(outcomes, answers, strict=True))
 
 
 #: How each footing is forced when an attack is injected: the attacker's point of presence is the
@@ -175,8 +180,8 @@ def sample_incidents(model, attack: str, count: int, *, seed: int = 0, outcome: 
     >>> model = bd.models.cluster(4)
     >>> cases = bd.models.sample_incidents(model, "replay", 3, seed=0)
     >>> evidence, seen = cases[0]
-    >>> seen, len(evidence)
-    ({'safety_violated': 1}, 45)
+    >>> seen, len(evidence) == 4 * len(bd.models.TELEMETRY) + 1   # every replica's telemetry, and join_rate
+    ({'safety_violated': 1}, True)
     >>> bd.explain(model, evidence, seen).top_attack in bd.models.ATTACKS
     True
     """
