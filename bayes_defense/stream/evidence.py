@@ -33,6 +33,7 @@ ordered precursor pattern only (:data:`bayes_defense.models.registry.PATTERNS`),
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -361,11 +362,22 @@ def attacker_weights(footing: str, replicas: int, primary: int) -> np.ndarray:
     return out
 
 
-def _logsumexp(a: np.ndarray, axis: int) -> np.ndarray:
-    peak = np.max(a, axis=axis, keepdims=True)
-    peak = np.where(np.isfinite(peak), peak, 0.0)
+def _kernel() -> Any:
+    # A module of its own, so that numba's on-disk cache of the compiled kernel survives
+    # edits to this one; imported late, so importing this module loads no numba.
+    from bayes_defense.stream import _evidence_kernel
+
+    return _evidence_kernel
+
+
+@functools.lru_cache(maxsize=256)
+def _log_attacker_weights(footing: tuple, replicas: int, primary: int) -> np.ndarray:
+    """``log attacker_weights`` of every attack, ``(A, replicas + 1)``; read-only (shared between windows)."""
     with np.errstate(divide="ignore"):
-        return np.squeeze(peak, axis) + np.log(np.sum(np.exp(a - peak), axis=axis))
+        out = np.log(np.stack([attacker_weights(f, replicas, primary) for f in footing])) if footing else \
+            np.zeros((0, replicas + 1))
+    out.setflags(write=False)
+    return out
 
 
 def fault_transitions(values: Mapping[str, np.ndarray], window: float = 1.0) -> np.ndarray:
@@ -398,8 +410,24 @@ def fault_transitions(values: Mapping[str, np.ndarray], window: float = 1.0) -> 
 
 
 def predict_faults(log_faults: np.ndarray, log_transition: np.ndarray) -> np.ndarray:
-    """One step of the fault chain: ``log P(fault now)`` from last window's ``(D, G + 1)`` posterior."""
-    return _logsumexp(log_faults[:, :, None] + log_transition, 1)
+    """One step of the fault chain: ``log P(fault now)`` from last window's ``(D, G + 1)`` posterior.
+
+    Examples
+    --------
+    >>> values = default_values()
+    >>> prior = predict_faults(FaultFilter(values).log_faults, fault_transitions(values))
+    >>> prior.shape, bool(np.isclose(np.exp(prior).sum(), 1.0))
+    ((1, 7), True)
+    """
+    log_faults = np.ascontiguousarray(log_faults, dtype=np.float64)
+    log_transition = np.ascontiguousarray(log_transition, dtype=np.float64)
+    draws, states = log_faults.shape
+    if log_transition.shape != (draws, states, states):
+        raise InvalidInputError(f"log_transition must have shape {(draws, states, states)} to match log_faults "
+                                f"{log_faults.shape}; got {log_transition.shape}")
+    out = np.empty((draws, states))
+    _kernel().predict(log_faults, log_transition, out)
+    return out
 
 
 def window_log_likelihood(model: SignalTables, window: WindowSignals, *, with_attacker: bool = False,
@@ -408,10 +436,15 @@ def window_log_likelihood(model: SignalTables, window: WindowSignals, *, with_at
 
     The attacker's replica, the fault and the fault's replica are summed out
     (module docstring); ``log_fault_prior`` ``(D, G + 1)`` replaces the
-    faults' long-run prior (the filter passes its fault chain's prediction, :func:`predict_faults`). With ``with_attacker=True`` also returns the log
+    faults' long-run prior (the filter passes its fault chain's prediction,
+    :func:`predict_faults`). With ``with_attacker=True`` also returns the log
     posterior weight of each attacker position (``(D, A, 4, R + 1)``, the
     last entry "outside any replica"), from which the suspects come, and the
     log posterior of each fault (``(D, A, 4, G + 1)``, "no fault" first).
+
+    The sums run in a compiled kernel (:mod:`bayes_defense.stream._evidence_kernel`)
+    over the window's distinct replica rows; its numpy oracle is in
+    ``tests/stream/test_evidence_kernel.py``.
 
     Examples
     --------
@@ -422,48 +455,29 @@ def window_log_likelihood(model: SignalTables, window: WindowSignals, *, with_at
     >>> bool(ll[0, 0, 2] - ll[0, 0, 0] > 2.0)   # a conflicting pair from the primary: equivocation
     True
     """
-    x = window.values
+    x = np.ascontiguousarray(window.values, dtype=np.float64)
+    draws, attacks, stages, faults = model.log_on.shape[:4]
+    signals = model.log_on.shape[-1]
+    if x.ndim != 2 or x.shape[0] < 1 or x.shape[1] != signals:
+        raise InvalidInputError(f"a window's values must be (replicas + 1, {signals} signals); got {x.shape}. "
+                                "Build windows with bayes_defense.stream.signals.SignalExtractor")
     replicas = x.shape[0] - 1
-    on = np.nan_to_num(x, nan=0.0)
-    off = np.where(np.isnan(x), 0.0, 1.0 - x)
-    # Per row and role: (D, A, K, G, 2, 2, rows). Rows repeat (most replicas show the same
-    # nothing), and each sums a few columns of the stacked table: gather and add per distinct
-    # row instead of a matrix product, which costs more in threads than in arithmetic here.
-    indicator = np.concatenate([on, off], 1) > 0.5
-    distinct, inverse = np.unique(indicator, axis=0, return_inverse=True)
-    stacked = model.stacked
-    sums = np.empty((distinct.shape[0], stacked.shape[1]))
-    for j, row in enumerate(distinct):
-        np.sum(stacked[np.flatnonzero(row)], axis=0, out=sums[j])
-    terms = np.moveaxis(sums[inverse.reshape(-1)], 0, -1).reshape(model.log_on.shape[:-1] + (replicas + 1,))
-    t00, t10, t01, t11 = (terms[..., a, f, :replicas] for a, f in ((0, 0), (1, 0), (0, 1), (1, 1)))
-    outside_row = terms[..., 1, 1, replicas]                                  # (D, A, K, G)
-    base = t00.sum(-1) + outside_row                                          # (D, A, K, G)
-    d_att, d_fault, d_both = t10 - t00, t01 - t00, t11 - t00                  # (D, A, K, G, R)
-    if replicas:
-        peak = d_fault.max(-1, keepdims=True)
-        spread = np.exp(d_fault - peak)
-        total = spread.sum(-1, keepdims=True)
-        with np.errstate(divide="ignore"):
-            # Fault elsewhere than the attacker: sum over the other replicas (uniform, 1/R each).
-            elsewhere = d_att + peak + np.log(np.maximum(total - spread, 0.0))
-            inside = np.logaddexp(elsewhere, d_both) - math.log(replicas)            # attacker at replica r*
-            outside = peak[..., 0] + np.log(total[..., 0]) - math.log(replicas)      # attacker outside
-        position = np.concatenate([inside, outside[..., None]], -1) + base[..., None]  # (D, A, K, G, R + 1)
-    else:
-        position = base[..., None]
-    log_weights = np.empty((len(model.attacks), replicas + 1))
-    with np.errstate(divide="ignore"):
-        for i, footing in enumerate(model.footing):
-            log_weights[i] = np.log(attacker_weights(footing, replicas, window.primary))
-    fault_prior = model.log_fault_prior if log_fault_prior is None else log_fault_prior
-    joint = position + fault_prior[:, None, None, :, None] + log_weights[None, :, None, None, :]
-    by_position = _logsumexp(joint, 3)                                        # (D, A, K, R + 1)
-    total_ll = _logsumexp(by_position, 3)                                     # (D, A, K)
+    prior = model.log_fault_prior if log_fault_prior is None else log_fault_prior
+    prior = np.ascontiguousarray(prior, dtype=np.float64)
+    if prior.shape != (draws, faults):
+        raise InvalidInputError(f"log_fault_prior must have shape {(draws, faults)} (draws, no fault + faults); "
+                                f"got {prior.shape}")
+    log_weights = _log_attacker_weights(model.footing, replicas, int(window.primary))
+    total = np.empty((draws, attacks, stages))
     if with_attacker:
-        by_fault = _logsumexp(joint, 4)                                       # (D, A, K, G + 1), priors in
-        return total_ll, by_position - total_ll[..., None], by_fault - total_ll[..., None]
-    return total_ll
+        by_position = np.empty((draws, attacks, stages, replicas + 1))
+        by_fault = np.empty((draws, attacks, stages, faults))
+    else:
+        by_position = by_fault = np.empty((0, 0, 0, 0))
+    _kernel().likelihood(model.stacked, x, log_weights, prior, total, by_position, by_fault, with_attacker)
+    if with_attacker:
+        return total, by_position, by_fault
+    return total
 
 
 class FaultFilter:
@@ -497,6 +511,7 @@ class FaultFilter:
         prior = predict_faults(self.log_faults, self.log_transition)
         result = window_log_likelihood(model, window, with_attacker=True, log_fault_prior=prior)
         # The chain moves on under "no attack" (attack 0, benign stage: the same for every attack).
-        posterior = result[2][:, 0, 0, :]
-        self.log_faults = np.maximum(posterior - _logsumexp(posterior, 1)[:, None], -700.0)
+        posterior = np.ascontiguousarray(result[2][:, 0, 0, :])
+        self.log_faults = np.empty_like(posterior)
+        _kernel().normalise(posterior, -700.0, self.log_faults)
         return result

@@ -1,0 +1,165 @@
+"""The compiled per-window likelihood against its numpy oracle (bayes_defense.stream._evidence_kernel).
+
+The oracle is the numpy implementation :func:`bayes_defense.stream.evidence.window_log_likelihood`
+had before the kernel, with one change: the sum over the replicas other than
+the attacker's is a sum of the others (prefix and suffix sums), not the
+total minus the attacker's term, which loses every digit when one replica
+carries almost all of the total. Both compute the same sums of positive
+terms in other orders, so they agree to rounding (1e-12 relative).
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+
+from bayes_defense.errors import InvalidInputError
+from bayes_defense.stream import evidence
+from bayes_defense.stream.evidence import FaultFilter, SignalTables, attacker_weights
+from bayes_defense.stream.signals import SIGNALS, WindowSignals
+
+FOOTINGS = ("primary_faulty", "backup_faulty", "attacker_inside", "eclipse_footing", "admission_open")
+TOLERANCE = {"rtol": 1e-12, "atol": 1e-12}
+
+
+def _logsumexp(a: np.ndarray, axis: int) -> np.ndarray:
+    peak = np.max(a, axis=axis, keepdims=True)
+    peak = np.where(np.isfinite(peak), peak, 0.0)
+    with np.errstate(divide="ignore"):
+        return np.squeeze(peak, axis) + np.log(np.sum(np.exp(a - peak), axis=axis))
+
+
+def oracle(model: SignalTables, window: WindowSignals, log_fault_prior=None):
+    """``(log likelihood, log attacker position, log fault posterior)`` in numpy (module docstring)."""
+    x = window.values
+    replicas = x.shape[0] - 1
+    on = np.nan_to_num(x, nan=0.0)
+    off = np.where(np.isnan(x), 0.0, 1.0 - x)
+    indicator = np.concatenate([on, off], 1) > 0.5
+    distinct, inverse = np.unique(indicator, axis=0, return_inverse=True)
+    stacked = model.stacked
+    sums = np.empty((distinct.shape[0], stacked.shape[1]))
+    for j, row in enumerate(distinct):
+        np.sum(stacked[np.flatnonzero(row)], axis=0, out=sums[j])
+    terms = np.moveaxis(sums[inverse.reshape(-1)], 0, -1).reshape(model.log_on.shape[:-1] + (replicas + 1,))
+    t00, t10, t01, t11 = (terms[..., a, f, :replicas] for a, f in ((0, 0), (1, 0), (0, 1), (1, 1)))
+    outside_row = terms[..., 1, 1, replicas]
+    base = t00.sum(-1) + outside_row
+    d_att, d_fault, d_both = t10 - t00, t01 - t00, t11 - t00
+    if replicas:
+        peak = d_fault.max(-1, keepdims=True)
+        spread = np.exp(d_fault - peak)
+        total = spread.sum(-1, keepdims=True)
+        zero = np.zeros(spread.shape[:-1] + (1,))
+        before = np.concatenate([zero, np.cumsum(spread, -1)[..., :-1]], -1)
+        after = np.concatenate([np.flip(np.cumsum(np.flip(spread, -1), -1), -1)[..., 1:], zero], -1)
+        with np.errstate(divide="ignore"):
+            elsewhere = d_att + peak + np.log(before + after)
+            inside = np.logaddexp(elsewhere, d_both) - math.log(replicas)
+            outside = peak[..., 0] + np.log(total[..., 0]) - math.log(replicas)
+        position = np.concatenate([inside, outside[..., None]], -1) + base[..., None]
+    else:
+        position = base[..., None]
+    log_weights = np.empty((len(model.attacks), replicas + 1))
+    with np.errstate(divide="ignore"):
+        for i, footing in enumerate(model.footing):
+            log_weights[i] = np.log(attacker_weights(footing, replicas, window.primary))
+    fault_prior = model.log_fault_prior if log_fault_prior is None else log_fault_prior
+    joint = position + fault_prior[:, None, None, :, None] + log_weights[None, :, None, None, :]
+    by_position = _logsumexp(joint, 3)
+    total_ll = _logsumexp(by_position, 3)
+    by_fault = _logsumexp(joint, 4)
+    return total_ll, by_position - total_ll[..., None], by_fault - total_ll[..., None]
+
+
+def random_tables(rng, draws, attacks, faults, signals) -> SignalTables:
+    """Tables of the full shape with independent random probabilities (not only the catalogue's)."""
+    shape = (draws, attacks, 4, faults, 2, 2, signals)
+    p = rng.uniform(1e-3, 1.0 - 1e-3, shape)
+    prior = rng.dirichlet(np.ones(faults), draws)
+    return SignalTables(attacks=tuple(f"a{i}" for i in range(attacks)), log_on=np.log(p), log_off=np.log1p(-p),
+                        log_fault_prior=np.log(prior), footing=tuple(rng.choice(FOOTINGS, attacks)))
+
+
+def random_window(rng, replicas, signals, missing=0.3) -> WindowSignals:
+    """On, off, graded (0.5 included: neither) and missing values; repeated rows, as windows have."""
+    choices = np.array([0.0, 1.0, 0.5, 0.2, 0.8])
+    patterns = rng.choice(choices, (max(1, replicas // 3 + 1), signals))
+    x = patterns[rng.integers(0, patterns.shape[0], replicas + 1)]
+    x = np.where(rng.random(x.shape) < 0.1, rng.uniform(0.0, 1.0, x.shape), x)
+    x[rng.random(x.shape) < missing] = np.nan
+    primary = int(rng.integers(-1, replicas)) if replicas else -1
+    return WindowSignals(tuple(f"n{i}" for i in range(replicas)), primary, x)
+
+
+def _assert_same(model, window, log_fault_prior=None):
+    expected = oracle(model, window, log_fault_prior)
+    got = evidence.window_log_likelihood(model, window, with_attacker=True, log_fault_prior=log_fault_prior)
+    for name, e, g in zip(("log likelihood", "attacker position", "fault posterior"), expected, got, strict=True):
+        assert g.shape == e.shape, name
+        np.testing.assert_allclose(g, e, err_msg=name, **TOLERANCE)
+    plain = evidence.window_log_likelihood(model, window, log_fault_prior=log_fault_prior)
+    np.testing.assert_array_equal(plain, got[0])
+
+
+@pytest.mark.parametrize("draws, attacks, faults, signals, replicas", [
+    (1, 1, 1, 1, 1), (2, 3, 3, 5, 2), (3, 2, 4, 6, 3), (2, 4, 7, 19, 7), (2, 3, 5, 24, 16), (1, 2, 7, 19, 50)])
+def test_random_tables_and_windows_match_the_oracle(draws, attacks, faults, signals, replicas):
+    rng = np.random.default_rng(1000 * replicas + signals)
+    model = random_tables(rng, draws, attacks, faults, signals)
+    for _ in range(6):
+        window = random_window(rng, replicas, signals)
+        _assert_same(model, window)
+        _assert_same(model, window, np.log(rng.dirichlet(np.ones(faults), draws)))
+
+
+@pytest.mark.parametrize("replicas", [0, 1, 2, 10])
+def test_edge_windows_match_the_oracle(replicas):
+    rng = np.random.default_rng(7 + replicas)
+    model = random_tables(rng, 2, 3, 4, 6)
+    nothing = np.full((replicas + 1, 6), np.nan)
+    _assert_same(model, WindowSignals(tuple(f"n{i}" for i in range(replicas)), -1, nothing))
+    everything = np.ones((replicas + 1, 6))
+    _assert_same(model, WindowSignals(tuple(f"n{i}" for i in range(replicas)), replicas - 1, everything))
+    # One replica carries almost all of the fault's weight: the sum over the others is tiny, not zero.
+    x = np.zeros((replicas + 1, 6))
+    x[0] = 1.0
+    _assert_same(model, WindowSignals(tuple(f"n{i}" for i in range(replicas)), 0, x))
+
+
+def test_the_catalogue_tables_match_the_oracle():
+    rng = np.random.default_rng(3)
+    model = evidence.signal_tables(evidence.prior_draws(4, seed=11))
+    for replicas in (0, 4, 7, 50):
+        for _ in range(3):
+            _assert_same(model, random_window(rng, replicas, len(SIGNALS), missing=0.5))
+
+
+def test_the_fault_filter_steps_as_the_oracle_does():
+    values = evidence.prior_draws(3, seed=5)
+    model = evidence.signal_tables(values)
+    faults = FaultFilter(values)
+    log_faults = faults.log_faults.copy()
+    rng = np.random.default_rng(9)
+    for step in range(12):
+        window = random_window(rng, 5, len(SIGNALS), missing=0.4)
+        prior = _logsumexp(log_faults[:, :, None] + faults.log_transition, 1)
+        np.testing.assert_allclose(evidence.predict_faults(log_faults, faults.log_transition), prior, **TOLERANCE)
+        expected = oracle(model, window, prior)
+        got = faults.step(model, window)
+        for e, g in zip(expected, got, strict=True):
+            np.testing.assert_allclose(g, e, err_msg=f"step {step}", **TOLERANCE)
+        posterior = expected[2][:, 0, 0, :]
+        log_faults = np.maximum(posterior - _logsumexp(posterior, 1)[:, None], -700.0)
+        np.testing.assert_allclose(faults.log_faults, log_faults, err_msg=f"step {step}", **TOLERANCE)
+
+
+def test_a_window_of_the_wrong_width_is_refused():
+    model = evidence.signal_tables(evidence.default_values())
+    with pytest.raises(InvalidInputError, match="signals"):
+        evidence.window_log_likelihood(model, WindowSignals(("r0",), 0, np.zeros((2, len(SIGNALS) + 1))))
+    with pytest.raises(InvalidInputError, match="log_fault_prior"):
+        evidence.window_log_likelihood(model, WindowSignals(("r0",), 0, np.zeros((2, len(SIGNALS)))),
+                                       log_fault_prior=np.zeros((2, 2)))
