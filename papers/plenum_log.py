@@ -87,7 +87,7 @@ def main(argv: list[str] | None = None) -> int:
     source, out = Path(args[0]), Path(args[1])
     replicas = int(json.loads((source / "meta.json").read_text())["nodes"])
     events = sorted(to_plenum(read_events(source / "events.jsonl"), replicas), key=lambda e: e.ts)
-    write_events(events, out)
+    write_events(out, events)
     return 0
 
 

@@ -114,21 +114,21 @@ _BLOCK = 16_384
 # The defender's initial phase probabilities (StreamingDefender.reset).
 _INITIAL = (1 - 2e-4, 1e-4, 1e-4)
 def _attacks() -> tuple[str, ...]:
-    from bayes_defense.stream.defender import ATTACK_HYPOTHESES
+    from bayes_defense.stream.scored import ATTACK_HYPOTHESES
 
     return ATTACK_HYPOTHESES
 
 
 def _score_cap() -> float:
-    from bayes_defense.stream import defender
+    from bayes_defense.stream import scored
 
-    return float(defender.SCORE_CAP)
+    return float(scored.SCORE_CAP)
 
 
 def _warmup_windows() -> int:
-    from bayes_defense.stream import defender
+    from bayes_defense.stream import scored
 
-    return int(defender.WARMUP_WINDOWS)
+    return int(scored.WARMUP_WINDOWS)
 
 
 @dataclass(frozen=True)
@@ -352,7 +352,7 @@ class _Chunks:
 
 
 def _recorder(window: float):
-    from bayes_defense.stream.defender import StreamingDefender
+    from bayes_defense.stream.scored import ScoredDefender as StreamingDefender
 
     class _ScoreRecorder(StreamingDefender):
         """The defender's evidence code, recording each window's scores instead of filtering."""
