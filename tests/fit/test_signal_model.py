@@ -78,24 +78,16 @@ def test_posterior_file_round_trip(posterior, tmp_path):
 
 
 def test_predictive_check_names_the_failing_statistic(run, posterior):
-    events, labels = run
-    # Data the prior cannot make: every benign window shows duplicates.
+    # Data the prior cannot make: nine in ten benign windows show duplicates.
     bad = signal_model.SignalPosterior(evidence.prior_draws(40, seed=1), posterior.attacks)
-    on = np.zeros(len(evidence.SIGNALS))
-    obs = np.full(len(evidence.SIGNALS), 1000.0)
-    on[evidence.SIGNALS.index("duplicates")] = 900.0
-    checks = signal_model.predictive_check(bad, on, obs, np.zeros((len(bad.attacks), len(on), 2)),
-                                           np.zeros((len(bad.attacks), len(on), 2)), replicas=4.0)
+    stats = signal_model.SignalStatistics.zeros(posterior.attacks)
+    stats.benign_obs[:] = stats.benign_unknown[:] = 1000.0
+    stats.benign_on[evidence.SIGNALS.index("duplicates")] = 900.0
+    checks = signal_model.predictive_check(bad, stats)
     failed = [c["statistic"] for c in checks if not c["ok"]]
     assert "benign on-fraction of duplicates" in failed
     # The fitted posterior passes on its own data.
     assert posterior.problems == [], posterior.problems
-
-
-def test_fit_needs_labels(run):
-    events, _ = run
-    with pytest.raises(InvalidInputError, match="labels"):
-        signal_model.fit_signal_model(events)
 
 
 def test_newer_format_version_is_refused_with_a_reason(posterior, tmp_path):
