@@ -40,16 +40,13 @@ from bayes_defense.models.catalogue import ATTACKS
 from bayes_defense.models.faults import FAULTS
 from bayes_defense.models.registry import attack_spec, tracked_attacks
 from bayes_defense.stream import evidence
-from bayes_defense.stream.defender import (
-    _SETTINGS,
-    Alert,
-    Belief,
-    StreamingDefender,
-    _check_settings,
-)
+from bayes_defense.stream.base import SETTINGS as _SETTINGS
+from bayes_defense.stream.base import Alert, Belief
+from bayes_defense.stream.base import check_settings as _check_settings
 from bayes_defense.stream.obsmap import KindRule, ObservationMap, UnmatchedCounter
 from bayes_defense.stream.recommend import FALLBACK, Recommendations, resolve_planner
 from bayes_defense.stream.schema import KNOWN_KINDS, REJECTION_REASONS
+from bayes_defense.stream.scored import ScoredDefender as StreamingDefender
 from bayes_defense.stream.signals import SignalExtractor
 
 __all__ = ["ModelAlert", "ModelBelief", "ModelDefender"]
