@@ -121,107 +121,266 @@ def _add(row, source):
         row[m] += source[m]
 
 
-@njit(cache=True, nogil=True)
-def _terms(stacked, on, off, row_first):
-    """Per row class, the sum over its row's signals of the stacked table: ``(classes, width)``.
+# The fast path works in linear space on ratios ``exp(role term - term of neither role)``; it is
+# taken while every ratio of the window lies within these bounds (then no product or sum of them
+# can overflow), and a sum is read in linear space only while it stays above _SMALLEST (then the
+# terms that underflowed weigh less than 1e-58 of it). Otherwise the sums are taken in log space.
+_RATIO_BOUND = 1e100
+_SMALLEST = 1e-250
 
-    Rows are added in the table's order (signals on, then signals off), as
-    a row-wise sum of the selected rows of ``stacked`` adds them; the
-    unattributed row (the last class) needs only the last of each cell's four roles.
+
+@njit(cache=True, nogil=True)
+def _row_terms(log00, ratio, flags_on, flags_off, q, sum00, product):
+    """One replica row's log term of neither role and its products of role ratios, in place; in bounds?"""
+    signals = flags_on.shape[1]
+    sum00[:] = 0.0
+    product[:] = 1.0
+    for half in range(2):
+        flags = flags_on if half == 0 else flags_off
+        for s in range(signals):
+            if flags[q, s]:
+                _add(sum00, log00[half * signals + s])
+                source = ratio[half * signals + s]
+                for m in range(product.shape[0]):
+                    product[m] *= source[m]
+    for m in range(product.shape[0]):
+        v = product[m]
+        if not (v >= 1.0 / _RATIO_BOUND and v <= _RATIO_BOUND):
+            return False
+    return True
+
+
+@njit(cache=True, nogil=True)
+def _linear_terms(log00, log11, ratio, on, off, row_first, keys, stamp, clock, store00, store_product, store_safe):
+    """Each replica row class's terms (:func:`_row_terms`), kept between windows in a small store.
+
+    The store (``keys`` the indicator rows, ``stamp`` their last use, 0 for
+    empty) holds the terms of the rows seen most recently: a window's rows
+    mostly repeat earlier windows'. Returns ``(sum00, product, entry,
+    outside, safe)``: class ``c``'s terms are row ``entry[c]`` of ``sum00``
+    and ``product``; ``outside`` is the unattributed row's log term of both
+    roles; ``safe`` whether every ratio product lies within the bounds.
     """
     signals = on.shape[1]
-    width = stacked.shape[1]
-    classes = row_first.shape[0]
-    terms = np.zeros((classes, width))
+    classes = row_first.shape[0] - 1
+    capacity = stamp.shape[0]
+    entry = np.empty(classes, np.int64)
+    safe = True
+    outside = np.zeros(log11.shape[1])
+    q = row_first[classes]
+    for half in range(2):
+        flags = on if half == 0 else off
+        for s in range(signals):
+            if flags[q, s]:
+                _add(outside, log11[half * signals + s])
+    if 2 * classes > capacity:
+        # More distinct rows than the store is meant for: terms of this window only.
+        sum00 = np.empty((classes, log00.shape[1]))
+        product = np.empty((classes, ratio.shape[1]))
+        for c in range(classes):
+            entry[c] = c
+            if not _row_terms(log00, ratio, on, off, row_first[c], sum00[c], product[c]):
+                safe = False
+        return sum00, product, entry, outside, safe
+    clock[0] += 1
+    now = clock[0]
     for c in range(classes):
         q = row_first[c]
-        for half in range(2):
-            flags = on if half == 0 else off
+        found = -1
+        for e in range(capacity):
+            if stamp[e] == 0:
+                continue
+            same = True
             for s in range(signals):
-                if not flags[q, s]:
-                    continue
-                if c < classes - 1:
-                    _add(terms[c], stacked[half * signals + s])
-                else:
-                    for m in range(3, width, 4):
-                        terms[c, m] += stacked[half * signals + s, m]
-    return terms
+                if keys[e, s] != on[q, s] or keys[e, signals + s] != off[q, s]:
+                    same = False
+                    break
+            if same:
+                found = e
+                break
+        if found < 0:
+            # The least recently used entry (never one this window uses: at most half are).
+            found = 0
+            for e in range(capacity):
+                if stamp[e] < stamp[found]:
+                    found = e
+            for s in range(signals):
+                keys[found, s] = on[q, s]
+                keys[found, signals + s] = off[q, s]
+            store_safe[found] = _row_terms(log00, ratio, on, off, q, store00[found], store_product[found])
+        stamp[found] = now
+        entry[c] = found
+        if not store_safe[found]:
+            safe = False
+    return store00, store_product, entry, outside, safe
 
 
 @njit(cache=True, nogil=True)
-def likelihood(stacked, x, log_weights, fault_prior, total_ll, by_position, by_fault, with_attacker):
+def _position_log(terms, row_count, classes, o, log_replicas, spread, suffix, position, g):
+    """``position[g, :]``, the log weight of each attacker class and of "outside", from log terms."""
+    base = 0.0
+    for c in range(classes):
+        base += row_count[c] * terms[c, o]
+    base += terms[classes, o + 3]
+    if classes == 0:
+        position[g, 0] = base
+        return
+    peak = -np.inf
+    for c in range(classes):
+        peak = max(peak, terms[c, o + 1] - terms[c, o])
+    total = 0.0
+    for c in range(classes):
+        spread[c] = math.exp((terms[c, o + 1] - terms[c, o]) - peak)
+        total += row_count[c] * spread[c]
+    # The fault at another replica than the attacker's: the classes before and after the
+    # attacker's, and the other members of its own (no subtraction from the total).
+    after = 0.0
+    for c in range(classes - 1, -1, -1):
+        suffix[c] = after
+        after += row_count[c] * spread[c]
+    before = 0.0
+    for c in range(classes):
+        rest = (before + suffix[c]) + (row_count[c] - 1.0) * spread[c]
+        before += row_count[c] * spread[c]
+        # log(rest * exp(u) + exp(v)) with one exp and one log: shift by the larger exponent.
+        u = (terms[c, o + 2] - terms[c, o]) + peak
+        v = terms[c, o + 3] - terms[c, o]
+        if rest > 0.0 and u >= v:
+            inside = u + math.log(rest + math.exp(v - u))
+        elif rest > 0.0:
+            inside = v + math.log1p(rest * math.exp(u - v))
+        else:
+            inside = v
+        position[g, c] = (inside - log_replicas) + base
+    position[g, classes] = ((peak + math.log(total)) - log_replicas) + base
+
+
+@njit(cache=True, nogil=True)
+def _position_linear(sum00, product, entry, outside, row_count, classes, cell, replicas, suffix, base, linear, g):
+    """``linear[g, :]`` (each class's weight over ``exp(base[g])``) and ``base[g]``, from ratios."""
+    total_base = 0.0
+    for c in range(classes):
+        total_base += row_count[c] * sum00[entry[c], cell]
+    base[g] = total_base + outside[cell]
+    if classes == 0:
+        linear[g, 0] = 1.0
+        return
+    j = cell * 3
+    after = 0.0
+    for c in range(classes - 1, -1, -1):
+        suffix[c] = after
+        after += row_count[c] * product[entry[c], j]
+    before = 0.0
+    for c in range(classes):
+        e = entry[c]
+        rest = (before + suffix[c]) + (row_count[c] - 1.0) * product[e, j]
+        before += row_count[c] * product[e, j]
+        linear[g, c] = (product[e, j + 1] * rest + product[e, j + 2]) / replicas
+    linear[g, classes] = after / replicas
+
+
+@njit(cache=True)
+def likelihood(stacked, log00, log11, ratio, store, x, log_weights, fault_prior, total_ll, by_position, by_fault,
+               with_attacker):
     """Fill ``total_ll`` ``(D, A, K)`` and, with ``with_attacker``, the two log posteriors.
 
     ``stacked`` is :attr:`~bayes_defense.stream.evidence.SignalTables.stacked`
-    ``(2 S, D * A * K * G * 4)``, ``x`` the window's values ``(R + 1, S)``,
-    ``log_weights`` the attacker's log prior per attack ``(A, R + 1)``,
-    ``fault_prior`` ``(D, G)``; ``by_position`` ``(D, A, K, R + 1)`` and
-    ``by_fault`` ``(D, A, K, G)`` are written only when ``with_attacker``.
+    ``(2 S, cells * 4)`` with ``cells = D * A * K * G``; ``log00`` and
+    ``log11`` its columns of neither role and of both ``(2 S, cells)``;
+    ``ratio`` ``(2 S, cells * 3)`` the exponentials of its other three
+    roles' columns minus ``log00``; ``store`` the tuple ``(keys, stamp,
+    clock, sum00, product, safe)`` of :func:`_linear_terms` (it changes, so
+    the kernel holds the GIL). ``x`` is the window's values
+    ``(R + 1, S)``, ``log_weights`` the attacker's log prior per attack
+    ``(A, R + 1)``, ``fault_prior`` ``(D, G)``; ``by_position``
+    ``(D, A, K, R + 1)`` and ``by_fault`` ``(D, A, K, G)`` are written only
+    when ``with_attacker``.
     """
     replicas = x.shape[0] - 1
     draws, attacks, stages = total_ll.shape
     faults = fault_prior.shape[1]
     on, off, row_of, row_first, row_count, slot_of, slot_row, slot_first, slot_count = _classes(x, log_weights)
-    terms = _terms(stacked, on, off, row_first)
     classes = row_first.shape[0] - 1      # replica row classes; the unattributed row is ``classes``
     slots = slot_first.shape[0]           # attacker slots, the outside one last
+    keys, stamp, clock, store00, store_product, store_safe = store
+    sum00, product, entry, outside, linear_path = _linear_terms(log00, log11, ratio, on, off, row_first, keys, stamp,
+                                                                clock, store00, store_product, store_safe)
+    if linear_path:
+        terms = np.empty((0, 0))
+    else:
+        terms = np.zeros((classes + 1, stacked.shape[1]))
+        for c in range(classes + 1):
+            for half in range(2):
+                flags = on if half == 0 else off
+                for s in range(x.shape[1]):
+                    if flags[row_first[c], s]:
+                        _add(terms[c], stacked[half * x.shape[1] + s])
     log_replicas = math.log(replicas) if replicas > 0 else 0.0
+    attacker_prior = np.empty((attacks, slots))
+    for a in range(attacks):
+        for c in range(slots):
+            attacker_prior[a, c] = math.exp(log_weights[a, slot_first[c]])
     ones = np.ones(max(faults, slots))
     position = np.empty((faults, classes + 1))
+    linear = np.empty((faults, classes + 1))
+    base = np.empty(faults)
+    scale = np.empty(faults)
     spread = np.empty(classes + 1)
     suffix = np.empty(classes + 1)
     joint = np.empty((slots, faults))
-    column = np.empty(slots)
+    temp = np.empty(max(faults, slots))
     by_slot = np.empty(slots)
     weight = np.empty(slots)
+    linear_weight = np.empty(slots)
     for block in range(draws * attacks * stages):
         d = block // (attacks * stages)
         a = (block // stages) % attacks
         k = block % stages
-        for g in range(faults):
-            o = (block * faults + g) * 4
-            base = 0.0
-            for c in range(classes):
-                base += row_count[c] * terms[c, o]
-            base += terms[classes, o + 3]
-            if replicas == 0:
-                position[g, 0] = base
-                continue
-            peak = -np.inf
-            for c in range(classes):
-                peak = max(peak, terms[c, o + 1] - terms[c, o])
-            total = 0.0
-            for c in range(classes):
-                spread[c] = math.exp((terms[c, o + 1] - terms[c, o]) - peak)
-                total += row_count[c] * spread[c]
-            # The fault at another replica than the attacker's: the classes before and after the
-            # attacker's, and the other members of its own (no subtraction from the total).
-            after = 0.0
-            for c in range(classes - 1, -1, -1):
-                suffix[c] = after
-                after += row_count[c] * spread[c]
-            before = 0.0
-            for c in range(classes):
-                rest = (before + suffix[c]) + (row_count[c] - 1.0) * spread[c]
-                before += row_count[c] * spread[c]
-                # log(rest * exp(u) + exp(v)) with one exp and one log: shift by the larger exponent.
-                u = (terms[c, o + 2] - terms[c, o]) + peak
-                v = terms[c, o + 3] - terms[c, o]
-                if rest > 0.0 and u >= v:
-                    inside = u + math.log(rest + math.exp(v - u))
-                elif rest > 0.0:
-                    inside = v + math.log1p(rest * math.exp(u - v))
-                else:
-                    inside = v
-                position[g, c] = (inside - log_replicas) + base
-            position[g, classes] = ((peak + math.log(total)) - log_replicas) + base
         for c in range(slots):
             weight[c] = log_weights[a, slot_first[c]]
-            row = slot_row[c]
+            linear_weight[c] = attacker_prior[a, c]
+        fast = linear_path
+        peak = -np.inf
+        if fast:
             for g in range(faults):
-                joint[c, g] = (position[g, row] + fault_prior[d, g]) + weight[c]
-            by_slot[c] = log_sum(joint[c], ones, faults)
-        ll = log_sum(by_slot, slot_count, slots)
+                _position_linear(sum00, product, entry, outside, row_count, classes, block * faults + g, replicas, suffix,
+                                 base, linear, g)
+                peak = max(peak, base[g] + fault_prior[d, g])
+            fast = math.isfinite(peak)
+        if fast:
+            for g in range(faults):
+                scale[g] = math.exp((base[g] + fault_prior[d, g]) - peak)
+            block_sum = 0.0
+            for c in range(slots):
+                row = slot_row[c]
+                acc = 0.0
+                for g in range(faults):
+                    acc += scale[g] * linear[g, row]
+                acc *= linear_weight[c]
+                block_sum += slot_count[c] * acc
+                if weight[c] == -np.inf:
+                    by_slot[c] = -np.inf
+                elif acc >= _SMALLEST:
+                    by_slot[c] = peak + math.log(acc)
+                else:
+                    for g in range(faults):
+                        temp[g] = ((base[g] + math.log(linear[g, row])) + fault_prior[d, g]) + weight[c]
+                    by_slot[c] = log_sum(temp, ones, faults)
+            ll = peak + math.log(block_sum) if block_sum >= _SMALLEST else log_sum(by_slot, slot_count, slots)
+        else:
+            for g in range(faults):
+                if linear_path:
+                    for c in range(classes + 1):
+                        position[g, c] = base[g] + math.log(linear[g, c])
+                else:
+                    _position_log(terms, row_count, classes, (block * faults + g) * 4, log_replicas, spread, suffix,
+                                  position, g)
+            for c in range(slots):
+                row = slot_row[c]
+                for g in range(faults):
+                    joint[c, g] = (position[g, row] + fault_prior[d, g]) + weight[c]
+                by_slot[c] = log_sum(joint[c], ones, faults)
+            ll = log_sum(by_slot, slot_count, slots)
         total_ll[d, a, k] = ll
         if not with_attacker:
             continue
@@ -229,9 +388,18 @@ def likelihood(stacked, x, log_weights, fault_prior, total_ll, by_position, by_f
             by_position[d, a, k, r] = by_slot[slot_of[r]] - ll
         by_position[d, a, k, replicas] = by_slot[slots - 1] - ll
         for g in range(faults):
-            for c in range(slots):
-                column[c] = joint[c, g]
-            by_fault[d, a, k, g] = log_sum(column, slot_count, slots) - ll
+            if fast:
+                # exp(base + prior) factors out of the sum over the slots, and what is left cannot
+                # underflow: each class's weight is at least 1e-100 / R, each prior 0 or normal.
+                acc = 0.0
+                for c in range(slots):
+                    acc += slot_count[c] * (linear[g, slot_row[c]] * linear_weight[c])
+                log_acc = math.log(acc) if acc > 0.0 else -np.inf
+                by_fault[d, a, k, g] = ((base[g] + fault_prior[d, g]) + log_acc) - ll
+            else:
+                for c in range(slots):
+                    temp[c] = joint[c, g]
+                by_fault[d, a, k, g] = log_sum(temp, slot_count, slots) - ll
 
 
 @njit(cache=True, nogil=True)

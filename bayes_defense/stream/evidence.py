@@ -35,6 +35,7 @@ from __future__ import annotations
 
 import functools
 import math
+import weakref
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -74,6 +75,11 @@ def _effect_name(signal: str, attack: str) -> str:
     return f"window.{signal}.{attack}"
 
 
+def _execution_name(signal: str, attack: str) -> str:
+    # The same edge while the attack executes (a telemetry signal; outcomes show in execution only anyway).
+    return f"window.{signal}.{attack}.execution"
+
+
 def parameter_names(attacks: Sequence[str] | None = None) -> dict[str, float]:
     """Every parameter of the signal model with its default: ``{name: value}``.
 
@@ -83,6 +89,10 @@ def parameter_names(attacks: Sequence[str] | None = None) -> dict[str, float]:
     breaks the outcome in the window); its default is the catalogue's
     incident-window probability sliced to a window (:func:`time_slice`), and
     :func:`incident_parameters` turns fitted values back into the catalogue's names.
+    A telemetry edge has a second parameter, ``window.{signal}.{attack}.execution``,
+    its probability while the attack executes (same default): an attack's two
+    phases show differently (a Sybil's identities fail authentication once
+    they vote, not while they join), and the fit learns each from its own windows.
 
     Examples
     --------
@@ -108,6 +118,7 @@ def parameter_names(attacks: Sequence[str] | None = None) -> dict[str, float]:
         for signal, p in {**spec.attacker_side, **spec.cluster_side}.items():
             out[_effect_name(signal, attack)] = float(time_slice(catalogue(f"telemetry.{signal}.{attack}", p),
                                                                  per_window))
+            out[_execution_name(signal, attack)] = out[_effect_name(signal, attack)]
         for outcome, p in spec.impacts.items():
             out[_effect_name(outcome, attack)] = float(time_slice(catalogue(f"{attack}.impact.{outcome}", p) * success,
                                                                   per_window))
@@ -267,16 +278,16 @@ def signal_tables(values: Mapping[str, np.ndarray], attacks: Sequence[str] | Non
     draws = next(iter(values.values())).shape[0]
     n_signals, n_attacks, n_faults = len(SIGNALS), len(attacks), len(FAULTS)
     baseline = np.stack([values[_baseline_name(s)] for s in SIGNALS], -1)      # (D, S)
-    attacker = np.zeros((draws, n_attacks, n_signals))
-    cluster = np.zeros((draws, n_attacks, n_signals))
+    attacker = np.zeros((draws, n_attacks, 4, n_signals))   # per stage: precursor values, execution's in stage 3
+    cluster = np.zeros((draws, n_attacks, 4, n_signals))
     pattern_mask = np.ones((n_attacks, n_signals))
     outcome = np.zeros((draws, n_attacks, n_signals))
     for i, attack in enumerate(attacks):
         spec = attack_spec(attack)
-        for signal in spec.attacker_side:
-            attacker[:, i, SIGNALS.index(signal)] = values[_effect_name(signal, attack)]
-        for signal in spec.cluster_side:
-            cluster[:, i, SIGNALS.index(signal)] = values[_effect_name(signal, attack)]
+        for side, target in ((spec.attacker_side, attacker), (spec.cluster_side, cluster)):
+            for signal in side:
+                target[:, i, :3, SIGNALS.index(signal)] = values[_effect_name(signal, attack)][:, None]
+                target[:, i, 3, SIGNALS.index(signal)] = values[_execution_name(signal, attack)]
         if spec.pattern is not None:
             pattern_mask[i] = 0.0
             pattern_mask[i, SIGNALS.index(spec.pattern.first)] = 1.0
@@ -302,8 +313,8 @@ def signal_tables(values: Mapping[str, np.ndarray], attacks: Sequence[str] | Non
         return array[tuple(index)]
 
     probability = tables.noisy_or(axes(baseline, "ds"), [
-        (axes(attacker, "das"), axes(active, "aks") * role[None, None, None, None, :, None, None]),
-        (axes(cluster, "das"), axes(active, "aks")),
+        (axes(attacker, "daks"), axes(active, "aks") * role[None, None, None, None, :, None, None]),
+        (axes(cluster, "daks"), axes(active, "aks")),
         (axes(outcome, "das"), axes(np.broadcast_to(executing, (1, 4, 1))[0], "ks")),
         (axes(at_node, "dgs"), role[None, None, None, None, None, :, None]),
         (axes(everywhere, "dgs"), 1.0),
@@ -368,6 +379,34 @@ def _kernel() -> Any:
     from bayes_defense.stream import _evidence_kernel
 
     return _evidence_kernel
+
+
+_DERIVED: dict[int, tuple] = {}
+# Distinct replica rows whose terms the kernel keeps between windows, per tables object.
+_STORE = 32
+
+
+def _derived_tables(model: SignalTables) -> tuple:
+    """The kernel's views of ``model.stacked``: the columns of neither role and of both, and the ratios.
+
+    Computed once per tables object (held while it lives): ``(log00, log11, ratio, store)``,
+    ``ratio`` the exponentials of the other three roles' columns minus ``log00``, ``store``
+    the kernel's terms of recently seen rows (``_STORE`` of them).
+    """
+    key = id(model)
+    found = _DERIVED.get(key)
+    if found is not None and found[0]() is model:
+        return found[1:]
+    stacked = model.stacked
+    roles = stacked.reshape(stacked.shape[0], -1, 4)
+    with np.errstate(over="ignore", invalid="ignore"):
+        ratio = np.exp(roles[:, :, 1:] - roles[:, :, :1]).reshape(stacked.shape[0], -1)
+    cells, signals = roles.shape[1], stacked.shape[0]
+    store = (np.zeros((_STORE, signals), np.bool_), np.zeros(_STORE, np.int64), np.zeros(1, np.int64),
+             np.empty((_STORE, cells)), np.empty((_STORE, 3 * cells)), np.zeros(_STORE, np.bool_))
+    derived = (np.ascontiguousarray(roles[:, :, 0]), np.ascontiguousarray(roles[:, :, 3]), ratio, store)
+    _DERIVED[key] = (weakref.ref(model, lambda _, key=key: _DERIVED.pop(key, None)), *derived)
+    return derived
 
 
 @functools.lru_cache(maxsize=256)
@@ -474,7 +513,8 @@ def window_log_likelihood(model: SignalTables, window: WindowSignals, *, with_at
         by_fault = np.empty((draws, attacks, stages, faults))
     else:
         by_position = by_fault = np.empty((0, 0, 0, 0))
-    _kernel().likelihood(model.stacked, x, log_weights, prior, total, by_position, by_fault, with_attacker)
+    _kernel().likelihood(model.stacked, *_derived_tables(model), x, log_weights, prior, total, by_position, by_fault,
+                         with_attacker)
     if with_attacker:
         return total, by_position, by_fault
     return total

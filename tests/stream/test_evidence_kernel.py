@@ -129,6 +129,41 @@ def test_edge_windows_match_the_oracle(replicas):
     _assert_same(model, WindowSignals(tuple(f"n{i}" for i in range(replicas)), 0, x))
 
 
+def test_extreme_tables_take_the_log_path_and_match_the_oracle():
+    # Probabilities down to 1e-12: ratio products leave the linear path's bounds.
+    from bayes_defense.stream import _evidence_kernel
+
+    rng = np.random.default_rng(21)
+    model = random_tables(rng, 2, 3, 4, 12)
+    p = np.exp(model.log_on)
+    p[..., 0, 0, :] = np.where(rng.random(p[..., 0, 0, :].shape) < 0.5, 1e-12, p[..., 0, 0, :])
+    model = SignalTables(model.attacks, np.log(p), np.log1p(-p), model.log_fault_prior, model.footing)
+    x = np.ones((6, 12))
+    window = WindowSignals(tuple(f"n{i}" for i in range(5)), 1, x)
+    log00, log11, ratio, store = evidence._derived_tables(model)
+    weights = evidence._log_attacker_weights(model.footing, 5, 1)
+    on, off, _, row_first, *_ = _evidence_kernel._classes(x, weights)
+    assert not _evidence_kernel._linear_terms(log00, log11, ratio, on, off, row_first, *store)[4]
+    _assert_same(model, window)
+    for _ in range(4):
+        _assert_same(model, random_window(rng, 5, 12, missing=0.1))
+
+
+def test_faults_ruled_out_match_the_oracle():
+    # A fault chain that has ruled faults out predicts priors near -700 (FaultFilter's floor) or -inf.
+    rng = np.random.default_rng(22)
+    model = random_tables(rng, 3, 3, 5, 8)
+    prior = np.log(rng.dirichlet(np.ones(5), 3))
+    prior[:, 1:3] = -700.0
+    prior[0, 4] = -np.inf
+    for replicas in (0, 3, 9):
+        for _ in range(3):
+            _assert_same(model, random_window(rng, replicas, 8), prior)
+    prior[1] = -np.inf
+    got = evidence.window_log_likelihood(model, random_window(rng, 3, 8), log_fault_prior=prior)
+    assert np.all(got[1] == -np.inf) and np.all(np.isfinite(got[[0, 2]]))
+
+
 def test_the_catalogue_tables_match_the_oracle():
     rng = np.random.default_rng(3)
     model = evidence.signal_tables(evidence.prior_draws(4, seed=11))
