@@ -32,7 +32,7 @@ from bayes_defense._callable import make_module_callable
 from bayes_defense.errors import ImpossibleEvidenceError, InvalidInputError
 from bayes_defense.models import tables
 from bayes_defense.models.engine import draw_estimate, fast_probability
-from bayes_defense.models.tables import ATTACK_NAMES, OUTCOME_NAMES
+from bayes_defense.models.tables import OUTCOME_NAMES
 
 __all__ = ["explain", "Explanation", "Cause"]
 
@@ -173,7 +173,7 @@ def explain(model, evidence: dict, outcome: dict, *, threshold: float = 0.0, lev
                                       f"{evidence}, {outcome}")
     scorer = _Scorer(base, level)
     causes = []
-    for i, attack in enumerate(ATTACK_NAMES):
+    for i, attack in enumerate(eng.attack_names):
         if i in base.outputs["loo"]:
             causes += _chain_causes(eng, base, scorer, i, attack, parsed[0], target, layout, threshold)
         else:

@@ -44,7 +44,7 @@ import numpy as np
 from bayes_defense.causal.structure import model_info
 from bayes_defense.errors import InvalidInputError
 from bayes_defense.models import tables
-from bayes_defense.models.catalogue import ATTACKS, COUNTERMEASURES
+from bayes_defense.models.catalogue import COUNTERMEASURES
 from bayes_defense.models.queries import countermeasure_do
 
 __all__ = ["plan", "plan_actions", "NO_ACTION", "Option", "Plan"]
@@ -208,7 +208,7 @@ def plan(model, evidence: dict | None = None, actions: dict | None = None, *, ri
     known = {c.site: 0.0 for c in COUNTERMEASURES.values()}
     known.update(countermeasure_do(model, deployed, target))
     past = {k: v for k, v in evidence.items() if k not in known}
-    table, weights = eng.executing_table(past, known, target + 1)       # (z, 8, hit)
+    table, weights = eng.executing_table(past, known, target + 1)       # (z, attack, hit)
 
     pool = [c for c in candidates if c not in deployed]
     sets = [()] + [tuple(s) for length in range(1, min(max_steps, len(pool)) + 1)
@@ -224,7 +224,7 @@ def plan(model, evidence: dict | None = None, actions: dict | None = None, *, ri
     # keep[set, z, attack, hit] = P(success | executing) in the next window.
     keep = np.moveaxis(model.parameter_tables.keep(control), 2, 0)
     success = (keep * table[None]).sum(-1)                              # (set, z, attack)
-    damage = np.array([ATTACKS[a].damage for a in tables.ATTACK_NAMES])
+    damage = np.asarray(model.structure.damage)
     risk_draws = success @ damage                                       # (set, z)
     cost = np.array([sum(COUNTERMEASURES[c].cost for c in chosen) for chosen in sets])
     risk = risk_draws @ weights
@@ -235,7 +235,7 @@ def plan(model, evidence: dict | None = None, actions: dict | None = None, *, ri
         row = index[frozenset(chosen)]
         estimate = _risk_estimate(risk_draws[row], weights, level, damage.sum(), float(risk[row]))
         probabilities = {a: draw_estimate(success[row, :, i], weights, level=level)
-                         for i, a in enumerate(tables.ATTACK_NAMES)}
+                         for i, a in enumerate(model.structure.attack_names)}
         c = cost[row] * cost_weight
         return Option(tuple(chosen), float(risk[row]), estimate[0], estimate[1], float(cost[row]),
                       float(loss[row]), estimate[0] + c, estimate[1] + c, probabilities)

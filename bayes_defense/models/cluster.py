@@ -47,6 +47,7 @@ from __future__ import annotations
 
 import functools
 import math
+from types import MappingProxyType
 
 import networkx as nx
 import numpy as np
@@ -128,17 +129,24 @@ class ClusterModel:
         ``"indicators"`` (every site discrete; the exact backend applies) or
         ``"continuous"`` (telemetry and throughput / latency as LogNormal values).
     attacks, countermeasures : mappings
-        The catalogue entries composed in.
+        The attacks composed in (the catalogue's :class:`~bayes_defense.models.Attack` entries, then the
+        :class:`~bayes_defense.models.registry.AttackSpec` of each attack added by ``add_attack``) and the
+        countermeasures.
+    structure : ModelStructure
+        The attacks and edges the model is built from (:func:`bayes_defense.models.tables.structure`
+        when the model was made).
     """
 
-    def __init__(self, n_nodes: int, colluders: int, telemetry: str, *, parameters=None):
+    def __init__(self, n_nodes: int, colluders: int, telemetry: str, *, parameters=None,
+                 structure: tables.ModelStructure | None = None):
         self.n_nodes = n_nodes
         self.f = (n_nodes - 1) // 3
         self.colluders = colluders
         self.telemetry = telemetry
-        self.attacks = ATTACKS
+        self.structure = tables.structure() if structure is None else structure
+        self.attacks = MappingProxyType({name: ATTACKS.get(name, spec) for name, spec in self.structure.specs.items()})
         self.countermeasures = COUNTERMEASURES
-        values, self.n_draws, self._parameter_key = resolve_parameters(parameters)
+        values, self.n_draws, self._parameter_key = resolve_parameters(parameters, self.structure.parameters)
         #: ``{name: float64 array of shape (n_draws,)}`` for every name of :data:`PARAMETERS`.
         self.parameter_values = values
         self._torch_values: dict = {}
@@ -157,7 +165,7 @@ class ClusterModel:
     @functools.cached_property
     def parameter_tables(self) -> tables.ParameterTables:
         """This model's parameter set gathered into arrays (:func:`~bayes_defense.models.tables.parameter_tables`)."""
-        return tables.parameter_tables(self.parameter_values, self.collusion_share)
+        return tables.parameter_tables(self.parameter_values, self.collusion_share, self.structure)
 
     @property
     def replicas(self) -> list[str]:
@@ -189,11 +197,14 @@ class ClusterModel:
             out[site] = f"control set by countermeasure {_COUNTERMEASURE_OF_SITE[site]!r}"
         out["isolated"] = "control set by 'isolate_node': 0 none, k + 1 isolates replica k"
         out["attacker_isolated"] = "the isolated replica is the attacker's"
-        for attack in ATTACKS.values():
-            out[f"{attack.name}.precondition"] = f"{attack.preconditions} ({attack.sources})"
-            out[f"{attack.name}.precursor"] = f"precursor phase; shows in {', '.join(attack.precursor_signals)}"
-            out[f"{attack.name}.executing"] = "execution phase"
-            out[f"{attack.name}.success"] = "the attack succeeds; impacts " + ", ".join(attack.impacts)
+        for name, spec in self.structure.specs.items():
+            attack = ATTACKS.get(name)
+            out[f"{name}.precondition"] = f"{attack.preconditions} ({attack.sources})" if attack else \
+                f"{spec.footing} (added with add_attack)"
+            signals = attack.precursor_signals if attack else (*spec.attacker_side, *spec.cluster_side)
+            out[f"{name}.precursor"] = f"precursor phase; shows in {', '.join(signals)}"
+            out[f"{name}.executing"] = "execution phase"
+            out[f"{name}.success"] = "the attack succeeds; impacts " + ", ".join(spec.impacts)
         for (_, _, meaning), site in zip(OUTCOMES, self.outcome_sites, strict=True):
             out[site] = meaning
         out["join_rate"] = "joins per window above threshold (Sybil, Eclipse)"
@@ -258,7 +269,7 @@ class ClusterModel:
         for node in graph.nodes:
             graph.nodes[node]["description"] = self.sites.get(node, "")
         for parent, child in graph.edges:
-            graph.edges[parent, child]["source"] = _edge_source(parent, child)
+            graph.edges[parent, child]["source"] = _edge_source(parent, child, self.attacks)
         return graph
 
     def __call__(self):
@@ -294,15 +305,16 @@ class ClusterModel:
         controls[tables.ISOLATION] = _fixed(tables.ISOLATION, _float((isolated == attacker) & (attacker >= 1)))
         precursors, successes = {}, {}
         share = self.collusion_share
-        for a in ATTACKS:
-            pre = _fixed(f"{a}.precondition", tables.precondition(a, footing))
+        structure = self.structure
+        for a in structure.attack_names:
+            pre = _fixed(f"{a}.precondition", tables.precondition(a, footing, structure))
             precursors[a] = pyro.sample(f"{a}.precursor", dist.Bernoulli(tables.precursor_probability(a, value, pre)))
             executing = pyro.sample(f"{a}.executing",
                                     dist.Bernoulli(tables.execution_probability(a, value, precursors[a])))
             successes[a] = pyro.sample(f"{a}.success", dist.Bernoulli(
-                tables.success_probability(a, value, share, executing, controls)))
+                tables.success_probability(a, value, share, executing, controls, structure)))
         for name, site in zip(tables.OUTCOME_NAMES, self.outcome_sites, strict=True):
-            p = tables.outcome_probability(name, value, successes).clamp(0.0, 1.0)
+            p = tables.outcome_probability(name, value, successes, structure).clamp(0.0, 1.0)
             if site == name:
                 pyro.sample(site, dist.Bernoulli(p))
             elif site == "throughput":
@@ -311,14 +323,15 @@ class ClusterModel:
             else:
                 # Milliseconds: nominal 5 ms, ten times that when degraded (Prime; Aardvark).
                 pyro.sample(site, dist.LogNormal(math.log(5.0) + math.log(10.0) * p, 0.3))
-        pyro.sample("join_rate", dist.Bernoulli(tables.join_rate_probability(value, precursors).clamp(0.0, 1.0)))
+        pyro.sample("join_rate", dist.Bernoulli(
+            tables.join_rate_probability(value, precursors, structure).clamp(0.0, 1.0)))
         for k in range(n):
             faulty = _fixed(f"r{k}.faulty", _float(attacker == k + 1))
             self._replica(f"r{k}", faulty, precursors, value)
 
     def _replica(self, prefix: str, faulty, precursors, value):
         for t in TELEMETRY:
-            p = tables.telemetry_probability(t.name, value, faulty, precursors).clamp(0.0, 1.0)
+            p = tables.telemetry_probability(t.name, value, faulty, precursors, self.structure).clamp(0.0, 1.0)
             if self.telemetry == "indicators":
                 pyro.sample(f"{prefix}.{t.name}", dist.Bernoulli(p))
             else:
@@ -326,30 +339,37 @@ class ClusterModel:
                 pyro.sample(f"{prefix}.{t.name}", dist.LogNormal(math.log(t.typical) + math.log(20.0) * p, 0.5))
 
 
-def _edge_source(parent: str, child: str) -> str:
+def _edge_source(parent: str, child: str, attacks) -> str:
+    def source(attack):
+        return getattr(attacks[attack], "sources", "added with bayes_defense.models.registry.add_attack")
+
     if parent == "theta_draw":
         return "posterior draws of the parameters (bayes_defense.fit)"
     attack_of_child = child.split(".")[0]
-    if attack_of_child in ATTACKS:
-        return ATTACKS[attack_of_child].sources
+    if attack_of_child in attacks:
+        return source(attack_of_child)
     if "." in child and child.split(".")[1] in {t.name for t in TELEMETRY}:
+        if parent.split(".")[0] in attacks and parent.split(".")[0] not in ATTACKS:
+            return source(parent.split(".")[0])
         return next(t.sources for t in TELEMETRY if t.name == child.split(".")[1])
     if child in {name for name, _, _ in OUTCOMES} or child in ("throughput", "commit_latency"):
-        return ATTACKS[parent.split(".")[0]].sources if parent.split(".")[0] in ATTACKS else "PBFT"
+        return source(parent.split(".")[0]) if parent.split(".")[0] in attacks else "PBFT"
     return _SOURCES.get(child, "PBFT")
 
 
 @functools.lru_cache(maxsize=32)
-def _cached(n_nodes: int, colluders: int, telemetry: str, parameter_key: tuple) -> ClusterModel:
-    # The key carries every override, so models with different parameters never share an entry.
+def _cached(n_nodes: int, colluders: int, telemetry: str, parameter_key: tuple,
+            structure: tables.ModelStructure) -> ClusterModel:
+    # The key carries every override and the structure, so models of different parameters or
+    # attacks never share an entry.
     return ClusterModel(n_nodes, colluders, telemetry,
                         parameters={name: np.asarray(values) if ndim else values[0]
-                                    for name, values, ndim in parameter_key})
+                                    for name, values, ndim in parameter_key}, structure=structure)
 
 
 def cluster(n_nodes: int, *, colluders: int | None = None, telemetry: str = "indicators",
             parameters: dict | None = None) -> ClusterModel:
-    """The causal graph of an n-replica BFT cluster with the eight attacks, as a Pyro SCM.
+    """The causal graph of an n-replica BFT cluster with the catalogue's attacks (and users'), as a Pyro SCM.
 
     Parameters
     ----------
@@ -365,6 +385,7 @@ def cluster(n_nodes: int, *, colluders: int | None = None, telemetry: str = "ind
         LogNormal measurements; queries fall back to importance sampling.
     parameters : dict, optional
         Overrides of the named parameters of :data:`~bayes_defense.models.PARAMETERS`
+        and of the attacks added with :func:`bayes_defense.models.registry.add_attack`
         (``{name: value}``). A value may be a 1-D array of S posterior draws
         (all such arrays of one length S): the model then draws
         ``theta_draw ~ Categorical(uniform over S)`` and uses that draw, so exact
@@ -403,8 +424,9 @@ def cluster(n_nodes: int, *, colluders: int | None = None, telemetry: str = "ind
                                 f"got {colluders!r}")
     if telemetry not in ("indicators", "continuous"):
         raise InvalidInputError(f"telemetry must be 'indicators' or 'continuous'; got {telemetry!r}")
-    _, _, key = resolve_parameters(parameters)
-    return _cached(n_nodes, colluders, telemetry, key)
+    structure = tables.structure()
+    _, _, key = resolve_parameters(parameters, structure.parameters)
+    return _cached(n_nodes, colluders, telemetry, key, structure)
 
 
 # bd.models.cluster stays callable after ``import bayes_defense.models.cluster`` binds the module to that name.

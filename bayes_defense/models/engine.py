@@ -44,21 +44,17 @@ import numpy as np
 from bayes_defense.errors import ImpossibleEvidenceError, InvalidInputError, UnknownSiteError
 from bayes_defense.estimate import Estimate, Probability, exact_estimate
 from bayes_defense.models import tables
-from bayes_defense.models.catalogue import ATTACKS, TELEMETRY
+from bayes_defense.models.catalogue import TELEMETRY
 
 __all__ = ["Engine", "engine", "Result", "draw_estimate"]
 
-ATTACK_NAMES, OUTCOME_NAMES, CONTROL_SITES = tables.ATTACK_NAMES, tables.OUTCOME_NAMES, tables.CONTROL_SITES
+OUTCOME_NAMES, CONTROL_SITES = tables.OUTCOME_NAMES, tables.CONTROL_SITES
 _TELEMETRY_NAMES = tables.TELEMETRY_NAMES
-_NA = len(ATTACK_NAMES)
-_BITS = tables.PRECURSOR_CONFIGURATIONS                                # (256, 8): P_A of each configuration
 _CUT_PAIRS = np.array([[0, 0], [0, 1], [1, 0], [1, 1]])               # (factual cut, counterfactual cut)
 _CAE = np.array(list(itertools.product(range(3), range(2), range(2))))  # (12, 3): attacker class, adm, exp
 _FOOTING_SITES = tables.FOOTING_SITES
 # Pieces one engine keeps (a few kilobytes each; the explanation's leave-one-out products up to about a megabyte).
 _CACHE_ENTRIES = 512
-# Efficacy slots (control sites, then the isolation cut) that mitigate each attack.
-_SLOTS_OF_ATTACK = tuple(frozenset(tables.EFFICACY_SLOTS[key] for key, _ in tables.mitigations(a)) for a in ATTACK_NAMES)
 
 
 def _couple(p, q):
@@ -192,20 +188,29 @@ class Engine:
         n = model.n_nodes
         self.n = n
         self.draws = model.n_draws
+        # The attacks of the model's structure (the catalogue's and users'): every per-attack axis.
+        structure = model.structure
+        self.structure = structure
+        self.attack_names = structure.attack_names
+        self.n_attacks = len(self.attack_names)
+        self.bits = structure.precursor_configurations          # (2 ** A, A): the precursors of each configuration
+        # Efficacy slots (control sites, then the isolation cut) that mitigate each attack.
+        self.slots_of_attack = tuple(frozenset(tables.EFFICACY_SLOTS[key] for key, _ in structure.mitigations(a))
+                                     for a in self.attack_names)
         table = model.parameter_tables
-        self.p_attempt, self.p_execute = table.p_attempt, table.p_execute      # (z, 8)
+        self.p_attempt, self.p_execute = table.p_attempt, table.p_execute      # (z, A)
         self.p_success = table.success                                          # colluders included
-        self.efficacy, self.impact = table.efficacy, table.impact               # (z, 8, 7), (z, 4, 8)
+        self.efficacy, self.impact = table.efficacy, table.impact               # (z, A, 7), (z, 4, A)
         self.outcome_baseline = table.outcome_baseline                          # (z, 4)
         self.prior_inside, self.prior_adm = table.prior_inside, table.prior_admission
         self.prior_exposed, self.prior_isolated = table.prior_exposed, table.prior_isolated
         self.prior_controls = table.prior_controls                              # (z, 6)
-        self.join_on = table.join_on                                            # (z, 256)
-        tables = table.telemetry_on                                             # (z, T, faulty, 256)
+        self.join_on = table.join_on                                            # (z, 2 ** A)
+        telemetry_on = table.telemetry_on                                       # (z, T, faulty, 2 ** A)
         # Zero probabilities become a huge finite penalty so that unobserved entries (weight 0) stay 0.
         with np.errstate(divide="ignore"):
-            self._log_on = np.maximum(np.log(tables), -1e250)           # (z, T, 2, 256)
-            self._log_off = np.maximum(np.log1p(-tables), -1e250)
+            self._log_on = np.maximum(np.log(telemetry_on), -1e250)     # (z, T, 2, 2 ** A)
+            self._log_off = np.maximum(np.log1p(-telemetry_on), -1e250)
         # (T, z * 2 * 256) for one matrix product per query.
         self._log_on_flat = np.ascontiguousarray(np.moveaxis(self._log_on, 1, 0)).reshape(len(TELEMETRY), -1)
         self._log_off_flat = np.ascontiguousarray(np.moveaxis(self._log_off, 1, 0)).reshape(len(TELEMETRY), -1)
@@ -295,7 +300,7 @@ class Engine:
         if name in OUTCOME_NAMES or name == "join_rate":
             return "leaf"
         attack, _, level = name.partition(".")
-        if attack in ATTACKS:
+        if attack in self.structure.specs:
             return {"precondition": "cae", "precursor": "precursors"}.get(level, "local")
         raise InvalidInputError(f"{role} {name!r}: the cluster engine does not report controls or the draw index; "
                                 "use bd.intervene(model, ...) for that query")
@@ -322,10 +327,10 @@ class Engine:
             elif kind == "cae":
                 continue
             elif kind == "precursors":
-                values[site] = result.conditional("precursors")[:, ATTACK_NAMES.index(site.split(".")[0])]
+                values[site] = result.conditional("precursors")[:, self.attack_names.index(site.split(".")[0])]
             elif kind == "local":
                 attack, _, level = site.partition(".")
-                local = _divide(result.outputs["local"][ATTACK_NAMES.index(attack)], result.total)  # (z, x, e, g, u)
+                local = _divide(result.outputs["local"][self.attack_names.index(attack)], result.total)  # (z, x, e, g, u)
                 values[site] = local.sum((1, 3, 4))[:, 1] if level == "executing" else local.sum((1, 2, 4))[:, 1]
             elif site in parsed[0]:
                 values[site] = np.full(self.draws, float(parsed[0][site]))
@@ -340,7 +345,7 @@ class Engine:
         """``attack.precondition`` on each of the 12 root states of output ``"cae"`` (after ``fixed`` do/evidence)."""
         def build():
             footing = self._footing(_CAE[:, 0], _CAE[:, 1], _CAE[:, 2], fixed)
-            return {a: self._precondition(a, footing, fixed).astype(np.float64) for a in ATTACK_NAMES}
+            return {a: self._precondition(a, footing, fixed).astype(np.float64) for a in self.attack_names}
 
         return self._cached(("preconditions", tuple(sorted(fixed.items()))), build)[attack]
 
@@ -399,7 +404,7 @@ class Engine:
         parsed = self.split_evidence(evidence)
         result = self.run(do=do, evidence=parsed, outputs=("local",), next_isolated=isolate)
         weights = result.weights(evidence)
-        local = np.stack([result.outputs["local"][i] for i in range(_NA)], 1)  # (z, 8, x, e, g, u)
+        local = np.stack([result.outputs["local"][i] for i in range(self.n_attacks)], 1)  # (z, 8, x, e, g, u)
         by_pair = _divide(local[:, :, :, 1].sum((2, 3)), result.total)      # (z, 8, u): executing
         hit = _CUT_PAIRS[result.outputs["pairs"], 1]
         table = np.stack([by_pair[:, :, hit == h].sum(-1) for h in (0, 1)], -1)
@@ -459,7 +464,7 @@ class Engine:
         members = (pattern[None, :] == np.arange(factor.shape[1])[:, None]).astype(np.float64)   # (patterns, N)
         M = np.matmul(members, (self.class_onehot[None, :, :, None] * (C * prior_a[:, :, None])[:, :, None, :]
                                 ).reshape(z, N, -1))                                            # (z, pat, 3u)
-        U = np.matmul(np.swapaxes(M, 1, 2), factor).reshape(z, 3, st.pairs.size, 2 ** _NA)
+        U = np.matmul(np.swapaxes(M, 1, 2), factor).reshape(z, 3, st.pairs.size, self.bits.shape[0])
         B = st.cae_weight[:, :, None] * np.moveaxis(U[:, st.state_class, :, st.p_idx], 0, 1)   # (z, ns, u)
         B_f = B if st.G.shape[3] > 1 else B.sum(2, keepdims=True)
         GB = st.G * B_f[None]                                                # (t, z, ns, u|1)
@@ -472,7 +477,7 @@ class Engine:
                 out["cae"] = np.zeros((z, 12))
                 np.add.at(out["cae"].T, st.cae_idx, by_state.T)
             if "precursors" in outputs:
-                out["precursors"] = by_state @ _BITS[st.p_idx].astype(np.float64)                 # (z, 8)
+                out["precursors"] = by_state @ self.bits[st.p_idx].astype(np.float64)                 # (z, 8)
         if "attacker" in outputs:
             R = (st.coef[:, :, None, None] * st.G).sum(0) * st.cae_weight[:, :, None]            # (z, ns, u|1)
             # Per observation pattern and attacker class first; replicas alike share the work.
@@ -556,19 +561,20 @@ class Engine:
         touched = {o for k in kinds for o in k}
         coupled = [bool(any(self.impact[:, OUTCOME_NAMES.index(o), i].any() for o in touched)
                         or any(f"{a}.{lv}" in fact for lv in ("executing", "success")))
-                   for i, a in enumerate(ATTACK_NAMES)]
+                   for i, a in enumerate(self.attack_names)]
         want_local = "local" in outputs
-        local_for = set(range(_NA)) if local_for is None else {ATTACK_NAMES.index(a) for a in local_for}
+        local_for = set(range(self.n_attacks)) if local_for is None else {self.attack_names.index(a)
+                                                                          for a in local_for}
         if not want_local:
             local_for = set()
         separable = not any(coupled)
 
         # Controls: prior (or point mass) of the configurations of the bits that matter.
-        deep_attacks = [i for i in range(_NA) if coupled[i]] if not separable else sorted(local_for)
-        relevant = sorted({slot for i in deep_attacks for slot in _SLOTS_OF_ATTACK[i]}
+        deep_attacks = [i for i in range(self.n_attacks) if coupled[i]] if not separable else sorted(local_for)
+        relevant = sorted({slot for i in deep_attacks for slot in self.slots_of_attack[i]}
                           - {len(CONTROL_SITES)})
         if not separable and local_for - set(deep_attacks):
-            relevant = sorted({slot for i in set(deep_attacks) | local_for for slot in _SLOTS_OF_ATTACK[i]}
+            relevant = sorted({slot for i in set(deep_attacks) | local_for for slot in self.slots_of_attack[i]}
                               - {len(CONTROL_SITES)})
         Pi, bits_f = self._controls(do, cluster, tuple(relevant))
         controls = np.nonzero(Pi.max(0) > 0)[0]
@@ -588,7 +594,7 @@ class Engine:
             Pi_norm = Pi / np.where(Pi_total > 0, Pi_total, 1.0)[:, None]
         # Local factors and their product over attacks.
         factors, local = [], []
-        for i, a in enumerate(ATTACK_NAMES):
+        for i, a in enumerate(self.attack_names):
             deep = coupled[i] or i in local_for
             own = tuple((src, f"{a}.{lv}", d.get(f"{a}.{lv}")) for src, d in (("do", do), ("ev", cluster), ("cf", cf))
                         for lv in ("precursor", "executing", "success"))
@@ -597,7 +603,7 @@ class Engine:
             f_sum, f_loc = self._cached(key, functools.partial(
                 self._local, i, a, do, cluster, cf, kinds, keep_f, keep_c, deep, i in local_for,
                 Pi_norm if separable else None))
-            idx = pre[cae_idx, i] * 4 + pre_cf[cae_idx, i] * 2 + _BITS[p_idx, i]
+            idx = pre[cae_idx, i] * 4 + pre_cf[cae_idx, i] * 2 + self.bits[p_idx, i]
             factors.append((f_sum, idx))
             local.append(f_loc)
         if separable:
@@ -607,7 +613,7 @@ class Engine:
         # Sum over the control axis now when no factor depends on it.
         Pi_f = Pi if F.shape[3] > 1 else Pi.sum(1, keepdims=True)
         G = (F * Pi_f[None, :, None, :, None]).sum(3)                        # (t, z, ns, u|1)
-        wanted = sorted(local_for | ({i for i in range(_NA) if coupled[i]} if "loo" in outputs else set()))
+        wanted = sorted(local_for | ({i for i in range(self.n_attacks) if coupled[i]} if "loo" in outputs else set()))
         leave_one_out = {i: functools.reduce(np.multiply, [g for j, g in enumerate(gathered) if j != i],
                                              np.ones((1, 1, 1, 1, 1))) for i in wanted}
         groups = {}
@@ -644,8 +650,8 @@ class Engine:
         for site in _FOOTING_SITES:
             if site in cluster:
                 cae_weight = cae_weight * (footing[site] == cluster[site])
-        pre = np.stack([self._precondition(a, footing, fact) for a in ATTACK_NAMES], 1)            # (12, 8)
-        for i, a in enumerate(ATTACK_NAMES):
+        pre = np.stack([self._precondition(a, footing, fact) for a in self.attack_names], 1)       # (12, A)
+        for i, a in enumerate(self.attack_names):
             if f"{a}.precondition" in cluster:
                 cae_weight = cae_weight * (pre[:, i] == cluster[f"{a}.precondition"])
         if cf:
@@ -653,25 +659,24 @@ class Engine:
             cf_adm = np.full(12, cf["admission_open"]) if "admission_open" in cf else _CAE[:, 1]
             cf_exp = np.full(12, cf["peer_table_exposed"]) if "peer_table_exposed" in cf else _CAE[:, 2]
             cf_footing = self._footing(cf_class, cf_adm, cf_exp, cf)
-            pre_cf = np.stack([self._precondition(a, cf_footing, cf) for a in ATTACK_NAMES], 1)
+            pre_cf = np.stack([self._precondition(a, cf_footing, cf) for a in self.attack_names], 1)
         else:
             pre_cf = pre
         return prior_a, cae_weight, pre, pre_cf
 
-    @staticmethod
-    def _precursor_states(pre, cae_weight, fact):
+    def _precursor_states(self, pre, cae_weight, fact):
         """Root combinations and precursor configurations of non-zero prior mass: ``(cae_idx, p_idx)``."""
-        allowed = np.ones((12, _NA, 2), dtype=bool)
+        allowed = np.ones((12, self.n_attacks, 2), dtype=bool)
         allowed[:, :, 1] = pre.astype(bool)
-        for i, a in enumerate(ATTACK_NAMES):
+        for i, a in enumerate(self.attack_names):
             site = f"{a}.precursor"
             if site in fact:
                 allowed[:, i, :] = False
                 allowed[:, i, fact[site]] = True
         allowed &= (cae_weight.max(0) > 0)[:, None, None]
-        valid = np.ones((12, 2 ** _NA), dtype=bool)
-        for i in range(_NA):
-            valid &= allowed[:, i, :][:, _BITS[:, i]]
+        valid = np.ones((12, self.bits.shape[0]), dtype=bool)
+        for i in range(self.n_attacks):
+            valid &= allowed[:, i, :][:, self.bits[:, i]]
         cae_idx, p_idx = np.nonzero(valid)
         if cae_idx.size == 0:
             raise ImpossibleEvidenceError(f"the evidence has probability zero under the model: {fact}")
@@ -691,10 +696,9 @@ class Engine:
                 "admission_open": adm.astype(int),
                 "eclipse_footing": site("eclipse_footing", tables.eclipse_footing(inside, exp))}
 
-    @staticmethod
-    def _precondition(a, footing, fixed):
+    def _precondition(self, a, footing, fixed):
         site = f"{a}.precondition"
-        value = tables.precondition(a, footing)
+        value = tables.precondition(a, footing, self.structure)
         return np.full(value.shape, fixed[site]) if site in fixed else value
 
     def _telemetry_cached(self, telemetry, prior_a):
@@ -716,7 +720,7 @@ class Engine:
         """
         z, N = prior_a.shape
         if not telemetry:
-            return np.zeros(N, dtype=np.intp), np.ones((z, 1, 2 ** _NA)), np.zeros(z)
+            return np.zeros(N, dtype=np.intp), np.ones((z, 1, self.bits.shape[0])), np.zeros(z)
         T = len(TELEMETRY)
         # Each replica's observations as a bit code (bit t: observed 0, bit T + t: observed 1).
         code: dict = {}
@@ -732,9 +736,9 @@ class Engine:
         counts[0] = _code_counts(code.values(), 2 * T)
         # Row 0: every observation with faulty = 0; row p: pattern p's observations.
         X = (counts[:, :T] @ self._log_off_flat + counts[:, T:] @ self._log_on_flat).reshape(
-            len(ids) + 1, z, 2, 2 ** _NA)
+            len(ids) + 1, z, 2, self.bits.shape[0])
         base = X[0, :, 0]                                                        # (z, 256)
-        log = np.empty((z, len(ids) + 1, 2 ** _NA))
+        log = np.empty((z, len(ids) + 1, self.bits.shape[0]))
         log[:, 0] = base
         log[:, 1:] = base[:, None, :] + np.swapaxes(X[1:, :, 1] - X[1:, :, 0], 0, 1)
         members = (pattern[None, :] == np.arange(len(ids) + 1)[:, None]).astype(np.float64)   # (P + 1, N)

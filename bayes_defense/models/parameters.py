@@ -27,7 +27,7 @@ from bayes_defense.models.catalogue import (
     TELEMETRY,
 )
 
-__all__ = ["Parameter", "PARAMETERS", "resolve_parameters"]
+__all__ = ["Parameter", "PARAMETERS", "resolve_parameters", "attack_edges", "attack_parameters"]
 
 
 class Parameter(NamedTuple):
@@ -75,26 +75,71 @@ def _catalogue_parameters() -> dict:
     return out
 
 
-#: Every named parameter of the cluster model: ``{name: Parameter(default, meaning)}``.
+#: Every named parameter of the cluster model with the catalogue's attacks: ``{name: Parameter(default, meaning)}``.
+#: A model with users' attacks (:func:`bayes_defense.models.registry.add_attack`) has theirs too
+#: (:func:`attack_parameters`, :attr:`bayes_defense.models.tables.ModelStructure.parameters`).
 PARAMETERS: dict = _catalogue_parameters()
 
 
-def resolve_parameters(parameters) -> tuple[dict, int, tuple]:
+def attack_edges(spec) -> dict:
+    """The edges of an attack added by ``add_attack``, each with its parameter, named as the catalogue's are.
+
+    Returns ``{"attacker_side": ((signal, parameter), ...), "cluster_side": ..., "impacts": ((outcome,
+    parameter), ...), "mitigations": ((countermeasure, parameter), ...)}``; ``join_rate`` is a signal here.
+
+    Examples
+    --------
+    >>> from bayes_defense.models.registry import AttackSpec
+    >>> spec = AttackSpec("mine", "attacker_inside", {"stale": 0.8}, {}, {"liveness_lost": 0.5}, 0.4, 0.0,
+    ...                   "expose_and_evict", mitigations={"expose_and_evict": 0.9})
+    >>> attack_edges(spec)["attacker_side"], attack_edges(spec)["mitigations"]
+    ((('stale', 'telemetry.stale.mine'),), (('expose_and_evict', 'mine.efficacy.expose_and_evict'),))
+    """
+    a = spec.name
+    return {"attacker_side": tuple((t, f"telemetry.{t}.{a}") for t in spec.attacker_side),
+            "cluster_side": tuple((t, f"telemetry.{t}.{a}") for t in spec.cluster_side),
+            "impacts": tuple((o, f"{a}.impact.{o}") for o in spec.impacts),
+            "mitigations": tuple((c, f"{a}.efficacy.{c}") for c in spec.mitigations)}
+
+
+def attack_parameters(spec) -> dict:
+    """``{name: Parameter}`` of an attack added by ``add_attack``: its chain, its edges, their defaults."""
+    a = spec.name
+    out = {f"{a}.p_attempt": Parameter(spec.p_attempt, f"P({a} precursor phase starts | precondition)"),
+           f"{a}.p_execute": Parameter(spec.p_execute, f"P({a} executes | precursor phase)"),
+           f"{a}.p_success": Parameter(spec.p_success, f"P({a} succeeds | execution), no colluders, no defence"),
+           f"{a}.collusion_gain": Parameter(spec.collusion_gain,
+                                            f"share of {a}'s remaining failure removed when all f collude")}
+    edges_of = attack_edges(spec)
+    for side, where in (("attacker_side", "at the attacker's replica"), ("cluster_side", "at every replica")):
+        for signal, name in edges_of[side]:
+            out[name] = Parameter(getattr(spec, side)[signal], f"P({a} precursor raises {signal} {where})")
+    for outcome, name in edges_of["impacts"]:
+        out[name] = Parameter(spec.impacts[outcome], f"P({a} success breaks {outcome})")
+    for countermeasure, name in edges_of["mitigations"]:
+        out[name] = Parameter(spec.mitigations[countermeasure], f"fraction of {a}'s success that {countermeasure} "
+                                                                "removes")
+    return out
+
+
+def resolve_parameters(parameters, known=None) -> tuple[dict, int, tuple]:
     """Validate overrides; return ``({name: float64 array (S,)}, S, cache key)``.
 
     Scalars are broadcast to every draw; arrays must be 1-D with the same
     number of draws S. The cache key holds the overrides only, so models with
-    different overrides never share a cache entry.
+    different overrides never share a cache entry. ``known`` is the model's
+    ``{name: Parameter}`` (default :data:`PARAMETERS`).
     """
+    known = PARAMETERS if known is None else known
     if parameters is None:
         parameters = {}
     if not hasattr(parameters, "items"):
         raise InvalidInputError(f"parameters must be a dict {{name: value or 1-D array of draws}}; "
                                 f"got {type(parameters).__name__}")
-    unknown = sorted(str(name) for name in parameters if name not in PARAMETERS)
+    unknown = sorted(str(name) for name in parameters if name not in known)
     if unknown:
         raise InvalidInputError(f"unknown parameter {', '.join(map(repr, unknown))}; valid parameters "
-                                f"(bd.models.PARAMETERS): {', '.join(PARAMETERS)}")
+                                f"(bd.models.PARAMETERS): {', '.join(known)}")
     overrides, draws = {}, set()
     for name, value in parameters.items():
         try:
@@ -115,7 +160,7 @@ def resolve_parameters(parameters) -> tuple[dict, int, tuple]:
         raise InvalidInputError(f"parameters given as draws must all have the same number of draws; got lengths "
                                 f"{sorted(draws)}")
     n_draws = draws.pop() if draws else 1
-    values = {name: np.full(n_draws, spec.default) for name, spec in PARAMETERS.items()}
+    values = {name: np.full(n_draws, spec.default) for name, spec in known.items()}
     for name, array in overrides.items():
         values[name] = np.broadcast_to(array, (n_draws,)).astype(np.float64).copy()
     for array in values.values():

@@ -17,19 +17,17 @@ from __future__ import annotations
 
 from bayes_defense.causal.queries import counterfactual, intervene
 from bayes_defense.errors import InvalidInputError
-from bayes_defense.models.catalogue import ATTACKS, COUNTERMEASURES
+from bayes_defense.models import tables
+from bayes_defense.models.catalogue import COUNTERMEASURES
 
 __all__ = ["precondition_check", "success_probability", "simulate_attack", "sample_incidents", "countermeasure_do",
            "check_attacks"]
 
 
-def check_attacks(attacks) -> list[str]:
-    """Validate attack names; raise listing the valid ones."""
-    names = list(ATTACKS) if attacks is None else ([attacks] if isinstance(attacks, str) else list(attacks))
-    unknown = [a for a in names if a not in ATTACKS]
-    if unknown:
-        raise InvalidInputError(f"unknown attack {', '.join(map(repr, unknown))}; valid attacks: {', '.join(ATTACKS)}")
-    return names
+def check_attacks(attacks, model=None) -> list[str]:
+    """Validate attack names (default all) against ``model``'s attacks, or the registry's; raise listing the valid ones."""
+    structure = getattr(model, "structure", None) or tables.structure()
+    return structure.check_attacks(attacks)
 
 
 def countermeasure_do(model, countermeasures, target: int | None = None) -> dict:
@@ -56,7 +54,8 @@ def precondition_check(model, evidence: dict | None = None, attacks=None, **kwar
     evidence : dict, optional
         ``{site: value}``, for example per-replica telemetry ``{"r0.duplicates": 1}``.
     attacks : str or list of str, optional
-        Which attacks (default all eight).
+        Which attacks (default all of the model's: the catalogue's eight and any added with
+        :func:`~bayes_defense.models.registry.add_attack`).
     **kwargs
         Passed to :func:`bayes_defense.intervene` (``backend``, ``level``, ``num_samples``, ``seed``).
 
@@ -73,7 +72,7 @@ def precondition_check(model, evidence: dict | None = None, attacks=None, **kwar
     >>> round(checks["equivocation"].mean, 3)
     1.0
     """
-    names = check_attacks(attacks)
+    names = check_attacks(attacks, model)
     answers = intervene(model, {}, [f"{a}.precondition" for a in names], evidence=evidence, **kwargs)
     return dict(zip(names, answers, strict=True))
 
@@ -91,7 +90,7 @@ def success_probability(model, evidence: dict | None = None, countermeasures=(),
     >>> after < before
     True
     """
-    names = check_attacks(attacks)
+    names = check_attacks(attacks, model)
     do = countermeasure_do(model, countermeasures, target)
     answers = intervene(model, do, [f"{a}.success" for a in names], evidence=evidence, **kwargs)
     return dict(zip(names, answers, strict=True))
@@ -122,7 +121,7 @@ def simulate_attack(model, evidence: dict, attack: str | None = None, countermea
         raise InvalidInputError("give exactly one of attack= (had it not started) or countermeasure= "
                                 "(had it been in place)")
     if attack is not None:
-        check_attacks([attack])
+        check_attacks([attack], model)
         do = {f"{attack}.precursor": 0.0}
     else:
         do = countermeasure_do(model, [countermeasure], target)
@@ -159,7 +158,7 @@ def sample_incidents(model, attack: str, count: int, *, seed: int = 0, outcome: 
     model : ClusterModel
         An indicator-mode cluster model.
     attack : str
-        The injected attack (a key of :data:`ATTACKS`).
+        The injected attack (one of the model's).
     count : int
         Incidents to return.
     seed : int
@@ -191,19 +190,19 @@ def sample_incidents(model, attack: str, count: int, *, seed: int = 0, outcome: 
 
     from bayes_defense.models.catalogue import OUTCOMES, TELEMETRY
 
-    check_attacks([attack])
+    check_attacks([attack], model)
     if getattr(model, "telemetry", None) != "indicators":
         raise InvalidInputError("sample_incidents needs an indicator-mode cluster model "
                                 "(bd.models.cluster(n), telemetry='indicators')")
     if not isinstance(count, int) or count < 1:
         raise InvalidInputError(f"count must be a positive integer; got {count!r}")
-    spec = ATTACKS[attack]
+    spec = model.structure.specs[attack]
     outcome = max(spec.impacts, key=spec.impacts.get) if outcome is None else outcome
     valid = [name for name, _, _ in OUTCOMES]
     if outcome not in valid:
         raise InvalidInputError(f"unknown outcome {outcome!r}; valid outcomes: {', '.join(valid)}")
     do = {**_INJECTED_FOOTING[spec.footing], f"{attack}.precursor": 1.0, f"{attack}.executing": 1.0}
-    do.update({f"{other}.precursor": 0.0 for other in ATTACKS if other != attack})
+    do.update({f"{other}.precursor": 0.0 for other in model.structure.attack_names if other != attack})
     do = {site: torch.tensor(value) for site, value in do.items()}
     names = [f"r{k}.{t.name}" for k in range(model.n_nodes) for t in TELEMETRY] + ["join_rate"]
     batch = 40 * count if batch is None else int(batch)

@@ -1,12 +1,19 @@
-"""Attacks the streaming model filter tracks: the catalogue's, their precursor patterns, and users' own.
+"""The model's attacks: the catalogue's, their precursor patterns, and users' own.
 
 :func:`add_attack` is the public way to add an attack: its precondition (a
 footing site), the signals its precursor raises with their probabilities
 (at the attacker's replica and at every replica), its success and impacts on
 the cluster outcomes, and its matched countermeasure. The streaming model
 filter (:class:`bayes_defense.stream.model_filter.ModelDefender`) and the
-signal-model fit read :func:`tracked_attacks`, so an added attack is tracked
-and fitted with no change to their code.
+signal-model fit read :func:`tracked_attacks`; the cluster SCM
+(:func:`bayes_defense.models.cluster`), its exact engine,
+:func:`bayes_defense.plan` and :func:`bayes_defense.explain` read the
+structure :func:`bayes_defense.models.tables.structure` derives from this
+registry. So an added attack is tracked, fitted, planned against and
+explained with no change to their code. A cluster model is built for the
+registry as it is when :func:`~bayes_defense.models.cluster` is called
+(:func:`generation` tells the states apart); adding or removing an attack
+later leaves the models already built as they were.
 
 A precursor may be an ordered pattern (:class:`PrecursorPattern`): signal A
 shows, then the rest of the precursor within ``within`` seconds. The filter
@@ -35,7 +42,7 @@ from bayes_defense.errors import InvalidInputError
 from bayes_defense.models.catalogue import ATTACKS, COUNTERMEASURES, JOIN_RATE, OUTCOMES, TELEMETRY
 
 __all__ = ["PrecursorPattern", "AttackSpec", "PATTERNS", "FOOTINGS", "add_attack", "remove_attack",
-           "tracked_attacks", "attack_spec"]
+           "tracked_attacks", "attack_spec", "user_attacks", "generation", "reset"]
 
 #: The footing sites an attack's precondition may be (as in :class:`bayes_defense.models.Attack`).
 FOOTINGS = ("primary_faulty", "attacker_inside", "backup_faulty", "admission_open", "eclipse_footing")
@@ -75,6 +82,12 @@ class AttackSpec:
     p_success, collusion_gain : float
     pattern : PrecursorPattern or None
     builtin : bool
+    mitigations : dict
+        ``{countermeasure: efficacy}``: the share of success each removes.
+    p_attempt, p_execute : float
+        P(precursor | precondition) and P(execution | precursor) per incident window.
+    damage : float
+        Loss when it succeeds, in units of one safety violation (what :func:`bayes_defense.plan` weighs).
     """
 
     name: str
@@ -88,6 +101,9 @@ class AttackSpec:
     pattern: PrecursorPattern | None = None
     builtin: bool = True
     mitigations: dict = field(default_factory=dict)
+    p_attempt: float = 0.3
+    p_execute: float = 0.8
+    damage: float = 0.5
 
 
 def _builtin(name: str) -> AttackSpec:
@@ -97,10 +113,13 @@ def _builtin(name: str) -> AttackSpec:
     if name in JOIN_RATE:
         cluster["join_rate"] = JOIN_RATE[name]
     return AttackSpec(name, attack.footing, attacker, cluster, dict(attack.impacts), attack.p_success,
-                      attack.collusion_gain, attack.matched, PATTERNS.get(name), True, dict(attack.mitigations))
+                      attack.collusion_gain, attack.matched, PATTERNS.get(name), True, dict(attack.mitigations),
+                      attack.p_attempt, attack.p_execute, attack.damage)
 
 
 _USER: dict[str, AttackSpec] = {}
+# Counts the registry's changes, so caches of what is derived from it know when to rebuild.
+_GENERATION = [0]
 
 
 def _probabilities(what: str, values: Mapping | None, allowed: tuple) -> dict:
@@ -116,8 +135,10 @@ def _probabilities(what: str, values: Mapping | None, allowed: tuple) -> dict:
 
 def add_attack(name: str, *, footing: str, attacker_side: Mapping | None = None,
                cluster_side: Mapping | None = None, impacts: Mapping | None = None, p_success: float = 0.5,
-               collusion_gain: float = 0.0, matched: str, pattern: PrecursorPattern | None = None) -> AttackSpec:
-    """Add an attack for the model filter and its fit to track.
+               collusion_gain: float = 0.0, matched: str, pattern: PrecursorPattern | None = None,
+               efficacy: float = 0.9, p_attempt: float = 0.3, p_execute: float = 0.8,
+               damage: float = 0.5) -> AttackSpec:
+    """Add an attack to the model: tracked by the model filter, fitted, planned against and explained.
 
     Parameters
     ----------
@@ -138,6 +159,14 @@ def add_attack(name: str, *, footing: str, attacker_side: Mapping | None = None,
         The countermeasure aimed at it (a key of :data:`bayes_defense.models.COUNTERMEASURES`).
     pattern : PrecursorPattern, optional
         An ordered precursor.
+    efficacy : float
+        The share of its success that ``matched`` removes.
+    p_attempt, p_execute : float
+        P(its precursor starts | precondition) and P(execution | precursor)
+        per incident window (defaults: the catalogue's most common values).
+    damage : float
+        Loss when it succeeds, in units of one safety violation (the
+        catalogue's range is 0.3 to 1).
 
     Returns
     -------
@@ -169,11 +198,16 @@ def add_attack(name: str, *, footing: str, attacker_side: Mapping | None = None,
             raise InvalidInputError("pattern must be a PrecursorPattern whose first signal is one the attack raises")
         if not pattern.within > 0.0:
             raise InvalidInputError(f"pattern.within must be seconds > 0; got {pattern.within!r}")
+    numbers = _probabilities(name, {"p_success": p_success, "collusion_gain": collusion_gain, "efficacy": efficacy,
+                                    "p_attempt": p_attempt, "p_execute": p_execute},
+                             ("p_success", "collusion_gain", "efficacy", "p_attempt", "p_execute"))
+    if isinstance(damage, bool) or not isinstance(damage, (int, float)) or not 0.0 <= float(damage) < float("inf"):
+        raise InvalidInputError(f"damage must be a non-negative number (1 = one safety violation); got {damage!r}")
     spec = AttackSpec(name, footing, attacker, cluster, _probabilities("impacts", impacts, _OUTCOMES),
-                      _probabilities("p_success", {"p": p_success}, ("p",))["p"],
-                      _probabilities("collusion_gain", {"p": collusion_gain}, ("p",))["p"], matched, pattern,
-                      False, {matched: 0.9})
+                      numbers["p_success"], numbers["collusion_gain"], matched, pattern, False,
+                      {matched: numbers["efficacy"]}, numbers["p_attempt"], numbers["p_execute"], float(damage))
     _USER[name] = spec
+    _GENERATION[0] += 1
     return spec
 
 
@@ -182,6 +216,24 @@ def remove_attack(name: str) -> None:
     if name not in _USER:
         raise InvalidInputError(f"{name!r} is not an attack added by add_attack; added: {', '.join(_USER) or 'none'}")
     del _USER[name]
+    _GENERATION[0] += 1
+
+
+def reset() -> None:
+    """Remove every attack added by :func:`add_attack`: the catalogue's alone remain."""
+    if _USER:
+        _USER.clear()
+        _GENERATION[0] += 1
+
+
+def user_attacks() -> tuple[AttackSpec, ...]:
+    """The attacks added by :func:`add_attack`, in the order they were added."""
+    return tuple(_USER.values())
+
+
+def generation() -> int:
+    """A number that changes whenever an attack is added or removed (0 for the catalogue alone, at import)."""
+    return _GENERATION[0]
 
 
 def tracked_attacks() -> tuple[str, ...]:
