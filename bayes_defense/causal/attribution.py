@@ -31,6 +31,7 @@ outcome) * PN`` (:func:`necessity_ranking`), as for the cluster model.
 from __future__ import annotations
 
 import math
+import weakref
 from dataclasses import dataclass, field
 
 import torch
@@ -118,7 +119,7 @@ def typical_noise(d) -> float:
 
 
 def _point_attribution(model_for, info, draws: int, evidence: dict, outcome: str, candidates, *,
-                       num_samples: int, level: float):
+                       num_samples: int, level: float, ancestors=None):
     """Share and contribution of each candidate, for each of ``draws`` parameter draws.
 
     ``model_for(worlds)`` is the model to run with ``worlds * draws * particles`` particles laid out
@@ -129,7 +130,7 @@ def _point_attribution(model_for, info, draws: int, evidence: dict, outcome: str
 
     evidence = {k: torch.as_tensor(v, dtype=torch.get_default_dtype()) for k, v in evidence.items()}
     # Abduction is deterministic when every needed site is observed and continuous.
-    exact = _exact_abduction(info, evidence, outcome)
+    exact = _exact_abduction(info, evidence, outcome, ancestors)
     particles = 1 if exact else num_samples
     batch = draws * particles
     problem = Problem(model=model_for(1), info=info, do={}, evidence=evidence, query=make_query(outcome, info),
@@ -167,12 +168,15 @@ def _point_attribution(model_for, info, draws: int, evidence: dict, outcome: str
     contributions = observed - values[1:]
     shares = contributions / torch.where(deviation.abs() > 0, deviation, torch.full_like(deviation, math.nan))
     answers = []
+    if exact:
+        # One conversion to Python floats for all draws and candidates, not one per entry.
+        deviation_values, share_values = deviation[:, 0].tolist(), shares[:, :, 0].tolist()
+        contribution_values = contributions[:, :, 0].tolist()
     for d in range(draws):
         if exact:
-            dev = exact_estimate(float(deviation[d, 0]), is_probability=False, level=level, backend="attribution")
-            out = [(exact_estimate(float(shares[k, d, 0]), is_probability=False, level=level,
-                                   backend="attribution"),
-                    exact_estimate(float(contributions[k, d, 0]), is_probability=False, level=level,
+            dev = exact_estimate(deviation_values[d], is_probability=False, level=level, backend="attribution")
+            out = [(exact_estimate(share_values[k][d], is_probability=False, level=level, backend="attribution"),
+                    exact_estimate(contribution_values[k][d], is_probability=False, level=level,
                                    backend="attribution")) for k in range(len(candidates))]
         else:
             weights = log_weight[d]
@@ -201,11 +205,25 @@ def _batched_graph_draws(model):
     scm = draws[0].scm
     if not isinstance(scm, GraphSCM) or any(m.scm is not scm for m in draws):
         return None
-    return scm, {name: torch.stack([m.parameters[name] for m in draws]) for name in scm.parameter_sites}
+    try:
+        return _BATCHED[model]
+    except (KeyError, TypeError):
+        pass
+    batched = scm, {name: torch.stack([m.parameters[name] for m in draws]) for name in scm.parameter_sites}, {}
+    try:
+        _BATCHED[model] = batched
+    except TypeError:  # not weak-referenceable: no cache
+        pass
+    return batched
 
 
-def _exact_abduction(info, evidence, outcome) -> bool:
-    needed = {outcome} | set(_ancestors(info.graph(), outcome))
+#: Per fitted model: its stacked draws and the tiled point models built from them (keyed by layout),
+#: so that repeated explanations of one fitted model do not rebuild them.
+_BATCHED: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
+def _exact_abduction(info, evidence, outcome, ancestors=None) -> bool:
+    needed = {outcome} | set(_ancestors(info.graph(), outcome) if ancestors is None else ancestors)
     return all(name in evidence and not info.sites[name].discrete for name in needed
                if not info.sites[name].deterministic)
 
@@ -272,31 +290,36 @@ def attribute(model, evidence: dict, outcome: str, *, candidates=None, num_sampl
                                 f"{{{outcome!r}: 1}}")
     if outcome not in evidence:
         raise InvalidInputError(f"the evidence must include the outcome's observed value: add {outcome!r} to it")
-    graph = info.graph()
+    upstream = set(_ancestors(info.graph(), outcome))
     if candidates is None:
-        candidates = [name for name in info.names if (name == outcome or name in _ancestors(graph, outcome))
+        candidates = [name for name in info.names if (name == outcome or name in upstream)
                       and not info.sites[name].deterministic]
     else:
         candidates = list(info.check_names({c: None for c in candidates}, "candidates"))
     batched = _batched_graph_draws(model)
     with seeded(seed), single_threaded(), torch.no_grad():
         if batched is not None:
-            scm, stacked = batched
+            scm, stacked, tiled = batched
             draws = next(iter(stacked.values())).shape[0]
-            particles = 1 if _exact_abduction(info, evidence, outcome) else num_samples
+            particles = 1 if _exact_abduction(info, evidence, outcome, upstream) else num_samples
 
-            def model_for(worlds, _stacked=stacked, _draws=draws, _particles=particles):
+            def model_for(worlds, _stacked=stacked, _particles=particles):
                 # Layout (world, draw, particle): each parameter row repeated per particle, tiled per world.
-                return scm.with_parameters({name: value.repeat_interleave(_particles, 0).repeat(
-                    (worlds,) + (1,) * (value.dim() - 1)) for name, value in _stacked.items()})
+                key = (worlds, _particles)
+                if key not in tiled:
+                    tiled[key] = scm.with_parameters({name: value.repeat_interleave(_particles, 0).repeat(
+                        (worlds,) + (1,) * (value.dim() - 1)) for name, value in _stacked.items()})
+                return tiled[key]
 
             answers = _point_attribution(model_for, model_info(model.parameter_models[0]), draws, evidence,
-                                         outcome, candidates, num_samples=num_samples, level=level)
+                                         outcome, candidates, num_samples=num_samples, level=level,
+                                         ancestors=upstream)
         else:
             answers = []
             for m in parameter_models(model) or [model]:
                 answers += _point_attribution(lambda worlds, _m=m: _m, model_info(m), 1, evidence, outcome,
-                                              candidates, num_samples=num_samples, level=level)
+                                              candidates, num_samples=num_samples, level=level,
+                                              ancestors=upstream)
     if len(answers) == 1:
         deviation, scored = answers[0]
     else:
