@@ -11,7 +11,8 @@ from typing import Any, NoReturn
 
 from bayes_defense.errors import InvalidInputError
 
-__all__ = ["EXIT_OK", "EXIT_UNTRUSTED", "EXIT_BAD_INPUT", "OneLineParser", "progress_bar", "strict_json",
+__all__ = ["EXIT_OK", "EXIT_UNTRUSTED", "EXIT_BAD_INPUT", "OneLineParser", "add_defender_arguments",
+           "observation_map_argument", "progress_bar", "strict_json",
            "probability_argument", "positive_argument", "read_json"]
 
 #: Exit status: done.
@@ -122,3 +123,44 @@ def progress_bar(total: float | None, description: str) -> Any:
             pass
 
     return _Silent()
+
+
+def add_defender_arguments(parser: Any, choice_help: str, map_help: str) -> None:
+    """Add ``--defender`` and ``--map`` (the same flags on ``defend`` and ``fit``).
+
+    Examples
+    --------
+    >>> import argparse
+    >>> parser = argparse.ArgumentParser()
+    >>> add_defender_arguments(parser, "which defender", "the log's vocabulary")
+    >>> parser.parse_args(["--map", "plenum"]).observation_map
+    'plenum'
+    """
+    from bayes_defense.stream.defender import DEFAULT_DEFENDER, DEFENDERS
+
+    parser.add_argument("--defender", choices=DEFENDERS, default=None,
+                        help=f"{choice_help} (default: model with --map, else {DEFAULT_DEFENDER})")
+    parser.add_argument("--map", metavar="MAP", dest="observation_map",
+                        help=f"observation map for {map_help}: a TOML file or a shipped map's name such as plenum "
+                             f"(docs/observation-maps.md); runs the model filter")
+
+
+def observation_map_argument(value: str | None) -> Any:
+    """The map ``--map`` names: a shipped map's name (``plenum``) or a TOML file; None without ``--map``.
+
+    Examples
+    --------
+    >>> observation_map_argument("plenum").source
+    'plenum.toml (shipped)'
+    >>> observation_map_argument(None) is None
+    True
+    """
+    if value is None:
+        return None
+    from bayes_defense.stream.obsmap import ObservationMap
+
+    if not Path(value).exists() and not value.endswith(".toml"):
+        return ObservationMap.builtin(value)
+    if not Path(value).is_file():
+        raise FileNotFoundError(f"no such observation map: {value!r}")
+    return ObservationMap.load(value)

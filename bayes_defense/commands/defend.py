@@ -25,6 +25,8 @@ from typing import Any
 from bayes_defense.commands._common import (
     EXIT_OK,
     EXIT_UNTRUSTED,
+    add_defender_arguments,
+    observation_map_argument,
     positive_argument,
     probability_argument,
     progress_bar,
@@ -57,6 +59,8 @@ def register(subparsers: Any) -> None:
                     "held no event, 2 on bad input.")
     defend.add_argument("events", help="events.jsonl/.csv/.parquet, or a simulation output directory")
     defend.add_argument("--posterior", metavar="FILE", help="fitted posterior from `bayes-defense fit` (default: the prior)")
+    add_defender_arguments(defend, "which defender runs: the model filter or the hand-scored baseline (first "
+                                   "default: what --posterior was fitted for)", "the log's own vocabulary")
     defend.add_argument("--out", metavar="FILE", default="alerts.jsonl", help="alerts file (default alerts.jsonl)")
     defend.add_argument("--threshold", type=probability_argument, default=0.8,
                         help="alert on the lower bound reaching this probability in (0, 1] (default 0.8)")
@@ -83,9 +87,11 @@ def load_parameters(path: str | None) -> Any:
             f"--posterior needs bayes_defense.fitting.load_posterior, which this installation lacks ({error}); "
             "run defend without --posterior to use the default prior") from None
     posterior = load_posterior(path)
-    if not callable(getattr(posterior, "defender_parameters", None)):
-        raise InvalidInputError(f"posterior {Path(path).name!r} gives no defender_parameters(draws, seed); "
-                                "fit it with `bayes-defense fit` and try again")
+    if not (callable(getattr(posterior, "defender_parameters", None))
+            or callable(getattr(posterior, "signal_parameters", None))):
+        raise InvalidInputError(f"posterior {Path(path).name!r} was not fitted for a streaming defender (it gives "
+                                "neither defender_parameters nor signal_parameters); fit one with `bayes-defense fit` "
+                                "on event logs and try again")
     return posterior
 
 
@@ -200,7 +206,7 @@ class _AlertFile:
 def run_defend(args: argparse.Namespace) -> int:
     """Run ``bayes-defense defend``; return the exit status."""
     from bayes_defense.ioutil import fsync_directory
-    from bayes_defense.stream.defender import StreamingDefender
+    from bayes_defense.stream.defender import choose_defender, defender_class
     from bayes_defense.stream.io import read_events
     from bayes_defense.stream.schema import REJECTION_REASONS
 
@@ -211,7 +217,11 @@ def run_defend(args: argparse.Namespace) -> int:
     checkpoint = Path(args.checkpoint) if args.checkpoint else out.with_name(out.name + ".checkpoint")
     if not math.isfinite(args.checkpoint_every) or args.checkpoint_every < 0:
         raise InvalidInputError(f"--checkpoint-every must be a number of seconds >= 0, got {args.checkpoint_every}")
-    reader = read_events(args.events, strict=False)
+    observation_map = observation_map_argument(getattr(args, "observation_map", None))
+    posterior = load_parameters(args.posterior)
+    name = choose_defender(getattr(args, "defender", None), posterior=posterior, observation_map=observation_map)
+    # The model filter judges kinds itself (through its map) and counts the ones that match nothing.
+    reader = read_events(args.events, strict=False, allow_unknown_kind=name == "model")
     source = str(reader.path.resolve())
     # Load the planner's modules (torch, Pyro) before the clock starts: the
     # first alert would load them anyway, and events_per_second should time
@@ -224,7 +234,11 @@ def run_defend(args: argparse.Namespace) -> int:
     # during the stream walks them again (measured: a third of the run time).
     gc.freeze()
     if args.resume:
-        defender, extra = StreamingDefender.load(args.resume, with_extra=True)
+        try:
+            defender, extra = defender_class(name).load(args.resume, with_extra=True)
+        except InvalidInputError as error:
+            raise InvalidInputError(f"{error}; resume with the --defender, --map and --posterior of the interrupted "
+                                    f"run (this one runs the {name} defender)") from None
         if not isinstance(extra.get("defend"), dict):
             raise InvalidInputError(f"{args.resume!r} is a defender checkpoint but not one of `bayes-defense defend`")
         saved = extra["defend"]
@@ -232,9 +246,11 @@ def run_defend(args: argparse.Namespace) -> int:
                 reader.path, int(saved.get("reader", {}).get("position", {}).get("offset", 0))):
             raise InvalidInputError(f"checkpoint {args.resume!r} was written for {saved.get('source')!r}, not for this "
                                     f"log (or the log changed since); resume with the same log")
-        if saved.get("threshold") != args.threshold or saved.get("posterior") != args.posterior:
-            raise InvalidInputError(f"checkpoint {args.resume!r} was written with --threshold {saved.get('threshold')} "
-                                    f"and --posterior {saved.get('posterior')}; resume with the same options")
+        options = {"threshold": args.threshold, "posterior": args.posterior, "defender": name,
+                   "map": getattr(args, "observation_map", None)}
+        if any(saved.get(key) != value for key, value in options.items()):
+            given = ", ".join(f"{key} {saved.get(key)}" for key in options)
+            raise InvalidInputError(f"checkpoint {args.resume!r} was written with {given}; resume with the same options")
         kept, alerts_before, elapsed_before = saved.get("alerts_bytes"), saved.get("alerts"), saved.get("seconds")
         if not (type(kept) is int and kept >= 0 and type(alerts_before) is int and alerts_before >= 0
                 and isinstance(elapsed_before, (int, float)) and math.isfinite(elapsed_before)):
@@ -244,8 +260,9 @@ def run_defend(args: argparse.Namespace) -> int:
         alerts_file = _AlertFile(partial, kept)
         elapsed_before = float(elapsed_before)
     else:
-        defender = StreamingDefender(load_parameters(args.posterior), threshold=args.threshold,
-                                     max_clock_skew=args.max_clock_skew)
+        extra_options = {} if observation_map is None else {"observation_map": observation_map}
+        defender = defender_class(name)(posterior, threshold=args.threshold, max_clock_skew=args.max_clock_skew,
+                                        **extra_options)
         out.parent.mkdir(parents=True, exist_ok=True)
         alerts_file = _AlertFile(partial, None)
         alerts_before = 0
@@ -264,8 +281,8 @@ def run_defend(args: argparse.Namespace) -> int:
         defender.save(checkpoint, extra={"defend": {
             "source": source, "fingerprint": _fingerprint(reader.path, counts["position"]["offset"]),
             "reader": counts, "alerts_bytes": alerts_file.size, "alerts": alerts_before + alerts_file.count,
-            "threshold": args.threshold, "posterior": args.posterior,
-            "seconds": elapsed_before + now - run_started}})
+            "threshold": args.threshold, "posterior": args.posterior, "defender": name,
+            "map": getattr(args, "observation_map", None), "seconds": elapsed_before + now - run_started}})
         last_save[0] = now
 
     bar = progress_bar(None, "defend")
@@ -284,8 +301,10 @@ def run_defend(args: argparse.Namespace) -> int:
         rejected[reason] = rejected.get(reason, 0) + count
     records = reader.events + reader.skipped
     alerts = alerts_before + alerts_file.count
+    unmatched = getattr(defender, "unmatched", None)
+    unmatched_kinds = dict(unmatched.most_common(10)) if unmatched is not None else {}
     summary = {**stats, "events": records, "accepted": defender.accepted, "rejected": rejected,
-               "alerts": alerts, "out": str(out)}
+               "alerts": alerts, "out": str(out), "defender": name, "unmatched_kinds": unmatched_kinds}
     unusable = sum(rejected.values())
     if args.json:
         print(strict_json(summary))
@@ -308,6 +327,10 @@ def run_defend(args: argparse.Namespace) -> int:
     if defender.accepted * 2 < records:
         print(f"bayes-defense defend: warning: most of the log was unusable ({defender.accepted} of {records} events "
               f"accepted); the alerts do not cover it (schema: docs/log-schema.md)", file=sys.stderr)
+        if unmatched_kinds:
+            listed = ", ".join(f"{kind} {count}" for kind, count in unmatched_kinds.items())
+            print(f"bayes-defense defend:   kinds that match nothing in the observation map: {listed} (give a map "
+                  f"for this vocabulary with --map, docs/observation-maps.md)", file=sys.stderr)
         return EXIT_UNTRUSTED
     return EXIT_OK
 

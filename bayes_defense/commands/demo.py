@@ -19,6 +19,7 @@ from typing import Any
 
 from bayes_defense.commands._common import positive_argument, progress_bar, strict_json
 from bayes_defense.ioutil import atomic_path, atomic_write
+from bayes_defense.stream.defender import DEFAULT_DEFENDER, DEFENDERS
 
 __all__ = ["register", "run_demo", "demo_scenario"]
 
@@ -46,6 +47,8 @@ def register(subparsers: Any) -> None:
     parser.add_argument("--duration", type=positive_argument, default=1800.0, help="simulated seconds (default 1800)")
     parser.add_argument("--nodes", type=int, default=7, help="replicas (default 7)")
     parser.add_argument("--seed", type=int, default=2026, help="scenario seed (default 2026)")
+    parser.add_argument("--defender", choices=DEFENDERS, default=DEFAULT_DEFENDER,
+                        help=f"the model filter or the hand-scored baseline (default {DEFAULT_DEFENDER})")
     parser.add_argument("--json", action="store_true", help="print a machine-readable summary on stdout")
     parser.set_defaults(func=run_demo)
 
@@ -89,12 +92,18 @@ def _plot(path: Path, times: list[float], bands: list[Any], labels: list[dict], 
     plt.close(figure)
 
 
+def _explanation(alert: Any) -> list[dict] | None:
+    """An alert's explanation (its causes with their probabilities), where its defender gives one."""
+    explanation = getattr(alert, "explanation", None)
+    return [dict(item) for item in explanation] if explanation else None
+
+
 def run_demo(args: argparse.Namespace) -> int:
     """Run ``bayes-defense demo``."""
     import json
 
     from bayes_defense.sim import simulate
-    from bayes_defense.stream.defender import StreamingDefender
+    from bayes_defense.stream.defender import defender_class
     from bayes_defense.stream.io import read_events
     from bayes_defense.stream.metrics import evaluate_alerts
 
@@ -103,7 +112,8 @@ def run_demo(args: argparse.Namespace) -> int:
     out.mkdir(parents=True, exist_ok=True)
     started = time.perf_counter()
     result = simulate(scenario, out)
-    defender = StreamingDefender()
+    name = getattr(args, "defender", DEFAULT_DEFENDER)
+    defender = defender_class(name)()
     observe = defender.observe
     times: list[float] = []
     bands: list[Any] = []
@@ -142,21 +152,31 @@ def run_demo(args: argparse.Namespace) -> int:
                      "end": label["end"], "detected": bool(named),
                      "first_alert": inside[0].attack if inside else None,
                      "lead_time_s": label["execution_start"] - named[0].ts if named else None,
-                     "countermeasure": named[0].countermeasure if named else None})
+                     "countermeasure": named[0].countermeasure if named else None,
+                     "explanation": _explanation(inside[0]) if inside else None})
     from bayes_defense.commands.evaluate import SUMMARY_KEYS
 
-    summary = {**{key: report[key] for key in SUMMARY_KEYS}, "events": events, "rejected": dict(defender.rejected),
+    summary = {**{key: report[key] for key in SUMMARY_KEYS}, "defender": name, "events": events,
+               "rejected": dict(defender.rejected),
                "seconds": elapsed, "figure": str(figure), "out": str(out), "table": rows}
     if args.json:
         print(strict_json(summary))
         return 0
-    print(f"{'attack':<18} {'intensity':>9} {'precursor':>9} {'execution':>9} {'detected':>8} {'lead (s)':>8}  first alert / countermeasure")
+    explained = any(row["explanation"] for row in rows)
+    print(f"{'attack':<18} {'intensity':>9} {'precursor':>9} {'execution':>9} {'detected':>8} {'lead (s)':>8}  "
+          f"first alert / countermeasure{' / explanation' if explained else ''}")
     for row in rows:
         lead = f"{row['lead_time_s']:.1f}" if row["lead_time_s"] is not None else "-"
+        why = ""
+        if explained:
+            why = " / " + (", ".join(f"{c['cause']} {c['probability']:.2f} [{c['lower']:.2f}, {c['upper']:.2f}]"
+                                     for c in (row["explanation"] or [])[:3]) or "-")
         print(f"{row['attack']:<18} {row['intensity']:>9.2f} {row['precursor_start']:>9.1f} {row['execution_start']:>9.1f} "
-              f"{'yes' if row['detected'] else 'no':>8} {lead:>8}  {row['first_alert'] or '-'} / {row['countermeasure'] or '-'}")
-    print(f"detection rate {report['detection_rate']:.2f}, false-positive rate {report['false_positive_rate']:.4f}, "
-          f"precision {report['precision']:.2f}, type accuracy {report['type_accuracy']:.2f}, "
+              f"{'yes' if row['detected'] else 'no':>8} {lead:>8}  {row['first_alert'] or '-'} / "
+              f"{row['countermeasure'] or '-'}{why}")
+    print(f"{name} defender: detection rate {report['detection_rate']:.2f}, false-positive rate "
+          f"{report['false_positive_rate']:.4f}, precision {report['precision']:.2f}, alert precision "
+          f"{report['alert_precision']:.2f}, type accuracy {report['type_accuracy']:.2f}, "
           f"median lead {report['lead_time_median_s']:.1f} s")
     print(f"{events} events in {elapsed:.1f} s; figure {figure}; events, labels, faults, meta and alerts in {out} "
           f"(re-score with `bayes-defense evaluate --labels {out / 'labels.json'} --alerts {out / 'alerts.jsonl'}`)")

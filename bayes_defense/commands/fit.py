@@ -8,7 +8,13 @@ import warnings
 from pathlib import Path
 from typing import Any
 
-from bayes_defense.commands._common import EXIT_OK, EXIT_UNTRUSTED, strict_json
+from bayes_defense.commands._common import (
+    EXIT_OK,
+    EXIT_UNTRUSTED,
+    add_defender_arguments,
+    observation_map_argument,
+    strict_json,
+)
 from bayes_defense.errors import InvalidInputError
 from bayes_defense.ioutil import atomic_path
 
@@ -41,7 +47,13 @@ def register(subparsers: Any) -> None:
     parser.add_argument("--labels", metavar="FILE", action="append",
                         help="labels.json of each log, in order (a directory's own labels.json is used otherwise)")
     parser.add_argument("--out", metavar="FILE", default="posterior.nc", help="posterior file (default posterior.nc)")
-    parser.add_argument("--method", choices=("svi", "nuts"), default="svi", help="inference (default svi)")
+    add_defender_arguments(parser, "whose model to fit: the model filter's signal model (conjugate counts, exact) "
+                                   "or the scored defender's", "the map the model filter will run with")
+    parser.add_argument("--faults", metavar="FILE", action="append",
+                        help="with the model filter: faults.json of each log, in order (a directory's own "
+                             "faults.json is used otherwise); without it the faults keep their prior")
+    parser.add_argument("--method", choices=("svi", "nuts"), default="svi",
+                        help="inference of the scored defender's and the cluster model's fits (default svi)")
     parser.add_argument("--prior", metavar="FILE", help="an earlier posterior.nc to update with these incidents")
     parser.add_argument("--samples", type=int, help="posterior draws per chain (default 1000)")
     parser.add_argument("--warmup", type=int, help="NUTS warm-up steps (default 500)")
@@ -70,6 +82,12 @@ def run_fit(args: argparse.Namespace) -> int:
         return _run_cluster_fit(args)
     if args.colluders is not None:
         raise InvalidInputError("--colluders applies to the cluster model only; give --nodes N with it")
+    from bayes_defense.stream.defender import choose_defender
+
+    if choose_defender(getattr(args, "defender", None), observation_map=getattr(args, "observation_map", None)) == "model":
+        return _run_model_fit(args)
+    if getattr(args, "faults", None):
+        raise InvalidInputError("--faults applies to the model filter's fit; give --defender model with it")
     labels = args.labels or []
     if labels and len(labels) != len(args.events):
         raise InvalidInputError(f"give one --labels per event log: {len(args.events)} log(s), {len(labels)} --labels")
@@ -81,14 +99,62 @@ def run_fit(args: argparse.Namespace) -> int:
     if isinstance(prior, ClusterPosterior):
         raise InvalidInputError(f"--prior {args.prior!r} is a cluster-model posterior; to update it give --nodes N "
                                 f"and incident tables, or give a defender posterior here")
-    out = Path(args.out)
-    if out.exists() and out.is_dir():
-        raise InvalidInputError(f"--out {str(out)!r} is a directory; give a file name such as posterior.nc")
+    out = _out_file(args.out)
     return _fit_and_write("defender", incidents, prior, out, args, lambda summary: (
         f"fitted {summary['windows']} windows from {summary['events']} events ({summary['runs']} log(s), "
         f"{'labelled' if summary['labelled'] else 'phases latent'}) by {summary['method']}: "
         f"r_hat max {_figure(summary['r_hat_max'], '.3f')}, ESS min {_figure(summary['ess_bulk_min'], '.0f')}; "
         f"wrote {out}"))
+
+
+def _out_file(path: str) -> Path:
+    """``--out`` as a path, refused when it names a directory."""
+    out = Path(path)
+    if out.exists() and out.is_dir():
+        raise InvalidInputError(f"--out {str(out)!r} is a directory; give a file name such as posterior.nc")
+    return out
+
+
+def _inputs(args: argparse.Namespace, flag: str, name: str) -> list:
+    """Per log, the file ``--{flag}`` gives, else a simulation directory's own ``name``, else None."""
+    given = getattr(args, flag) or []
+    if given and len(given) != len(args.events):
+        raise InvalidInputError(f"give one --{flag} per event log: {len(args.events)} log(s), {len(given)} --{flag}")
+    out = []
+    for index, events in enumerate(args.events):
+        own = Path(events) / name
+        out.append(given[index] if given else (str(own) if own.is_file() else None))
+    return out
+
+
+def _run_model_fit(args: argparse.Namespace) -> int:
+    """``bayes-defense fit --defender model``: the model filter's signal model, from event logs."""
+    from bayes_defense.fitting import load_posterior
+
+    for events in args.events:
+        if not Path(events).exists():
+            raise FileNotFoundError(f"no such event log: {events!r}")
+    if args.method != "svi":
+        raise InvalidInputError("the model filter's signal model is fitted exactly (conjugate counts), so --method "
+                                "does not apply; leave it out")
+    logs = [(str(Path(events) / "events.jsonl") if Path(events).is_dir() else events, labels, faults)
+            for events, labels, faults in zip(args.events, _inputs(args, "labels", "labels.json"),
+                                              _inputs(args, "faults", "faults.json"), strict=True)]
+    options: dict[str, Any] = {"seed": args.seed}
+    if args.observation_map is not None:
+        options["observation_map"] = observation_map_argument(args.observation_map)
+    if args.prior:
+        prior = load_posterior(args.prior)
+        if not callable(getattr(prior, "signal_parameters", None)):
+            raise InvalidInputError(f"--prior {args.prior!r} was not fitted for the model filter; give a posterior "
+                                    "written by `bayes-defense fit --defender model`")
+        options["prior"] = prior
+    out = _out_file(args.out)
+    return _fit_and_write("model", logs, None, out, args, lambda summary: (
+        f"fitted the model filter's signal model to {_figure(summary.get('windows'), '.0f')} windows "
+        f"({_figure(summary.get('labelled_windows'), '.0f')} labelled) of {len(logs)} log(s); faults: "
+        f"{summary.get('faults')}; predictive check: {len(summary.get('ppc_failed') or [])} of "
+        f"{summary.get('ppc_statistics')} statistics failed; wrote {out}"), options)
 
 
 def _figure(value: float | None, spec: str) -> str:
@@ -129,9 +195,7 @@ def _run_cluster_fit(args: argparse.Namespace) -> int:
     if prior is not None and not isinstance(prior, ClusterPosterior):
         raise InvalidInputError(f"--prior {args.prior!r} is a defender posterior; with --nodes give a cluster "
                                 f"posterior written by `bayes-defense fit --nodes`")
-    out = Path(args.out)
-    if out.exists() and out.is_dir():
-        raise InvalidInputError(f"--out {str(out)!r} is a directory; give a file name such as posterior.nc")
+    out = _out_file(args.out)
     return _fit_and_write(model, incidents, prior, out, args, lambda summary: (
         f"fitted {summary['model']} to {summary['rows']} incident windows ({summary['labelled_rows']} "
         f"labelled) by {summary['method']}: {summary['fitted_parameters']} parameters fitted, "
@@ -139,17 +203,22 @@ def _run_cluster_fit(args: argparse.Namespace) -> int:
         f"ESS min {_figure(summary['ess_bulk_min'], '.0f')}; wrote {out}"))
 
 
-def _fit_and_write(model, incidents, prior, out: Path, args: argparse.Namespace, line) -> int:
-    """Fit, report diagnostics warnings, save, plot the PPC and print the summary (JSON or ``line(summary)``)."""
+def _fit_and_write(model, incidents, prior, out: Path, args: argparse.Namespace, line,
+                   options: dict[str, Any] | None = None) -> int:
+    """Fit, report diagnostics warnings, save, plot the PPC and print the summary (JSON or ``line(summary)``).
+
+    ``options`` replaces the sampler options (method, prior, seed) for fits that take others.
+    """
     from bayes_defense.fitting import fit
     from bayes_defense.fitting.diagnostics import FitDiagnosticsWarning
 
     # Sizes the user did not give are left out, so each model's fit takes its own defaults.
     given = {name: getattr(args, flag) for name, flag in _SIZE_FLAGS.items() if getattr(args, flag) is not None}
+    if options is None:
+        options = {"method": args.method, "prior": prior, "seed": args.seed}
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always", FitDiagnosticsWarning)
-        posterior = fit(model, incidents, method=args.method, prior=prior, seed=args.seed,
-                        progress=sys.stderr.isatty() and not args.json, **given)
+        posterior = fit(model, incidents, progress=sys.stderr.isatty() and not args.json, **options, **given)
     _report_warnings(caught)
     # Written beside the target and renamed over it only once complete: an
     # interrupted fit leaves the previous posterior (or none), never half a file.

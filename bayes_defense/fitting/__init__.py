@@ -64,19 +64,30 @@ def _fitter(model: Any):
         from bayes_defense.fitting.cluster import fit_cluster
 
         return fit_cluster, "the cluster model"
-    from bayes_defense.stream.defender import StreamingDefender
+    from bayes_defense.stream.defender import DEFAULT_DEFENDER
+    from bayes_defense.stream.model_filter import ModelDefender
+    from bayes_defense.stream.scored import ScoredDefender
 
-    named_defender = model is None or (isinstance(model, str) and model == "defender")
-    if named_defender or isinstance(model, StreamingDefender):
+    # "defender" is the package's default defender; "scored" and "model" name one.
+    name = None
+    if model is None or isinstance(model, str):
+        name = DEFAULT_DEFENDER if model in (None, "defender") else model
+    # The model filter first: until the swap it is a subclass of the scored defender.
+    if name == "model" or isinstance(model, ModelDefender):
+        from bayes_defense.fitting.signal_model import fit_signal_model
+
+        return fit_signal_model, "the model filter's signal model"
+    if name == "scored" or isinstance(model, ScoredDefender):
         from bayes_defense.fitting.defender import fit_defender
 
-        return fit_defender, "the defender's model"
+        return fit_defender, "the scored defender's model"
     if callable(model) and not isinstance(model, str):
         from bayes_defense.fitting.scm import fit_scm
 
         return fit_scm, "a Pyro SCM"
-    raise InvalidInputError(f"model must be 'defender', a StreamingDefender, a cluster model bd.models.cluster(n) "
-                            f"or a Pyro SCM (a callable); got {model!r}")
+    raise InvalidInputError(f"model must be 'defender' (the default defender), 'model' (the model filter), 'scored' "
+                            f"(the scored defender), a streaming defender, a cluster model bd.models.cluster(n) or a "
+                            f"Pyro SCM (a callable); got {model!r}")
 
 
 def fit(model: Any = "defender", data: Any = None, **options: Any):
@@ -84,13 +95,20 @@ def fit(model: Any = "defender", data: Any = None, **options: Any):
 
     Parameters
     ----------
-    model : "defender", StreamingDefender, ClusterModel or a Pyro callable
+    model : "defender", "scored", "model", a streaming defender, ClusterModel or a Pyro callable
         What to fit, and so which fit runs:
 
-        - ``"defender"`` or a :class:`~bayes_defense.StreamingDefender` (which
-          lends its window length): the defender's observation and
+        - ``"defender"``: the package's default defender
+          (:data:`bayes_defense.stream.defender.DEFAULT_DEFENDER`), as one of
+          the next two;
+        - ``"scored"`` or a :class:`~bayes_defense.stream.scored.ScoredDefender` (which
+          lends its window length): the scored defender's observation and
           transition model, fitted to event logs by
           :func:`bayes_defense.fitting.defender.fit_defender`;
+        - ``"model"`` or a :class:`~bayes_defense.stream.model_filter.ModelDefender`
+          (which lends its window length and observation map): the model
+          filter's signal, transition and fault parameters, fitted to event
+          logs by :func:`bayes_defense.fitting.signal_model.fit_signal_model`;
         - ``bd.models.cluster(n)``: the cluster SCM's named parameters,
           fitted to incident tables by
           :func:`bayes_defense.fitting.cluster.fit_cluster`;
@@ -120,7 +138,7 @@ def fit(model: Any = "defender", data: Any = None, **options: Any):
     >>> bd.fit("defender", simulate_windows(n_windows=10, seed=0), steps=10)
     Traceback (most recent call last):
     ...
-    bayes_defense.errors.InvalidInputError: the defender's model is not fitted with option(s) steps; ...
+    bayes_defense.errors.InvalidInputError: the scored defender's model is not fitted with option(s) steps; ...
     """
     function, what = _fitter(model)
     accepted = [name for name, parameter in inspect.signature(function).parameters.items()
@@ -130,10 +148,13 @@ def fit(model: Any = "defender", data: Any = None, **options: Any):
         raise InvalidInputError(f"{what} is not fitted with option(s) {', '.join(unknown)}; its options are "
                                 f"{', '.join(accepted)}")
     from bayes_defense.stream.defender import StreamingDefender
+    from bayes_defense.stream.model_filter import ModelDefender
 
     if isinstance(model, StreamingDefender):
         options.setdefault("window", model.window)
-    if function.__name__ == "fit_defender":
+    if isinstance(model, ModelDefender) and getattr(model, "observation_map", None) is not None:
+        options.setdefault("observation_map", model.observation_map)
+    if function.__name__ in ("fit_defender", "fit_signal_model"):
         return function(data, **options)
     return function(model, data, **options)
 
