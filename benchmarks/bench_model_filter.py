@@ -6,15 +6,23 @@ the 10-million-event memory case), run through :class:`ModelDefender` with
 its default prior ensemble of 16 draws. Targets (issue 14, as issue 5):
 at least 100k events per second per core batched, p99 single-event latency
 at most 100 us, memory flat over 10 million events.
+
+``WindowLikelihood`` times the per-window evidence alone
+(:meth:`bayes_defense.stream.evidence.FaultFilter.step` over the windows the
+filter recorded on the same streams), the part the compiled kernel of
+:mod:`bayes_defense.stream._evidence_kernel` runs.
 """
 
 from __future__ import annotations
 
 import functools
+import json
 import time
 
 import numpy as np
 
+from bayes_defense.stream import evidence
+from bayes_defense.stream.checkpoint import encode
 from bayes_defense.stream.model_filter import ModelDefender
 from benchmarks.bench_defender import observe_latencies, simulated_stream, synthetic_stream
 
@@ -63,6 +71,48 @@ class ModelFilterThroughput:
 
     track_latency_p99_us.unit = "us"
 
+    def track_latency_max_us(self, nodes):
+        # The largest single call: a window close (and the kernel's first load in the process).
+        return float(latencies(nodes).max())
+
+    track_latency_max_us.unit = "us"
+
+
+@functools.cache
+def recorded_windows(nodes: int) -> tuple:
+    """The defender, and the windows it closed, on the simulated stream."""
+    defender = ModelDefender(planner=None)
+    defender.record = []
+    defender.observe_batch(simulated_stream(nodes))
+    return defender, [window for _, window in defender.record]
+
+
+class WindowLikelihood:
+    params = [7, 50]
+    param_names = ["nodes"]
+    timeout = 300
+    timer = time.process_time
+
+    def setup(self, nodes):
+        self.defender, self.windows = recorded_windows(nodes)
+
+    def time_fault_filter_steps(self, nodes):
+        faults = evidence.FaultFilter(self.defender.parameters, self.defender.window)
+        for window in self.windows:
+            faults.step(self.defender._tables, window)
+
+    def track_us_per_window(self, nodes):
+        rates = []
+        for _ in range(3):
+            faults = evidence.FaultFilter(self.defender.parameters, self.defender.window)
+            started = time.process_time()
+            for window in self.windows:
+                faults.step(self.defender._tables, window)
+            rates.append((time.process_time() - started) / len(self.windows) * 1e6)
+        return float(np.median(rates))
+
+    track_us_per_window.unit = "us"
+
 
 class ModelFilterMemory:
     params = [1_000_000, 10_000_000]
@@ -70,5 +120,19 @@ class ModelFilterMemory:
     timeout = 3600
 
     def peakmem_observe(self, events):
-        defender = ModelDefender(planner=None, ensemble=4)
-        defender.observe_batch(synthetic_stream(events))
+        ModelDefender(planner=None).observe_batch(synthetic_stream(events))
+
+
+class ModelFilterStateGrowth:
+    timeout = 3600
+
+    def track_state_growth_bytes_1m_to_10m(self):
+        """Checkpoint size after 10 million events minus after 1 million (flat memory: about 0)."""
+        defender = ModelDefender(planner=None)
+        stream = synthetic_stream(10_000_000)
+        defender.observe_batch(next(stream) for _ in range(1_000_000))
+        early = len(json.dumps(encode(defender.state_dict())))
+        defender.observe_batch(stream)
+        return len(json.dumps(encode(defender.state_dict()))) - early
+
+    track_state_growth_bytes_1m_to_10m.unit = "bytes"

@@ -18,7 +18,23 @@ import math
 import numpy as np
 from numba import njit
 
-__all__ = ["likelihood", "predict", "normalise", "log_sum"]
+__all__ = ["likelihood", "predict", "normalise", "log_sum", "chain_step", "bands"]
+
+_LOG2 = math.log(2.0)
+
+
+@njit(cache=True, nogil=True)
+def log_add(a: float, b: float) -> float:
+    """``log(exp(a) + exp(b))`` by the branches of numpy's ``logaddexp``."""
+    if a == b:
+        return a + _LOG2
+    tmp = a - b
+    if tmp > 0:
+        return a + math.log1p(math.exp(-tmp))
+    if tmp <= 0:
+        return b + math.log1p(math.exp(tmp))
+    return tmp
+
 
 @njit(cache=True, nogil=True)
 def log_sum(values, counts, size):
@@ -424,3 +440,118 @@ def normalise(posterior, floor, out):
         norm = log_sum(posterior[d], ones, states)
         for j in range(states):
             out[d, j] = max(posterior[d, j] - norm, floor)
+
+
+@njit(cache=True, nogil=True)
+def chain_step(log_alpha, log_transition, log_likelihood, out):
+    """One forward step of every attack's phase chain, for every draw: ``out`` ``(A, D, K)``.
+
+    ``log_alpha`` ``(A, D, K)`` is last window's log posterior,
+    ``log_transition`` ``(A, D, K, K)`` the chains' log transition matrices,
+    ``log_likelihood`` ``(D, A, K)`` the window's
+    (:func:`bayes_defense.stream.evidence.window_log_likelihood`). The
+    emission is each chain's evidence against its alternative, one attack at
+    a time: for attack ``a`` in stage ``k >= 1`` the window's likelihood
+    ``L_a(k)``; for ``a`` benign, that of whatever else is going on (no
+    attack, or another attack ``b`` in its stage, weighted by ``b``'s
+    predicted stage probabilities), so that a window an attack already under
+    way explains is no evidence for a second one. The posterior is
+    normalised, floored at -700 and normalised again.
+    """
+    attacks, draws, stages = log_alpha.shape
+    predicted = np.empty((attacks, draws, stages))
+    per_attack = np.empty((attacks, draws))
+    active = np.empty((attacks, draws))
+    for a in range(attacks):
+        for d in range(draws):
+            for j in range(stages):
+                peak = -np.inf
+                for i in range(stages):
+                    peak = max(peak, log_alpha[a, d, i] + log_transition[a, d, i, j])
+                if not peak > -np.inf:
+                    peak = 0.0    # an unreachable stage (no pattern) stays at -inf
+                acc = 0.0
+                for i in range(stages):
+                    acc += math.exp((log_alpha[a, d, i] + log_transition[a, d, i, j]) - peak)
+                predicted[a, d, j] = peak + (math.log(acc) if acc > 0.0 else -np.inf)
+            # log sum over the attack's stages k >= 1 of P(k) L(k), and its P(active).
+            combined = -np.inf
+            share = 0.0
+            for k in range(1, stages):
+                p = math.exp(predicted[a, d, k])
+                share += p
+                term = math.log(max(p, 1e-300)) + log_likelihood[d, a, k]
+                combined = term if k == 1 else log_add(combined, term)
+            per_attack[a, d] = combined
+            active[a, d] = share
+    for d in range(draws):
+        total = per_attack[0, d]
+        busy = active[0, d]
+        for a in range(1, attacks):
+            total = log_add(total, per_attack[a, d])
+            busy += active[a, d]
+        for a in range(attacks):
+            # The others' share: a's own term removed in log space, floored (it can be the whole sum).
+            rest = total + math.log(max(1.0 - math.exp(per_attack[a, d] - total), 1e-300))
+            none = min(max(1.0 - (busy - active[a, d]), 1e-12), 1.0)
+            background = log_add(math.log(none) + log_likelihood[d, a, 0], rest)
+            peak = -np.inf
+            for k in range(stages):
+                emission = 0.0 if k == 0 else log_likelihood[d, a, k] - background
+                out[a, d, k] = predicted[a, d, k] + emission
+                peak = max(peak, out[a, d, k])
+            acc = 0.0
+            for k in range(stages):
+                out[a, d, k] -= peak
+                acc += math.exp(out[a, d, k])
+            norm = math.log(acc)
+            acc = 0.0
+            for k in range(stages):
+                out[a, d, k] = max(out[a, d, k] - norm, -700.0)
+                acc += math.exp(out[a, d, k])
+            norm = math.log(acc)
+            for k in range(stages):
+                out[a, d, k] -= norm
+
+
+@njit(cache=True, nogil=True)
+def bands(log_alpha, onset, success, level, out):
+    """The belief's four tables from the chains' log posterior: ``out`` ``(4, A, 3)``.
+
+    Per attack, across draws: P(precursor), P(execution), P(success within
+    the horizon) ``= clip(sum_k P(k) onset[k] * success)`` and P(active)
+    ``= P(precursor) + P(execution)``, each as its mean and the ``level``
+    band (the order statistics at ``floor(tail (D - 1))`` and
+    ``ceil((1 - tail) (D - 1))``), ordered lower <= mean <= upper, in [0, 1].
+    ``onset`` is ``(A, D, K)``, ``success`` ``(A, D)``.
+    """
+    attacks, draws, stages = log_alpha.shape
+    tail = (1.0 - level) / 2.0
+    low_index = int(math.floor(tail * (draws - 1)))
+    high_index = int(math.ceil((1.0 - tail) * (draws - 1)))
+    values = np.empty(draws)
+    for a in range(attacks):
+        for table in range(4):
+            mean = 0.0
+            for d in range(draws):
+                precursor = math.exp(log_alpha[a, d, 2])
+                execution = math.exp(log_alpha[a, d, 3])
+                if table == 0:
+                    v = precursor
+                elif table == 1:
+                    v = execution
+                elif table == 2:
+                    starts = 0.0
+                    for k in range(stages):
+                        starts += math.exp(log_alpha[a, d, k]) * onset[a, d, k]
+                    v = min(max(starts * success[a, d], 0.0), 1.0)
+                else:
+                    v = precursor + execution
+                v = min(max(v, 0.0), 1.0)
+                values[d] = v
+                mean += v
+            mean = min(max(mean / draws, 0.0), 1.0)
+            values.sort()
+            out[table, a, 0] = mean
+            out[table, a, 1] = min(max(min(values[low_index], mean), 0.0), 1.0)
+            out[table, a, 2] = min(max(max(values[high_index], mean), 0.0), 1.0)

@@ -198,3 +198,86 @@ def test_a_window_of_the_wrong_width_is_refused():
     with pytest.raises(InvalidInputError, match="log_fault_prior"):
         evidence.window_log_likelihood(model, WindowSignals(("r0",), 0, np.zeros((2, len(SIGNALS)))),
                                        log_fault_prior=np.zeros((2, 2)))
+
+
+def chain_oracle(log_alpha, log_transition, log_likelihood):
+    """The model filter's numpy chain step (its ``_close_window`` and ``_emission`` before the kernel)."""
+    joint = log_alpha[..., :, None] + log_transition
+    peak = joint.max(axis=-2)
+    peak = np.where(peak > -np.inf, peak, 0.0)
+    with np.errstate(divide="ignore"):
+        predicted = peak + np.log(np.exp(joint - peak[..., None, :]).sum(axis=-2))
+    ll = np.transpose(log_likelihood, (1, 0, 2))
+    others = np.exp(predicted)[..., 1:]
+    weighted = np.log(np.maximum(others, 1e-300)) + ll[..., 1:]
+    per_attack = np.logaddexp.reduce(weighted, axis=-1)
+    total = np.logaddexp.reduce(per_attack, axis=0)
+    active = others.sum(-1)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        rest = total[None] + np.log(np.maximum(1.0 - np.exp(per_attack - total[None]), 1e-300))
+    none = np.clip(1.0 - (active.sum(0)[None] - active), 1e-12, 1.0)
+    background = np.logaddexp(np.log(none) + ll[..., 0], rest)
+    emission = ll - background[..., None]
+    emission[..., 0] = 0.0
+    posterior = predicted + emission
+    posterior -= posterior.max(axis=-1, keepdims=True)
+    posterior -= np.log(np.exp(posterior).sum(axis=-1, keepdims=True))
+    alpha = np.maximum(posterior, -700.0)
+    return alpha - np.log(np.exp(alpha).sum(-1, keepdims=True))
+
+
+def bands_oracle(log_alpha, onset, success, level):
+    """The model filter's numpy belief tables (its ``_summarise`` and ``_quantiles`` before the kernel)."""
+    probability = np.exp(log_alpha)
+    precursor, execution = probability[..., 2], probability[..., 3]
+    within = np.clip((probability * onset).sum(-1) * success, 0.0, 1.0)
+    draws = np.clip(np.stack([precursor, execution, within, precursor + execution]), 0.0, 1.0)
+    ordered = np.sort(draws, axis=-1)
+    count = ordered.shape[-1]
+    tail = (1.0 - level) / 2.0
+    low = ordered[..., int(math.floor(tail * (count - 1)))]
+    high = ordered[..., int(math.ceil((1.0 - tail) * (count - 1)))]
+    mean = np.clip(draws.mean(axis=-1), 0.0, 1.0)
+    return np.stack([mean, np.clip(np.minimum(low, mean), 0.0, 1.0), np.clip(np.maximum(high, mean), 0.0, 1.0)], -1)
+
+
+def _random_chains(rng, attacks, draws):
+    alpha = rng.normal(0.0, 3.0, (attacks, draws, 4))
+    alpha[rng.random(alpha.shape) < 0.1] = -700.0
+    alpha -= np.log(np.exp(alpha).sum(-1, keepdims=True))
+    transition = rng.dirichlet(np.ones(4), (attacks, draws, 4))
+    transition[: attacks // 2, :, 0, 1] = 0.0      # attacks without a pattern: stage 1 unreachable
+    transition[: attacks // 2, :, :, 1] = 0.0
+    transition /= transition.sum(-1, keepdims=True)
+    with np.errstate(divide="ignore"):
+        return alpha, np.log(transition)
+
+
+@pytest.mark.parametrize("attacks, draws", [(1, 1), (2, 3), (8, 16), (11, 5)])
+def test_the_chain_step_matches_the_model_filters_numpy(attacks, draws):
+    from bayes_defense.stream import _evidence_kernel
+
+    rng = np.random.default_rng(100 * attacks + draws)
+    alpha, transition = _random_chains(rng, attacks, draws)
+    for scale in (0.1, 5.0, 60.0):
+        ll = rng.normal(-20.0, scale, (draws, attacks, 4))
+        out = np.empty_like(alpha)
+        _evidence_kernel.chain_step(alpha, transition, ll, out)
+        np.testing.assert_allclose(out, chain_oracle(alpha, transition, ll), **TOLERANCE)
+        assert np.allclose(np.exp(out).sum(-1), 1.0, rtol=0, atol=1e-12)
+        alpha = out
+
+
+@pytest.mark.parametrize("attacks, draws, level", [(1, 1, 0.9), (3, 4, 0.5), (8, 16, 0.9), (5, 64, 0.99)])
+def test_the_bands_match_the_model_filters_numpy(attacks, draws, level):
+    from bayes_defense.stream import _evidence_kernel
+
+    rng = np.random.default_rng(attacks + draws)
+    alpha, _ = _random_chains(rng, attacks, draws)
+    onset = rng.uniform(0.0, 1.0, (attacks, draws, 4))
+    onset[..., 3] = 1.0
+    success = rng.uniform(0.0, 1.0, (attacks, draws))
+    out = np.empty((4, attacks, 3))
+    _evidence_kernel.bands(alpha, onset, success, level, out)
+    np.testing.assert_allclose(out, bands_oracle(alpha, onset, success, level), **TOLERANCE)
+    assert np.all((0.0 <= out[..., 1]) & (out[..., 1] <= out[..., 0]) & (out[..., 0] <= out[..., 2]) & (out[..., 2] <= 1.0))
