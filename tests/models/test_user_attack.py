@@ -113,3 +113,13 @@ def test_a_model_keeps_the_attacks_it_was_built_with(ghost):
 def test_unknown_parameters_of_an_attack_not_added_are_refused():
     with pytest.raises(bd.InvalidInputError, match="unknown parameter"):
         bd.models.cluster(4, parameters={"ghost_votes.p_attempt": 0.2})
+
+
+def test_the_examples_of_docs_models_run():
+    import doctest
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[2] / "docs" / "models.md"
+    failed, attempted = doctest.testfile(str(path), module_relative=False, optionflags=doctest.ELLIPSIS)
+    assert attempted > 0 and failed == 0
+    assert tables.structure() is tables.CATALOGUE
