@@ -9,7 +9,7 @@ benign (with its faults unknown), and the last ``buffer_windows`` windows'
 signals are kept. :meth:`SignalLedger.learn` then moves the labelled windows
 from benign to the attack's stage counts (removing their benign counts and
 adding their attack counts, by the fit's own
-:func:`~bayes_defense.fitting.signal_model.count_window`, and correcting the
+:func:`~bayes_defense.fitting.signal_model.count_windows`, and correcting the
 phase changes at the label's edges), and draws the posterior from the
 updated counts with :func:`~bayes_defense.fitting.signal_model.posterior_from_statistics`.
 
@@ -61,7 +61,7 @@ from bayes_defense.errors import InvalidInputError
 from bayes_defense.fitting.signal_model import (
     SignalPosterior,
     SignalStatistics,
-    count_labelled_window,
+    count_labelled_windows,
     posterior_from_statistics,
     window_phases,
 )
@@ -194,7 +194,7 @@ class SignalLedger:
                                     f"{window.values.shape}")
         stages = np.zeros(len(self.attacks), dtype=np.int64)
         nodes = [()] * len(self.attacks)
-        count_labelled_window(self.counts, window, stages, nodes, None)
+        count_labelled_windows(self.counts, [window], stages[None], [nodes], None)
         self.counts.phase_windows[:, 0] += 1.0
         last = self._buffer[-1][2] if self._buffer else self._before
         if last is not None:
@@ -314,8 +314,8 @@ class SignalLedger:
         counts = self.counts
         for w in changed:
             entry = self._buffer[w]
-            count_labelled_window(counts, entry[1], entry[2], entry[3], None, sign=-1.0)
-            count_labelled_window(counts, entry[1], new[w], nodes[w], None)
+            count_labelled_windows(counts, [entry[1]], entry[2][None], [entry[3]], None, sign=-1.0)
+            count_labelled_windows(counts, [entry[1]], new[w][None], [nodes[w]], None)
             for k in _STAGES:
                 counts.phase_windows[:, k] += (new[w] == k).astype(np.float64) - (old[w] == k)
         pairs = sorted({p for w in changed for p in (w, w + 1) if p < len(self._buffer)})

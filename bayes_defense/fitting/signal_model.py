@@ -13,7 +13,7 @@ so a fit is determined by counts (:class:`SignalStatistics`): per window, the
 signals' on and observed counts go to "benign", to an attack's phase at its
 rows, or to a benign fault at its rows, with weights that are 0/1 for
 labelled windows and posterior probabilities for latent ones. The same
-counting (:func:`count_window`) serves the labelled fit, the latent fit and
+counting (:func:`count_windows`) serves the labelled fit, the latent fit and
 the learning loop of :mod:`bayes_defense.fitting.learning`, and
 :func:`posterior_from_statistics` turns any statistics into draws.
 
@@ -30,7 +30,7 @@ sits in the last row. For every signal:
   (``q = 1 - (1 - on) / (1 - b)``, clipped to [0, 1]); outcome effects from
   the execution windows alone. :meth:`SignalPosterior.cluster_parameters`
   gives them in the catalogue's incident-window terms for the cluster model;
-- transitions: Beta posteriors of the phase changes per window;
+- transitions: Beta posteriors of the labelled phase changes per window;
 - benign faults, when fault labels are given (:func:`window_faults`, the
   simulator's ``faults.json``): each fault's prior is a Beta posterior of the
   share of windows it is under way in, and its effects the noisy-OR weights
@@ -56,8 +56,13 @@ the expected windows in every attack's stages and the expected phase changes
 move by less than ``tolerance`` windows between iterations (a fixed point of
 the sufficient statistics). The posterior is then drawn from the converged
 soft counts; a fit that reaches ``max_iterations`` first says so in
-``problems``. Labelled and unlabelled logs can be fitted together (their
-counts add).
+``problems``. An unlabelled log's transitions are not fitted (they keep the
+prior, or what labelled logs fitted with it say): its phase changes are a few
+events timed only by the signals, and a chain whose stays follow its soft
+counts let an attack's chain absorb long benign stretches (measured in
+docs/learning.md). Labelled and unlabelled logs can be fitted together (their
+counts add). What the latent fit recovers depends on how fully the catalogue
+names the telemetry an attack makes: docs/learning.md has the measurement.
 
 Posterior predictive check, per summary statistic (each signal's benign
 on-fraction, each attack's on-fraction per signal, each fitted fault's share
@@ -86,8 +91,8 @@ from bayes_defense.stream.signals import SIGNALS, WindowSignals
 
 __all__ = ["FORMAT_NAME", "FORMAT_VERSION", "PPC_TAIL", "BASELINE_STRENGTH", "RecordedWindows", "SignalPosterior",
            "SignalStatistics", "record_windows", "window_phases", "check_fault_labels", "window_faults",
-           "count_window", "count_transitions", "posterior_from_statistics", "window_log_likelihoods",
-           "attack_rows", "count_labelled_window", "fit_signal_model", "predictive_check", "posterior_from_groups"]
+           "count_windows", "count_transitions", "posterior_from_statistics", "window_log_likelihoods",
+           "attack_rows", "count_labelled_windows", "fit_signal_model", "predictive_check", "posterior_from_groups"]
 
 FORMAT_NAME = "bayes_defense.signal_posterior"
 FORMAT_VERSION = "1.0"
@@ -421,75 +426,83 @@ def _columns(attacks: tuple) -> list[tuple[np.ndarray, np.ndarray]]:
     return _COLUMNS[key]
 
 
-def count_window(statistics: SignalStatistics, window: WindowSignals, *, benign: float, active: np.ndarray,
-                 executing: np.ndarray, rows: Sequence[np.ndarray | None], faults: tuple | None = None,
-                 sign: float = 1.0) -> None:
-    """Add one window's counts to ``statistics`` (in place), with the weights of its stages.
+def count_windows(statistics: SignalStatistics, windows: Sequence[WindowSignals], *, benign: Any, active: Any,
+                  executing: Any, rows: Sequence[np.ndarray], faults: Sequence[tuple] | None = None,
+                  sign: float = 1.0) -> None:
+    """Add windows' counts to ``statistics`` (in place), with the weights of their stages.
 
     Parameters
     ----------
     statistics : SignalStatistics
-    window : WindowSignals
-    benign : float
+    windows : list of WindowSignals
+    benign : array (W,)
         Weight of "no attack under way" (1 or 0 for a labelled window, a probability for a latent one).
-    active, executing : arrays (A,)
+    active, executing : arrays (W, A)
         Weight of each attack being under way (precursor or execution), and in execution.
-    rows : list of arrays (R + 1,) or None
-        Per attack, the weight of each row being the attacker's (the last row, unattributed evidence,
-        always 1); None where ``active`` is 0.
-    faults : tuple or None
-        The labelled faults under way (:func:`window_faults`), or None when the log has no fault labels.
+    rows : list of arrays (A, R + 1)
+        Per window and attack, the weight of each row being the attacker's (the last row, unattributed
+        evidence, is 1 for every attack).
+    faults : list of tuples, optional
+        Per window, the labelled faults under way (:func:`window_faults`); None when the log has no fault labels.
     sign : float
-        -1 removes a window counted before (the learning loop relabels windows so).
+        -1 removes windows counted before (the learning loop relabels windows so).
 
     Examples
     --------
     >>> stats = SignalStatistics.zeros()
-    >>> x = np.zeros((3, len(SIGNALS)))
-    >>> count_window(stats, WindowSignals(("r0", "r1"), 0, x), benign=1.0, active=np.zeros(len(stats.attacks)),
-    ...              executing=np.zeros(len(stats.attacks)), rows=[None] * len(stats.attacks))
+    >>> a = len(stats.attacks)
+    >>> count_windows(stats, [WindowSignals(("r0", "r1"), 0, np.zeros((3, len(SIGNALS))))], benign=[1.0],
+    ...               active=np.zeros((1, a)), executing=np.zeros((1, a)), rows=[np.zeros((a, 3))])
     >>> float(stats.benign_obs[0]), float(stats.windows)
     (3.0, 1.0)
     """
-    x = window.values
-    seen = ~np.isnan(x)
-    on = np.where(seen, x, 0.0)
-    observed = seen.astype(np.float64)
-    statistics.windows += sign
-    statistics.replica_rows += sign * len(window.replicas)
-    statistics.labelled_windows += sign * (1.0 - benign)
+    count = len(windows)
+    attacks = len(statistics.attacks)
+    benign = np.asarray(benign, dtype=np.float64).reshape(count)
+    active = np.asarray(active, dtype=np.float64).reshape(count, attacks)
+    executing = np.asarray(executing, dtype=np.float64).reshape(count, attacks)
+    statistics.windows += sign * count
+    statistics.replica_rows += sign * sum(len(w.replicas) for w in windows)
+    statistics.labelled_windows += sign * float((1.0 - benign).sum())
     if faults is not None:
-        statistics.fault_known_windows += sign
-        for g, _names in faults:
-            statistics.fault_windows[g] += sign
-    if benign > 0.0:
-        weight = sign * benign
-        if faults is None or not faults:
-            statistics.benign_on += weight * on.sum(0)
-            statistics.benign_obs += weight * observed.sum(0)
-            if faults is None:
-                statistics.benign_unknown += weight * observed.sum(0)
-        elif len(faults) == 1:
-            _count_fault(statistics, window, faults[0], on, observed, weight)
-        # Windows under two labelled faults at once confound their effects: counted for the priors only.
-    for i, (side, rest) in enumerate(_columns(statistics.attacks)):
-        if active[i] <= 0.0:
-            continue
-        weight = rows[i]
-        if side.size:
-            side_on, side_obs = weight @ on[:, side], weight @ observed[:, side]
-        if rest.size:
-            rest_on, rest_obs = on[:, rest].sum(0), observed[:, rest].sum(0)
-        for column, share in ((0, active[i]), (1, executing[i])):
-            if share <= 0.0:
-                continue
-            share = sign * share
-            if side.size:
-                statistics.attack_on[i, side, column] += share * side_on
-                statistics.attack_obs[i, side, column] += share * side_obs
-            if rest.size:
-                statistics.attack_on[i, rest, column] += share * rest_on
-                statistics.attack_obs[i, rest, column] += share * rest_obs
+        statistics.fault_known_windows += sign * count
+        for marks in faults:
+            for g, _names in marks:
+                statistics.fault_windows[g] += sign
+    groups: dict[int, list[int]] = {}
+    for w, window in enumerate(windows):
+        groups.setdefault(window.values.shape[0], []).append(w)
+    columns = _columns(statistics.attacks)
+    for members in groups.values():
+        x = np.stack([windows[w].values for w in members])                           # (M, R + 1, S)
+        seen = ~np.isnan(x)
+        on, observed = np.where(seen, x, 0.0), seen.astype(np.float64)
+        weight = sign * benign[members]
+        if faults is None:
+            statistics.benign_on += weight @ on.sum(1)
+            statistics.benign_obs += weight @ observed.sum(1)
+            statistics.benign_unknown += weight @ observed.sum(1)
+        else:
+            clean = np.array([not faults[w] for w in members])
+            statistics.benign_on += (weight * clean) @ on.sum(1)
+            statistics.benign_obs += (weight * clean) @ observed.sum(1)
+            for m, w in enumerate(members):
+                # Windows under two labelled faults at once confound their effects: counted for the priors only.
+                if len(faults[w]) == 1 and weight[m] != 0.0:
+                    _count_fault(statistics, windows[w], faults[w][0], on[m], observed[m], weight[m])
+        attacker = np.stack([rows[w] for w in members])                              # (M, A, R + 1)
+        side_on = np.einsum("mar,mrs->mas", attacker, on)
+        side_obs = np.einsum("mar,mrs->mas", attacker, observed)
+        all_on, all_obs = on.sum(1), observed.sum(1)                                 # (M, S)
+        for i, (side, rest) in enumerate(columns):
+            for column, share in ((0, active[members, i]), (1, executing[members, i])):
+                if not share.any():
+                    continue
+                share = sign * share
+                statistics.attack_on[i, side, column] += share @ side_on[:, i, side]
+                statistics.attack_obs[i, side, column] += share @ side_obs[:, i, side]
+                statistics.attack_on[i, rest, column] += share @ all_on[:, rest]
+                statistics.attack_obs[i, rest, column] += share @ all_obs[:, rest]
 
 
 def _count_fault(statistics: SignalStatistics, window: WindowSignals, fault: tuple, on: np.ndarray,
@@ -544,13 +557,15 @@ def attack_rows(window: WindowSignals, who: Sequence[str]) -> np.ndarray:
     return weight
 
 
-def count_labelled_window(statistics: SignalStatistics, window: WindowSignals, stages: np.ndarray,
-                          nodes: Sequence[tuple], faults: tuple | None, sign: float = 1.0) -> None:
-    """:func:`count_window` for a labelled window: ``stages`` (A,) of 0, 2 or 3, ``nodes`` per attack."""
+def count_labelled_windows(statistics: SignalStatistics, windows: Sequence[WindowSignals], stages: np.ndarray,
+                           nodes: Sequence[Sequence[tuple]], faults: Sequence[tuple] | None,
+                           sign: float = 1.0) -> None:
+    """:func:`count_windows` for labelled windows: ``stages`` (W, A) of 0, 2 or 3, ``nodes[w][a]`` the attacker's."""
+    stages = np.asarray(stages).reshape(len(windows), len(statistics.attacks))
     active = (stages > 0).astype(np.float64)
-    rows = [attack_rows(window, nodes[i]) if active[i] else None for i in range(active.size)]
-    count_window(statistics, window, benign=float(not active.any()), active=active,
-                 executing=(stages == 3).astype(np.float64), rows=rows, faults=faults, sign=sign)
+    rows = [np.stack([attack_rows(window, who) for who in nodes[w]]) for w, window in enumerate(windows)]
+    count_windows(statistics, windows, benign=(~active.any(1)).astype(np.float64), active=active,
+                  executing=(stages == 3).astype(np.float64), rows=rows, faults=faults, sign=sign)
 
 
 def _beta(rng, on: float, total: float, mean: float, strength: float, draws: int) -> np.ndarray:
@@ -946,9 +961,8 @@ def fit_signal_model(data: Any, *, labels: Any = None, faults: Any = None, obser
             continue
         stages, nodes = window_phases(recorded.ends, _read_labels(run_labels), attacks, window)
         before = hard.labelled_windows
-        for w, win in enumerate(recorded.windows):
-            count_labelled_window(hard, win, stages[w], [n.get(w, ()) for n in nodes],
-                                  None if marks is None else marks[w])
+        count_labelled_windows(hard, recorded.windows, stages,
+                               [[n.get(w, ()) for n in nodes] for w in range(len(recorded.windows))], marks)
         if hard.labelled_windows == before:
             raise InvalidInputError("the labels mark no window of the log as an attack's precursor or execution; "
                                     "check that labels.json belongs to this log")
@@ -1050,28 +1064,24 @@ def _count_latent(statistics: SignalStatistics, recorded: RecordedWindows, marks
     attacks = statistics.attacks
     stage = occupancy[:, 1:].reshape(len(recorded.windows), len(attacks), 3)     # pattern, precursor, execution
     active = stage.sum(-1)
-    for w, win in enumerate(recorded.windows):
-        rows = []
-        for i in range(len(attacks)):
-            if active[w, i] <= 0.0:
-                rows.append(None)
-                continue
-            position = (stage[w, i, :, None] * positions[w][i, 1:]).sum(0) / active[w, i]
-            weight = position.copy()
-            weight[-1] = 1.0   # the unattributed row counts whoever the attacker is
-            rows.append(weight)
-        count_window(statistics, win, benign=float(occupancy[w, 0]), active=active[w], executing=stage[w, :, 2],
-                     rows=rows, faults=None if marks is None else marks[w])
+    rows = []
+    for w in range(len(recorded.windows)):
+        # The attacker's row given the window and stage, mixed over the stages by their probabilities.
+        weight = np.einsum("ak,akr->ar", stage[w], positions[w][:, 1:]) / np.maximum(active[w], 1e-300)[:, None]
+        weight[:, -1] = 1.0   # the unattributed row counts whoever the attacker is
+        rows.append(weight)
+    count_windows(statistics, recorded.windows, benign=occupancy[:, 0], active=active, executing=stage[:, :, 2],
+                  rows=rows, faults=marks)
+    # The expected phase changes are reported, not counted: without labels they are the least identified
+    # part (a few events per log, timed only by the signals), and a chain whose stays are fitted to soft
+    # counts can hold an attack "under way" through long benign stretches that its effects then absorb.
+    # So an unlabelled log's transitions keep the prior (or what labelled logs fitted together say).
     summary = np.zeros((len(attacks), 5))
     for i in range(len(attacks)):
         pattern, precursor, execution = 1 + 3 * i + np.arange(3)
-        statistics.phase_windows[i, 0] += (1.0 - active[:, i]).sum()
-        statistics.phase_windows[i, 2] += stage[:, i, :2].sum()
-        statistics.phase_windows[i, 3] += stage[:, i, 2].sum()
         summary[i] = (stage[:, i, :2].sum(), stage[:, i, 2].sum(), pairs[0, pattern] + pairs[0, precursor],
                       pairs[pattern, execution] + pairs[precursor, execution],
                       pairs[execution].sum() - pairs[execution, execution])
-        statistics.phase_changes[i] += summary[i, 2:]
     return summary
 
 
@@ -1106,7 +1116,10 @@ def _expectation_maximisation(hard: SignalStatistics, latent: list, window: floa
     em = {"iterations": iteration, "converged": converged, "change": change if math.isfinite(change) else None,
           "tolerance": tolerance, "log_likelihood": trace,
           "criterion": "expected windows per stage and expected phase changes of every attack move by less than "
-                       "tolerance between iterations"}
+                       "tolerance between iterations",
+          # Expected (precursor, execution) windows per attack over the unlabelled logs, at the last E-step.
+          "stage_windows": {attack: [float(x) for x in sum(s[i, :2] for s in summaries)]
+                            for i, attack in enumerate(hard.attacks)}}
     return total, em, per_window
 
 

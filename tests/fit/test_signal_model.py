@@ -98,3 +98,115 @@ def test_newer_format_version_is_refused_with_a_reason(posterior, tmp_path):
     groups["posterior"].attrs["format_version"] = "2.0"
     with pytest.raises(InvalidInputError, match="format version '2.0'.*refit"):
         signal_model.posterior_from_groups(path, groups)
+
+
+@pytest.fixture(scope="module")
+def faulted():
+    """A run with a crash and a restart scheduled, with its fault labels (faults.json)."""
+    simulation = Simulation(random_scenario(11, nodes=4, duration=300.0, attacks=["replay"],
+                                            faults=["restart", "crash"], intensity=0.8))
+    return list(simulation.events()), simulation.labels, simulation.faults
+
+
+def test_fault_parameters_are_fitted_from_fault_labels(faulted):
+    events, labels, faults = faulted
+    post = signal_model.fit_signal_model(events, labels=labels, faults=faults, num_samples=400, seed=2)
+    assert post.summary()["faults"] == "fitted from fault labels: crash, restart"
+    stats = post.statistics
+    # The counts are the windows whose middle lies in the records' spans (restart: downtime as crash, then back).
+    ends = signal_model.record_windows(events).ends
+    middle = ends - 0.5
+    crash = next(f for f in faults if f["fault"] == "crash")
+    restart = next(f for f in faults if f["fault"] == "restart")
+    expected_crash = ((middle >= crash["start"]) & (middle < crash["end"])).sum() + (
+        (middle >= restart["start"]) & (middle < restart["end"])).sum()
+    g = list(signal_model.FAULTS).index("crash")
+    assert stats.fault_windows[g] == expected_crash
+    assert stats.fault_known_windows == len(ends)
+    # The prior's posterior is Beta(on + 2 m, n - on + 2 (1 - m)): its mean within 5 standard errors of the draws'.
+    m = evidence.parameter_names()["fault.crash.prior"]
+    a, b = expected_crash + 2.0 * m, len(ends) - expected_crash + 2.0 * (1.0 - m)
+    draws = post.draws["fault.crash.prior"]
+    assert abs(draws.mean() - a / (a + b)) < 5.0 * draws.std() / np.sqrt(draws.size)
+    # A crashed replica is silent: the fitted effect is far above the prior's lower range.
+    assert float(post.draws["fault.crash.silent"].mean()) > 0.9
+    assert any(p["statistic"].startswith("share of windows under crash") for p in post.ppc)
+    assert post.problems == [], post.problems
+
+
+def test_without_fault_labels_the_faults_keep_their_prior(run, posterior):
+    prior = evidence.prior_draws(40, seed=3)
+    for name in prior:
+        if name.startswith("fault."):
+            np.testing.assert_array_equal(posterior.draws[name], prior[name])
+    assert posterior.summary()["faults"] == "prior (no fault labels)"
+
+
+@pytest.mark.parametrize("bad, reason", [
+    ({"fault": "crash"}, "must be the list of fault records"),
+    ([{"fault": "meteor", "start": 1.0, "end": 2.0}], "not a benign fault"),
+    ([{"fault": "crash", "start": 5.0, "end": 2.0}], "before start"),
+    ([{"fault": "crash", "start": "soon", "end": 2.0}], "finite number"),
+    ([{"fault": "partition", "start": 1.0, "end": 2.0, "nodes": "r1"}], "'nodes' must be a list"),
+    (["crash"], "must be an object"),
+])
+def test_malformed_fault_labels_are_refused_with_a_reason(run, bad, reason):
+    events, labels = run
+    with pytest.raises(InvalidInputError, match=reason):
+        signal_model.fit_signal_model(events, labels=labels, faults=bad, num_samples=10)
+
+
+def test_fault_labels_from_a_file(faulted, tmp_path):
+    import json
+
+    _, _, faults = faulted
+    path = tmp_path / "faults.json"
+    path.write_text(json.dumps(faults))
+    assert signal_model.check_fault_labels(path) == signal_model.check_fault_labels(faults)
+    path.write_text("{not json")
+    with pytest.raises(InvalidInputError, match="faults.json: cannot read fault labels"):
+        signal_model.check_fault_labels(path)
+
+
+@pytest.fixture(scope="module")
+def unlabelled():
+    """A replay run with a jitter look-alike (seed 31, not used to shape the latent fit)."""
+    simulation = Simulation(random_scenario(31, nodes=4, duration=240.0, attacks=["replay"], faults=["jitter"],
+                                            intensity=0.8))
+    return list(simulation.events()), simulation.labels
+
+
+def test_latent_phases_find_the_attack_and_learn_its_signals(unlabelled):
+    """Phases latent (no labels): EM converges, credits replay with about its labelled windows, and learns its
+    signals from the prior's 0.01-0.02 per window to near the labelled fit's values.
+
+    How far it gets, plainly (measured on this run): 192 expected attack windows against 177 labelled; replay's
+    duplicates and stale effects 0.91 against the labelled fit's 0.99 [0.97, 1.00] (windows at the attack's
+    edges are shared with "benign"); and precursor and execution are not told apart (15 expected execution
+    windows against 61), since replay's outcome signals do not show in these windows. So the test asserts the
+    attribution and the size of the effects, not the intervals; docs/learning.md has the sweep over all attacks.
+    """
+    events, labels = unlabelled
+    labelled = signal_model.fit_signal_model(events, labels=labels, num_samples=400, seed=4, check=False)
+    latent = signal_model.fit_signal_model(events, num_samples=400, seed=4)
+    em = latent.info["em"]
+    assert em["converged"] and em["iterations"] < 50, em
+    assert latent.method == "conjugate-em"
+    windows = {attack: sum(v) for attack, v in em["stage_windows"].items()}
+    assert max(windows, key=windows.get) == "replay", windows
+    truth = labelled.statistics.phase_windows[labelled.attacks.index("replay"), 2:].sum()
+    assert abs(windows["replay"] - truth) < 0.2 * truth, (windows["replay"], truth)
+    prior = evidence.parameter_names()
+    for name in ("window.duplicates.replay", "window.stale.replay"):
+        assert prior[name] < 0.05
+        assert float(latent.draws[name].mean()) > 0.8 * float(labelled.draws[name].mean()), name
+    assert latent.problems == [], latent.problems
+
+
+def test_latent_fit_that_stops_early_says_so(run):
+    events, _ = run
+    latent = signal_model.fit_signal_model(events, num_samples=20, max_iterations=2, check=False)
+    assert not latent.info["em"]["converged"]
+    assert any("did not converge in 2 iterations" in p for p in latent.problems)
+    with pytest.raises(InvalidInputError, match="max_iterations"):
+        signal_model.fit_signal_model(events, max_iterations=0)
