@@ -227,18 +227,13 @@ def chain_oracle(log_alpha, log_transition, log_likelihood):
 
 
 def bands_oracle(log_alpha, onset, success, level):
-    """The model filter's numpy belief tables (its ``_summarise`` and ``_quantiles`` before the kernel)."""
+    """The model filter's numpy belief tables (its ``_summarise`` before the kernel, with its ``_quantiles``)."""
+    from bayes_defense.stream.model_filter import _quantiles
+
     probability = np.exp(log_alpha)
     precursor, execution = probability[..., 2], probability[..., 3]
     within = np.clip((probability * onset).sum(-1) * success, 0.0, 1.0)
-    draws = np.clip(np.stack([precursor, execution, within, precursor + execution]), 0.0, 1.0)
-    ordered = np.sort(draws, axis=-1)
-    count = ordered.shape[-1]
-    tail = (1.0 - level) / 2.0
-    low = ordered[..., int(math.floor(tail * (count - 1)))]
-    high = ordered[..., int(math.ceil((1.0 - tail) * (count - 1)))]
-    mean = np.clip(draws.mean(axis=-1), 0.0, 1.0)
-    return np.stack([mean, np.clip(np.minimum(low, mean), 0.0, 1.0), np.clip(np.maximum(high, mean), 0.0, 1.0)], -1)
+    return _quantiles(np.clip(np.stack([precursor, execution, within, precursor + execution]), 0.0, 1.0), level)
 
 
 def _random_chains(rng, attacks, draws):
