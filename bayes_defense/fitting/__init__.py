@@ -10,7 +10,9 @@ One module per fitted model, and one per shared piece:
   fitted to a table with one column per observed site;
 - :mod:`~bayes_defense.fitting.signal_model`: the model filter's signal and
   transition parameters (:class:`~bayes_defense.stream.model_filter.ModelDefender`),
-  fitted to labelled event logs through the filter's own likelihood;
+  fitted to event logs (labelled, or phases latent) through the filter's own likelihood;
+- :mod:`~bayes_defense.fitting.learning`: the learning loop, labels that
+  arrive after the fact folded into the signal model's posterior exactly;
 - :mod:`~bayes_defense.fitting.merge`: posteriors fitted apart, merged;
 - :mod:`~bayes_defense.fitting.diagnostics` (thresholds, checks, the
   warning), :mod:`~bayes_defense.fitting.svi` (the SVI runner),
@@ -31,7 +33,8 @@ from typing import Any
 from bayes_defense.errors import InvalidInputError
 
 __all__ = ["fit", "load_posterior", "Posterior", "ClusterPosterior", "FitPrior", "FitDiagnosticsWarning",
-           "WindowFeatures", "extract_features", "simulate_windows", "plot_ppc"]
+           "WindowFeatures", "extract_features", "simulate_windows", "plot_ppc", "SignalPosterior",
+           "SignalStatistics", "fit_signal_model", "SignalLedger"]
 
 # public name -> module holding it
 _LAZY = {
@@ -43,6 +46,10 @@ _LAZY = {
     "plot_ppc": "bayes_defense.fitting.defender",
     "ClusterPosterior": "bayes_defense.fitting.cluster",
     "FitDiagnosticsWarning": "bayes_defense.fitting.diagnostics",
+    "SignalPosterior": "bayes_defense.fitting.signal_model",
+    "SignalStatistics": "bayes_defense.fitting.signal_model",
+    "fit_signal_model": "bayes_defense.fitting.signal_model",
+    "SignalLedger": "bayes_defense.fitting.learning",
 }
 
 
