@@ -59,6 +59,16 @@ were 0.02-0.03 and protocol-checked signals 0.85-0.9 before the conventions
 above were written down. The change was prompted by the explanation-ranking
 requirement of issue 3: with the old numbers up to 14% of injected attacks
 left none of their signals in the window, so no method could name them.
+Revision of 2026-12-02 (issue 14): ``client_starved`` was added for
+censorship. A censoring primary holds one client's requests while it orders
+the others' (Prime; PBFT 4.4), which a log shows as that client's latency
+standing far above the other clients' and its requests stalling alone; none
+of censorship's other signals names it, and a benign fault delays every
+client alike. The same revision changed what ``join_rate`` counts (joins
+from a network prefix that joined shortly before; see
+:mod:`bayes_defense.stream.signals`): ordinary joins come from diverse
+networks, a Sybil's identities from one (Douceur), and one join per window
+looks the same either way.
 A second revision the same day raised view_change_abuse's INSTANCE_CHANGE
 signal from 0.7 to 0.95: an INSTANCE_CHANGE vote is a protocol message every
 replica receives (RBFT 4.3), so the convention above applies to it as it
@@ -197,7 +207,9 @@ TELEMETRY = (
     Telemetry("sig_fail", "messages from the replica failing signature checks", 0.005,
               {"equivocation": 0.6, "replay": 0.1}, {}, "1/s", 0.1, "plenum PPR_SIG_WRONG, PR_SIG_WRONG"),
     Telemetry("mac_fail", "messages from the replica with invalid MAC authenticators", 0.01,
-              {"flooding": 0.6}, {}, "1/s", 0.2, "Aardvark 4.2 (MAC attack); plenum CM_SIG_WRONG"),
+              {"flooding": 0.6}, {"sybil": 0.6}, "1/s", 0.2,
+              "Aardvark 4.2 (MAC attack); plenum CM_SIG_WRONG; Sybil (identities outside the membership whose "
+              "votes fail authentication, Douceur 2002)"),
     Telemetry("vc_request", "VIEW-CHANGE requests sent by the replica", 0.01,
               {"view_change_abuse": 0.95}, {"censorship": 0.5, "slow_leader": 0.3}, "1/min", 0.05,
               "PBFT 4.4; plenum PRIMARY_DEGRADED, PRIMARY_DISCONNECTED"),
@@ -218,6 +230,11 @@ TELEMETRY = (
               "Eclipse (Singh 2006: attacker nodes' in-degree far above correct nodes', audited; Heilman 2015 5)"),
     Telemetry("low_peer_diversity", "share of the replica's peer table held by one origin", 0.01,
               {}, {"eclipse": 0.7, "sybil": 0.2}, "fraction", 0.2, "Eclipse (Heilman 2015) 6"),
+    Telemetry("client_starved", "requests of one client wait far longer than the other clients' (shown at the "
+              "primary, which orders them): its latency far above the other clients', or its requests stall past "
+              "half the request timer while the others commit", 0.01, {"censorship": 0.9}, {}, "ratio", 1.0,
+              "Prime (clients' requests ordered within a bound, else the leader is suspected); PBFT 4.4 (client "
+              "request timers); plenum's request-ordering monitor"),
 )
 
 #: Cluster outcomes: ``(site, baseline, meaning)``; baselines are benign rates per window.
@@ -239,7 +256,7 @@ _ATTACKS = (
            0.35, 0.85, 0.7, 0.2, {"throughput_low": 0.9, "latency_high": 0.9}, 0.3,
            {"view_change": 0.9, "leader_rotation": 0.6, "isolate_node": 0.8},
            "view_change", "Aardvark 4.1; Prime; RBFT; plenum PRIMARY_DEGRADED"),
-    Attack("censorship", "the attacker controls the primary", "primary_faulty", ("stale", "vc_request"),
+    Attack("censorship", "the attacker controls the primary", "primary_faulty", ("client_starved", "stale", "vc_request"),
            0.25, 0.8, 0.6, 0.2, {"liveness_lost": 0.8, "latency_high": 0.5}, 0.5,
            {"leader_rotation": 0.92, "view_change": 0.7, "isolate_node": 0.6},
            "leader_rotation", "Prime; Spinning; PBFT 4.4 (client request timeouts)"),
@@ -257,7 +274,7 @@ _ATTACKS = (
            0.25, 0.8, 0.25, 0.4, {"safety_violated": 0.5, "liveness_lost": 0.3}, 0.8,
            {"trusted_component": 0.93, "expose_and_evict": 0.5, "isolate_node": 0.4},
            "trusted_component", "PBFT 4.3 (timestamps, watermarks); TrInc; A2M"),
-    Attack("sybil", "admission to the cluster or its overlay is open", "admission_open", ("join_rate",),
+    Attack("sybil", "admission to the cluster or its overlay is open", "admission_open", ("join_rate", "mac_fail"),
            0.3, 0.8, 0.5, 0.3, {"safety_violated": 0.3, "liveness_lost": 0.5}, 0.8,
            {"admission_control": 0.95, "expose_and_evict": 0.4, "rate_limit": 0.2},
            "admission_control", "Sybil (Douceur 2002)"),
@@ -331,4 +348,4 @@ CONTROLS = MappingProxyType({
 ISOLATED_PRIOR = 0.02
 
 #: ``join_rate``: benign rate and the noisy-OR weights of the sybil and eclipse precursors.
-JOIN_RATE = MappingProxyType({"baseline": 0.05, "sybil": 0.95, "eclipse": 0.2})
+JOIN_RATE = MappingProxyType({"baseline": 0.002, "sybil": 0.95, "eclipse": 0.2})

@@ -20,6 +20,14 @@ the catalogue's conventions (an indicator is on above the 99th percentile of
 benign windows; protocol facts fire benignly at 0.001-0.005). They are the
 prior: :func:`bayes_defense.fit` with ``model="defender"`` learns them.
 
+A crashed replica's ``preprepare_delay`` is its own row's: the signal shows
+at the primary, so the effect reads "a crashed primary sends no PRE-PREPAREs",
+and the crash's ``silent`` at the same row pins where it is.
+
+Jitter, a partition and a load spike spread the clients' latencies, so the
+slowest client can stand out from the others without any censor
+(``client_starved``, cluster-wide).
+
 Sources: PBFT 4.4 (a crashed or partitioned primary causes view changes);
 Aardvark 4 (slow replicas and load raise latency, not protocol violations);
 the simulator's fault list (docs/log-schema.md, "Benign faults").
@@ -78,21 +86,21 @@ OUTCOME_SIGNALS = ("safety_violated", "liveness_lost", "throughput_low", "latenc
 
 _FAULTS = (
     Fault("crash", "a replica stops; if it was the primary, the others ask for a view change", 0.01,
-          {"silent": 0.95},
+          {"silent": 0.95, "preprepare_delay": 0.9},
           {"vc_request": 0.3, "ic_request": 0.2, "liveness_lost": 0.2, "latency_high": 0.3, "peers_lost": 0.3}),
     Fault("partition", "links between groups of replicas fail until it heals", 0.01,
           {"preprepare_delay": 0.5},
           {"peers_lost": 0.9, "vc_request": 0.4, "ic_request": 0.4, "low_peer_diversity": 0.3,
-           "latency_high": 0.5, "throughput_low": 0.3, "liveness_lost": 0.3, "stale": 0.2}),
+           "latency_high": 0.5, "throughput_low": 0.3, "liveness_lost": 0.3, "stale": 0.2, "client_starved": 0.05}),
     Fault("slow", "an honest replica (perhaps the primary) runs slow", 0.01,
           {"preprepare_delay": 0.8},
           {"ic_request": 0.3, "latency_high": 0.4, "throughput_low": 0.2}),
     Fault("load_spike", "a client's load is multiplied for a while", 0.01,
           {"msg_rate": 0.6},
-          {"latency_high": 0.6, "throughput_low": 0.2, "preprepare_delay": 0.1}),
+          {"latency_high": 0.6, "throughput_low": 0.2, "preprepare_delay": 0.1, "client_starved": 0.05}),
     Fault("jitter", "network delays vary more than usual", 0.01,
           {"preprepare_delay": 0.3},
-          {"latency_high": 0.4, "stale": 0.2, "duplicates": 0.1}),
+          {"latency_high": 0.4, "stale": 0.2, "duplicates": 0.1, "client_starved": 0.05}),
     Fault("restart", "a replica comes back after a while down and resends its old messages", 0.01,
           {"restart_seen": 0.95, "duplicates": 0.7, "stale": 0.6},
           {"vc_request": 0.1, "latency_high": 0.1}, duration=5.0),

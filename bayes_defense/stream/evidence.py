@@ -424,6 +424,8 @@ def fault_transitions(values: Mapping[str, np.ndarray], window: float = 1.0) -> 
 
     A fault lasts ``duration`` seconds on average (:class:`~bayes_defense.models.faults.Fault`);
     it starts at the rate that makes ``fault.{name}.prior`` its long-run share of windows.
+    The chain holds one fault at a time, the latest: another fault may start while one
+    is under way (faults overlap), and the chain then follows the new one.
 
     Examples
     --------
@@ -441,9 +443,12 @@ def fault_transitions(values: Mapping[str, np.ndarray], window: float = 1.0) -> 
     matrix = np.zeros((draws, count + 1, count + 1))
     matrix[:, 0, 1:] = start
     matrix[:, 0, 0] = 1.0 - start.sum(-1)
-    matrix[:, 1:, 0] = 1.0 - stay
     index = np.arange(1, count + 1)
-    matrix[:, index, index] = stay
+    # From fault g: another fault h starts at its own rate; otherwise g stays or ends.
+    others = start.sum(-1, keepdims=True) - start                                             # (D, G)
+    matrix[:, 1:, 1:] = start[:, None, :]
+    matrix[:, index, index] = stay * (1.0 - others)
+    matrix[:, 1:, 0] = (1.0 - stay) * (1.0 - others)
     with np.errstate(divide="ignore"):
         return np.log(matrix)
 

@@ -47,9 +47,9 @@ from bayes_defense.stream.obsmap import KindRule, ObservationMap, UnmatchedCount
 from bayes_defense.stream.recommend import FALLBACK, Recommendations, resolve_planner
 from bayes_defense.stream.schema import KNOWN_KINDS, REJECTION_REASONS
 from bayes_defense.stream.scored import ScoredDefender as StreamingDefender
-from bayes_defense.stream.signals import SignalExtractor
+from bayes_defense.stream.signals import SIGNALS, SignalExtractor
 
-__all__ = ["ModelAlert", "ModelBelief", "ModelDefender"]
+__all__ = ["ModelAlert", "ModelBelief", "ModelDefender", "phase_transitions"]
 
 _CHECKPOINT_KIND = "ModelDefender"
 _MAX_AGGREGATES = 8192
@@ -109,6 +109,44 @@ def _quantiles(draws: np.ndarray, level: float) -> np.ndarray:
     high = ordered[..., int(math.ceil((1.0 - tail) * (count - 1)))]
     mean = np.clip(draws.mean(axis=-1), 0.0, 1.0)
     return np.stack([mean, np.clip(np.minimum(low, mean), 0.0, 1.0), np.clip(np.maximum(high, mean), 0.0, 1.0)], -1)
+
+
+def phase_transitions(values: Mapping[str, np.ndarray], attacks: tuple, window: float = 1.0) -> np.ndarray:
+    """Log transition matrices of every attack's phase chain: ``(A, D, 4, 4)`` over :data:`~bayes_defense.stream.evidence.STAGES`.
+
+    Benign -> precursor -> execution -> benign, with the rates
+    ``{attack}.{benign_to_precursor, precursor_to_execution, precursor_to_benign, execution_to_benign}``;
+    an attack with an ordered precursor pattern goes benign -> pattern ->
+    precursor instead, and its pattern stage lapses back to benign after the
+    pattern's ``within`` seconds. ``values`` are :func:`~bayes_defense.stream.evidence.check_values` output.
+
+    Examples
+    --------
+    >>> from bayes_defense.stream.evidence import default_values
+    >>> t = np.exp(phase_transitions(default_values(), ("replay", "censorship")))
+    >>> t.shape, bool(np.allclose(t.sum(-1), 1.0)), float(t[0, 0, 0, 1])   # replay has no pattern stage
+    ((2, 1, 4, 4), True, 0.0)
+    """
+    draws = next(iter(values.values())).shape[0]
+    matrix = np.zeros((len(attacks), draws, 4, 4))
+    for i, attack in enumerate(attacks):
+        spec = attack_spec(attack)
+        bp, pe = values[f"{attack}.benign_to_precursor"], values[f"{attack}.precursor_to_execution"]
+        pb, eb = values[f"{attack}.precursor_to_benign"], values[f"{attack}.execution_to_benign"]
+        if spec.pattern is None:
+            matrix[i, :, 0, 0], matrix[i, :, 0, 2] = 1 - bp, bp
+            matrix[i, :, 1, 0] = 1.0   # unreachable stage
+        else:
+            # The first signal of the pattern opens the pattern stage; it lapses after ``within``.
+            lapse = min(1.0, window / spec.pattern.within)
+            pp = values[f"{attack}.pattern_to_precursor"]
+            matrix[i, :, 0, 0], matrix[i, :, 0, 1] = 1 - bp, bp
+            matrix[i, :, 1, 0], matrix[i, :, 1, 2] = lapse * (1 - pp), pp
+            matrix[i, :, 1, 1] = 1.0 - matrix[i, :, 1, 0] - pp
+        matrix[i, :, 2, 0], matrix[i, :, 2, 2], matrix[i, :, 2, 3] = pb, 1 - pb - pe, pe
+        matrix[i, :, 3, 0], matrix[i, :, 3, 3] = eb, 1 - eb
+    with np.errstate(divide="ignore"):
+        return np.log(np.clip(matrix, 0.0, 1.0))
 
 
 class ModelDefender(StreamingDefender):
@@ -190,27 +228,9 @@ max_clock_skew, clock_confirm
         values, attacks = self.parameters, self.attacks
         self._tables = evidence.signal_tables(values, attacks)
         draws = self._tables.draws
-        matrix = np.zeros((len(attacks), draws, 4, 4))
-        steps_per_pattern = {}
-        for i, attack in enumerate(attacks):
-            spec = attack_spec(attack)
-            bp, pe = values[f"{attack}.benign_to_precursor"], values[f"{attack}.precursor_to_execution"]
-            pb, eb = values[f"{attack}.precursor_to_benign"], values[f"{attack}.execution_to_benign"]
-            if spec.pattern is None:
-                matrix[i, :, 0, 0], matrix[i, :, 0, 2] = 1 - bp, bp
-                matrix[i, :, 1, 0] = 1.0   # unreachable stage
-            else:
-                # The first signal of the pattern opens the pattern stage; it lapses after ``within``.
-                lapse = min(1.0, self.window / spec.pattern.within)
-                pp = values[f"{attack}.pattern_to_precursor"]
-                matrix[i, :, 0, 0], matrix[i, :, 0, 1] = 1 - bp, bp
-                matrix[i, :, 1, 0], matrix[i, :, 1, 2] = lapse * (1 - pp), pp
-                matrix[i, :, 1, 1] = 1.0 - matrix[i, :, 1, 0] - pp
-                steps_per_pattern[attack] = pp
-            matrix[i, :, 2, 0], matrix[i, :, 2, 2], matrix[i, :, 2, 3] = pb, 1 - pb - pe, pe
-            matrix[i, :, 3, 0], matrix[i, :, 3, 3] = eb, 1 - eb
-        with np.errstate(divide="ignore"):
-            self._log_transition = np.log(np.clip(matrix, 0.0, 1.0))
+        self._log_transition = phase_transitions(values, attacks, self.window)
+        steps_per_pattern = {attack: values[f"{attack}.pattern_to_precursor"] for attack in attacks
+                             if attack_spec(attack).pattern is not None}
         # The counterfactual projection's ingredients: P(execution within the horizon from each stage)
         # and P(success | execution, no countermeasure).
         steps = self.horizon / self.window
@@ -293,7 +313,7 @@ max_clock_skew, clock_confirm
         """
         state = {key: getattr(self, key) for key in self._DYNAMIC}
         state.update({name: getattr(self, name) for name in _SETTINGS})
-        state.update(parameters=self.parameters, adaptive=self.adaptive, attacks=self.attacks,
+        state.update(parameters=self.parameters, adaptive=self.adaptive, attacks=self.attacks, signals=SIGNALS,
                      observation_map=self._map_state(), extractor=self._extractor.state_dict(),
                      log_faults=self._faults.log_faults,
                      unmatched=dict(self.unmatched.counts), unmatched_total=self.unmatched.total,
@@ -333,6 +353,13 @@ max_clock_skew, clock_confirm
     def _check_state(self, state: Any) -> dict[str, Any]:
         if not isinstance(state, Mapping):
             raise InvalidInputError(f"a state must be a dict from state_dict(); got {type(state).__name__}")
+        signals = tuple(state.get("signals", ())) if isinstance(state.get("signals", ()), (list, tuple)) else ()
+        if signals != SIGNALS:
+            added = [s for s in SIGNALS if s not in signals]
+            raise InvalidInputError(
+                "it was written by a release whose model reads other signals"
+                + (f" (this one adds {', '.join(added)})" if added and signals else "")
+                + "; its baselines and beliefs cannot be carried over: start the run again without --resume")
         reference = self.state_dict()
         missing = sorted(k for k in reference if k not in state)
         unknown = sorted(str(k) for k in state if k not in reference)

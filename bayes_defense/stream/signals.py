@@ -13,6 +13,16 @@ the model's benign rates mean what they say:
 - a count is compared with a Poisson distribution of its exponentially
   weighted mean (upper tail below 1 %); a count whose mean is zero turns on
   at its first event, as a protocol fact should;
+- ``client_starved`` compares the slowest client's mean latency with the
+  median of the other clients' (a ratio, the continuous rule above), and is
+  also on when requests stall for fewer than half of the clients that
+  reported (one client starved while the others commit; a stalled primary
+  stalls every client);
+- ``join_rate`` counts the joins of a window whose network prefix (attrs
+  ``prefix``) already joined within :data:`JOIN_MEMORY` seconds, with the
+  count rule above: ordinary joins come from diverse networks, so their
+  benign count is near zero, while a Sybil's identities share one origin
+  (joins without a prefix cannot show that and are not counted);
 - protocol proofs are indicators directly: two digests for one (view, seq)
   from the primary turn ``conflicting`` on at the primary, a logged restart
   turns ``restart_seen`` on, a peer table that shrank turns ``peers_lost``
@@ -35,13 +45,16 @@ signal                        from                             row
 ``msg_rate``                  ``source_rate_max`` (median)     the busiest source
 ``preprepare_delay``          ``preprepare_interval`` (median)  the primary
 ``mac_fail``                  ``auth_failures`` (sum)          unattributed
-``vc_request``                ``view_change`` events           the sender
+``vc_request``                ``view_change`` events beyond    the sender
+                              one per sender in a view change
+                              that f + 1 replicas join
 ``ic_request``                ``instance_change_requests``     unattributed
 ``duplicates`` / ``stale``    ``duplicate_messages`` / ...     unattributed
 ``conflicting``               two digests in ``preprepare``    the primary
 ``peer_in_degree``            peer ``join``\\s, ``peer_churn``  the replica whose table
 ``low_peer_diversity``        ``peer_diversity`` drop          the replica
-``join_rate``                 client ``join``\\s of one prefix  unattributed
+``join_rate``                 repeated-prefix client ``join``  unattributed
+``client_starved``            per-client latency, stalls       the primary
 ``peers_lost``                ``peer_diversity`` attr peers    the replica
 ``restart_seen``              ``restart``                      the replica
 ``silent``                    no telemetry in the window       the replica
@@ -82,7 +95,7 @@ from bayes_defense.models.catalogue import TELEMETRY
 from bayes_defense.models.faults import FAULT_SIGNALS, OUTCOME_SIGNALS
 from bayes_defense.stream.schema import TELEMETRY_KINDS
 
-__all__ = ["SIGNALS", "TAIL", "WARMUP_WINDOWS", "WindowSignals", "SignalExtractor", "signal_index"]
+__all__ = ["SIGNALS", "TAIL", "WARMUP_WINDOWS", "JOIN_MEMORY", "WindowSignals", "SignalExtractor", "signal_index"]
 
 #: Every signal of the model filter, in column order: the catalogue's telemetry, ``join_rate``,
 #: the faults' own signals, then the cluster outcomes.
@@ -100,7 +113,11 @@ _MIN_COUNT_MEAN = 0.005
 # Smallest spread of a continuous series relative to its mean (a constant series must not
 # make every rounding step an anomaly).
 _MIN_RELATIVE_SPREAD = 0.05
+#: Seconds a client join's network prefix is remembered: a later join from it counts in ``join_rate``
+#: (about one incident window, the precursor's length over which a Sybil's identities arrive).
+JOIN_MEMORY = 120.0
 _MAX_REPLICAS = 100
+_MAX_PREFIXES = 4096
 _MAX_SERIES = 8192
 _MAX_DIGESTS = 512
 _SCALARS = (str, int, float, bool)
@@ -163,6 +180,7 @@ class SignalExtractor:
         self.digests: OrderedDict = OrderedDict()
         self.peer_norm: dict[str, float] = {}
         self.kinds_seen: set = set()
+        self.prefixes: OrderedDict = OrderedDict()   # network prefix -> ts of its latest client join
         self._clear_window()
 
     def _clear_window(self) -> None:
@@ -172,6 +190,7 @@ class SignalExtractor:
         self.view_changes: dict[str, float] = {}
         self.peer_joins: dict[str, float] = {}
         self.joins: dict[str, float] = {}
+        self.stalled: set = set()
         self.direct: dict[tuple[str, str], float] = {}
         self.flags: set = set()   # ("conflicting", primary), ("restart_seen", node), ("liveness_lost", ""), ...
         self.reporting: set = set()
@@ -249,13 +268,22 @@ class SignalExtractor:
                     self.peer_joins[victim] = self.peer_joins.get(victim, 0.0) + 1.0
             else:
                 prefix = attrs.get("prefix")
-                key = prefix if isinstance(prefix, str) else ""
-                if key in self.joins or len(self.joins) < _MAX_REPLICAS:
-                    self.joins[key] = self.joins.get(key, 0.0) + 1.0
+                if not isinstance(prefix, str):
+                    return
+                seen = self.prefixes.pop(prefix, None)
+                if seen is not None and ts - seen <= JOIN_MEMORY and (prefix in self.joins
+                                                                      or len(self.joins) < _MAX_REPLICAS):
+                    self.joins[prefix] = self.joins.get(prefix, 0.0) + 1.0
+                self.prefixes[prefix] = ts
+                if len(self.prefixes) > _MAX_PREFIXES:
+                    self.prefixes.popitem(last=False)
         elif kind == "restart":
             self.flags.add(("restart_seen", node))
         elif kind == "request_stalled":
             self.flags.add(("liveness_lost", ""))
+            client = attrs.get("client")
+            if isinstance(client, str) and len(self.stalled) < _MAX_REPLICAS:
+                self.stalled.add(client)
         elif kind == "safety_violation":
             self.flags.add(("safety_violated", ""))
         elif kind.startswith("signal:"):
@@ -361,14 +389,18 @@ class SignalExtractor:
                 columns.append((unattributed, _INDEX[signal]))
         if self.joins or replicas:
             keys.append("cluster|joins")
-            counts.append(max(self.joins.values()) if self.joins else 0.0)
+            counts.append(sum(self.joins.values()))
             columns.append((unattributed, _INDEX["join_rate"]))
+        # A view change the cluster joins (f + 1 senders or more, PBFT 4.4's join rule) is the protocol at
+        # work, not n replicas' evidence: one VIEW-CHANGE per sender is its share, the rest the sender's own.
+        senders = sum(1 for name in rows if self.view_changes.get(name, 0.0) > 0)
+        joined = float(senders >= len(replicas) // 3 + 1) if replicas else 0.0
         # Per-replica counts: VIEW-CHANGE by sender, peer joins and churn at the replica whose table it is.
         for name, row in rows.items():
             if name not in self.reporting and name not in self.view_changes:
                 continue
             keys.append(f"{name}|view_change")
-            counts.append(self.view_changes.get(name, 0.0))
+            counts.append(max(self.view_changes.get(name, 0.0) - joined, 0.0))
             columns.append((row, _INDEX["vc_request"]))
             churn = values.get((name, "peer_churn"))
             keys.append(f"{name}|peer_in")
@@ -407,6 +439,7 @@ class SignalExtractor:
             out[rows.get(node, unattributed), _INDEX[signal]] = 1.0
         for outcome in ("liveness_lost", "safety_violated"):
             out[unattributed, _INDEX[outcome]] = float((outcome, "") in self.flags) if replicas else np.nan
+        self._starved(out, primary if primary >= 0 else unattributed)
         # Clients: latency up, throughput down, pooled over clients.
         for kind, signal, lower in (("request_latency", "latency_high", False), ("throughput", "throughput_low", True)):
             found = [v[1] / v[2] for (node, k), v in values.items() if k == kind]
@@ -419,13 +452,28 @@ class SignalExtractor:
         self._clear_window()
         return WindowSignals(tuple(replicas), primary, out)
 
+    def _starved(self, out: np.ndarray, row: int) -> None:
+        """``client_starved`` at ``row``: the slowest client against the others, and stalls of a few clients."""
+        latency = {node: v[1] / v[2] for (node, k), v in self.values.items() if k == "request_latency" and v[2] > 0}
+        clients = set(latency) | {node for (node, k) in self.values if k == "throughput"}
+        on = math.nan
+        if len(latency) >= 2:
+            ranked = sorted(latency.values())
+            others = statistics.median(ranked[:-1])
+            if others > 0 and math.isfinite(ranked[-1] / others):
+                on = self._continuous("cluster|client_latency_ratio", ranked[-1] / others)
+        if self.stalled and 2 * len(self.stalled) < len(clients | self.stalled):
+            on = 1.0
+        out[row, _INDEX["client_starved"]] = on
+
     # -------------------------------------------------------------- state
     def state_dict(self) -> dict[str, Any]:
         """The extractor's state as plain data (baselines, digests, peer norms, the open window)."""
         return {"replicas": list(self.replicas), "primary": self.primary,
                 "baselines": {k: list(v) for k, v in self.baselines.items()},
                 "digests": OrderedDict(self.digests), "peer_norm": dict(self.peer_norm),
-                "kinds_seen": set(self.kinds_seen),
+                "kinds_seen": set(self.kinds_seen), "prefixes": OrderedDict(self.prefixes),
+                "stalled": set(self.stalled),
                 "values": {k: list(v) for k, v in self.values.items()}, "sources": dict(self.sources),
                 "peers": dict(self.peers), "view_changes": dict(self.view_changes),
                 "peer_joins": dict(self.peer_joins), "joins": dict(self.joins), "direct": dict(self.direct),
@@ -439,6 +487,8 @@ class SignalExtractor:
         self.digests = OrderedDict(state["digests"])
         self.peer_norm = dict(state["peer_norm"])
         self.kinds_seen = set(state["kinds_seen"])
+        self.prefixes = OrderedDict(state["prefixes"])
+        self.stalled = set(state["stalled"])
         self.values = {k: list(v) for k, v in state["values"].items()}
         for key in ("sources", "peers", "view_changes", "peer_joins", "joins", "direct"):
             setattr(self, key, dict(state[key]))

@@ -255,3 +255,96 @@ def test_checkpoint_with_a_bad_extractor_state_is_refused(replay_run):
     state["_fault_posterior"] = state["_fault_posterior"][:1]
     with pytest.raises(InvalidInputError, match="_fault_posterior"):
         defender.load_state_dict(state)
+
+
+def test_checkpoint_of_another_signal_vocabulary_is_refused_with_a_reason(replay_run):
+    events, _ = replay_run
+    defender = ModelDefender(ensemble=2, planner=None)
+    defender.observe_batch(events[:300])
+    state = defender.state_dict()
+    old = dict(state, signals=tuple(s for s in state["signals"] if s != "client_starved"))
+    with pytest.raises(InvalidInputError, match="other signals.*adds client_starved.*without --resume"):
+        defender.load_state_dict(old)
+    with pytest.raises(InvalidInputError, match="other signals"):
+        defender.load_state_dict({k: v for k, v in state.items() if k != "signals"})
+
+
+def _warm(extractor, windows, extra=None):
+    """Close ``windows`` quiet windows of four replicas and four clients; ``extra(w)`` adds events to window w."""
+    out = []
+    for w in range(windows):
+        for r in ("r0", "r1", "r2", "r3"):
+            extractor.ingest(w + 0.5, r, "preprepare_interval", 0.1, {"primary": "r0"})
+            extractor.ingest(w + 0.5, r, "duplicate_messages", 0.0, {})
+        for c in range(4):
+            extractor.ingest(w + 0.6, f"client{c}", "request_latency", 0.075 + 0.001 * ((w + c) % 3), {})
+        if extra is not None:
+            extra(extractor, w)
+        out.append(extractor.close())
+    return out
+
+
+def test_one_starved_client_shows_at_the_primary_and_a_common_slowdown_does_not():
+    from bayes_defense.stream.signals import WARMUP_WINDOWS, SignalExtractor, signal_index
+
+    column = signal_index("client_starved")
+    extractor = SignalExtractor()
+    quiet = _warm(extractor, WARMUP_WINDOWS + 10)
+    assert all(w.values[0, column] == 0.0 for w in quiet[WARMUP_WINDOWS + 1:])
+    extractor.ingest(40.5, "r0", "preprepare_interval", 0.1, {"primary": "r0"})
+    for c in range(4):   # every client slower alike (jitter, a slow cluster): no one is starved
+        extractor.ingest(40.6, f"client{c}", "request_latency", 0.3, {})
+    assert extractor.close().values[0, column] == 0.0
+    for c in range(4):   # one client's requests held by the primary
+        extractor.ingest(41.6, f"client{c}", "request_latency", 0.3 if c == 3 else 0.075, {})
+    window = extractor.close()
+    assert window.values[window.primary, column] == 1.0 and window.primary == 0
+    for c in range(4):
+        extractor.ingest(42.6, f"client{c}", "throughput", 10.0, {})
+    extractor.ingest(42.7, "r1", "request_stalled", 1.2, {"client": "client2"})   # one client stalls alone
+    assert extractor.close().values[0, column] == 1.0
+    for c in range(4):
+        extractor.ingest(43.7, "r1", "request_stalled", 1.2, {"client": f"client{c}"})   # every client: no censor
+    assert extractor.close().values[0, column] != 1.0
+
+
+def test_join_rate_counts_joins_from_a_prefix_that_joined_shortly_before():
+    from bayes_defense.stream.signals import (
+        JOIN_MEMORY,
+        WARMUP_WINDOWS,
+        SignalExtractor,
+        signal_index,
+    )
+
+    column = signal_index("join_rate")
+    extractor = SignalExtractor()
+
+    def diverse(ex, w):   # ordinary joins, every one from its own network
+        ex.ingest(w + 0.7, f"client-x{w}", "join", 1.0, {"prefix": f"10.{w}.0.0/16", "role": "client"})
+
+    windows = _warm(extractor, WARMUP_WINDOWS + 10, diverse)
+    assert all(w.values[-1, column] == 0.0 for w in windows[WARMUP_WINDOWS:])
+    extractor.ingest(40.7, "sybil-0", "join", 1.0, {"prefix": "203.0.0.0/24", "role": "client"})
+    assert extractor.close().values[-1, column] == 0.0      # a first join from a prefix is ordinary
+    extractor.ingest(41.7, "sybil-1", "join", 1.0, {"prefix": "203.0.0.0/24", "role": "client"})
+    assert extractor.close().values[-1, column] == 1.0      # a second one shortly after is not
+    extractor.ingest(42.0 + JOIN_MEMORY + 1.0, "late", "join", 1.0, {"prefix": "203.0.0.0/24", "role": "client"})
+    assert extractor.close().values[-1, column] == 0.0      # remembered for JOIN_MEMORY seconds only
+
+
+def test_a_view_change_the_cluster_joins_is_not_every_replicas_evidence():
+    from bayes_defense.stream.signals import WARMUP_WINDOWS, SignalExtractor, signal_index
+
+    column = signal_index("vc_request")
+    extractor = SignalExtractor()
+    _warm(extractor, WARMUP_WINDOWS + 5)
+    for r in ("r0", "r1", "r2", "r3"):
+        extractor.ingest(30.5, r, "preprepare_interval", 0.1, {"primary": "r0"})
+        extractor.ingest(30.6, r, "view_change", 1.0, {"view": 0})
+    assert np.all(extractor.close().values[:4, column] == 0.0)
+    for r in ("r0", "r1", "r2", "r3"):
+        extractor.ingest(31.4, r, "preprepare_interval", 0.1, {"primary": "r0"})
+    for k in range(4):   # one replica asks again and again, alone
+        extractor.ingest(31.5 + 0.1 * k, "r2", "view_change", 2.0, {"view": 1})
+    window = extractor.close()
+    assert window.values[2, column] == 1.0 and window.values[1, column] == 0.0
