@@ -270,8 +270,10 @@ class SignalStatistics:
         Row and column names of the arrays.
     benign_on, benign_obs, benign_unknown : arrays (S,)
         On and observed counts in benign windows; the observations among them whose faults are not labelled.
-    attack_on, attack_obs : arrays (A, S, 2)
-        At the attack's rows, over its precursor and execution windows (``[..., 0]``) and execution alone.
+    attack_on, attack_obs, attack_unknown : arrays (A, S, 2)
+        At the attack's rows, over its precursor and execution windows (``[..., 0]``) and execution alone;
+        the observations among them whose window's faults are unknown (no fault labels, or a labelled fault
+        under way: its effect is then taken as the faults' average).
     fault_on, fault_obs : arrays (G, S, 2)
         In a fault's windows without an attack: at the rows it hits (``[..., 0]``), at the other replicas.
     fault_windows : array (G,)
@@ -292,6 +294,7 @@ class SignalStatistics:
     benign_unknown: np.ndarray
     attack_on: np.ndarray
     attack_obs: np.ndarray
+    attack_unknown: np.ndarray
     fault_on: np.ndarray
     fault_obs: np.ndarray
     fault_windows: np.ndarray
@@ -303,7 +306,8 @@ class SignalStatistics:
     fault_known_windows: float = 0.0
     runs: float = 0.0
 
-    _ARRAYS = ("benign_on", "benign_obs", "benign_unknown", "attack_on", "attack_obs", "fault_on", "fault_obs",
+    _ARRAYS = ("benign_on", "benign_obs", "benign_unknown", "attack_on", "attack_obs", "attack_unknown", "fault_on",
+               "fault_obs",
                "fault_windows", "phase_windows", "phase_changes")
     _SCALARS = ("windows", "labelled_windows", "replica_rows", "fault_known_windows", "runs")
 
@@ -324,6 +328,7 @@ class SignalStatistics:
         faults = len(_FAULT_NAMES)
         return {"benign_on": np.zeros(signals), "benign_obs": np.zeros(signals), "benign_unknown": np.zeros(signals),
                 "attack_on": np.zeros((attacks, signals, 2)), "attack_obs": np.zeros((attacks, signals, 2)),
+                "attack_unknown": np.zeros((attacks, signals, 2)),
                 "fault_on": np.zeros((faults, signals, 2)), "fault_obs": np.zeros((faults, signals, 2)),
                 "fault_windows": np.zeros(faults), "phase_windows": np.zeros((attacks, 4)),
                 "phase_changes": np.zeros((attacks, 3))}
@@ -494,6 +499,7 @@ def count_windows(statistics: SignalStatistics, windows: Sequence[WindowSignals]
         side_on = np.einsum("mar,mrs->mas", attacker, on)
         side_obs = np.einsum("mar,mrs->mas", attacker, observed)
         all_on, all_obs = on.sum(1), observed.sum(1)                                 # (M, S)
+        unknown = np.ones(len(members)) if faults is None else np.array([bool(faults[w]) for w in members], float)
         for i, (side, rest) in enumerate(columns):
             for column, share in ((0, active[members, i]), (1, executing[members, i])):
                 if not share.any():
@@ -503,6 +509,8 @@ def count_windows(statistics: SignalStatistics, windows: Sequence[WindowSignals]
                 statistics.attack_obs[i, side, column] += share @ side_obs[:, i, side]
                 statistics.attack_on[i, rest, column] += share @ all_on[:, rest]
                 statistics.attack_obs[i, rest, column] += share @ all_obs[:, rest]
+                statistics.attack_unknown[i, side, column] += (share * unknown) @ side_obs[:, i, side]
+                statistics.attack_unknown[i, rest, column] += (share * unknown) @ all_obs[:, rest]
 
 
 def _count_fault(statistics: SignalStatistics, window: WindowSignals, fault: tuple, on: np.ndarray,
@@ -771,10 +779,6 @@ def _parameters(statistics: SignalStatistics, start: dict[str, np.ndarray], prio
                 rest = (1.0 - base) * (1.0 - everywhere)
                 mean = 1.0 - float(np.mean(rest)) * (1.0 - prior[name])
                 draws[name] = np.clip(1.0 - (1.0 - draw(hit_on, hit_obs, mean, prior_strength)) / rest, 0.0, 1.0)
-    benign_rate = {}
-    for signal in SIGNALS:
-        faults = _fault_share(draws, signal, replicas, attributed=signal not in OUTCOME_SIGNALS)
-        benign_rate[signal] = 1.0 - (1.0 - draws[evidence._baseline_name(signal)]) * (1.0 - faults)
     for i, attack in enumerate(attacks):
         spec = attack_spec(attack)
         for signal in {**spec.attacker_side, **spec.cluster_side, **dict.fromkeys(spec.impacts)}:
@@ -782,13 +786,22 @@ def _parameters(statistics: SignalStatistics, start: dict[str, np.ndarray], prio
             column = 1 if signal in spec.impacts else 0
             if statistics.attack_obs[i, s, column] == 0:
                 continue
-            base = benign_rate[signal]
+            base = _attack_base(draws, statistics, i, s, column, replicas)
             name = evidence._effect_name(signal, attack)
             mean = 1.0 - (1.0 - float(np.mean(base))) * (1.0 - prior[name])
             on_fraction = draw(statistics.attack_on[i, s, column], statistics.attack_obs[i, s, column], mean,
                                prior_strength)
             draws[name] = np.clip(1.0 - (1.0 - on_fraction) / (1.0 - base), 0.0, 1.0)
     return evidence.check_values(draws, attacks), fitted
+
+
+def _attack_base(values: Mapping[str, np.ndarray], statistics: SignalStatistics, attack: int, signal: int,
+                 column: int, replicas: float) -> np.ndarray:
+    """P(signal on without the attack) in an attack's windows: the benign rate and the faults where unknown."""
+    name = SIGNALS[signal]
+    share = _fault_share(values, name, replicas, attributed=name not in OUTCOME_SIGNALS)
+    unknown = statistics.attack_unknown[attack, signal, column] / statistics.attack_obs[attack, signal, column]
+    return 1.0 - (1.0 - values[evidence._baseline_name(name)]) * (1.0 - min(unknown, 1.0) * share)
 
 
 def _point(statistics: SignalStatistics, prior_strength: float) -> dict[str, np.ndarray]:
@@ -1203,6 +1216,12 @@ def predictive_check(posterior: SignalPosterior, statistics: SignalStatistics, s
                     1.0 - (effect if signal in fault.at_node else 0.0))
                 elsewhere = 1.0 - (1.0 - baseline(signal)) * (1.0 - everywhere)
                 (hit_on, other_on), (hit_obs, other_obs) = statistics.fault_on[g, s], statistics.fault_obs[g, s]
+                if signal not in fault.at_node:
+                    # One rate at every row, as it is estimated. Judged apart, the rows it hits would test its own
+                    # reports, and a crashed replica's are only its last ones, made before the loss shows.
+                    if hit_obs + other_obs > 0:
+                        judge(f"{name} on-fraction of {signal}", hit_on + other_on, hit_obs + other_obs, elsewhere)
+                    continue
                 if hit_obs > 0:
                     judge(f"{name} on-fraction of {signal} at its replicas", hit_on, hit_obs, at_rows)
                 if other_obs > 0:
@@ -1214,7 +1233,7 @@ def predictive_check(posterior: SignalPosterior, statistics: SignalStatistics, s
             column = 1 if signal in spec.impacts else 0
             if statistics.attack_obs[i, s, column] == 0:
                 continue
-            base = 1.0 - (1.0 - baseline(signal)) * (1.0 - shares(signal))
+            base = _attack_base(draws, statistics, i, s, column, replicas)
             rate = 1.0 - (1.0 - base) * (1.0 - draws[evidence._effect_name(signal, attack)])
             judge(f"{attack} on-fraction of {signal}", statistics.attack_on[i, s, column],
                   statistics.attack_obs[i, s, column], rate)

@@ -210,3 +210,34 @@ def test_latent_fit_that_stops_early_says_so(run):
     assert any("did not converge in 2 iterations" in p for p in latent.problems)
     with pytest.raises(InvalidInputError, match="max_iterations"):
         signal_model.fit_signal_model(events, max_iterations=0)
+
+
+def test_benign_rates_subtract_the_faults_only_where_they_are_unknown():
+    """``b = 1 - (1 - on) / (1 - u * fault share)``: ``u = 0`` (faults labelled) leaves the on-fraction as it is."""
+    stats = signal_model.SignalStatistics.zeros()
+    stats.windows, stats.replica_rows = 1000.0, 4000.0
+    stats.benign_obs[:] = 4000.0
+    stats.benign_on[:] = 80.0
+    known = signal_model.posterior_from_statistics(stats, num_samples=50, seed=1, check=False)
+    stats.benign_unknown[:] = 4000.0
+    unknown = signal_model.posterior_from_statistics(stats, num_samples=50, seed=1, check=False)
+    name = "telemetry.vc_request.baseline"
+    share = signal_model._fault_share(unknown.draws, "vc_request", 4.0, attributed=True)
+    on_fraction = known.draws[name]
+    expected = np.clip(1.0 - (1.0 - on_fraction) / (1.0 - share), 1e-5, 1.0)
+    np.testing.assert_allclose(unknown.draws[name], expected, rtol=1e-12)
+    assert np.all(unknown.draws[name] <= known.draws[name]) and np.any(unknown.draws[name] < known.draws[name])
+
+
+@pytest.mark.slow
+def test_all_six_faults_labelled_on_seven_replicas_pass_the_check():
+    runs = []
+    for seed in (601, 602, 603):
+        simulation = Simulation(random_scenario(seed, nodes=7, duration=600.0, attacks=["flooding"],
+                                                faults=list(signal_model.FAULTS), intensity=0.8))
+        runs.append((list(simulation.events()), simulation.labels, simulation.faults))
+    post = signal_model.fit_signal_model(runs, num_samples=400, seed=1)
+    assert post.summary()["faults"] == "fitted from fault labels: " + ", ".join(signal_model.FAULTS)
+    assert post.problems == [], post.problems
+    assert float(post.draws["fault.partition.peers_lost"].mean()) > 0.9
+    assert float(post.draws["fault.slow.preprepare_delay"].mean()) > 0.7
