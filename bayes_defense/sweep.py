@@ -15,7 +15,7 @@ DIR``, DESIGN.md section 8)::
     [fits.trained]                            # optional: a defender fitted on other seeds
     scenario = "n7"
     seeds = { first = 100, count = 3 }
-    options = { num_steps = 300, num_samples = 100 }   # options of bd.fit("defender", ...)
+    options = { num_steps = 300, num_samples = 100 }   # options of bd.fit("scored", ...)
 
 Every combination of a scenario, a seed, an intensity and a detector is one
 task: it simulates its own event stream from the seed (so no task reads
@@ -83,12 +83,13 @@ _FIT_KEYS = {"scenario", "seeds", "intensity", "options"}
 
 
 def _defender_alerts(events: list[Any], posterior: Any = None) -> list[Any]:
-    from bayes_defense.stream.defender import StreamingDefender
+    # The sweep's "defender" detector and its fits are the scored defender's (its fit reads extract_features).
+    from bayes_defense.stream.scored import ScoredDefender
 
     if posterior is None:
-        defender = StreamingDefender(planner=None)  # countermeasures do not enter the metrics
+        defender = ScoredDefender(planner=None)  # countermeasures do not enter the metrics
     else:
-        defender = StreamingDefender(posterior.defender_parameters(24, seed=0), planner=None)
+        defender = ScoredDefender(posterior.defender_parameters(24, seed=0), planner=None)
     defender.observe_batch(events)
     defender.flush()
     return list(defender.alerts)
@@ -435,7 +436,7 @@ def run_task(task: Task, out: str | os.PathLike[str] | None = None) -> dict[str,
             events_seen += len(events)
             runs.append(extract_features(events, simulation.labels, progress=False))
         simulated = time.perf_counter() - started
-        posterior = bd.fit("defender", runs, **{"progress": False, **task.options})
+        posterior = bd.fit("scored", runs, **{"progress": False, **task.options})
         from bayes_defense.ioutil import atomic_path
 
         with atomic_path(_fit_path(Path(out), task.id)) as temporary:

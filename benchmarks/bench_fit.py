@@ -72,7 +72,7 @@ class FitSuite:
 
     @staticmethod
     def _fit(logs, method, events):
-        return fit("defender", logs[events], progress=False, check=False, ppc_draws=20, **SETTINGS[method])
+        return fit("scored", logs[events], progress=False, check=False, ppc_draws=20, **SETTINGS[method])
 
     def time_fit(self, logs, method, events):
         self._fit(logs, method, events)

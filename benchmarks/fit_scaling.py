@@ -82,7 +82,7 @@ def child(log: str, method: str) -> None:
     torch.set_num_threads(1)
     import_rss = _peak_mb()
     started = time.perf_counter()
-    posterior = fit("defender", log, progress=False, check=False, ppc_draws=20, seed=0, **settings)
+    posterior = fit("scored", log, progress=False, check=False, ppc_draws=20, seed=0, **settings)
     seconds = time.perf_counter() - started
     row = {"events": posterior.info["events"], "windows": posterior.info["windows"],
            "fit_seconds": round(seconds, 2), "peak_rss_mb": round(_peak_mb(), 1),

@@ -63,7 +63,7 @@ def main() -> None:
     root = Path(tempfile.mkdtemp(prefix="fit_defender_"))
     training = _runs(root, range(40000, 40000 + args.train), args.nodes, args.duration)
     held_out = _runs(root, range(45000, 45000 + args.test), args.nodes, args.duration)
-    posterior = fit("defender", [run.out_dir for run in training], method=args.method, seed=0, progress=True)
+    posterior = fit("scored", [run.out_dir for run in training], method=args.method, seed=0, progress=True)
     posterior.save(out / "posterior.nc")
     posterior.plot_ppc(out / "ppc.png")
     report = {

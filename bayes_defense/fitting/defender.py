@@ -1646,7 +1646,7 @@ def fit_defender(incidents: Any, *, labels: Any = None, method: str = "svi",
                  check: bool = True, allow_unknown_kind: bool = False, ppc_draws: int = 100) -> Posterior:
     """Fit the defender's observation and transition model to logged incidents.
 
-    ``bd.fit("defender", incidents, ...)`` and ``bd.fit(defender, ...)`` come
+    ``bd.fit("scored", incidents, ...)`` and ``bd.fit(defender, ...)`` come
     here (:func:`bayes_defense.fitting.fit`).
 
     Parameters

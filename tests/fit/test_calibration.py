@@ -96,7 +96,7 @@ def test_sbc_scores_nuts():
         truth = _draw_truth(prior, rng)
         features = simulate_windows({k: v[0] for k, v in truth.items()}, phases=phases,
                                     seed=int(rng.integers(2**31)), incident_scale=prior.incident_scale)
-        post = fit("defender", features, method="nuts", prior=prior, num_chains=1, num_warmup=200,
+        post = fit("scored", features, method="nuts", prior=prior, num_chains=1, num_warmup=200,
                    num_samples=200, seed=replicate, progress=False, check=False, ppc_draws=2)
         for name in names:
             thinned = post.flat(name)[::2]

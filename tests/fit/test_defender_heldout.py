@@ -41,9 +41,9 @@ import pytest
 
 from bayes_defense.fitting import fit
 from bayes_defense.sim import random_scenario, simulate
-from bayes_defense.stream.defender import StreamingDefender
 from bayes_defense.stream.io import read_events
 from bayes_defense.stream.metrics import combine_reports, evaluate_alerts
+from bayes_defense.stream.scored import ScoredDefender
 
 HELD_OUT = {
     "seeds200-207-n4": (range(200, 208), 4),
@@ -60,7 +60,7 @@ def _runs(root, seeds, nodes):
 def _report(runs, parameters):
     reports = []
     for run in runs:
-        defender = StreamingDefender(parameters=parameters, seed=0)
+        defender = ScoredDefender(parameters=parameters, seed=0)
         defender.observe_batch(read_events(run.events_path))
         defender.flush()
         reports.append(evaluate_alerts(run.labels, list(defender.alerts), 600.0))
@@ -70,7 +70,7 @@ def _report(runs, parameters):
 @pytest.fixture(scope="module")
 def posterior(tmp_path_factory):
     training = _runs(tmp_path_factory.mktemp("training"), TRAINING, 4)
-    fitted = fit("defender", [run.out_dir for run in training], method="svi", num_steps=2000, num_samples=400,
+    fitted = fit("scored", [run.out_dir for run in training], method="svi", num_steps=2000, num_samples=400,
                  seed=0, progress=False)
     assert fitted.diagnostics_ok, fitted.problems
     return fitted

@@ -8,8 +8,8 @@ import pytest
 from bayes_defense.errors import InvalidInputError, MalformedEventError
 from bayes_defense.fitting import fit, load_posterior
 from bayes_defense.fitting.defender import WindowFeatures, extract_features, simulate_windows
-from bayes_defense.stream.defender import ATTACK_HYPOTHESES, StreamingDefender
 from bayes_defense.stream.io import read_events
+from bayes_defense.stream.scored import ATTACK_HYPOTHESES, ScoredDefender
 
 
 def test_features_are_the_defenders_scores_with_label_phases(replay_run):
@@ -26,7 +26,7 @@ def test_features_are_the_defenders_scores_with_label_phases(replay_run):
     others = np.delete(features.phases, replay, axis=1)
     assert (others == 0).all()
     # The scores are exactly what the defender's own evidence code gives, window by window.
-    defender = StreamingDefender(ensemble=2)
+    defender = ScoredDefender(ensemble=2)
     seen = []
     original = defender._evidence
 
@@ -56,7 +56,7 @@ def test_empty_log_is_refused(tmp_path):
     log = tmp_path / "events.jsonl"
     log.write_text("")
     with pytest.raises(InvalidInputError, match="no valid events"):
-        fit("defender", log, progress=False)
+        fit("scored", log, progress=False)
 
 
 def test_short_log_is_refused(tmp_path):
@@ -126,10 +126,10 @@ def test_netcdf_files_that_are_not_ours_are_refused(tmp_path):
 def test_bad_arguments_are_refused():
     data = simulate_windows(n_windows=50, seed=0)
     with pytest.raises(InvalidInputError, match="method must be"):
-        fit("defender", data, method="gibbs")
+        fit("scored", data, method="gibbs")
     with pytest.raises(InvalidInputError, match="model must be"):
         fit("cluster", data)
     with pytest.raises(InvalidInputError, match="num_samples"):
-        fit("defender", data, num_samples=0)
+        fit("scored", data, num_samples=0)
     with pytest.raises(InvalidInputError, match="no incidents"):
-        fit("defender")
+        fit("scored")

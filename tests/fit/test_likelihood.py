@@ -151,14 +151,14 @@ def test_stationary_distribution_is_left_fixed_by_the_chain():
 
 
 def test_transition_matrix_rows_match_the_defender():
-    from bayes_defense.stream.defender import StreamingDefender
+    from bayes_defense.stream.scored import ScoredDefender
 
     torch.set_default_dtype(torch.float64)
     params = _params()
     ours = fitting._transition_log(params["benign_to_precursor"], params["precursor_exit"],
                                    params["execution_to_benign"]).exp().numpy()
     defender_params = fitting._to_defender({name: value.numpy()[None] for name, value in params.items()})
-    theirs = np.exp(StreamingDefender._transitions({k: v[0] for k, v in defender_params.items()}))
+    theirs = np.exp(ScoredDefender._transitions({k: v[0] for k, v in defender_params.items()}))
     assert np.allclose(ours, theirs, atol=1e-12)
 
 

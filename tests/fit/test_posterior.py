@@ -7,7 +7,7 @@ import bayes_defense as bd
 from bayes_defense.fitting import fit, load_posterior
 from bayes_defense.fitting.defender import PARAMETER_NAMES, Posterior, simulate_windows
 from bayes_defense.fitting.diagnostics import FitDiagnosticsWarning
-from bayes_defense.stream.defender import StreamingDefender, default_parameters
+from bayes_defense.stream.scored import ScoredDefender, default_parameters
 
 TRUTH = {"score_precursor": 3.5, "score_execution": 6.0, "spread": 1.3, "benign_to_precursor": 0.004,
          "precursor_to_execution": 0.02, "precursor_to_benign": 0.004, "execution_to_benign": 0.03}
@@ -17,7 +17,7 @@ TRUTH = {"score_precursor": 3.5, "score_execution": 6.0, "spread": 1.3, "benign_
 def posterior():
     data = simulate_windows(TRUTH, n_windows=1500, seed=5)
     # Small on purpose (a test of the object, not of the sampler): NUTS takes about 0.4 s per draw here.
-    return fit("defender", data, method="nuts", num_chains=2, num_warmup=60, num_samples=80, seed=1,
+    return fit("scored", data, method="nuts", num_chains=2, num_warmup=60, num_samples=80, seed=1,
                progress=False, check=False, ppc_draws=20)
 
 
@@ -48,7 +48,7 @@ def test_defender_parameters_have_the_default_keys_and_shapes(posterior):
     reference = default_parameters(12, seed=0)
     assert sorted(params) == sorted(reference)
     assert all(params[k].shape == reference[k].shape for k in reference)
-    defender = StreamingDefender(parameters=posterior)
+    defender = ScoredDefender(parameters=posterior)
     assert defender.parameters["spread"].shape == (8, 24)
 
 
@@ -84,9 +84,9 @@ def test_updating_with_new_incidents_matches_fitting_them_all_at_once():
     first, second = simulate_windows(TRUTH, n_windows=1500, seed=6), simulate_windows(TRUTH, n_windows=1500, seed=7)
     kwargs = {"method": "nuts", "num_chains": 1, "num_warmup": 150, "num_samples": 300, "progress": False,
               "check": False, "ppc_draws": 5}
-    before = fit("defender", first, seed=2, **kwargs)
-    updated = fit("defender", second, prior=before, seed=3, **kwargs)
-    joint = fit("defender", [first, second], seed=4, **kwargs)
+    before = fit("scored", first, seed=2, **kwargs)
+    updated = fit("scored", second, prior=before, seed=3, **kwargs)
+    joint = fit("scored", [first, second], seed=4, **kwargs)
     for name in ("score_precursor", "spread", "benign_to_precursor", "execution_to_benign"):
         a, b = updated.flat(name), joint.flat(name)
         # Moment matching keeps means and variances: agree within 4 posterior standard errors
@@ -99,7 +99,7 @@ def test_updating_with_new_incidents_matches_fitting_them_all_at_once():
 def test_failing_diagnostics_warn_and_flag():
     data = simulate_windows(TRUTH, n_windows=300, seed=8)
     with pytest.warns(FitDiagnosticsWarning, match="ess_bulk"):
-        post = fit("defender", data, method="nuts", num_chains=1, num_warmup=20, num_samples=30, progress=False,
+        post = fit("scored", data, method="nuts", num_chains=1, num_warmup=20, num_samples=30, progress=False,
                    ppc_draws=5)
     assert not post.diagnostics_ok and post.problems
 
@@ -116,14 +116,14 @@ def test_public_names():
     import bayes_defense.fitting.defender  # noqa: F401
 
     assert bd.Posterior is Posterior and bd.load_posterior is load_posterior
-    post = bd.fit("defender", simulate_windows(TRUTH, n_windows=100, seed=9), num_steps=5, num_samples=8,
+    post = bd.fit("scored", simulate_windows(TRUTH, n_windows=100, seed=9), num_steps=5, num_samples=8,
                   progress=False, check=False, ppc_draws=2)
     assert isinstance(post, Posterior) and post.method == "svi"
 
 
 def test_a_format_1_0_file_reads_with_no_quiet_windows(tmp_path):
     h5py = pytest.importorskip("h5py")
-    post = fit("defender", simulate_windows(TRUTH, n_windows=100, seed=0), num_steps=20, num_samples=20,
+    post = fit("scored", simulate_windows(TRUTH, n_windows=100, seed=0), num_steps=20, num_samples=20,
                progress=False, check=False, ppc_draws=5)
     path = post.save(tmp_path / "old.nc")
     # Make it a file of the layout before quiet windows existed.
@@ -135,6 +135,6 @@ def test_a_format_1_0_file_reads_with_no_quiet_windows(tmp_path):
     assert old.draws["quiet_precursor"].max() == 0.0 == old.draws["quiet_execution"].max()
     assert old.defender_parameters(4)["quiet_execution"].max() <= 1e-12
     # Updating from it starts the quiet probabilities from the default prior.
-    again = fit("defender", simulate_windows(TRUTH, n_windows=100, seed=1), prior=old, num_steps=20,
+    again = fit("scored", simulate_windows(TRUTH, n_windows=100, seed=1), prior=old, num_steps=20,
                 num_samples=20, progress=False, check=False, ppc_draws=5)
     assert again.info["prior"]["quiet_precursor_a"][0] == 1.0 and again.info["prior"]["quiet_execution_b"][0] == 9.0

@@ -44,7 +44,7 @@ def _check(post):
 
 def test_svi_minibatch_recovers_known_parameters_labelled():
     data = simulate_windows(TRUTH, n_windows=6000, seed=21, incident_scale=INCIDENT_SCALE)
-    post = fit("defender", data, method="svi", num_steps=800, batch_size=1024, num_samples=400, seed=0,
+    post = fit("scored", data, method="svi", num_steps=800, batch_size=1024, num_samples=400, seed=0,
                progress=False, ppc_draws=5)
     assert post.diagnostics_ok, post.problems
     _check(post)
@@ -53,7 +53,7 @@ def test_svi_minibatch_recovers_known_parameters_labelled():
 @pytest.mark.slow
 def test_nuts_recovers_known_parameters_labelled():
     data = simulate_windows(TRUTH, n_windows=6000, seed=22, incident_scale=INCIDENT_SCALE)
-    post = fit("defender", data, method="nuts", num_chains=2, num_warmup=500, num_samples=1000, seed=0,
+    post = fit("scored", data, method="nuts", num_chains=2, num_warmup=500, num_samples=1000, seed=0,
                progress=False, ppc_draws=5)
     assert post.diagnostics_ok, post.problems
     _check(post)
@@ -62,6 +62,6 @@ def test_nuts_recovers_known_parameters_labelled():
 @pytest.mark.slow
 def test_svi_recovers_known_parameters_with_latent_phases():
     data = simulate_windows(TRUTH, n_windows=6000, seed=23, labelled=False)
-    post = fit("defender", data, method="svi", num_steps=2000, batch_size=1024, num_samples=400, seed=0,
+    post = fit("scored", data, method="svi", num_steps=2000, batch_size=1024, num_samples=400, seed=0,
                progress=False, ppc_draws=5)
     _check(post)

@@ -12,7 +12,7 @@ import pytest
 from bayes_defense.errors import InvalidInputError
 from bayes_defense.sim import AttackSpec, Scenario, run_to_events
 from bayes_defense.stream.checkpoint import MAX_ARRAY_ELEMENTS, decode, encode
-from bayes_defense.stream.defender import StreamingDefender
+from bayes_defense.stream.scored import ScoredDefender
 
 
 @pytest.fixture(scope="module")
@@ -28,7 +28,7 @@ def _same(a, b):
 
 def test_save_load_resumes_identically_and_holds_no_pickle(tmp_path, stream):
     cut = len(stream) // 2
-    whole, first = StreamingDefender(planner=None), StreamingDefender(planner=None)
+    whole, first = ScoredDefender(planner=None), ScoredDefender(planner=None)
     for event in stream[:cut]:
         first.observe(event)
         whole.observe(event)
@@ -36,7 +36,7 @@ def test_save_load_resumes_identically_and_holds_no_pickle(tmp_path, stream):
     first.save(path)
     document = json.loads(path.read_text())  # strict JSON: parses, no NaN literals
     assert document["format"] == "bayes-defense-checkpoint" and "NaN" not in path.read_text()
-    resumed = StreamingDefender.load(path, planner=None)
+    resumed = ScoredDefender.load(path, planner=None)
     assert _same(resumed.belief, whole.belief)
     for event in stream[cut:]:
         assert _same(whole.observe(event), resumed.observe(event))
@@ -47,24 +47,24 @@ def test_save_load_resumes_identically_and_holds_no_pickle(tmp_path, stream):
 
 
 def test_popped_alerts_are_not_replayed_and_pending_ones_are_kept(tmp_path, stream):
-    defender = StreamingDefender(planner=None)
+    defender = ScoredDefender(planner=None)
     defender.observe_batch(stream)
     defender.flush()
     raised = defender.pop_alerts()
     assert raised, "the sybil attack should raise an alert"
     defender.save(tmp_path / "popped.json")
-    again = StreamingDefender.load(tmp_path / "popped.json", planner=None)
+    again = ScoredDefender.load(tmp_path / "popped.json", planner=None)
     assert again.pop_alerts() == [] and again.belief.alerts == ()
-    pending = StreamingDefender(planner=None)
+    pending = ScoredDefender(planner=None)
     pending.observe_batch(stream)
     pending.flush()
     pending.save(tmp_path / "pending.json")
-    assert [a.to_dict() for a in StreamingDefender.load(tmp_path / "pending.json", planner=None).pop_alerts()] == \
+    assert [a.to_dict() for a in ScoredDefender.load(tmp_path / "pending.json", planner=None).pop_alerts()] == \
         [a.to_dict() for a in raised]
 
 
 def _state(**changes):
-    defender = StreamingDefender(planner=None, clock_confirm=1)
+    defender = ScoredDefender(planner=None, clock_confirm=1)
     defender.observe_batch(run_to_events(Scenario(nodes=4, duration=60.0, seed=1)))
     state = defender.state_dict()
     state.update(changes)
@@ -83,7 +83,7 @@ def _state(**changes):
     ({"rejected": {"invented_reason": 1}}, "rejected must count"),
 ])
 def test_crafted_states_are_refused(change, message):
-    defender = StreamingDefender(planner=None)
+    defender = ScoredDefender(planner=None)
     before = defender.state_dict()
     with pytest.raises(InvalidInputError, match=message):
         defender.load_state_dict(_state(**change))
@@ -95,19 +95,19 @@ def test_nan_in_the_filter_or_baselines_is_refused():
     state = _state()
     state["_log_alpha"][0, 0, 0] = math.nan
     with pytest.raises(InvalidInputError, match="_log_alpha"):
-        StreamingDefender(planner=None).load_state_dict(state)
+        ScoredDefender(planner=None).load_state_dict(state)
     state = _state()
     state["_log_alpha"] = state["_log_alpha"] + 1.0  # no longer a distribution
     with pytest.raises(InvalidInputError, match="sum to one"):
-        StreamingDefender(planner=None).load_state_dict(state)
+        ScoredDefender(planner=None).load_state_dict(state)
     state = _state()
     state["_peer_norm"] = {"r0": math.nan}
     with pytest.raises(InvalidInputError, match="non-finite"):
-        StreamingDefender(planner=None).load_state_dict(state)
+        ScoredDefender(planner=None).load_state_dict(state)
     state = _state()
     del state["_seen"]
     with pytest.raises(InvalidInputError, match="missing keys _seen"):
-        StreamingDefender(planner=None).load_state_dict(state)
+        ScoredDefender(planner=None).load_state_dict(state)
 
 
 def _write(path, document):
@@ -117,10 +117,10 @@ def _write(path, document):
 
 def test_crafted_checkpoint_files_are_refused(tmp_path):
     good = tmp_path / "good.json"
-    StreamingDefender(planner=None).save(good)
+    ScoredDefender(planner=None).save(good)
     document = json.loads(good.read_text())
     pickled = tmp_path / "state.pkl"
-    pickled.write_bytes(pickle.dumps(StreamingDefender(planner=None).state_dict()))
+    pickled.write_bytes(pickle.dumps(ScoredDefender(planner=None).state_dict()))
     cases = {
         "not JSON": pickled,
         "not a bayes-defense checkpoint": _write(tmp_path / "a.json", {"state": {}}),
@@ -138,7 +138,7 @@ def test_crafted_checkpoint_files_are_refused(tmp_path):
     cases["not JSON "] = tmp_path / "h.json"
     for message, path in cases.items():
         with pytest.raises(InvalidInputError, match=message.strip()):
-            StreamingDefender.load(path, planner=None)
+            ScoredDefender.load(path, planner=None)
 
 
 def test_encode_round_trips_the_containers_a_state_uses():

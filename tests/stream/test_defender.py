@@ -14,7 +14,7 @@ from hypothesis import strategies as st
 
 from bayes_defense.sim import AttackSpec, FaultSpec, Scenario, run_to_events
 from bayes_defense.stream import Event
-from bayes_defense.stream.defender import ATTACK_HYPOTHESES, StreamingDefender
+from bayes_defense.stream.scored import ATTACK_HYPOTHESES, ScoredDefender
 
 DURATION = 300.0
 
@@ -42,7 +42,7 @@ def benign_stream() -> list[Event]:
 @pytest.mark.parametrize("attack", ATTACK_HYPOTHESES)
 def test_blatant_attack_is_detected_and_named(attack):
     events, spec = _attack_stream(attack, seed=ATTACK_HYPOTHESES.index(attack) + 1)
-    defender = StreamingDefender()
+    defender = ScoredDefender()
     defender.observe_batch(events)
     defender.flush()
     inside = [a for a in defender.alerts if spec.precursor_start <= a.ts <= spec.end]
@@ -54,7 +54,7 @@ def test_blatant_attack_is_detected_and_named(attack):
 def test_benign_look_alikes_raise_no_alert(benign_stream):
     primaries = {e.attrs.get("primary") for e in benign_stream if e.kind == "preprepare_interval" and e.ts >= 255}
     assert "r2" not in primaries  # the slow replica stays a backup in this run
-    defender = StreamingDefender()
+    defender = ScoredDefender()
     defender.observe_batch(benign_stream)
     defender.flush()
     assert list(defender.alerts) == []
@@ -71,7 +71,7 @@ def _check_belief(belief) -> None:
 
 def test_probabilities_bounded_at_every_step():
     events, _ = _attack_stream("flooding", seed=3)
-    defender = StreamingDefender(ensemble=8)
+    defender = ScoredDefender(ensemble=8)
     last = None
     for event in events:
         belief = defender.observe(event)
@@ -87,12 +87,12 @@ def test_checkpoint_resume_is_identical(benign_stream, stream_name):
     import pickle
 
     stream = benign_stream if stream_name == "benign" else _attack_stream("flooding", seed=3)[0]
-    whole = StreamingDefender(planner=None)
-    first = StreamingDefender(planner=None)
+    whole = ScoredDefender(planner=None)
+    first = ScoredDefender(planner=None)
     # Cut inside the attack's precursor for the flooding run (it starts at 110 s).
     cut = len(stream) // 2 if stream_name == "benign" else next(i for i, e in enumerate(stream) if e.ts > 150)
     first.observe_batch(stream[:cut])
-    resumed = StreamingDefender(planner=None)
+    resumed = ScoredDefender(planner=None)
     # Through bytes, as a checkpoint file would be.
     resumed.load_state_dict(pickle.loads(pickle.dumps(first.state_dict())))
     for event in stream[:cut]:
@@ -128,7 +128,7 @@ _BAD = st.one_of(
 @settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(bad=st.lists(_BAD, min_size=1, max_size=6), where=st.integers(0, 300))
 def test_bad_input_never_crashes_or_changes_belief(benign_stream, bad, where):
-    defender = StreamingDefender(ensemble=4)
+    defender = ScoredDefender(ensemble=4)
     good = benign_stream[:300 + where]
     defender.observe_batch(good[:-1])
     before = defender.observe(good[-1])
@@ -146,7 +146,7 @@ def test_bad_input_never_crashes_or_changes_belief(benign_stream, bad, where):
 
 
 def test_rejections_are_counted_by_reason():
-    defender = StreamingDefender()
+    defender = ScoredDefender()
     defender.observe(Event(10.0, "r0", "peer_churn", 0.0, {}))
     defender.observe(Event(10.0, "r0", "peer_churn", 0.0, {}))
     defender.observe(Event(2.0, "r0", "peer_churn", 0.0, {}))
@@ -158,7 +158,7 @@ def test_rejections_are_counted_by_reason():
 
 
 def test_work_per_event_is_bounded(benign_stream):
-    defender = StreamingDefender()
+    defender = ScoredDefender()
     defender.observe_batch(benign_stream)
     state = defender.state_dict()
     assert len(state["_seen"]) <= defender.duplicate_memory
@@ -174,7 +174,7 @@ def test_batch_and_single_event_paths_agree(benign_stream, bad):
     stream.insert(200, stream[199])  # an exact duplicate
     for position, item in sorted(bad, key=lambda pair: -pair[0]):
         stream.insert(position, item)
-    one, many = StreamingDefender(ensemble=4), StreamingDefender(ensemble=4)
+    one, many = ScoredDefender(ensemble=4), ScoredDefender(ensemble=4)
     for item in stream:
         one.observe(item)
     many.observe_batch(stream)
@@ -188,16 +188,16 @@ class _Posterior:
     """The interface issue 6's fitted posterior offers."""
 
     def defender_parameters(self, draws, seed):
-        from bayes_defense.stream.defender import default_parameters
+        from bayes_defense.stream.scored import default_parameters
 
         return default_parameters(draws, seed + 100)
 
 
 def test_posterior_object_plugs_into_the_constructor(benign_stream):
-    from bayes_defense.stream.defender import default_parameters
+    from bayes_defense.stream.scored import default_parameters
 
-    by_object = StreamingDefender(_Posterior(), ensemble=6, seed=1)
-    by_dict = StreamingDefender(default_parameters(6, 101))
+    by_object = ScoredDefender(_Posterior(), ensemble=6, seed=1)
+    by_dict = ScoredDefender(default_parameters(6, 101))
     for name, value in by_dict.parameters.items():
         np.testing.assert_array_equal(by_object.parameters[name], value)
     a = by_object.observe_batch(benign_stream[:2000])
@@ -217,27 +217,27 @@ def test_posterior_object_plugs_into_the_constructor(benign_stream):
 ])
 def test_bad_parameters_are_refused_with_a_reason(change, message):
     from bayes_defense.errors import InvalidInputError
-    from bayes_defense.stream.defender import default_parameters
+    from bayes_defense.stream.scored import default_parameters
 
     parameters = default_parameters(4)
     change(parameters)
     with pytest.raises(InvalidInputError, match=re.escape(message)):
-        StreamingDefender(parameters)
+        ScoredDefender(parameters)
     with pytest.raises(InvalidInputError, match="defender_parameters"):
-        StreamingDefender(object())
+        ScoredDefender(object())
 
 
 def test_quiet_windows_cost_at_most_their_log_probability(benign_stream):
-    from bayes_defense.stream.defender import default_parameters
+    from bayes_defense.stream.scored import default_parameters
 
     # Seven-key dictionaries (written before quiet windows existed) mean quiet = 0: the same filter.
     parameters = default_parameters(4, 3)
     old = {k: v for k, v in parameters.items() if not k.startswith("quiet_")}
-    a = StreamingDefender(parameters).observe_batch(benign_stream[:3000])
-    b = StreamingDefender(old).observe_batch(benign_stream[:3000])
+    a = ScoredDefender(parameters).observe_batch(benign_stream[:3000])
+    b = ScoredDefender(old).observe_batch(benign_stream[:3000])
     np.testing.assert_array_equal(a.active, b.active)
 
-    class Fixed(StreamingDefender):
+    class Fixed(ScoredDefender):
         def _evidence(self):
             return np.zeros(8), {}
 
@@ -267,7 +267,7 @@ def test_alert_countermeasure_is_the_planners_choice():
     from bayes_defense.stream.recommend import evidence_for, recommend, role_of
 
     events, spec = _attack_stream("flooding", seed=3)
-    defender = StreamingDefender()
+    defender = ScoredDefender()
     defender.observe_batch(events)
     defender.flush()
     alert = defender.alerts[0]
@@ -300,7 +300,7 @@ def test_per_event_path_never_imports_torch():
 
 
 def test_state_stays_bounded_when_node_names_never_repeat():
-    defender = StreamingDefender(ensemble=4)
+    defender = ScoredDefender(ensemble=4)
     events = (Event(float(1 + k // 500), f"n{k}", kind, 1.0, {"source": f"s{k}", "peers": 3})
               for k in range(30_000) for kind in ("msg_rate_in", "peer_diversity", "source_rate_max"))
     defender.observe_batch(events)

@@ -7,14 +7,14 @@ import math
 import pytest
 
 from bayes_defense.sim import FaultSpec, Scenario, run_to_events
-from bayes_defense.stream.defender import StreamingDefender
+from bayes_defense.stream.scored import ScoredDefender
 
 # Kinds whose values scale with the load (rates and counts per window).
 LOAD_KINDS = ("msg_rate_in", "msg_rate_out", "source_rate_max", "throughput")
 
 
 def _alerts(events):
-    defender = StreamingDefender(planner=None)
+    defender = ScoredDefender(planner=None)
     defender.observe_batch(events)
     defender.flush()
     return list(defender.alerts), defender
