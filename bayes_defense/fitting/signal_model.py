@@ -26,8 +26,9 @@ sits in the last row. For every signal:
   labelled (``1 - (1 - on) / (1 - u * fault share)``, ``u`` the share of those
   benign observations whose faults are unknown; ``u = 0`` with ``faults.json``);
 - an attack's effect: a Beta posterior of the on-fraction in the attack's
-  windows at its rows, turned into the per-window noisy-OR weight over ``b``
-  (``q = 1 - (1 - on) / (1 - b)``, clipped to [0, 1]); outcome effects from
+  windows at its rows, turned into the per-window noisy-OR weight over what
+  shows without it (``q = 1 - (1 - on) / (1 - b')``, clipped to [0, 1], with
+  ``b' = 1 - (1 - b) (1 - u * fault share)`` and ``u`` as for ``b``); outcome effects from
   the execution windows alone. :meth:`SignalPosterior.cluster_parameters`
   gives them in the catalogue's incident-window terms for the cluster model;
 - transitions: Beta posteriors of the labelled phase changes per window;

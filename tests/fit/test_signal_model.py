@@ -241,3 +241,16 @@ def test_all_six_faults_labelled_on_seven_replicas_pass_the_check():
     assert post.problems == [], post.problems
     assert float(post.draws["fault.partition.peers_lost"].mean()) > 0.9
     assert float(post.draws["fault.slow.preprepare_delay"].mean()) > 0.7
+
+
+def test_labelled_and_unlabelled_logs_fit_together(run, unlabelled):
+    """Counts add: the labelled log's hard counts plus the unlabelled log's soft ones; transitions from labels only."""
+    events, labels = run
+    alone = signal_model.fit_signal_model(events, labels=labels, num_samples=50, seed=2, check=False)
+    both = signal_model.fit_signal_model([(events, labels), (unlabelled[0], None)], num_samples=50, seed=2,
+                                         check=False)
+    assert both.method == "conjugate-em" and both.info["em"]["converged"]
+    np.testing.assert_array_equal(both.statistics.phase_windows, alone.statistics.phase_windows)
+    np.testing.assert_array_equal(both.statistics.phase_changes, alone.statistics.phase_changes)
+    assert both.statistics.windows == alone.statistics.windows + len(signal_model.record_windows(unlabelled[0]).windows)
+    assert both.statistics.labelled_windows > alone.statistics.labelled_windows + 100
