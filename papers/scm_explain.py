@@ -2,16 +2,26 @@
 
 For each graph (random DAGs and layered service graphs of 10, 50 and 200
 nodes) and mechanism (linear, nonlinear), the truth is simulated here with
-numpy, independently of the package: ``x_j = sum_p w_jp h(x_p) + sigma_j eps_j``
+numpy, independently of the package: ``x_j = c_j + sum_p w_jp h(x_p) + sigma_j eps_j``
 with ``h(x) = x`` (linear) or ``h(x) = x + tanh(2 x)`` (nonlinear, not in the
 fitted model's spline basis). Normal operation (``--rows`` rows) trains every
-method; each incident then adds ``--shift`` noise standard deviations to one
-node drawn at random among the outcome's ancestors and the outcome itself
-(the root cause), and every method ranks the candidates for the outcome
-(the node with the most ancestors). An incident counts as identifiable when
-the injected fault moves the outcome by more than 3 of its normal standard
-deviations (the outcome is then anomalous); accuracy is reported on those and
-on all incidents.
+method. The outcome is the node with the most ancestors (the frontend of a
+service graph); the candidates are the outcome and its ancestors.
+
+Incidents. Each incident draws every node's noise afresh, picks the root cause
+uniformly among the candidates and adds a shift to that node's noise, sized
+(by bisection on the true mechanisms, with the incident's own noise) so that
+the fault moves the outcome by ``--effect`` of its normal standard deviations:
+the outcome is then anomalous because of the fault, which is what makes
+"why is the outcome far from typical" a question with an answer. The shift
+is at most ``--max-shift`` noise standard deviations.
+
+Identifiable, fixed before any method runs and computed from the truth: (a)
+the fault moves the outcome by ``--effect`` standard deviations within the
+``--max-shift`` cap, and (b) the injected node's noise (the true exogenous
+value, shift included) is the largest in absolute value among the
+candidates', so the data single it out. Accuracy is reported on the
+identifiable incidents and on all.
 
 Methods, on the same incidents:
 
@@ -19,13 +29,21 @@ Methods, on the same incidents:
   fitted by ``bd.fit`` to the normal rows, then
   ``bd.explain(posterior.model(draws=10), incident, outcome)`` (intervals
   over parameter draws); and, to separate fitting error from the method,
-  the same explanation with the true mechanisms (``truth``);
-- DoWhy ``gcm.attribute_anomalies`` on an invertible SCM with additive-noise
-  mechanisms (linear regressors for linear truth, DoWhy's
-  ``assign_causal_mechanisms`` choice otherwise), fitted to the same rows
-  (skipped when dowhy is not installed; fewer incidents on large graphs, see
-  ``--dowhy-incidents``);
-- ``z-score``: rank candidates by ``|x - mean| / sd`` against normal operation.
+  the same explanation with the true mechanisms;
+- DoWhy ``gcm.attribute_anomalies`` (default settings, one job) on an
+  invertible SCM with additive-noise mechanisms (linear regressors for
+  linear truth, DoWhy's ``assign_causal_mechanisms`` choice otherwise),
+  fitted to the same rows. It runs in a separate process
+  (``--dowhy-python``, a Python that has dowhy) on the same incident
+  files, on the first ``--dowhy-incidents`` incidents of each
+  configuration: it takes seconds to minutes per incident;
+- z-scores: the candidates ranked by ``|x - mean| / sd`` against normal operation.
+
+Everything a configuration needs is written to ``--work`` (normal rows,
+graph, incidents, each method's rankings and times); a rerun skips what is
+done, so the grid can run in pieces. Time per explanation is CPU time of
+the explaining process (``time.process_time``; the methods are told to use
+one thread) and wall time; fitting is reported apart.
 
 Run: ``python papers/scm_explain.py`` (writes papers/scm_explain.md);
 ``--quick`` for a smoke run.
@@ -34,15 +52,28 @@ Run: ``python papers/scm_explain.py`` (writes papers/scm_explain.md);
 from __future__ import annotations
 
 import argparse
+import json
 import math
+import os
 import platform
+import subprocess
 import sys
+import tempfile
 import time
 import warnings
 from pathlib import Path
 
 import networkx as nx
 import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _stats import wilson  # noqa: E402  (papers/ on the path, also when loaded by file name)
+
+METHODS = {"bd": "bd.explain (fitted)", "truth": "bd.explain (true mechanisms)",
+           "dowhy": "DoWhy attribute_anomalies", "zscore": "z-score ranking"}
+#: Environment of the DoWhy process: one thread, as bd.explain runs.
+ONE_THREAD = {"OMP_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
+NOTES_MARKER = "<!-- notes: kept by scm_explain.py when it rewrites this page -->"
 
 
 # ---------------------------------------------------------------- truth
@@ -94,16 +125,22 @@ class Truth:
     def h(self, x):
         return x + np.tanh(2 * x) if self.nonlinear else x
 
-    def simulate(self, rows: int, rng, shift: dict | None = None):
-        import pandas as pd
+    def noise(self, rows: int, rng) -> dict:
+        return {node: rng.normal(size=rows) for node in self.order}
 
-        shift = shift or {}
+    def propagate(self, noise: dict) -> dict:
+        """The nodes' values from their (standardised) noise, in topological order."""
         values = {}
         for node in self.order:
             parents, weights = self.weights[node]
             loc = self.intercept[node] + sum(w * self.h(values[p]) for p, w in zip(parents, weights, strict=True))
-            values[node] = loc + self.scale[node] * (rng.normal(size=rows) + shift.get(node, 0.0))
-        return pd.DataFrame(values)
+            values[node] = loc + self.scale[node] * noise[node]
+        return values
+
+    def simulate(self, rows: int, rng):
+        import pandas as pd
+
+        return pd.DataFrame(self.propagate(self.noise(rows, rng)))
 
     def point_model(self):
         """The truth as a Pyro SCM (for the "true mechanisms" row)."""
@@ -124,146 +161,277 @@ class Truth:
         return model
 
 
-# ---------------------------------------------------------------- methods
-def fit_bd(graph, data, nonlinear: bool):
-    import bayes_defense as bd
+def sized_shift(truth: Truth, noise: dict, cause: str, outcome: str, target: float, cap: float) -> float:
+    """The smallest noise shift at ``cause`` that moves ``outcome`` by ``target`` (its units), or ``cap``.
 
-    scm = bd.models.from_graph(graph, mechanisms="additive" if nonlinear else "linear", scales=data)
-    started = time.perf_counter()
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        posterior = bd.fit(scm, data, num_samples=200, progress=False)
-    return posterior.model(draws=10), time.perf_counter() - started
+    A geometric grid finds the first shift that reaches the target, bisection then refines it; the
+    outcome need not be monotone in the shift (mixed-sign paths, the nonlinearity), so the first
+    crossing is the answer.
+    """
+    def moved(shifts):
+        shifted = {node: np.broadcast_to(value, shifts.shape).copy() for node, value in noise.items()}
+        shifted[cause] = shifted[cause] + shifts
+        return np.abs(truth.propagate(shifted)[outcome] - truth.propagate(noise)[outcome])
 
-
-def explain_bd(model, row: dict, outcome: str):
-    import bayes_defense as bd
-
-    result = bd.explain(model, row, outcome)
-    return [cause for cause, _ in result.ranking]
-
-
-def fit_dowhy(graph, data, nonlinear: bool):
-    from dowhy import gcm
-
-    # One job: on a shared two-core machine DoWhy's default parallel Shapley runs oversubscribe it.
-    gcm.config.default_n_jobs = 1
-    gcm.config.disable_progress_bars()
-
-    scm = gcm.InvertibleStructuralCausalModel(graph)
-    started = time.perf_counter()
-    if nonlinear:
-        gcm.auto.assign_causal_mechanisms(scm, data)
-    else:
-        for node in graph.nodes:
-            if graph.in_degree(node) == 0:
-                scm.set_causal_mechanism(node, gcm.EmpiricalDistribution())
-            else:
-                scm.set_causal_mechanism(node, gcm.AdditiveNoiseModel(gcm.ml.create_linear_regressor()))
-    gcm.fit(scm, data)
-    return scm, time.perf_counter() - started
+    grid = np.geomspace(0.05, cap, 200)
+    reached = np.nonzero(moved(grid) >= target)[0]
+    if not len(reached):
+        return cap
+    if reached[0] == 0:
+        return float(grid[0])
+    low, high = float(grid[reached[0] - 1]), float(grid[reached[0]])
+    for _ in range(50):
+        middle = 0.5 * (low + high)
+        low, high = (middle, high) if moved(np.array([middle]))[0] < target else (low, middle)
+    return high
 
 
-def explain_dowhy(scm, row: dict, outcome: str, candidates):
+# ---------------------------------------------------------------- configurations on disk
+def config_key(kind: str, size: int, mechanism: str, seed: int) -> str:
+    return f"{kind}-{size}-{mechanism}-seed{seed}"
+
+
+def build_config(directory: Path, kind: str, size: int, nonlinear: bool, *, incidents: int, rows: int,
+                 effect: float, cap: float, seed: int):
+    """Simulate one configuration and write it (normal rows, graph, truth, incidents) to ``directory``."""
     import pandas as pd
-    from dowhy import gcm
 
-    scores = gcm.attribute_anomalies(scm, outcome, anomaly_samples=pd.DataFrame([row]))
-    return sorted(candidates, key=lambda c: -float(np.asarray(scores.get(c, [0.0])).reshape(-1)[0]))
-
-
-def explain_zscore(mean, sd, row: dict, candidates):
-    return sorted(candidates, key=lambda c: -abs(row[c] - mean[c]) / sd[c])
-
-
-# ---------------------------------------------------------------- the run
-def run_config(kind: str, size: int, nonlinear: bool, *, incidents: int, dowhy_incidents: int, rows: int,
-               shift: float, seed: int, have_dowhy: bool):
     rng = np.random.default_rng([seed, size, int(nonlinear), kind == "layered"])
     graph = random_dag(size, rng) if kind == "random" else layered_services(size, rng)
     truth = Truth(graph, nonlinear, rng, positive=kind == "layered")
     outcome = max(graph.nodes, key=lambda v: (len(nx.ancestors(graph, v)), v))
     candidates = sorted(nx.ancestors(graph, outcome) | {outcome})
     normal = truth.simulate(rows, rng)
-    mean, sd = normal.mean(), normal.std()
-    fitted, fit_seconds = fit_bd(graph, normal, nonlinear)
-    oracle = truth.point_model()
-    dowhy_model, dowhy_fit = (fit_dowhy(graph, normal, nonlinear) if have_dowhy else (None, math.nan))
-    results = {name: [] for name in ("bd", "truth", "dowhy", "zscore")}
-    seconds = {name: [] for name in results}
-    cpu_seconds = {name: [] for name in results}
-    identifiable = []
+    sd = float(normal[outcome].std())
+    records = []
     for index in range(incidents):
+        noise = {node: value.reshape(1) for node, value in truth.noise(1, rng).items()}
         cause = str(rng.choice(candidates))
-        noise_rng = np.random.default_rng([seed, size, index])
-        base = truth.simulate(1, np.random.default_rng([seed, size, index]))
-        row = truth.simulate(1, noise_rng, shift={cause: shift}).iloc[0].to_dict()
-        identifiable.append(abs(row[outcome] - base[outcome].iloc[0]) > 3 * sd[outcome])
-        for name, call in (("bd", lambda row=row: explain_bd(fitted, row, outcome)),
-                           ("truth", lambda row=row: explain_bd(oracle, row, outcome)),
-                           ("zscore", lambda row=row: explain_zscore(mean, sd, row, candidates)),
-                           ("dowhy", (lambda row=row: explain_dowhy(dowhy_model, row, outcome, candidates))
-                            if have_dowhy and index < dowhy_incidents else None)):
-            if call is None:
+        shift = sized_shift(truth, noise, cause, outcome, effect * sd, cap)
+        baseline = truth.propagate(noise)[outcome][0]
+        noise[cause] = noise[cause] + shift
+        values = {node: float(v[0]) for node, v in truth.propagate(noise).items()}
+        moved = abs(values[outcome] - baseline) / sd
+        strongest = max(candidates, key=lambda c: abs(float(noise[c][0])))
+        records.append({"incident": index, "cause": cause, "shift": shift, "moved_sd": moved,
+                        "identifiable": bool(moved >= effect * (1 - 1e-9) and strongest == cause), **values})
+    directory.mkdir(parents=True, exist_ok=True)
+    normal.to_csv(directory / "normal.csv", index=False, float_format="%.17g")
+    pd.DataFrame(records).to_csv(directory / "incidents.csv", index=False, float_format="%.17g")
+    meta = {"kind": kind, "size": size, "mechanism": "nonlinear" if nonlinear else "linear", "seed": seed,
+            "rows": rows, "effect": effect, "max_shift": cap, "outcome": outcome, "candidates": candidates,
+            "edges": [list(e) for e in graph.edges], "nodes": list(graph.nodes),
+            "truth": {"weights": {n: [p, list(map(float, w))] for n, (p, w) in truth.weights.items()},
+                      "intercept": truth.intercept, "scale": truth.scale}}
+    _write_json(directory / "meta.json", meta)
+    return truth
+
+
+def load_config(directory: Path):
+    import pandas as pd
+
+    meta = json.loads((directory / "meta.json").read_text())
+    graph = nx.DiGraph()
+    graph.add_nodes_from(meta["nodes"])
+    graph.add_edges_from(meta["edges"])
+    return meta, graph, pd.read_csv(directory / "normal.csv"), pd.read_csv(directory / "incidents.csv")
+
+
+def _write_json(path: Path, value) -> None:
+    partial = path.with_suffix(".partial")
+    partial.write_text(json.dumps(value))
+    partial.replace(path)
+
+
+def _timed(call):
+    started, started_cpu = time.perf_counter(), time.process_time()
+    result = call()
+    return result, time.perf_counter() - started, time.process_time() - started_cpu
+
+
+# ---------------------------------------------------------------- bd.explain and z-scores
+def run_bd(directory: Path, truth: Truth) -> None:
+    import bayes_defense as bd
+
+    meta, graph, normal, incidents = load_config(directory)
+    outcome, candidates = meta["outcome"], meta["candidates"]
+    nonlinear = meta["mechanism"] == "nonlinear"
+    scm = bd.models.from_graph(graph, mechanisms="additive" if nonlinear else "linear", scales=normal)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        posterior, fit_wall, fit_cpu = _timed(lambda: bd.fit(scm, normal, num_samples=200, progress=False))
+    fitted = posterior.model(draws=10)
+    oracle = truth.point_model()
+    mean, sd = normal.mean(), normal.std()
+    out = {"fit_wall": fit_wall, "fit_cpu": fit_cpu, "fit_problems": posterior.problems,
+           **{name: [] for name in ("bd", "truth", "zscore")}}
+    nodes = meta["nodes"]
+    for record in incidents.to_dict("records"):
+        row = {node: float(record[node]) for node in nodes}
+        calls = {"bd": lambda row=row: bd.explain(fitted, row, outcome),
+                 "truth": lambda row=row: bd.explain(oracle, row, outcome),
+                 "zscore": lambda row=row: sorted(candidates, key=lambda c: -abs(row[c] - mean[c]) / sd[c])}
+        for name, call in calls.items():
+            result, wall, cpu = _timed(call)
+            entry = {"incident": int(record["incident"]), "wall": wall, "cpu": cpu}
+            if name == "zscore":
+                entry["ranking"] = result
+            else:
+                entry["ranking"] = [cause for cause, _ in result.ranking]
+                share = result.ranking[0][1]
+                entry["top_share"] = [share.mean, share.lower, share.upper]
+            out[name].append(entry)
+    _write_json(directory / "bd.json", out)
+
+
+# ---------------------------------------------------------------- DoWhy (its own process)
+def dowhy_worker(directory: Path, count: int) -> None:
+    """Rank the first ``count`` incidents of a configuration with DoWhy, saving after each one."""
+    import pandas as pd
+    from dowhy import gcm
+
+    gcm.config.default_n_jobs = 1
+    gcm.config.disable_progress_bars()
+    meta, graph, normal, incidents = load_config(directory)
+    outcome, candidates, nodes = meta["outcome"], meta["candidates"], meta["nodes"]
+    path = directory / "dowhy.json"
+    out = json.loads(path.read_text()) if path.exists() else {"dowhy": []}
+    done = {entry["incident"] for entry in out["dowhy"]}
+    if len(done) >= min(count, len(incidents)):
+        return
+    scm = gcm.InvertibleStructuralCausalModel(graph)
+
+    def fit():
+        if meta["mechanism"] == "nonlinear":
+            gcm.auto.assign_causal_mechanisms(scm, normal)
+        else:
+            for node in graph.nodes:
+                if graph.in_degree(node) == 0:
+                    scm.set_causal_mechanism(node, gcm.EmpiricalDistribution())
+                else:
+                    scm.set_causal_mechanism(node, gcm.AdditiveNoiseModel(gcm.ml.create_linear_regressor()))
+        gcm.fit(scm, normal)
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        _, out["fit_wall"], out["fit_cpu"] = _timed(fit)
+        for record in incidents.to_dict("records")[:count]:
+            if int(record["incident"]) in done:
                 continue
-            started, started_cpu = time.perf_counter(), time.process_time()
-            ranking = call()
-            seconds[name].append(time.perf_counter() - started)
-            cpu_seconds[name].append(time.process_time() - started_cpu)
-            results[name].append((index, cause, ranking))
-    summary = {"kind": kind, "size": size, "mechanism": "nonlinear" if nonlinear else "linear",
-               "candidates": len(candidates), "identifiable": int(sum(identifiable)), "incidents": incidents,
-               "fit_bd": fit_seconds, "fit_dowhy": dowhy_fit}
-    for name, items in results.items():
+            row = pd.DataFrame([{node: float(record[node]) for node in nodes}])
+            scores, wall, cpu = _timed(lambda row=row: gcm.attribute_anomalies(scm, outcome, anomaly_samples=row))
+            value = {c: float(np.asarray(scores.get(c, [0.0])).reshape(-1)[0]) for c in candidates}
+            out["dowhy"].append({"incident": int(record["incident"]), "wall": wall, "cpu": cpu,
+                                 "ranking": sorted(candidates, key=lambda c: -value[c])})
+            _write_json(path, out)
+            print(f"dowhy {directory.name} incident {record['incident']}: {cpu:.1f} s CPU", flush=True)
+
+
+def run_dowhy(directory: Path, python: str, count: int) -> None:
+    command = [python, str(Path(__file__).resolve()), "--dowhy-worker", str(directory), "--dowhy-count", str(count)]
+    subprocess.run(command, check=True, env={**os.environ, **ONE_THREAD})
+
+
+# ---------------------------------------------------------------- the page
+def summarise(directory: Path) -> dict | None:
+    if not (directory / "bd.json").exists():
+        return None
+    meta, _, _, incidents = load_config(directory)
+    results = json.loads((directory / "bd.json").read_text())
+    if (directory / "dowhy.json").exists():
+        dowhy = json.loads((directory / "dowhy.json").read_text())
+        results["dowhy"], results["dowhy_fit_cpu"] = dowhy["dowhy"], dowhy.get("fit_cpu", math.nan)
+    cause = dict(zip(incidents["incident"], incidents["cause"], strict=True))
+    identifiable = dict(zip(incidents["incident"], incidents["identifiable"], strict=True))
+    summary = {**{k: meta[k] for k in ("kind", "size", "mechanism", "seed", "outcome")},
+               "candidates": len(meta["candidates"]), "incidents": len(incidents),
+               "identifiable": int(incidents["identifiable"].sum()),
+               "shift_median": float(incidents["shift"].median()), "shift_max": float(incidents["shift"].max()),
+               "fit_bd": results["fit_cpu"], "fit_dowhy": results.get("dowhy_fit_cpu", math.nan)}
+    for name in METHODS:
+        items = results.get(name) or []
         if not items:
             summary[name] = None
             continue
-        top1 = [ranking[0] == cause for _, cause, ranking in items]
-        top3 = [cause in ranking[:3] for _, cause, ranking in items]
-        ident = [identifiable[i] for i, _, _ in items]
+        top1 = [e["ranking"][0] == cause[e["incident"]] for e in items]
+        top3 = [cause[e["incident"]] in e["ranking"][:3] for e in items]
+        ident = [bool(identifiable[e["incident"]]) for e in items]
         summary[name] = {
             "n": len(items), "n_identifiable": int(sum(ident)),
-            "top1": float(np.mean(top1)), "top3": float(np.mean(top3)),
-            "top1_identifiable": float(np.mean([t for t, i in zip(top1, ident, strict=True) if i])) if any(ident) else math.nan,
-            "top3_identifiable": float(np.mean([t for t, i in zip(top3, ident, strict=True) if i])) if any(ident) else math.nan,
-            "ms": 1000 * float(np.median(seconds[name])),
-            "cpu_ms": 1000 * float(np.median(cpu_seconds[name])),
+            "top1": (int(sum(top1)), len(items)), "top3": (int(sum(top3)), len(items)),
+            "top1_identifiable": (int(sum(t for t, i in zip(top1, ident, strict=True) if i)), int(sum(ident))),
+            "top3_identifiable": (int(sum(t for t, i in zip(top3, ident, strict=True) if i)), int(sum(ident))),
+            "cpu_ms": 1000 * float(np.median([e["cpu"] for e in items])),
+            "wall_ms": 1000 * float(np.median([e["wall"] for e in items])),
+            "first_cpu_ms": 1000 * float(items[0]["cpu"]),
         }
     return summary
 
 
-def _cell(entry, key, digits=2):
-    if entry is None:
+def _rate(pair) -> str:
+    hits, trials = pair
+    if not trials:
         return "-"
-    value = entry[key]
-    return "-" if value != value else f"{value:.{digits}f}"
+    return f"{hits / trials:.2f} ({hits}/{trials})"
 
 
-def write_markdown(summaries, path: Path, args, load: str):
+def _ms(value: float) -> str:
+    return f"{value:.0f}" if value >= 100 else f"{value:.1f}"
+
+
+def write_markdown(summaries, path: Path, args, load: str) -> None:
+    command = "python papers/scm_explain.py " + " ".join(sys.argv[1:]) if sys.argv[1:] else \
+        "python papers/scm_explain.py"
     lines = ["# Root-cause ranking on synthetic SCMs", "",
-             f"Generated by `python papers/scm_explain.py {' '.join(sys.argv[1:])}` "
-             f"({platform.python_version()}, {load}). One injected root cause per incident "
-             f"(+{args.shift:g} noise standard deviations at a node drawn among the outcome's ancestors and "
-             f"itself); {args.rows} normal rows train every method. Accuracy on identifiable incidents (the "
-             "fault moves the outcome by more than 3 normal standard deviations), then on all incidents; "
-             "time is the median per explanation, wall clock and CPU time of this process (the machine is "
-             "shared, so wall time includes waiting for a core; fitting excluded, reported apart). DoWhy's "
-             "CPU time excludes any worker processes it starts (it is told to use one job).", "",
-             "| graph | nodes | mechanism | candidates | identifiable / incidents | method | n | top-1 (ident.) "
-             "| top-3 (ident.) | top-1 (all) | top-3 (all) | ms / explanation (wall) | ms CPU | fit s |",
-             "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
-    names = {"bd": "bd.explain (fitted)", "truth": "bd.explain (true mechanisms)", "dowhy": "DoWhy attribute_anomalies",
-             "zscore": "z-score ranking"}
+             f"Generated by `{command}` ({platform.python_version()}, {load}), seed {args.seed}. "
+             f"{args.rows} normal rows train every method. Each incident shifts one root cause's noise "
+             f"(drawn uniformly among the outcome and its ancestors) so that the outcome moves by {args.effect:g} "
+             f"of its normal standard deviations (shift at most {args.max_shift:g} noise sds). Identifiable: the "
+             "fault moves the outcome that far within the cap and the injected node's true noise is the "
+             "largest among the candidates' (see the script's docstring). Cells are top-k accuracy "
+             "(hits/incidents). Times are medians per explanation, CPU time of the explaining process "
+             "(one thread), then wall time (the machine is shared, so wall time includes waiting for a core), "
+             "then the first explanation's CPU time (cold: it traces the model); fit time (CPU s) apart. "
+             "DoWhy ranks the first incidents of each configuration only (its column n).", "",
+             "| graph | nodes | mechanism | candidates | identifiable / incidents | shift median / max (sd) | method "
+             "| n | top-1 (ident.) | top-3 (ident.) | top-1 (all) | top-3 (all) | ms CPU | ms wall | first ms CPU "
+             "| fit s CPU |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for s in summaries:
-        for key, label in names.items():
+        for key, label in METHODS.items():
             entry = s[key]
-            fit = f"{s['fit_bd']:.1f}" if key == "bd" else (f"{s['fit_dowhy']:.1f}" if key == "dowhy" and entry else "")
+            fit = {"bd": s["fit_bd"], "dowhy": s["fit_dowhy"] if entry else math.nan}.get(key, math.nan)
+            cells = ["-"] * 8 if entry is None else [
+                str(entry["n"]), _rate(entry["top1_identifiable"]), _rate(entry["top3_identifiable"]),
+                _rate(entry["top1"]), _rate(entry["top3"]), _ms(entry["cpu_ms"]), _ms(entry["wall_ms"]),
+                _ms(entry["first_cpu_ms"])]
             lines.append(f"| {s['kind']} | {s['size']} | {s['mechanism']} | {s['candidates']} | "
-                         f"{s['identifiable']} / {s['incidents']} | {label} | {entry['n'] if entry else 0} | "
-                         f"{_cell(entry, 'top1_identifiable')} | {_cell(entry, 'top3_identifiable')} | "
-                         f"{_cell(entry, 'top1')} | {_cell(entry, 'top3')} | {_cell(entry, 'ms', 1)} | "
-                         f"{_cell(entry, 'cpu_ms', 1)} | {fit} |")
-    path.write_text("\n".join(lines) + "\n")
+                         f"{s['identifiable']} / {s['incidents']} | {s['shift_median']:.1f} / {s['shift_max']:.1f} | "
+                         f"{label} | {' | '.join(cells)} | {'' if fit != fit else f'{fit:.2f}'} |")
+    lines += ["", "Pooled over the configurations above (90% Wilson intervals):", "",
+              "| method | top-1 (ident.) | top-3 (ident.) | top-1 (all) | median ms CPU at 50 nodes |",
+              "|---|---|---|---|---|"]
+    for key, label in METHODS.items():
+        entries = [s[key] for s in summaries if s[key]]
+        if not entries:
+            continue
+        cells = []
+        for field in ("top1_identifiable", "top3_identifiable", "top1"):
+            hits, trials = sum(e[field][0] for e in entries), sum(e[field][1] for e in entries)
+            rate, low, high = wilson(hits, trials)
+            cells.append(f"{rate:.3f} [{low:.3f}, {high:.3f}] ({hits}/{trials})" if trials else "-")
+        at50 = [s[key]["cpu_ms"] for s in summaries if s["size"] == 50 and s[key]]
+        cells.append(_ms(max(at50)) + " (worst configuration)" if at50 else "-")
+        lines.append(f"| {label} | {' | '.join(cells)} |")
+    notes = ""
+    if path.exists() and NOTES_MARKER in path.read_text():
+        notes = path.read_text().split(NOTES_MARKER, 1)[1]
+    path.write_text("\n".join(lines) + "\n\n" + NOTES_MARKER + notes.rstrip("\n") + "\n")
+
+
+# ---------------------------------------------------------------- main
+def _per_size(values, index):
+    return values[min(index, len(values) - 1)]
 
 
 def main(argv=None):
@@ -273,36 +441,60 @@ def main(argv=None):
     parser.add_argument("--mechanisms", nargs="+", default=["linear", "nonlinear"])
     parser.add_argument("--incidents", type=int, nargs="+", default=[100],
                         help="incidents per size (the last value repeats for later sizes)")
-    parser.add_argument("--dowhy-incidents", type=int, nargs="+", default=[100, 20, 5],
+    parser.add_argument("--dowhy-incidents", type=int, nargs="+", default=[10, 3, 1],
                         help="DoWhy incidents per size (its attribution takes seconds to minutes each)")
+    parser.add_argument("--dowhy-python", default=None,
+                        help="a Python with dowhy installed (default: this one, if it has dowhy)")
     parser.add_argument("--rows", type=int, default=2000)
-    parser.add_argument("--shift", type=float, default=10.0)
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--out", type=Path, default=Path(__file__).with_suffix(".md"))
+    parser.add_argument("--effect", type=float, default=5.0,
+                        help="how far the fault moves the outcome, in its normal standard deviations")
+    parser.add_argument("--max-shift", type=float, default=100.0, help="largest noise shift, in noise sds")
+    parser.add_argument("--seed", type=int, default=1)
+    parser.add_argument("--work", type=Path, default=Path(tempfile.gettempdir()) / "scm_explain",
+                        help="where configurations and results are kept; a rerun skips what is done")
+    parser.add_argument("--out", type=Path, default=None, help="the page (default papers/scm_explain.md; "
+                        "with --quick, a file in the temporary directory)")
+    parser.add_argument("--skip-dowhy", action="store_true")
+    parser.add_argument("--report-only", action="store_true", help="write the page from --work only")
     parser.add_argument("--quick", action="store_true", help="tiny run: 10 nodes, 5 incidents, no DoWhy")
+    parser.add_argument("--dowhy-worker", type=Path, help=argparse.SUPPRESS)
+    parser.add_argument("--dowhy-count", type=int, default=0, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
+    if args.dowhy_worker is not None:
+        dowhy_worker(args.dowhy_worker, args.dowhy_count)
+        return None
     if args.quick:
-        args.sizes, args.incidents, args.rows, args.dowhy_incidents = [10], [5], 300, [0]
+        args.sizes, args.incidents, args.rows, args.skip_dowhy = [10], [5], 300, True
         args.kinds, args.mechanisms = ["random"], ["linear"]
-    try:
-        import dowhy  # noqa: F401
+        args.out = args.out or Path(tempfile.gettempdir()) / "scm_explain_quick.md"
+        args.work = args.out.with_suffix(".work")
+    args.out = args.out or Path(__file__).with_suffix(".md")
+    python = args.dowhy_python
+    if python is None and not args.skip_dowhy:
+        try:
+            import dowhy  # noqa: F401
 
-        have_dowhy = not args.quick
-    except ImportError:
-        have_dowhy = False
-        print("dowhy is not installed: its rows are left out (pip install -c constraints.txt dowhy)", file=sys.stderr)
-    import os
-
+            python = sys.executable
+        except ImportError:
+            print("dowhy is not installed here: its rows are left out (give --dowhy-python, a Python that has "
+                  "it; it conflicts with this package's scipy, so use a separate environment)", file=sys.stderr)
     load = f"load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs at start"
     summaries = []
     for size_index, size in enumerate(args.sizes):
-        dowhy_n = args.dowhy_incidents[min(size_index, len(args.dowhy_incidents) - 1)]
-        incidents = args.incidents[min(size_index, len(args.incidents) - 1)]
         for kind in args.kinds:
             for mechanism in args.mechanisms:
-                summary = run_config(kind, size, mechanism == "nonlinear", incidents=incidents,
-                                     dowhy_incidents=dowhy_n, rows=args.rows, shift=args.shift, seed=args.seed,
-                                     have_dowhy=have_dowhy)
+                directory = args.work / config_key(kind, size, mechanism, args.seed)
+                if not args.report_only:
+                    if not (directory / "bd.json").exists():
+                        truth = build_config(directory, kind, size, mechanism == "nonlinear",
+                                             incidents=_per_size(args.incidents, size_index), rows=args.rows,
+                                             effect=args.effect, cap=args.max_shift, seed=args.seed)
+                        run_bd(directory, truth)
+                    if python and not args.skip_dowhy:
+                        run_dowhy(directory, python, _per_size(args.dowhy_incidents, size_index))
+                summary = summarise(directory)
+                if summary is None:
+                    continue
                 summaries.append(summary)
                 print({k: v for k, v in summary.items()}, flush=True)
                 write_markdown(summaries, args.out, args, load)
