@@ -286,6 +286,8 @@ class SignalLedger:
             raise InvalidInputError(f"labels must be a list of label objects; got {type(labels).__name__}")
         ends = self.buffered_ends
         checked = [self._check_label(k, label, ends) for k, label in enumerate(labels)]
+        if not checked:
+            return self.posterior()
         old_stages = np.stack([entry[2] for entry in self._buffer])
         stages = old_stages.copy()
         nodes = [list(entry[3]) for entry in self._buffer]
