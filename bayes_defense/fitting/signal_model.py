@@ -1009,14 +1009,14 @@ def fit_signal_model(data: Any, *, labels: Any = None, faults: Any = None, obser
 def _joint_chain(values: Mapping[str, np.ndarray], attacks: tuple, window: float) -> np.ndarray:
     """The chain of one attack at a time, ``(1 + 3 A, 1 + 3 A)``: none, then each attack's pattern, precursor, execution.
 
-    Each attack's own 4-stage matrix is the filter's (built by
-    :class:`~bayes_defense.stream.model_filter.ModelDefender` from the same
-    values); from "none" each attack starts at its own rate, and an attack
-    that returns to benign returns the chain to "none".
+    Each attack's own 4-stage matrix is the filter's
+    (:func:`bayes_defense.stream.model_filter.phase_transitions`); from "none"
+    each attack starts at its own rate, and an attack that returns to benign
+    returns the chain to "none".
     """
-    from bayes_defense.stream.model_filter import ModelDefender
+    from bayes_defense.stream.model_filter import phase_transitions
 
-    per_attack = np.exp(ModelDefender(values, ensemble=1, planner=None, window=window)._log_transition[:, 0])
+    per_attack = np.exp(phase_transitions(values, attacks, window)[:, 0])
     size = 1 + 3 * len(attacks)
     matrix = np.zeros((size, size))
     for i in range(len(attacks)):
