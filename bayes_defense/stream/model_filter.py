@@ -52,6 +52,10 @@ from bayes_defense.stream.signals import SIGNALS, SignalExtractor
 __all__ = ["ModelAlert", "ModelBelief", "ModelDefender", "phase_transitions"]
 
 _CHECKPOINT_KIND = "ModelDefender"
+# Replica rows a persistent attacker position can take (the signal extractor's bound on replicas).
+_MAX_POSITIONS = 100
+# Footings whose attacker is one replica among several: its position is followed window to window.
+_PERSISTENT_FOOTINGS = frozenset({"attacker_inside", "backup_faulty", "eclipse_footing"})
 _MAX_AGGREGATES = 8192
 _FAULT_NAMES = tuple(FAULTS)
 # Initial stage probabilities: almost surely benign.
@@ -98,6 +102,13 @@ class ModelBelief(Belief):
     def most_likely(self) -> str:
         """The attack with the highest mean probability of being active."""
         return self.attacks[int(np.argmax(self.active[:, 0]))]
+
+
+def _logsumexp(a: np.ndarray, axis: int) -> np.ndarray:
+    peak = np.max(a, axis=axis, keepdims=True)
+    peak = np.where(np.isfinite(peak), peak, 0.0)
+    with np.errstate(divide="ignore"):
+        return np.squeeze(peak, axis) + np.log(np.sum(np.exp(a - peak), axis=axis))
 
 
 def _quantiles(draws: np.ndarray, level: float) -> np.ndarray:
@@ -250,6 +261,8 @@ max_clock_skew, clock_confirm
                 success[i] = tables.success_given_execution(attack, value, 0.0)
         self._onset = onset
         self._success = success
+        self._persistent = np.array([i for i, a in enumerate(attacks) if attack_spec(a).footing in _PERSISTENT_FOOTINGS],
+                                    dtype=np.int64)
 
     # ----------------------------------------------------------------- state
     def reset(self) -> None:
@@ -275,6 +288,7 @@ max_clock_skew, clock_confirm
         self._thresholds = [self.threshold] * attacks
         self._suspects: dict[str, tuple[str, ...]] = {name: () for name in self.attacks}
         self._fault_posterior = np.zeros((attacks, draws, 4, len(_FAULT_NAMES) + 1))
+        self._log_position = np.full((attacks, draws, 4, _MAX_POSITIONS), -700.0)
         self.last_log_likelihood = np.zeros((draws, attacks, 4))
         self.unmatched = UnmatchedCounter()
         self.alerts: deque = deque(maxlen=10_000)
@@ -282,7 +296,7 @@ max_clock_skew, clock_confirm
         self.belief = self._summarise(-math.inf, ())
 
     _DYNAMIC = ("_log_alpha", "accepted", "rejected", "windows", "_current", "_last_ts", "_held", "_seen",
-                "_aggregates", "_previous", "_armed", "_quiet", "_thresholds", "_suspects", "_fault_posterior",
+                "_aggregates", "_previous", "_armed", "_quiet", "_thresholds", "_suspects", "_fault_posterior", "_log_position",
                 "last_log_likelihood", "alerts", "_pending_alerts")
 
     def _map_state(self) -> dict[str, Any]:
@@ -406,6 +420,7 @@ max_clock_skew, clock_confirm
         if state["adaptive"] is not None and not (isinstance(state["adaptive"], float) and 0 < state["adaptive"] < 0.5):
             raise InvalidInputError("adaptive must be None or a rate in (0, 0.5)")
         for key, shape in (("_fault_posterior", (len(self.attacks), draws, 4, len(_FAULT_NAMES) + 1)),
+                           ("_log_position", (len(self.attacks), draws, 4, _MAX_POSITIONS)),
                            ("last_log_likelihood", (draws, len(self.attacks), 4))):
             value = state[key]
             if not isinstance(value, np.ndarray) or value.shape != shape or not np.all(np.isfinite(value)):
@@ -520,6 +535,7 @@ max_clock_skew, clock_confirm
         log_likelihood, by_position, by_fault = self._faults.step(self._tables, window)
         self.last_log_likelihood = log_likelihood
         self.windows += 1
+        log_likelihood = self._follow_positions(log_likelihood, by_position, window)
         joint = self._log_alpha[..., :, None] + self._log_transition
         peak = joint.max(axis=-2)
         peak = np.where(peak > -np.inf, peak, 0.0)   # an unreachable stage (no pattern) stays at -inf
@@ -535,12 +551,62 @@ max_clock_skew, clock_confirm
         # Suspects: the attacker position most probable under the precursor, averaged over draws.
         positions = np.exp(by_position[:, :, 2, :]).mean(0)                               # (A, R + 1)
         names = window.replicas
+        if self._persistent.size and names:
+            positions[self._persistent, :len(names)] = np.exp(self._log_position[self._persistent, :, 2,
+                                                                                 :len(names)]).mean(1)
+            positions[self._persistent, len(names)] = 0.0
         for i, attack in enumerate(self.attacks):
             best = int(np.argmax(positions[i]))
             if best < len(names) and positions[i, best] > 1.5 / max(len(names), 1):
                 self._suspects[attack] = (names[best],)
         self.belief = self._summarise(end, ())
         self._raise_alerts(end)
+
+    def _follow_positions(self, log_likelihood: np.ndarray, by_position: np.ndarray, window: Any) -> np.ndarray:
+        """The attacker's replica, followed from window to window for attacks from one replica among several.
+
+        The window's likelihood sums the attacker's replica out under its prior,
+        as if each window drew it afresh; but the attacker stays where it is
+        while its attack lasts. So for these attacks the chain's state is the
+        stage and the replica: a starting attack takes its replica from the
+        precondition's prior (:func:`~bayes_defense.stream.evidence.attacker_weights`),
+        an attack under way keeps it, and the stage's likelihood is that of
+        the window given the replica, weighted by the replica's filtered
+        probability. Returns ``log_likelihood`` ``(D, A, 4)`` with those
+        attacks' attack stages replaced; updates the position posteriors.
+        """
+        replicas = len(window.replicas)
+        persistent = self._persistent
+        if not persistent.size or replicas == 0 or replicas > _MAX_POSITIONS:
+            return log_likelihood
+        log_likelihood = log_likelihood.copy()
+        footing = [attack_spec(self.attacks[i]).footing for i in persistent.tolist()]
+        weights = np.stack([evidence.attacker_weights(f, replicas, window.primary)[:replicas] for f in footing])
+        weights = np.where(weights.sum(-1, keepdims=True) > 0, weights, 1.0 / replicas)          # (P, R)
+        with np.errstate(divide="ignore"):
+            log_w = np.log(weights)
+        total = log_likelihood[:, persistent, :]                                                # (D, P, K)
+        # log P(window | attack, stage, attacker at r): the position posterior without its prior.
+        with np.errstate(invalid="ignore"):
+            raw = by_position[:, persistent, :, :replicas] + total[..., None] - log_w[None, :, None, :]
+        raw = np.where(np.isfinite(raw), raw, total[..., None])                               # a row the prior rules out
+        raw = np.transpose(raw, (1, 0, 2, 3))                                                   # (P, D, K, R)
+        previous = self._log_position[persistent, :, :, :replicas].copy()                       # (P, D, K, R)
+        previous[:, :, 0, :] = log_w[:, None, :]                                                # a new attack's replica
+        alpha = self._log_alpha[persistent]                                                     # (P, D, K)
+        transition = self._log_transition[persistent]                                           # (P, D, K, K)
+        term = alpha[..., :, None, None] + transition[..., :, :, None] + previous[..., :, None, :]
+        joint = _logsumexp(term, -3)                                                            # (P, D, K, R)
+        stage = _logsumexp(joint, -1)                                                           # (P, D, K)
+        with np.errstate(invalid="ignore"):
+            predicted = np.where(np.isfinite(stage)[..., None], joint - stage[..., None], -np.log(replicas))
+        posterior = predicted + raw
+        mixed = _logsumexp(posterior, -1)                                                       # (P, D, K)
+        with np.errstate(invalid="ignore"):
+            normalised = np.where(np.isfinite(mixed)[..., None], posterior - mixed[..., None], -np.log(replicas))
+        self._log_position[persistent, :, :, :replicas] = np.maximum(normalised, -700.0)
+        log_likelihood[:, persistent, 1:] = np.transpose(mixed, (1, 0, 2))[:, :, 1:]
+        return log_likelihood
 
     @staticmethod
     def _emission(predicted: np.ndarray, log_likelihood: np.ndarray) -> np.ndarray:
@@ -574,7 +640,8 @@ max_clock_skew, clock_confirm
 
     def _summarise(self, ts: float, alerts: tuple) -> Belief:
         probability = np.exp(self._log_alpha)                                              # (A, D, 4)
-        precursor, execution = probability[..., 2], probability[..., 3]
+        # An ordered pattern's first stage is the precursor under way (its first signal has shown).
+        precursor, execution = probability[..., 1] + probability[..., 2], probability[..., 3]
         starts = (probability * self._onset).sum(-1)
         within = np.clip(starts * self._success, 0.0, 1.0)
         bands = _quantiles(np.clip(np.stack([precursor, execution, within, precursor + execution]), 0.0, 1.0),
