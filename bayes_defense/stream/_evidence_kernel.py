@@ -18,7 +18,7 @@ import math
 import numpy as np
 from numba import njit
 
-__all__ = ["likelihood", "predict", "normalise", "log_sum", "chain_step", "bands"]
+__all__ = ["likelihood", "predict", "normalise", "log_sum", "chain_step", "bands", "follow_positions"]
 
 _LOG2 = math.log(2.0)
 
@@ -518,7 +518,8 @@ def chain_step(log_alpha, log_transition, log_likelihood, out):
 def bands(log_alpha, onset, success, level, out):
     """The belief's four tables from the chains' log posterior: ``out`` ``(4, A, 3)``.
 
-    Per attack, across draws: P(precursor), P(execution), P(success within
+    Per attack, across draws: P(precursor) (the stages between benign and
+    execution), P(execution) (the last stage), P(success within
     the horizon) ``= clip(sum_k P(k) onset[k] * success)`` and P(active)
     ``= P(precursor) + P(execution)``, each as its mean and the ``level``
     band (the order statistics at ``floor(tail (D - 1))`` and
@@ -534,8 +535,12 @@ def bands(log_alpha, onset, success, level, out):
         for table in range(4):
             mean = 0.0
             for d in range(draws):
-                precursor = math.exp(log_alpha[a, d, 2])
-                execution = math.exp(log_alpha[a, d, 3])
+                # The stages between benign and execution (an ordered pattern's first, then the
+                # precursor) are the precursor under way.
+                precursor = 0.0
+                for k in range(1, stages - 1):
+                    precursor += math.exp(log_alpha[a, d, k])
+                execution = math.exp(log_alpha[a, d, stages - 1])
                 if table == 0:
                     v = precursor
                 elif table == 1:
@@ -555,3 +560,55 @@ def bands(log_alpha, onset, success, level, out):
             out[table, a, 0] = mean
             out[table, a, 1] = min(max(min(values[low_index], mean), 0.0), 1.0)
             out[table, a, 2] = min(max(max(values[high_index], mean), 0.0), 1.0)
+
+
+@njit(cache=True, nogil=True)
+def follow_positions(log_alpha, log_transition, log_position, persistent, log_w, by_position, log_likelihood):
+    """The attacker's replica followed from window to window, in place, for the ``persistent`` attacks.
+
+    For each such attack ``a = persistent[p]`` the chain's state is (stage,
+    replica): ``log_position`` ``(A, D, K, >= R)`` holds last window's log
+    P(replica | stage); a starting attack takes its replica from ``log_w``
+    ``(P, R)`` (the precondition's prior), an attack under way keeps it. The
+    window's likelihood given the replica is ``by_position`` ``(D, A, K, R + 1)``
+    (the log posterior of :func:`likelihood`) plus the stage's likelihood
+    minus the prior, the stage's likelihood where that is not finite. Writes
+    the new log P(replica | stage), floored at -700 (``-log R`` where the
+    stage is impossible), and replaces the attack stages (``k >= 1``) of
+    ``log_likelihood`` ``(D, A, K)`` with the likelihood mixed over the replica.
+    """
+    count = persistent.shape[0]
+    replicas = log_w.shape[1]
+    draws = log_alpha.shape[1]
+    stages = log_alpha.shape[2]
+    uniform = -math.log(replicas)
+    raw = np.empty((stages, replicas))
+    previous = np.empty((stages, replicas))
+    joint = np.empty((stages, replicas))
+    column = np.empty(max(stages, replicas))
+    ones = np.ones(max(stages, replicas))
+    for p in range(count):
+        a = persistent[p]
+        for d in range(draws):
+            for k in range(stages):
+                total = log_likelihood[d, a, k]
+                for r in range(replicas):
+                    v = (by_position[d, a, k, r] + total) - log_w[p, r]
+                    raw[k, r] = v if math.isfinite(v) else total
+                    previous[k, r] = log_w[p, r] if k == 0 else log_position[a, d, k, r]
+            for j in range(stages):
+                for r in range(replicas):
+                    for i in range(stages):
+                        column[i] = (log_alpha[a, d, i] + log_transition[a, d, i, j]) + previous[i, r]
+                    joint[j, r] = log_sum(column, ones, stages)
+            for k in range(stages):
+                stage = log_sum(joint[k], ones, replicas)
+                for r in range(replicas):
+                    predicted = joint[k, r] - stage if math.isfinite(stage) else uniform
+                    column[r] = predicted + raw[k, r]
+                mixed = log_sum(column, ones, replicas)
+                for r in range(replicas):
+                    normalised = column[r] - mixed if math.isfinite(mixed) else uniform
+                    log_position[a, d, k, r] = max(normalised, -700.0)
+                if k >= 1:
+                    log_likelihood[d, a, k] = mixed

@@ -231,7 +231,7 @@ def bands_oracle(log_alpha, onset, success, level):
     from bayes_defense.stream.model_filter import _quantiles
 
     probability = np.exp(log_alpha)
-    precursor, execution = probability[..., 2], probability[..., 3]
+    precursor, execution = probability[..., 1] + probability[..., 2], probability[..., 3]
     within = np.clip((probability * onset).sum(-1) * success, 0.0, 1.0)
     return _quantiles(np.clip(np.stack([precursor, execution, within, precursor + execution]), 0.0, 1.0), level)
 
@@ -276,3 +276,61 @@ def test_the_bands_match_the_model_filters_numpy(attacks, draws, level):
     _evidence_kernel.bands(alpha, onset, success, level, out)
     np.testing.assert_allclose(out, bands_oracle(alpha, onset, success, level), **TOLERANCE)
     assert np.all((0.0 <= out[..., 1]) & (out[..., 1] <= out[..., 0]) & (out[..., 0] <= out[..., 2]) & (out[..., 2] <= 1.0))
+
+
+def follow_oracle(log_alpha, log_transition, log_position, persistent, log_w, by_position, log_likelihood):
+    """The model filter's numpy ``_follow_positions`` (before the kernel); returns new position and likelihood."""
+    lse = _logsumexp
+    replicas = log_w.shape[1]
+    log_likelihood = log_likelihood.copy()
+    log_position = log_position.copy()
+    total = log_likelihood[:, persistent, :]
+    with np.errstate(invalid="ignore"):
+        raw = by_position[:, persistent, :, :replicas] + total[..., None] - log_w[None, :, None, :]
+    raw = np.where(np.isfinite(raw), raw, total[..., None])
+    raw = np.transpose(raw, (1, 0, 2, 3))
+    previous = log_position[persistent, :, :, :replicas].copy()
+    previous[:, :, 0, :] = log_w[:, None, :]
+    alpha = log_alpha[persistent]
+    transition = log_transition[persistent]
+    term = alpha[..., :, None, None] + transition[..., :, :, None] + previous[..., :, None, :]
+    joint = lse(term, -3)
+    stage = lse(joint, -1)
+    with np.errstate(invalid="ignore"):
+        predicted = np.where(np.isfinite(stage)[..., None], joint - stage[..., None], -np.log(replicas))
+    posterior = predicted + raw
+    mixed = lse(posterior, -1)
+    with np.errstate(invalid="ignore"):
+        normalised = np.where(np.isfinite(mixed)[..., None], posterior - mixed[..., None], -np.log(replicas))
+    log_position[persistent, :, :, :replicas] = np.maximum(normalised, -700.0)
+    log_likelihood[:, persistent, 1:] = np.transpose(mixed, (1, 0, 2))[:, :, 1:]
+    return log_position, log_likelihood
+
+
+@pytest.mark.parametrize("attacks, draws, replicas", [(2, 1, 1), (4, 3, 5), (8, 16, 7), (3, 4, 50)])
+def test_followed_positions_match_the_model_filters_numpy(attacks, draws, replicas):
+    from bayes_defense.stream import _evidence_kernel
+
+    rng = np.random.default_rng(attacks * replicas + draws)
+    alpha, transition = _random_chains(rng, attacks, draws)
+    persistent = np.flatnonzero(rng.random(attacks) < 0.6)
+    if not persistent.size:
+        persistent = np.array([0])
+    position = np.log(rng.dirichlet(np.ones(replicas), (attacks, draws, 4)))
+    position = np.concatenate([position, np.full((attacks, draws, 4, 3), -700.0)], -1)   # room beyond R
+    weights = rng.dirichlet(np.ones(replicas), persistent.size)
+    weights[:, 0] = 0.0            # a replica the precondition rules out (by_position -inf there)
+    if replicas == 1:
+        weights[:] = 1.0
+    weights /= weights.sum(-1, keepdims=True)
+    with np.errstate(divide="ignore"):
+        log_w = np.log(weights)
+    for _ in range(3):
+        by_position = rng.normal(-5.0, 3.0, (draws, attacks, 4, replicas + 1))
+        by_position[:, persistent[:, None], :, np.flatnonzero(weights[0] == 0.0)] = -np.inf
+        ll = rng.normal(-30.0, 5.0, (draws, attacks, 4))
+        expected_position, expected_ll = follow_oracle(alpha, transition, position, persistent, log_w, by_position, ll)
+        got_ll = ll.copy()
+        _evidence_kernel.follow_positions(alpha, transition, position, persistent, log_w, by_position, got_ll)
+        np.testing.assert_allclose(position, expected_position, **TOLERANCE)
+        np.testing.assert_allclose(got_ll, expected_ll, **TOLERANCE)
