@@ -25,6 +25,13 @@ product on parametric densities fitted to each site's draws:
   correlations between parameters are kept (consensus by precision
   weighting). The prior is then taken in that space too.
 
+- ``method="exact"``, chosen by default when every posterior carries its
+  sufficient statistics (the model filter's signal model,
+  :class:`~bayes_defense.fitting.signal_model.SignalPosterior`): the sites'
+  counts are added and the posterior drawn from the sum, which is the fit
+  of all the logs at once, exactly (the sites must share the prior strength
+  and draw settings; the first site's are used).
+
 The prior: ``prior=None`` means a prior density that is constant on each
 entry's support (Beta(1, 1), an improper flat Gamma and Normal; for
 ``"gaussian"``, flat in the unconstrained space), so nothing is divided out.
@@ -52,7 +59,7 @@ __all__ = ["merge_posteriors", "MergedPosterior", "fit_sites", "FAMILIES"]
 #: Families of the ``"moments"`` merge, chosen per parameter from its draws' support.
 FAMILIES = ("constant", "beta", "dirichlet", "gamma", "normal")
 
-_METHODS = ("moments", "gaussian")
+_METHODS = ("moments", "gaussian", "exact")
 
 
 def _draws_of(posterior: Any, what: str) -> dict[str, np.ndarray]:
@@ -259,8 +266,20 @@ class MergedPosterior:
                                           attrs={"method": f"merged-{self.method}", "sites": self.sites})
 
 
-def merge_posteriors(posteriors: Sequence[Any], *, prior: Any = None, method: str = "moments",
-                     num_samples: int = 4000, seed: int = 0, level: float = 0.9) -> MergedPosterior:
+def _merge_statistics(posteriors: Sequence[Any]) -> Any:
+    """The posterior of the sites' summed counts, with the first site's draw settings."""
+    from bayes_defense.fitting.signal_model import posterior_from_statistics
+
+    total = posteriors[0].statistics.copy()
+    for posterior in posteriors[1:]:
+        total = total + posterior.statistics
+    settings = dict(posteriors[0].info.get("settings", {}))
+    options = {key: settings[key] for key in ("num_samples", "prior_strength", "seed") if key in settings}
+    return posterior_from_statistics(total, **options)
+
+
+def merge_posteriors(posteriors: Sequence[Any], *, prior: Any = None, method: str | None = None,
+                     num_samples: int = 4000, seed: int = 0, level: float = 0.9) -> Any:
     """Combine posteriors fitted at separate sites into the posterior of all their data.
 
     The method is the product of the site posteriors' densities with the
@@ -278,8 +297,11 @@ def merge_posteriors(posteriors: Sequence[Any], *, prior: Any = None, method: st
     prior : posterior-like or mapping, optional
         Draws from the prior every site used, in the same layout; default:
         a prior density constant on each parameter's support.
-    method : {"moments", "gaussian"}
-        Per-entry conjugate families, or one joint Gaussian in the unconstrained space.
+    method : {"moments", "gaussian", "exact"}, optional
+        Per-entry conjugate families, one joint Gaussian in the unconstrained
+        space, or the sum of sufficient statistics (signal-model posteriors
+        only). Default: ``"exact"`` where every posterior carries its
+        statistics, else ``"moments"``.
     num_samples : int
         Draws of the merged posterior.
     seed : int
@@ -289,7 +311,7 @@ def merge_posteriors(posteriors: Sequence[Any], *, prior: Any = None, method: st
 
     Returns
     -------
-    MergedPosterior
+    MergedPosterior, or SignalPosterior for ``"exact"``
 
     Examples
     --------
@@ -305,13 +327,21 @@ def merge_posteriors(posteriors: Sequence[Any], *, prior: Any = None, method: st
     >>> round(merged.estimate("p").mean, 2)  # Beta(20, 12) has mean 0.625
     0.62
     """
-    if method not in _METHODS:
+    if method is not None and method not in _METHODS:
         raise InvalidInputError(f"method must be one of {', '.join(_METHODS)}; got {method!r}")
     if isinstance(posteriors, Mapping) or not isinstance(posteriors, Sequence) or isinstance(posteriors, str):
         raise InvalidInputError("posteriors must be a list of the sites' posteriors; got "
                                 f"{type(posteriors).__name__}")
     if not posteriors:
         raise InvalidInputError("posteriors is empty; give the posterior of each site")
+    counted = all(getattr(p, "statistics", None) is not None for p in posteriors)
+    if method is None:
+        method = "exact" if counted else "moments"
+    if method == "exact":
+        if not counted:
+            raise InvalidInputError("method='exact' adds the sites' sufficient statistics, which only signal-model "
+                                    "posteriors of this release carry; use method='moments' for these")
+        return _merge_statistics(posteriors)
     if not isinstance(num_samples, int) or isinstance(num_samples, bool) or num_samples < 2:
         raise InvalidInputError(f"num_samples must be an integer >= 2; got {num_samples!r}")
     if not 0 < float(level) < 1:

@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 
 import bayes_defense as bd
+from bayes_defense.errors import InvalidInputError
 from bayes_defense.fitting.merge import fit_sites, merge_posteriors
 
 SITE_DRAWS = 20_000
@@ -172,3 +173,22 @@ def test_refusals_say_what_was_wrong():
         merge_posteriors([site, site, site], prior=narrow)
     with pytest.raises(bd.InvalidInputError, match="positive definite"):
         merge_posteriors([site, site, site], prior=narrow, method="gaussian")
+
+
+def test_signal_model_posteriors_merge_exactly_into_the_fit_of_all_logs():
+    from bayes_defense.fitting.signal_model import fit_signal_model
+    from bayes_defense.sim import Simulation, random_scenario
+
+    logs = []
+    for seed in (5, 6):
+        simulation = Simulation(random_scenario(seed, nodes=4, duration=200, attacks=["replay"], faults=["crash"]))
+        logs.append((list(simulation.events()), simulation.labels, simulation.faults))
+    sites = [fit_signal_model([log], num_samples=60, seed=3) for log in logs]
+    merged = merge_posteriors(sites)
+    together = fit_signal_model(logs, num_samples=60, seed=3)
+    assert merged.info["windows"] == together.info["windows"] == sum(s.info["windows"] for s in sites)
+    assert set(merged.draws) == set(together.draws)
+    for name, values in together.draws.items():
+        np.testing.assert_array_equal(merged.draws[name], values, err_msg=name)
+    with pytest.raises(InvalidInputError, match="only signal-model posteriors"):
+        merge_posteriors([{"p": np.full((1, 10), 0.5)}], method="exact")
