@@ -83,3 +83,37 @@ class PosteriorDraws:
 
     def time_countermeasure_selection(self, draws):
         bd.plan(self.model, self.evidence, max_steps=1)
+
+
+class UserAttack:
+    """The cluster queries with a ninth attack added by ``registry.add_attack`` (512 precursor configurations)."""
+
+    params = [5, 20, 50]
+    param_names = ["n_nodes"]
+    timeout = 600
+    timer = time.process_time
+
+    def setup(self, n):
+        from bayes_defense.models import registry
+
+        registry.add_attack("ghost_votes", footing="backup_faulty", attacker_side={"ic_request": 0.95, "mac_fail": 0.9},
+                            impacts={"liveness_lost": 0.8}, p_success=0.7, matched="leader_rotation")
+        self.model = bd.models.cluster(n)
+        self.evidence = {"r1.ic_request": 1, "r1.mac_fail": 1, **{f"r{k}.msg_rate": 0 for k in range(n)}}
+        for name in dir(self):
+            if name.startswith("time_"):
+                getattr(self, name)(n)
+
+    def teardown(self, n):
+        from bayes_defense.models import registry
+
+        registry.reset()
+
+    def time_precondition_check(self, n):
+        bd.models.precondition_check(self.model, self.evidence)
+
+    def time_countermeasure_selection(self, n):
+        bd.plan(self.model, self.evidence, max_steps=1)
+
+    def time_explanation(self, n):
+        explain(self.model, self.evidence, {"liveness_lost": 1})

@@ -31,7 +31,7 @@ _LAZY: dict[str, str] = {
     "GraphSCM": "bayes_defense.models.graph",
 }
 
-_SUBMODULES = frozenset({"catalogue", "tables", "parameters", "engine", "queries", "graph"})
+_SUBMODULES = frozenset({"catalogue", "tables", "parameters", "engine", "queries", "graph", "registry"})
 
 __all__ = ["cluster", "ClusterModel", "ATTACKS", "COUNTERMEASURES", "TELEMETRY", "OUTCOMES", "Attack",
            "Countermeasure", "PARAMETERS", "Parameter", "precondition_check", "success_probability",
