@@ -105,3 +105,27 @@ def test_the_cluster_queries_answer_as_single_queries_would():
     for attack, estimate in success.items():
         assert estimate.mean == pytest.approx(bd.intervene(model, {"rate_limited": 1.0}, f"{attack}.success",
                                                            evidence=EVIDENCE).mean, abs=1e-12)
+
+
+class _TwoDraws:
+    """A fitted SCM as the queries see one (``posterior.model()``): a model per parameter draw."""
+
+    def __init__(self):
+        def draw(p):
+            def model():
+                rain = pyro.sample("rain", dist.Bernoulli(p))
+                pyro.sample("wet", dist.Bernoulli(0.05 + 0.6 * rain))
+            return model
+
+        self.parameter_models = [draw(0.2), draw(0.4)]
+
+    def __call__(self):
+        return self.parameter_models[0]()
+
+
+def test_a_fitted_model_answers_a_batch_draw_by_draw():
+    model = _TwoDraws()
+    batch = bd.intervene(model, {}, ["rain", {"wet": 1.0}], evidence=None)
+    _same(batch, [bd.intervene(model, {}, q) for q in ("rain", {"wet": 1.0})])
+    assert batch[0].mean == pytest.approx(0.3, abs=1e-12)
+    assert batch[0].lower < batch[0].mean < batch[0].upper
