@@ -235,24 +235,32 @@ def test_pyro_param_needs_svi():
     assert bd.intervene(posterior.model(draws=2), {}, "x").mean == pytest.approx(2.0, abs=0.05)
 
 
-@pytest.mark.slow
 def test_coverage_of_the_credible_intervals():
-    """Across refits on fresh data, the 90% intervals hold the true coefficients about 90% of the time."""
-    hits, total = 0, 0
-    for replication in range(20):
+    """Across refits on fresh data, each 90% interval holds its true parameter about 90% of the time.
+
+    200 replications of the three-node graph (the closed-form fit takes about 15 ms each), every
+    coefficient and scale. Replications are independent, so each parameter's hit count is
+    Binomial(200, 0.9) when the intervals are calibrated; the pooled rate's standard error comes from
+    the spread of the per-replication rates, since one fit's nine intervals are correlated.
+    """
+    replications = 200
+    hits = np.zeros((replications, sum(len(np.atleast_1d(v)) for v in TRUTH.values())), dtype=bool)
+    model = _graph_model()
+    for replication in range(replications):
         table = _table(300, seed=100 + replication)
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", bd.fitting.FitDiagnosticsWarning)
-            posterior = bd.fit(_graph_model(), table, num_steps=2000, num_samples=400, progress=False,
-                               seed=replication)
-        for name in ("b.coefficients", "c.coefficients"):
-            for index, truth in enumerate(TRUTH[name]):
-                estimate = posterior.estimate(name, index)
-                hits += estimate.lower <= truth <= estimate.upper
-                total += 1
-    coverage = hits / total
-    se = math.sqrt(0.9 * 0.1 / total)
-    assert abs(coverage - 0.9) < 5 * se, coverage
+        posterior = bd.fit(model, table, num_samples=1000, progress=False, seed=replication)
+        column = 0
+        for name, truth in TRUTH.items():
+            for index, value in enumerate(np.atleast_1d(truth)):
+                estimate = posterior.estimate(name, index) if np.ndim(truth) else posterior.estimate(name)
+                hits[replication, column] = estimate.lower <= value <= estimate.upper
+                column += 1
+    per_parameter = hits.mean(0)
+    se = math.sqrt(0.9 * 0.1 / replications)
+    assert np.all(np.abs(per_parameter - 0.9) < 4 * se), per_parameter
+    pooled = hits.mean()
+    pooled_se = hits.mean(1).std(ddof=1) / math.sqrt(replications)
+    assert abs(pooled - 0.9) < 4 * pooled_se, (pooled, pooled_se)
 
 
 @pytest.mark.slow
@@ -269,14 +277,14 @@ def test_missing_discrete_cells_are_summed_out():
         assert np.all(np.abs(draws.mean(0) - truth[name].numpy()) < 5 * draws.std(0) + 1e-3), name
 
 
-@pytest.mark.parametrize("mechanism", ["linear", "additive"])
+@pytest.mark.parametrize("mechanism", ["linear", pytest.param("additive", marks=pytest.mark.slow)])
 def test_closed_form_node_laplace_equals_the_joint_lbfgs_laplace(mechanism):
     """The per-node closed form (every cell observed) is the Gaussian that L-BFGS + Hessian finds on the joint."""
     from bayes_defense.causal.structure import float64, model_info
     from bayes_defense.fitting import scm as fitting
 
     graph = _graph_model().graph()
-    table = _table(300, seed=3)
+    table = _table(150, seed=3)
     model = bd.models.from_graph(graph, mechanisms=mechanism, scales=table)
     info = model_info(model)
     with float64():
@@ -290,7 +298,7 @@ def test_closed_form_node_laplace_equals_the_joint_lbfgs_laplace(mechanism):
         priors = model.priors()
         offset = 0
         for node in model.nodes:
-            design = model.features(node, {k: v[0] for k, v in columns.values.items()}).expand(300, -1).numpy()
+            design = model.features(node, {k: v[0] for k, v in columns.values.items()}).expand(150, -1).numpy()
             prior = priors[f"{node}.coefficients"].base_dist
             mode, node_covariance, _ = fitting._node_laplace(design, columns.values[node][0].numpy(),
                                                              prior.loc.numpy(), prior.scale.numpy(),
