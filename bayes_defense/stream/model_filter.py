@@ -264,6 +264,38 @@ max_clock_skew, clock_confirm
         self._persistent = np.array([i for i, a in enumerate(attacks) if attack_spec(a).footing in _PERSISTENT_FOOTINGS],
                                     dtype=np.int64)
 
+    @property
+    def observation_map(self) -> ObservationMap:
+        """The observation map this defender reads its log through (read-only)."""
+        return self._map
+
+    def set_parameters(self, parameters: Any) -> None:
+        """Swap the signal model's parameters of a running defender; its beliefs and baselines are kept.
+
+        ``parameters`` are draws as for the constructor (or a fitted posterior
+        with ``signal_parameters``), with as many draws as now, so the filtered
+        stage and fault probabilities carry over draw by draw.
+
+        Examples
+        --------
+        >>> defender = ModelDefender(ensemble=2, planner=None)
+        >>> defender.set_parameters(evidence.prior_draws(2, seed=3))
+        >>> defender.parameters["telemetry.msg_rate.baseline"].shape
+        (2,)
+        """
+        draws = self._tables.draws
+        if hasattr(parameters, "signal_parameters"):
+            parameters = parameters.signal_parameters(draws, 0)
+        values = evidence.check_values(parameters, self.attacks)
+        if next(iter(values.values())).shape[0] != draws:
+            raise InvalidInputError(f"set_parameters needs {draws} draws, as the running defender has; got "
+                                    f"{next(iter(values.values())).shape[0]}")
+        log_faults = self._faults.log_faults
+        self.parameters = values
+        self._build()
+        self._faults = evidence.FaultFilter(self.parameters, self.window)
+        self._faults.log_faults = log_faults
+
     # ----------------------------------------------------------------- state
     def reset(self) -> None:
         """Forget everything seen; keep the parameters and the map."""

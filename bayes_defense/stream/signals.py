@@ -93,7 +93,7 @@ from scipy.special import pdtrc
 
 from bayes_defense.models.catalogue import TELEMETRY
 from bayes_defense.models.faults import FAULT_SIGNALS, OUTCOME_SIGNALS
-from bayes_defense.stream.schema import TELEMETRY_KINDS
+from bayes_defense.stream.schema import TELEMETRY_KINDS, finite_float
 
 __all__ = ["SIGNALS", "TAIL", "WARMUP_WINDOWS", "JOIN_MEMORY", "WindowSignals", "SignalExtractor", "signal_index"]
 
@@ -233,9 +233,10 @@ class SignalExtractor:
                 if isinstance(primary, str):
                     self.primary = primary
             elif kind == "peer_diversity":
-                peers = attrs.get("peers")
-                if isinstance(peers, (int, float)) and not isinstance(peers, bool) and math.isfinite(peers):
-                    self.peers[node] = float(peers)
+                # finite_float: an integer too large for a float (10**400) is no count, not a crash.
+                peers = None if isinstance(attrs.get("peers"), bool) else finite_float(attrs.get("peers"))
+                if peers is not None:
+                    self.peers[node] = peers
         elif kind in ("request_latency", "throughput"):
             if value is not None:
                 # Clients pooled: their median is taken over the values of the window.
