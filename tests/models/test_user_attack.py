@@ -73,6 +73,16 @@ def test_engine_agrees_with_generic_exact(ghost, do, query, evidence):
     assert fast.mean == pytest.approx(exact.mean, abs=1e-9)
 
 
+def test_incidents_it_causes_are_simulated_and_explained(ghost):
+    cases = bd.models.sample_incidents(ghost, "ghost_votes", 20, seed=1)
+    assert all(seen == {"liveness_lost": 1} for _, seen in cases)
+    # Without the attack in the engine no explanation could name it; most should.
+    named = sum(bd.explain(ghost, evidence, seen).top_attack == "ghost_votes" for evidence, seen in cases)
+    assert named > len(cases) // 2
+    simulated = bd.models.simulate_attack(ghost, {**cases[0][0], **cases[0][1]}, attack="ghost_votes")
+    assert simulated["liveness_lost"].mean < 0.5
+
+
 def test_engine_counterfactuals_agree_with_generic_exact(ghost):
     incident = {**SHOWS, "liveness_lost": 1.0}
     fast = bd.probability_of_necessity(ghost, {"ghost_votes.executing": 1.0}, {"ghost_votes.executing": 0.0},
