@@ -46,6 +46,15 @@ from bayes_defense.stream.schema import TELEMETRY_KINDS, Event
 CLUSTER_EVENTS_PER_SECOND = 10_000
 
 
+def state_growth_bytes(defender, early: int = 1_000_000, total: int = 10_000_000) -> int:
+    """Bytes a defender's checkpoint grows between ``early`` and ``total`` synthetic events (bounded state: about 0)."""
+    stream = synthetic_stream(total)
+    defender.observe_batch(next(stream) for _ in range(early))
+    before = len(json.dumps(encode(defender.state_dict())))
+    defender.observe_batch(stream)
+    return len(json.dumps(encode(defender.state_dict()))) - before
+
+
 @functools.cache
 def simulated_stream(nodes: int) -> list[Event]:
     """A 7-replica stream of 120 s, or a 50-replica stream of 30 s, with one replay attack."""
@@ -167,12 +176,7 @@ class Memory:
 
     def track_state_growth_bytes_1m_to_10m(self):
         """Checkpoint size after 10 million events minus after 1 million (flat memory: about 0)."""
-        defender = StreamingDefender()
-        stream = synthetic_stream(10_000_000)
-        defender.observe_batch(next(stream) for _ in range(1_000_000))
-        early = len(json.dumps(encode(defender.state_dict())))
-        defender.observe_batch(stream)
-        return len(json.dumps(encode(defender.state_dict()))) - early
+        return state_growth_bytes(StreamingDefender())
 
     track_state_growth_bytes_1m_to_10m.unit = "bytes"
 

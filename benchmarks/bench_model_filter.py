@@ -16,15 +16,18 @@ filter recorded on the same streams), the part the compiled kernel of
 from __future__ import annotations
 
 import functools
-import json
 import time
 
 import numpy as np
 
 from bayes_defense.stream import evidence
-from bayes_defense.stream.checkpoint import encode
 from bayes_defense.stream.model_filter import ModelDefender
-from benchmarks.bench_defender import observe_latencies, simulated_stream, synthetic_stream
+from benchmarks.bench_defender import (
+    observe_latencies,
+    simulated_stream,
+    state_growth_bytes,
+    synthetic_stream,
+)
 
 
 def cpu_events_per_second(events, repeats: int = 3) -> float:
@@ -137,11 +140,6 @@ class ModelFilterStateGrowth:
 
     def track_state_growth_bytes_1m_to_10m(self):
         """Checkpoint size after 10 million events minus after 1 million (flat memory: about 0)."""
-        defender = ModelDefender(planner=None)
-        stream = synthetic_stream(10_000_000)
-        defender.observe_batch(next(stream) for _ in range(1_000_000))
-        early = len(json.dumps(encode(defender.state_dict())))
-        defender.observe_batch(stream)
-        return len(json.dumps(encode(defender.state_dict()))) - early
+        return state_growth_bytes(ModelDefender(planner=None))
 
     track_state_growth_bytes_1m_to_10m.unit = "bytes"
