@@ -5,7 +5,10 @@ conditioned on evidence) or a counterfactual one (abduction of the exogenous
 noise given factual evidence, action, prediction). Each backend is a small
 class registered by name; ``backend="auto"`` picks ``cluster_engine`` (the
 cluster model's own engine), ``exact`` or ``analytic`` where they apply and
-``importance`` otherwise.
+``importance`` otherwise. Several queries sharing one problem's do and
+evidence (a list given to ``bd.intervene``) reach a backend through
+:meth:`Backend.check_many` and :meth:`Backend.run_many`, which answer them
+one by one unless a backend shares work across them.
 
 A complete minimal backend, plain prior sampling for interventional queries
 without evidence::

@@ -14,6 +14,10 @@ is a ratio of evidence masses, computed per parameter draw:
   condition an event on factual sites (or its negation). The probabilities
   of necessity and sufficiency are of this form.
 
+A batch of queries (``bd.intervene(model, do, [query, ...])``) is answered
+together: every site marginal in it from one engine pass, the other queries
+sharing ``Z(evidence)``.
+
 Queries outside these forms (counterfactual queries on sites other than the
 outcomes, ``do`` on telemetry or outcomes, several interventions with an
 outcome fixed in both worlds, continuous telemetry) raise
