@@ -104,13 +104,6 @@ class ModelBelief(Belief):
         return self.attacks[int(np.argmax(self.active[:, 0]))]
 
 
-def _logsumexp(a: np.ndarray, axis: int) -> np.ndarray:
-    peak = np.max(a, axis=axis, keepdims=True)
-    peak = np.where(np.isfinite(peak), peak, 0.0)
-    with np.errstate(divide="ignore"):
-        return np.squeeze(peak, axis) + np.log(np.sum(np.exp(a - peak), axis=axis))
-
-
 def _quantiles(draws: np.ndarray, level: float) -> np.ndarray:
     """``(..., D) -> (..., 3)``: mean and the ``level`` band across draws, ordered lower <= mean <= upper."""
     ordered = np.sort(draws, axis=-1)
@@ -568,17 +561,13 @@ max_clock_skew, clock_confirm
         self.last_log_likelihood = log_likelihood
         self.windows += 1
         log_likelihood = self._follow_positions(log_likelihood, by_position, window)
-        joint = self._log_alpha[..., :, None] + self._log_transition
-        peak = joint.max(axis=-2)
-        peak = np.where(peak > -np.inf, peak, 0.0)   # an unreachable stage (no pattern) stays at -inf
-        with np.errstate(divide="ignore"):
-            predicted = peak + np.log(np.exp(joint - peak[..., None, :]).sum(axis=-2))   # (A, D, 4)
-        emission = self._emission(predicted, np.transpose(log_likelihood, (1, 0, 2)))
-        posterior = predicted + emission
-        posterior -= posterior.max(axis=-1, keepdims=True)
-        posterior -= np.log(np.exp(posterior).sum(axis=-1, keepdims=True))
-        self._log_alpha = np.maximum(posterior, -700.0)
-        self._log_alpha -= np.log(np.exp(self._log_alpha).sum(-1, keepdims=True))
+        # The chains' forward step and their emission (one attack at a time, the others as they
+        # stand): bayes_defense.stream._evidence_kernel.chain_step; its numpy oracle is in
+        # tests/stream/test_evidence_kernel.py.
+        alpha = np.empty_like(self._log_alpha)
+        evidence._kernel().chain_step(self._log_alpha, self._log_transition,
+                                      np.ascontiguousarray(log_likelihood), alpha)
+        self._log_alpha = alpha
         self._fault_posterior = np.exp(np.transpose(by_fault, (1, 0, 2, 3)))
         # Suspects: the attacker position most probable under the precursor, averaged over draws.
         positions = np.exp(by_position[:, :, 2, :]).mean(0)                               # (A, R + 1)
@@ -611,73 +600,23 @@ max_clock_skew, clock_confirm
         persistent = self._persistent
         if not persistent.size or replicas == 0 or replicas > _MAX_POSITIONS:
             return log_likelihood
-        log_likelihood = log_likelihood.copy()
+        log_likelihood = np.array(log_likelihood)   # a contiguous copy, changed in place
         footing = [attack_spec(self.attacks[i]).footing for i in persistent.tolist()]
         weights = np.stack([evidence.attacker_weights(f, replicas, window.primary)[:replicas] for f in footing])
         weights = np.where(weights.sum(-1, keepdims=True) > 0, weights, 1.0 / replicas)          # (P, R)
         with np.errstate(divide="ignore"):
             log_w = np.log(weights)
-        total = log_likelihood[:, persistent, :]                                                # (D, P, K)
-        # log P(window | attack, stage, attacker at r): the position posterior without its prior.
-        with np.errstate(invalid="ignore"):
-            raw = by_position[:, persistent, :, :replicas] + total[..., None] - log_w[None, :, None, :]
-        raw = np.where(np.isfinite(raw), raw, total[..., None])                               # a row the prior rules out
-        raw = np.transpose(raw, (1, 0, 2, 3))                                                   # (P, D, K, R)
-        previous = self._log_position[persistent, :, :, :replicas].copy()                       # (P, D, K, R)
-        previous[:, :, 0, :] = log_w[:, None, :]                                                # a new attack's replica
-        alpha = self._log_alpha[persistent]                                                     # (P, D, K)
-        transition = self._log_transition[persistent]                                           # (P, D, K, K)
-        term = alpha[..., :, None, None] + transition[..., :, :, None] + previous[..., :, None, :]
-        joint = _logsumexp(term, -3)                                                            # (P, D, K, R)
-        stage = _logsumexp(joint, -1)                                                           # (P, D, K)
-        with np.errstate(invalid="ignore"):
-            predicted = np.where(np.isfinite(stage)[..., None], joint - stage[..., None], -np.log(replicas))
-        posterior = predicted + raw
-        mixed = _logsumexp(posterior, -1)                                                       # (P, D, K)
-        with np.errstate(invalid="ignore"):
-            normalised = np.where(np.isfinite(mixed)[..., None], posterior - mixed[..., None], -np.log(replicas))
-        self._log_position[persistent, :, :, :replicas] = np.maximum(normalised, -700.0)
-        log_likelihood[:, persistent, 1:] = np.transpose(mixed, (1, 0, 2))[:, :, 1:]
+        # The (stage, replica) chains' step: bayes_defense.stream._evidence_kernel.follow_positions;
+        # its numpy oracle is in tests/stream/test_evidence_kernel.py.
+        evidence._kernel().follow_positions(self._log_alpha, self._log_transition, self._log_position, persistent,
+                                            log_w, by_position, log_likelihood)
         return log_likelihood
 
-    @staticmethod
-    def _emission(predicted: np.ndarray, log_likelihood: np.ndarray) -> np.ndarray:
-        """Each chain's evidence against its alternative: one attack at a time, the others as they stand.
-
-        In the model one attack at a time is under way. For attack ``a`` in
-        stage ``k >= 1`` the window's likelihood is ``L_a(k)``; for ``a``
-        benign, it is that of whatever else is going on: no attack, or
-        another attack ``b`` in its stage, weighted by ``b``'s predicted
-        stage probabilities. So a window that an attack already under way
-        explains is no evidence for a second one (explaining away between
-        attacks, as between attacks and faults). ``predicted`` and
-        ``log_likelihood`` are ``(A, D, 4)``.
-        """
-        probability = np.exp(predicted)
-        others = probability[..., 1:]                                          # (A, D, 3): each attack's stages
-        with np.errstate(divide="ignore"):
-            weighted = np.log(np.maximum(others, 1e-300)) + log_likelihood[..., 1:]
-        # log sum over b != a of sum_k P_b(k) L_b(k), and the share left for "no attack".
-        per_attack = np.logaddexp.reduce(weighted, axis=-1)                    # (A, D)
-        total = np.logaddexp.reduce(per_attack, axis=0)                        # (D,)
-        active = others.sum(-1)                                                # (A, D)
-        with np.errstate(divide="ignore", invalid="ignore"):
-            # Remove a's own term (log-space subtraction, floored: a's term can be the whole sum).
-            rest = total[None] + np.log(np.maximum(1.0 - np.exp(per_attack - total[None]), 1e-300))
-        none = np.clip(1.0 - (active.sum(0)[None] - active), 1e-12, 1.0)      # P(no other attack), (A, D)
-        background = np.logaddexp(np.log(none) + log_likelihood[..., 0], rest)
-        emission = log_likelihood - background[..., None]
-        emission[..., 0] = 0.0
-        return emission
-
     def _summarise(self, ts: float, alerts: tuple) -> Belief:
-        probability = np.exp(self._log_alpha)                                              # (A, D, 4)
-        # An ordered pattern's first stage is the precursor under way (its first signal has shown).
-        precursor, execution = probability[..., 1] + probability[..., 2], probability[..., 3]
-        starts = (probability * self._onset).sum(-1)
-        within = np.clip(starts * self._success, 0.0, 1.0)
-        bands = _quantiles(np.clip(np.stack([precursor, execution, within, precursor + execution]), 0.0, 1.0),
-                           self.level)
+        # Precursor (an ordered pattern's first stage included), execution, success within the
+        # horizon, active: (4, A, 3) bands across draws (bayes_defense.stream._evidence_kernel.bands).
+        bands = np.empty((4, len(self.attacks), 3))
+        evidence._kernel().bands(self._log_alpha, self._onset, self._success, self.level, bands)
         suspects = dict(self._suspects)
         executing = dict(zip(self.attacks, (bands[1, :, 0] > bands[0, :, 0]).tolist(), strict=True))
         primary = self._extractor.primary

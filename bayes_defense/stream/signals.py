@@ -175,6 +175,7 @@ class SignalExtractor:
     def reset(self) -> None:
         """Forget everything seen."""
         self.replicas: list[str] = []
+        self._replica_set: set = set()
         self.primary = ""
         self.baselines: dict[str, list[float]] = {}   # series -> [mean, mean square deviation, windows seen]
         self.digests: OrderedDict = OrderedDict()
@@ -197,10 +198,12 @@ class SignalExtractor:
 
     # ------------------------------------------------------------- events
     def _replica(self, node: str) -> None:
-        if node not in self.replicas and len(self.replicas) < _MAX_REPLICAS:
+        # The set beside the list makes the per-event test one lookup, not a scan of the replicas.
+        if node not in self._replica_set and len(self.replicas) < _MAX_REPLICAS:
             pattern = self.replica_pattern
             if pattern is None or pattern.search(node):
                 self.replicas.append(node)
+                self._replica_set.add(node)
 
     def _value(self, key: tuple[str, str], value: float) -> None:
         # [last value, sum, count]: bounded per series however many events a window holds.
@@ -483,6 +486,7 @@ class SignalExtractor:
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
         """Restore :meth:`state_dict`'s output (checked by the defender that owns it)."""
         self.replicas = list(state["replicas"])
+        self._replica_set = set(self.replicas)
         self.primary = str(state["primary"])
         self.baselines = {k: list(v) for k, v in state["baselines"].items()}
         self.digests = OrderedDict(state["digests"])
