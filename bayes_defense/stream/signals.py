@@ -17,7 +17,8 @@ the model's benign rates mean what they say:
   median of the other clients' (a ratio, the continuous rule above), and is
   also on when requests stall for fewer than half of the clients that
   reported (one client starved while the others commit; a stalled primary
-  stalls every client);
+  stalls every client); latencies the replicas report of themselves do not
+  count (the signal is about clients);
 - ``join_rate`` counts the joins of a window whose network prefix (attrs
   ``prefix``) already joined within :data:`JOIN_MEMORY` seconds, with the
   count rule above: ordinary joins come from diverse networks, so their
@@ -458,8 +459,12 @@ class SignalExtractor:
 
     def _starved(self, out: np.ndarray, row: int) -> None:
         """``client_starved`` at ``row``: the slowest client against the others, and stalls of a few clients."""
-        latency = {node: v[1] / v[2] for (node, k), v in self.values.items() if k == "request_latency" and v[2] > 0}
-        clients = set(latency) | {node for (node, k) in self.values if k == "throughput"}
+        # Clients only: a log whose replicas report their own latency (plenum's monitor) says nothing of
+        # one client's requests.
+        replicas = self._replica_set
+        latency = {node: v[1] / v[2] for (node, k), v in self.values.items()
+                   if k == "request_latency" and v[2] > 0 and node not in replicas}
+        clients = set(latency) | {node for (node, k) in self.values if k == "throughput" and node not in replicas}
         on = math.nan
         if len(latency) >= 2:
             ranked = sorted(latency.values())
