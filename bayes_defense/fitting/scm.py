@@ -525,7 +525,13 @@ def _node_laplace(design: np.ndarray, target: np.ndarray, prior_mean: np.ndarray
     precision = 1.0 / np.square(prior_sd)
     beta = np.linalg.lstsq(design, target, rcond=None)[0]
     t = max(float(np.mean(np.square(target - design @ beta))), 1e-300)
-    for iteration in range(1, max_iterations + 1):
+    iterations, converged = 0, False
+    while not converged:
+        if iterations == max_iterations:
+            raise InvalidInputError(f"a node's regression did not reach its mode in {max_iterations} "
+                                    "alternations (a column constant or collinear with its parents'?): use "
+                                    "method='nuts'")
+        iterations += 1
         beta = np.linalg.solve(gram / t + np.diag(precision), moment / t + precision * prior_mean)
         squares = max(total - 2.0 * beta @ moment + beta @ gram @ beta, 0.0)
         a = 1.0 / scale_sd ** 2
@@ -534,8 +540,6 @@ def _node_laplace(design: np.ndarray, target: np.ndarray, prior_mean: np.ndarray
             if squares > 0 else 1e-300
         converged = abs(t_new - t) <= tolerance * t
         t = t_new
-        if converged:
-            break
     beta = np.linalg.solve(gram / t + np.diag(precision), moment / t + precision * prior_mean)
     residual_moment = moment - gram @ beta
     squares = max(total - 2.0 * beta @ moment + beta @ gram @ beta, 0.0)
@@ -551,7 +555,7 @@ def _node_laplace(design: np.ndarray, target: np.ndarray, prior_mean: np.ndarray
         raise InvalidInputError("a node's regression has no positive-definite curvature at its mode (a "
                                 "column constant or collinear with its parents'?): drop the edge or the "
                                 "column, or use method='nuts'") from None
-    return np.append(beta, 0.5 * math.log(t)), covariance, iteration
+    return np.append(beta, 0.5 * math.log(t)), covariance, iterations
 
 
 def _graph_posterior(model, columns: _Columns, *, num_samples: int, seed: int):
