@@ -70,6 +70,14 @@ def register(subparsers: Any) -> None:
     defend.add_argument("--checkpoint-every", type=float, default=10.0, metavar="S",
                         help="seconds of work between checkpoints; 0 = at every block of the log (default 10)")
     defend.add_argument("--resume", metavar="CHECKPOINT", help="continue an interrupted run from its checkpoint")
+    defend.add_argument("--learn", metavar="LABELS",
+                        help="labels that arrive after the fact (labels.json records, or {verdict: not_attack, ...} "
+                             "for a rejected alert): each is folded into the posterior the defender runs with once "
+                             "the stream has passed its end (exact conjugate update; the model filter only; "
+                             "docs/learning.md)")
+    defend.add_argument("--learned", metavar="FILE",
+                        help="with --learn: write the posterior the run ended with (NetCDF), for the next run's "
+                             "--posterior")
     defend.add_argument("--json", action="store_true", help="print a machine-readable summary on stdout")
     defend.set_defaults(func=run_defend)
 
@@ -205,7 +213,7 @@ class _AlertFile:
 
 def run_defend(args: argparse.Namespace) -> int:
     """Run ``bayes-defense defend``; return the exit status."""
-    from bayes_defense.ioutil import fsync_directory
+    from bayes_defense.ioutil import atomic_path, fsync_directory
     from bayes_defense.stream.defender import choose_defender, defender_class
     from bayes_defense.stream.io import read_events
     from bayes_defense.stream.schema import REJECTION_REASONS
@@ -219,7 +227,12 @@ def run_defend(args: argparse.Namespace) -> int:
         raise InvalidInputError(f"--checkpoint-every must be a number of seconds >= 0, got {args.checkpoint_every}")
     observation_map = observation_map_argument(getattr(args, "observation_map", None))
     posterior = load_parameters(args.posterior)
-    name = choose_defender(getattr(args, "defender", None), posterior=posterior, observation_map=observation_map)
+    learn = _learning_labels(getattr(args, "learn", None), getattr(args, "learned", None))
+    name = choose_defender(getattr(args, "defender", None) or ("model" if learn is not None else None),
+                           posterior=posterior, observation_map=observation_map)
+    if learn is not None and name != "model":
+        raise InvalidInputError("--learn updates the model filter's posterior; the scored defender does not learn "
+                                "online (drop --defender scored, or refit it with `bayes-defense fit`)")
     # The model filter judges kinds itself (through its map) and counts the ones that match nothing.
     reader = read_events(args.events, strict=False, allow_unknown_kind=name == "model")
     source = str(reader.path.resolve())
@@ -247,7 +260,7 @@ def run_defend(args: argparse.Namespace) -> int:
             raise InvalidInputError(f"checkpoint {args.resume!r} was written for {saved.get('source')!r}, not for this "
                                     f"log (or the log changed since); resume with the same log")
         options = {"threshold": args.threshold, "posterior": args.posterior, "defender": name,
-                   "map": getattr(args, "observation_map", None)}
+                   "map": getattr(args, "observation_map", None), "learn": getattr(args, "learn", None)}
         if any(saved.get(key) != value for key, value in options.items()):
             given = ", ".join(f"{key} {saved.get(key)}" for key in options)
             raise InvalidInputError(f"checkpoint {args.resume!r} was written with {given}; resume with the same options")
@@ -256,17 +269,35 @@ def run_defend(args: argparse.Namespace) -> int:
                 and isinstance(elapsed_before, (int, float)) and math.isfinite(elapsed_before)):
             raise InvalidInputError(f"checkpoint {args.resume!r} does not record how many alerts were written; "
                                     "it is damaged; rerun without --resume")
+        learned_before = saved.get("learned", 0)
+        if type(learned_before) is not int or not 0 <= learned_before <= len(learn or ()):
+            raise InvalidInputError(f"checkpoint {args.resume!r} records {learned_before!r} labels learnt, which "
+                                    f"--learn does not hold; it is damaged or for other labels; rerun without --resume")
         reader.restore(saved.get("reader", {}))
         alerts_file = _AlertFile(partial, kept)
         elapsed_before = float(elapsed_before)
     else:
         extra_options = {} if observation_map is None else {"observation_map": observation_map}
+        if learn is not None:
+            extra_options["learning"] = True
         defender = defender_class(name)(posterior, threshold=args.threshold, max_clock_skew=args.max_clock_skew,
                                         **extra_options)
         out.parent.mkdir(parents=True, exist_ok=True)
         alerts_file = _AlertFile(partial, None)
         alerts_before = 0
         elapsed_before = 0.0
+        learned_before = 0
+    # Labels are folded in, in order of their ends, once the stream has passed them (at a block's end).
+    pending = sorted(learn or (), key=_label_end)[learned_before:]
+    learned = [learned_before]
+
+    def learn_due() -> None:
+        due = []
+        while pending and _label_end(pending[0]) <= defender.belief.ts:
+            due.append(pending.pop(0))
+        if due:
+            defender.learn(due)
+            learned[0] += len(due)
 
     last_save = [time.perf_counter()]
     run_started = time.perf_counter()
@@ -282,15 +313,28 @@ def run_defend(args: argparse.Namespace) -> int:
             "source": source, "fingerprint": _fingerprint(reader.path, counts["position"]["offset"]),
             "reader": counts, "alerts_bytes": alerts_file.size, "alerts": alerts_before + alerts_file.count,
             "threshold": args.threshold, "posterior": args.posterior, "defender": name,
-            "map": getattr(args, "observation_map", None), "seconds": elapsed_before + now - run_started}})
+            "map": getattr(args, "observation_map", None), "learn": getattr(args, "learn", None),
+            "learned": learned[0], "seconds": elapsed_before + now - run_started}})
         last_save[0] = now
+
+    def after_block() -> None:
+        learn_due()
+        save_checkpoint()
 
     bar = progress_bar(None, "defend")
     try:
-        stats = defend_stream(reader, defender, bar=bar, on_alerts=alerts_file.write, on_block=save_checkpoint)
+        stats = defend_stream(reader, defender, bar=bar, on_alerts=alerts_file.write, on_block=after_block)
+        if pending:
+            # Labels ending at or after the stream's last window: the run has seen all it will.
+            defender.learn(pending)
+            learned[0] += len(pending)
+            pending.clear()
     finally:
         bar.close()
         alerts_file.close()
+    if getattr(args, "learned", None):
+        with atomic_path(Path(args.learned)) as temporary:
+            defender.posterior().save(temporary)
     os.replace(partial, out)
     fsync_directory(out.parent if str(out.parent) else ".")
     if checkpoint.exists():
@@ -305,6 +349,8 @@ def run_defend(args: argparse.Namespace) -> int:
     unmatched_kinds = dict(unmatched.most_common(10)) if unmatched is not None else {}
     summary = {**stats, "events": records, "accepted": defender.accepted, "rejected": rejected,
                "alerts": alerts, "out": str(out), "defender": name, "unmatched_kinds": unmatched_kinds}
+    if learn is not None:
+        summary.update(learned=learned[0], learned_posterior=getattr(args, "learned", None))
     unusable = sum(rejected.values())
     if args.json:
         print(strict_json(summary))
@@ -333,6 +379,30 @@ def run_defend(args: argparse.Namespace) -> int:
                   f"for this vocabulary with --map, docs/observation-maps.md)", file=sys.stderr)
         return EXIT_UNTRUSTED
     return EXIT_OK
+
+
+def _label_end(label: Any) -> float:
+    # Checked by _learning_labels: every label has a finite end (a rejected alert's: its ts).
+    return float(label.get("end", label.get("ts")))
+
+
+def _learning_labels(path: str | None, learned: str | None) -> list[dict] | None:
+    """The ``--learn`` file's labels (a list of objects, each with a finite ``end``), or None without it."""
+    from bayes_defense.commands._common import read_json
+
+    if path is None:
+        if learned is not None:
+            raise InvalidInputError("--learned writes the posterior --learn updates; give --learn LABELS with it")
+        return None
+    labels = read_json(Path(path), "labels")
+    if not isinstance(labels, list) or not all(isinstance(label, dict) for label in labels):
+        raise InvalidInputError(f"--learn {path!r} must hold a list of label objects (labels.json records, or "
+                                f"{{verdict: not_attack, ...}}); got {type(labels).__name__}")
+    for k, label in enumerate(labels):
+        end = label.get("end", label.get("ts"))
+        if isinstance(end, bool) or not isinstance(end, (int, float)) or not math.isfinite(end):
+            raise InvalidInputError(f"--learn {path!r}: label {k} has no finite end (or ts) in seconds; got {end!r}")
+    return labels
 
 
 def _read_alert_lines(path: Path) -> list[str]:

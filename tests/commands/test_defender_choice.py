@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 
+import numpy as np
 import pytest
 
 from bayes_defense.cli import main
@@ -98,9 +99,13 @@ def test_a_model_filter_fit_chooses_the_model_filter_in_defend(run, tmp_path, ca
                  "--out", str(posterior)]) == 2
 
 
-def test_model_filter_resume_gives_the_uninterrupted_alerts(run, tmp_path, capsys):
+@pytest.mark.parametrize("learning", [False, True], ids=["plain", "learning"])
+def test_model_filter_resume_gives_the_uninterrupted_alerts(run, tmp_path, capsys, learning):
     log = run / "events.jsonl"
-    assert main(["defend", str(log), "--defender", "model", "--out", str(tmp_path / "ref.jsonl"), "--json"]) == 0
+    extra = ["--learn", str(run / "labels.json")] if learning else []
+    reference = ["--learned", str(tmp_path / "ref.nc")] if learning else []
+    assert main(["defend", str(log), "--defender", "model", "--out", str(tmp_path / "ref.jsonl"), "--json",
+                 *extra, *reference]) == 0
     capsys.readouterr()
     # A checkpoint at every block: the run's last checkpoint is removed at the end, so write one by hand
     # from a run cut short, as an interruption would leave it.
@@ -124,16 +129,25 @@ def test_model_filter_resume_gives_the_uninterrupted_alerts(run, tmp_path, capsy
     try:
         with pytest.raises(KeyboardInterrupt):
             main(["defend", str(log), "--defender", "model", "--out", str(tmp_path / "a.jsonl"),
-                  "--checkpoint-every", "0"])
+                  "--checkpoint-every", "0", *extra])
     finally:
         command.defend_stream = original
     checkpoint = tmp_path / "a.jsonl.checkpoint"
     assert saved and checkpoint.is_file()
-    assert main(["defend", str(log), "--out", str(tmp_path / "a.jsonl"), "--resume", str(checkpoint)]) == 2
-    assert "resume with the --defender" in capsys.readouterr().err
+    if not learning:   # --learn implies the model filter; without it the default defender cannot read the state
+        assert main(["defend", str(log), "--out", str(tmp_path / "a.jsonl"), "--resume", str(checkpoint)]) == 2
+        assert "resume with the --defender" in capsys.readouterr().err
+    resumed = ["--learned", str(tmp_path / "resumed.nc")] if learning else []
     assert main(["defend", str(log), "--defender", "model", "--out", str(tmp_path / "a.jsonl"),
-                 "--resume", str(checkpoint)]) == 0
+                 "--resume", str(checkpoint), *extra, *resumed]) == 0
     assert _alerts(tmp_path / "a.jsonl") == _alerts(tmp_path / "ref.jsonl")
+    if learning:
+        from bayes_defense.fitting import load_posterior
+
+        before, after = load_posterior(tmp_path / "ref.nc"), load_posterior(tmp_path / "resumed.nc")
+        assert after.info["labelled_windows"] == before.info["labelled_windows"] > 0
+        for name, values in before.draws.items():
+            np.testing.assert_array_equal(after.draws[name], values, err_msg=name)
 
 
 def test_the_demo_with_the_model_filter_shows_each_first_alerts_explanation(tmp_path, capsys):
@@ -152,3 +166,30 @@ def test_the_demo_with_the_model_filter_shows_each_first_alerts_explanation(tmp_
     assert "model defender: detection rate" in printed
     if alerted:
         assert "first alert / countermeasure / explanation" in printed
+
+
+def test_defend_learn_folds_labels_in_and_ends_with_the_fit_of_the_same_log(run, tmp_path, capsys):
+    from bayes_defense.fitting import load_posterior
+
+    labels = run / "labels.json"
+    learned = tmp_path / "learned.nc"
+    assert main(["defend", str(run / "events.jsonl"), "--learn", str(labels), "--learned", str(learned),
+                 "--out", str(tmp_path / "a.jsonl"), "--json"]) == 0
+    summary = json.loads(capsys.readouterr().out)
+    assert summary["defender"] == "model" and summary["learned"] == len(json.loads(labels.read_text()))
+    fitted = tmp_path / "fitted.nc"
+    # The events file, not the directory: the directory's faults.json would fit the faults too.
+    assert main(["fit", str(run / "events.jsonl"), "--labels", str(labels), "--defender", "model",
+                 "--out", str(fitted), "--json"]) in (0, 1)
+    capsys.readouterr()
+    online, offline = load_posterior(learned), load_posterior(fitted)
+    assert online.info["labelled_windows"] == offline.info["labelled_windows"] > 0
+    for name, values in offline.draws.items():
+        np.testing.assert_allclose(online.draws[name], values, rtol=0, atol=1e-12, err_msg=name)
+    assert main(["defend", str(run / "events.jsonl"), "--learn", str(labels), "--defender", "scored",
+                 "--out", str(tmp_path / "b.jsonl")]) == 2
+    assert "does not learn" in capsys.readouterr().err
+    bad = tmp_path / "bad.json"
+    bad.write_text(json.dumps([{"attack": "replay"}]))
+    assert main(["defend", str(run / "events.jsonl"), "--learn", str(bad), "--out", str(tmp_path / "b.jsonl")]) == 2
+    assert "no finite end" in capsys.readouterr().err
