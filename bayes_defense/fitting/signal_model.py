@@ -781,28 +781,54 @@ def _parameters(statistics: SignalStatistics, start: dict[str, np.ndarray], prio
                 mean = 1.0 - float(np.mean(rest)) * (1.0 - prior[name])
                 draws[name] = np.clip(1.0 - (1.0 - draw(hit_on, hit_obs, mean, prior_strength)) / rest, 0.0, 1.0)
     for i, attack in enumerate(attacks):
-        spec = attack_spec(attack)
-        for signal in {**spec.attacker_side, **spec.cluster_side, **dict.fromkeys(spec.impacts)}:
+        for name, signal, stage in _attack_edges(attack):
             s = SIGNALS.index(signal)
-            column = 1 if signal in spec.impacts else 0
-            if statistics.attack_obs[i, s, column] == 0:
+            on, obs, unknown = _stage_counts(statistics, i, s, stage)
+            if obs <= 0:
                 continue
-            base = _attack_base(draws, statistics, i, s, column, replicas)
-            name = evidence._effect_name(signal, attack)
+            base = _attack_base(draws, signal, obs, unknown, replicas)
             mean = 1.0 - (1.0 - float(np.mean(base))) * (1.0 - prior[name])
-            on_fraction = draw(statistics.attack_on[i, s, column], statistics.attack_obs[i, s, column], mean,
-                               prior_strength)
+            on_fraction = draw(on, obs, mean, prior_strength)
             draws[name] = np.clip(1.0 - (1.0 - on_fraction) / (1.0 - base), 0.0, 1.0)
     return evidence.check_values(draws, attacks), fitted
 
 
-def _attack_base(values: Mapping[str, np.ndarray], statistics: SignalStatistics, attack: int, signal: int,
-                 column: int, replicas: float) -> np.ndarray:
+def _attack_edges(attack: str) -> list[tuple[str, str, str]]:
+    """An attack's fitted edges: ``(parameter, signal, stage)``.
+
+    A telemetry signal has one edge per stage (``window.{signal}.{attack}``
+    in the precursor, ``window.{signal}.{attack}.execution`` in execution,
+    as the filter reads them: :mod:`bayes_defense.stream.evidence`); an outcome
+    shows in execution only.
+    """
+    spec = attack_spec(attack)
+    edges = []
+    for signal in {**spec.attacker_side, **spec.cluster_side, **dict.fromkeys(spec.impacts)}:
+        if signal in spec.impacts:
+            edges.append((evidence._effect_name(signal, attack), signal, "execution"))
+        else:
+            edges.append((evidence._effect_name(signal, attack), signal, "precursor"))
+            edges.append((evidence._execution_name(signal, attack), signal, "execution"))
+    return edges
+
+
+def _stage_counts(statistics: SignalStatistics, attack: int, signal: int, stage: str) -> tuple[float, float, float]:
+    """(on, observed, fault-unknown) counts of a signal in an attack's precursor or execution windows.
+
+    The statistics count the attack's active windows (column 0) and its
+    executing ones (column 1); the precursor's are their difference.
+    """
+    counts = (statistics.attack_on, statistics.attack_obs, statistics.attack_unknown)
+    if stage == "execution":
+        return tuple(float(c[attack, signal, 1]) for c in counts)
+    return tuple(max(float(c[attack, signal, 0] - c[attack, signal, 1]), 0.0) for c in counts)
+
+
+def _attack_base(values: Mapping[str, np.ndarray], signal: str, obs: float, unknown: float,
+                 replicas: float) -> np.ndarray:
     """P(signal on without the attack) in an attack's windows: the benign rate and the faults where unknown."""
-    name = SIGNALS[signal]
-    share = _fault_share(values, name, replicas, attributed=name not in OUTCOME_SIGNALS)
-    unknown = statistics.attack_unknown[attack, signal, column] / statistics.attack_obs[attack, signal, column]
-    return 1.0 - (1.0 - values[evidence._baseline_name(name)]) * (1.0 - min(unknown, 1.0) * share)
+    share = _fault_share(values, signal, replicas, attributed=signal not in OUTCOME_SIGNALS)
+    return 1.0 - (1.0 - values[evidence._baseline_name(signal)]) * (1.0 - min(unknown / obs, 1.0) * share)
 
 
 def _point(statistics: SignalStatistics, prior_strength: float) -> dict[str, np.ndarray]:
@@ -1228,14 +1254,10 @@ def predictive_check(posterior: SignalPosterior, statistics: SignalStatistics, s
                 if other_obs > 0:
                     judge(f"{name} on-fraction of {signal} elsewhere", other_on, other_obs, elsewhere)
     for i, attack in enumerate(posterior.attacks):
-        spec = attack_spec(attack)
-        for signal in {**spec.attacker_side, **spec.cluster_side, **dict.fromkeys(spec.impacts)}:
-            s = SIGNALS.index(signal)
-            column = 1 if signal in spec.impacts else 0
-            if statistics.attack_obs[i, s, column] == 0:
+        for name, signal, stage in _attack_edges(attack):
+            on, obs, unknown = _stage_counts(statistics, i, SIGNALS.index(signal), stage)
+            if obs <= 0:
                 continue
-            base = _attack_base(draws, statistics, i, s, column, replicas)
-            rate = 1.0 - (1.0 - base) * (1.0 - draws[evidence._effect_name(signal, attack)])
-            judge(f"{attack} on-fraction of {signal}", statistics.attack_on[i, s, column],
-                  statistics.attack_obs[i, s, column], rate)
+            rate = 1.0 - (1.0 - _attack_base(draws, signal, obs, unknown, replicas)) * (1.0 - draws[name])
+            judge(f"{attack} on-fraction of {signal} in {stage}", on, obs, rate)
     return out
