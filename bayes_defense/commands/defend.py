@@ -249,6 +249,9 @@ def run_defend(args: argparse.Namespace) -> int:
     if args.resume:
         try:
             defender, extra = defender_class(name).load(args.resume, with_extra=True)
+            if learn is not None:
+                defender.record = _ledger(None, defender)
+                defender.record.load_state_dict(extra.get("ledger"))   # validated there, refused with the reason
         except InvalidInputError as error:
             raise InvalidInputError(f"{error}; resume with the --defender, --map and --posterior of the interrupted "
                                     f"run (this one runs the {name} defender)") from None
@@ -278,10 +281,10 @@ def run_defend(args: argparse.Namespace) -> int:
         elapsed_before = float(elapsed_before)
     else:
         extra_options = {} if observation_map is None else {"observation_map": observation_map}
-        if learn is not None:
-            extra_options["learning"] = True
         defender = defender_class(name)(posterior, threshold=args.threshold, max_clock_skew=args.max_clock_skew,
                                         **extra_options)
+        if learn is not None:
+            defender.record = _ledger(posterior, defender)
         out.parent.mkdir(parents=True, exist_ok=True)
         alerts_file = _AlertFile(partial, None)
         alerts_before = 0
@@ -309,7 +312,8 @@ def run_defend(args: argparse.Namespace) -> int:
         # Alerts of the events read so far are written before the state that has raised them is saved.
         alerts_file.write(defender.pop_alerts())
         counts = reader.counts()
-        defender.save(checkpoint, extra={"defend": {
+        ledger = {"ledger": defender.record.state_dict()} if learn is not None else {}
+        defender.save(checkpoint, extra={**ledger, "defend": {
             "source": source, "fingerprint": _fingerprint(reader.path, counts["position"]["offset"]),
             "reader": counts, "alerts_bytes": alerts_file.size, "alerts": alerts_before + alerts_file.count,
             "threshold": args.threshold, "posterior": args.posterior, "defender": name,
@@ -379,6 +383,14 @@ def run_defend(args: argparse.Namespace) -> int:
                   f"for this vocabulary with --map, docs/observation-maps.md)", file=sys.stderr)
         return EXIT_UNTRUSTED
     return EXIT_OK
+
+
+def _ledger(posterior: Any, defender: Any) -> Any:
+    """The learning loop's ledger for ``defender``, from the posterior's statistics where it carries them."""
+    from bayes_defense.fitting.learning import SignalLedger
+
+    base = posterior if getattr(posterior, "statistics", None) is not None else None
+    return SignalLedger(base, window=defender.window)
 
 
 def _label_end(label: Any) -> float:

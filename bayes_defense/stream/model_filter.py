@@ -173,13 +173,6 @@ class ModelDefender(StreamingDefender):
         starts at ``threshold`` and moves online (a Robbins-Monro step per
         armed window) to the ``1 - adaptive`` quantile of its lower bounds,
         within [0.5, 0.999]. Off (None) by default.
-    learning : bool or int
-        Keep a ledger of every window (:class:`bayes_defense.fitting.learning.SignalLedger`:
-        sufficient statistics of all windows, the signals of the last
-        ``learning`` windows, 3600 when True), so that :meth:`learn` can fold
-        labels that arrive after the fact into the posterior the defender
-        runs with. It starts from the statistics of ``parameters`` when that is
-        a fitted posterior carrying them, else from the prior. Off by default.
     window, horizon, threshold, rearm, level, baseline_rate, duplicate_memory, rearm_windows, planner, \
 max_clock_skew, clock_confirm
         As for :class:`~bayes_defense.stream.defender.StreamingDefender`.
@@ -201,7 +194,7 @@ max_clock_skew, clock_confirm
                  horizon: float = 60.0, threshold: float = 0.8, rearm: float = 0.3, level: float = 0.9,
                  baseline_rate: float = 0.02, duplicate_memory: int = 4096, rearm_windows: int = 60,
                  planner: Any = "plan", max_clock_skew: float = 300.0, clock_confirm: int = 3,
-                 observation_map: Any = None, adaptive: float | None = None, learning: bool | int = False) -> None:
+                 observation_map: Any = None, adaptive: float | None = None) -> None:
         settings = _check_settings({"window": window, "horizon": horizon, "threshold": threshold, "rearm": rearm,
                                     "level": level, "baseline_rate": baseline_rate,
                                     "duplicate_memory": duplicate_memory, "rearm_windows": rearm_windows,
@@ -230,21 +223,13 @@ max_clock_skew, clock_confirm
         self.__dict__.update(settings)
         self.adaptive = None if adaptive is None else float(adaptive)
         self._build()
-        # When a list, each closed window's (end, WindowSignals) is appended (the fit records windows
-        # so); with learning, the ledger of the learning loop.
+        # Each closed window's (end, WindowSignals) is appended to it when set: a list (the fit
+        # records windows so) or the learning loop's ledger
+        # (bayes_defense.fitting.learning.SignalLedger, which :meth:`learn` uses). The defender does
+        # not import the fitting package: the ledger is given to it, and its state is the caller's
+        # to keep (``bayes-defense defend --learn`` stores it in the checkpoint's extra).
         self.record: Any = None
-        if learning:
-            self.record = self._ledger(parameters, learning)
         self.reset()
-
-    def _ledger(self, parameters: Any, learning: Any) -> Any:
-        from bayes_defense.fitting.learning import DEFAULT_BUFFER_WINDOWS, SignalLedger
-
-        if learning is not True and (isinstance(learning, bool) or not isinstance(learning, int) or learning < 1):
-            raise InvalidInputError(f"learning must be False, True or a number of windows >= 1 to keep; got {learning!r}")
-        base = parameters if getattr(parameters, "statistics", None) is not None else None
-        return SignalLedger(base, buffer_windows=DEFAULT_BUFFER_WINDOWS if learning is True else learning,
-                            window=self.window)
 
     def learn(self, labels: Any) -> Any:
         """Fold labels that arrived after the fact into the posterior this defender runs with; return it.
@@ -254,30 +239,33 @@ max_clock_skew, clock_confirm
         or ``"start"``/``"end"``), as :meth:`bayes_defense.fitting.learning.SignalLedger.learn`
         takes them. The update is exact (conjugate counts: the posterior
         equals a fit of the windows seen with these labels); the new draws
-        replace the running ones, and the beliefs carry over. Needs
-        ``learning=True``.
+        replace the running ones, and the beliefs carry over. Needs a ledger
+        in :attr:`record`, set before the windows it should count.
 
         Examples
         --------
+        >>> from bayes_defense.fitting.learning import SignalLedger
         >>> from bayes_defense.sim import Simulation, random_scenario
         >>> sim = Simulation(random_scenario(5, nodes=4, duration=200, attacks=["replay"], faults=[]))
-        >>> defender = ModelDefender(ensemble=4, planner=None, learning=True)
+        >>> defender = ModelDefender(ensemble=4, planner=None)
+        >>> defender.record = SignalLedger(window=defender.window)
         >>> _ = defender.observe_batch(sim.events()); _ = defender.flush()
         >>> posterior = defender.learn(sim.labels)
         >>> posterior.info["labelled_windows"] > 0, defender.parameters["replay.p_success"].shape
         (True, (4,))
         """
         if not hasattr(self.record, "learn"):
-            raise InvalidInputError("this defender keeps no ledger of its windows; create it with learning=True "
-                                    "(bayes-defense defend --learn) to learn from labels")
+            raise InvalidInputError("this defender keeps no ledger of its windows; set defender.record = "
+                                    "bayes_defense.fitting.learning.SignalLedger(...) before its windows (bayes-defense "
+                                    "defend --learn does) to learn from labels")
         posterior = self.record.learn(labels)
         self.set_parameters(posterior)
         return posterior
 
     def posterior(self) -> Any:
-        """The posterior the learning ledger holds now (:meth:`learn`); needs ``learning=True``."""
+        """The posterior the learning ledger in :attr:`record` holds now (:meth:`learn`)."""
         if not hasattr(self.record, "posterior"):
-            raise InvalidInputError("this defender keeps no ledger of its windows; create it with learning=True")
+            raise InvalidInputError("this defender keeps no ledger of its windows (see learn)")
         return self.record.posterior()
 
     def _build(self) -> None:
@@ -409,8 +397,7 @@ max_clock_skew, clock_confirm
                      observation_map=self._map_state(), extractor=self._extractor.state_dict(),
                      log_faults=self._faults.log_faults,
                      unmatched=dict(self.unmatched.counts), unmatched_total=self.unmatched.total,
-                     belief_ts=self.belief.ts,
-                     ledger=self.record.state_dict() if hasattr(self.record, "learn") else None)
+                     belief_ts=self.belief.ts)
         return copy.deepcopy(state)
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
@@ -435,12 +422,6 @@ max_clock_skew, clock_confirm
             self._faults.log_faults = checked["log_faults"]
             self.unmatched = UnmatchedCounter()
             self.unmatched.counts, self.unmatched.total = dict(checked["unmatched"]), int(checked["unmatched_total"])
-            if checked["ledger"] is not None:
-                ledger = self._ledger(None, True)
-                ledger.load_state_dict(checked["ledger"])   # validated there; refused with the reason
-                self.record = ledger
-            elif hasattr(self.record, "learn"):
-                self.record = None
             self.belief = self._summarise(checked["belief_ts"], ())
         except Exception as error:
             self.__dict__.clear()
@@ -535,8 +516,7 @@ max_clock_skew, clock_confirm
         try:
             settings = {name: state[name] for name in _SETTINGS}
             defender = cls(state["parameters"], planner=planner, adaptive=state["adaptive"],
-                           observation_map=cls._map_from_state(state["observation_map"]),
-                           learning=state.get("ledger") is not None, **settings)
+                           observation_map=cls._map_from_state(state["observation_map"]), **settings)
         except KeyError as missing:
             raise InvalidInputError(f"checkpoint state lacks {missing.args[0]!r}; it was not written by save()") from None
         defender.load_state_dict(state)
