@@ -29,7 +29,7 @@ import copy
 import math
 from collections import deque
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -85,23 +85,10 @@ class ModelAlert(Alert):
 
 @dataclass(frozen=True)
 class ModelBelief(Belief):
-    """A :class:`~bayes_defense.stream.defender.Belief` whose rows are :attr:`attacks` (user attacks included)."""
+    """A :class:`~bayes_defense.stream.base.Belief` whose rows are :attr:`attacks`, user attacks included.
 
-    attacks: tuple = field(default_factory=tracked_attacks)
-
-    def probability(self, attack: str, what: str = "active"):
-        """One :class:`~bayes_defense.estimate.Probability` of ``attack`` (a name in :attr:`attacks`)."""
-        from bayes_defense.estimate import Probability
-
-        if attack not in self.attacks:
-            raise InvalidInputError(f"unknown attack {attack!r}; the defender tracks {', '.join(self.attacks)}")
-        row = getattr(self, what)[self.attacks.index(attack)]
-        return Probability(float(row[0]), float(row[1]), float(row[2]), level=self.level, backend="ensemble")
-
-    @property
-    def most_likely(self) -> str:
-        """The attack with the highest mean probability of being active."""
-        return self.attacks[int(np.argmax(self.active[:, 0]))]
+    The base class reads its rows by :attr:`attacks` already; the name is kept for code that tests for it.
+    """
 
 
 def _quantiles(draws: np.ndarray, level: float) -> np.ndarray:
