@@ -20,7 +20,7 @@ import math
 import numbers
 from collections import deque
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import numpy as np
@@ -275,6 +275,32 @@ class DefenderBase:
         self._last_ts = -math.inf
         self._held: list[tuple[float, str, str, float | None, dict]] = []  # events ahead of the clock, held
         self._seen: set = set()  # keys of the open window's events, for duplicates
+
+    def _episode(self, index: int, mean: float, over: bool) -> bool:
+        """Whether hypothesis ``index`` alerts now: one alert per episode (DESIGN.md section 5).
+
+        An armed hypothesis alerts when ``over`` (its lower bound crossed the
+        threshold) and is disarmed; a disarmed one re-arms after
+        ``rearm_windows`` windows in a row with its mean below ``rearm``.
+        Subclasses keep ``_armed`` and ``_quiet``, one entry per hypothesis.
+        """
+        if self._armed[index]:
+            if over:
+                self._armed[index] = False
+                return True
+            return False
+        self._quiet[index] = self._quiet[index] + 1 if mean < self.rearm else 0
+        if self._quiet[index] >= self.rearm_windows:
+            self._armed[index] = True
+            self._quiet[index] = 0
+        return False
+
+    def _publish(self, raised: list) -> None:
+        """Attach the alerts a window raised to the belief and queue them for :meth:`pop_alerts`."""
+        if raised:
+            self.belief = replace(self.belief, alerts=tuple(raised))
+            self.alerts.extend(raised)
+            self._pending_alerts.extend(raised)
 
     def _reject(self, reason: str) -> Belief:
         self.rejected[reason] = self.rejected.get(reason, 0) + 1

@@ -690,18 +690,9 @@ max_clock_skew, clock_confirm
                 # Robbins-Monro step towards the (1 - adaptive) quantile of the lower bounds while armed.
                 step = 0.01 * (float(over) - self.adaptive)
                 self._thresholds[index] = float(min(max(self._thresholds[index] + step, 0.5), 0.999))
-            if self._armed[index] and over:
-                self._armed[index] = False
+            if self._episode(index, mean, over):
                 phase = "execution" if belief.execution[index, 0] > belief.precursor[index, 0] else "precursor"
                 raised.append(ModelAlert(ts, attack, tuple(self._suspects.get(attack, ())), float(mean),
                                          float(lower), float(belief.active[index, 2]), phase,
                                          belief.countermeasures[attack], self.explanation(index)))
-            elif not self._armed[index]:
-                self._quiet[index] = self._quiet[index] + 1 if mean < self.rearm else 0
-                if self._quiet[index] >= self.rearm_windows:
-                    self._armed[index] = True
-                    self._quiet[index] = 0
-        if raised:
-            self.belief = ModelBelief(**{**self.belief.__dict__, "alerts": tuple(raised)})
-            self.alerts.extend(raised)
-            self._pending_alerts.extend(raised)
+        self._publish(raised)

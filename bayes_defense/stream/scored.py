@@ -858,18 +858,8 @@ class ScoredDefender(DefenderBase):
         raised = []
         for index, attack in enumerate(ATTACK_HYPOTHESES):
             mean, lower, upper = belief.active[index]
-            if self._armed[index] and lower >= self.threshold:
-                self._armed[index] = False
+            if self._episode(index, mean, lower >= self.threshold):
                 phase = "execution" if belief.execution[index, 0] > belief.precursor[index, 0] else "precursor"
                 raised.append(Alert(ts, attack, tuple(self._suspects.get(attack, ())), float(mean),
                                     float(lower), float(upper), phase, belief.countermeasures[attack]))
-            elif not self._armed[index]:
-                # Re-arm only after a sustained quiet spell: one episode, one alert.
-                self._quiet[index] = self._quiet[index] + 1 if mean < self.rearm else 0
-                if self._quiet[index] >= self.rearm_windows:
-                    self._armed[index] = True
-                    self._quiet[index] = 0
-        if raised:
-            self.belief = Belief(**{**belief.__dict__, "alerts": tuple(raised)})
-            self.alerts.extend(raised)
-            self._pending_alerts.extend(raised)
+        self._publish(raised)
