@@ -225,10 +225,10 @@ def run_defend(args: argparse.Namespace) -> int:
     checkpoint = Path(args.checkpoint) if args.checkpoint else out.with_name(out.name + ".checkpoint")
     if not math.isfinite(args.checkpoint_every) or args.checkpoint_every < 0:
         raise InvalidInputError(f"--checkpoint-every must be a number of seconds >= 0, got {args.checkpoint_every}")
-    observation_map = observation_map_argument(getattr(args, "observation_map", None))
+    observation_map = observation_map_argument(args.observation_map)
     posterior = load_parameters(args.posterior)
-    learn = _learning_labels(getattr(args, "learn", None), getattr(args, "learned", None))
-    name = choose_defender(getattr(args, "defender", None) or ("model" if learn is not None else None),
+    learn = _learning_labels(args.learn, args.learned)
+    name = choose_defender(args.defender or ("model" if learn is not None else None),
                            posterior=posterior, observation_map=observation_map)
     if learn is not None and name != "model":
         raise InvalidInputError("--learn updates the model filter's posterior; the scored defender does not learn "
@@ -249,12 +249,12 @@ def run_defend(args: argparse.Namespace) -> int:
     if args.resume:
         try:
             defender, extra = defender_class(name).load(args.resume, with_extra=True)
-            if learn is not None:
-                defender.record = _ledger(None, defender)
-                defender.record.load_state_dict(extra.get("ledger"))   # validated there, refused with the reason
         except InvalidInputError as error:
             raise InvalidInputError(f"{error}; resume with the --defender, --map and --posterior of the interrupted "
                                     f"run (this one runs the {name} defender)") from None
+        if learn is not None:
+            defender.record = _ledger(None, defender)
+            defender.record.load_state_dict(extra.get("ledger"))   # validated there, refused with the reason
         if not isinstance(extra.get("defend"), dict):
             raise InvalidInputError(f"{args.resume!r} is a defender checkpoint but not one of `bayes-defense defend`")
         saved = extra["defend"]
@@ -263,7 +263,7 @@ def run_defend(args: argparse.Namespace) -> int:
             raise InvalidInputError(f"checkpoint {args.resume!r} was written for {saved.get('source')!r}, not for this "
                                     f"log (or the log changed since); resume with the same log")
         options = {"threshold": args.threshold, "posterior": args.posterior, "defender": name,
-                   "map": getattr(args, "observation_map", None), "learn": getattr(args, "learn", None)}
+                   "map": args.observation_map, "learn": args.learn}
         if any(saved.get(key) != value for key, value in options.items()):
             given = ", ".join(f"{key} {saved.get(key)}" for key in options)
             raise InvalidInputError(f"checkpoint {args.resume!r} was written with {given}; resume with the same options")
@@ -294,9 +294,9 @@ def run_defend(args: argparse.Namespace) -> int:
     pending = sorted(learn or (), key=_label_end)[learned_before:]
     learned = [learned_before]
 
-    def learn_due() -> None:
+    def learn_due(until: float) -> None:
         due = []
-        while pending and _label_end(pending[0]) <= defender.belief.ts:
+        while pending and _label_end(pending[0]) <= until:
             due.append(pending.pop(0))
         if due:
             defender.learn(due)
@@ -317,26 +317,23 @@ def run_defend(args: argparse.Namespace) -> int:
             "source": source, "fingerprint": _fingerprint(reader.path, counts["position"]["offset"]),
             "reader": counts, "alerts_bytes": alerts_file.size, "alerts": alerts_before + alerts_file.count,
             "threshold": args.threshold, "posterior": args.posterior, "defender": name,
-            "map": getattr(args, "observation_map", None), "learn": getattr(args, "learn", None),
+            "map": args.observation_map, "learn": args.learn,
             "learned": learned[0], "seconds": elapsed_before + now - run_started}})
         last_save[0] = now
 
     def after_block() -> None:
-        learn_due()
+        learn_due(defender.belief.ts)
         save_checkpoint()
 
     bar = progress_bar(None, "defend")
     try:
         stats = defend_stream(reader, defender, bar=bar, on_alerts=alerts_file.write, on_block=after_block)
-        if pending:
-            # Labels ending at or after the stream's last window: the run has seen all it will.
-            defender.learn(pending)
-            learned[0] += len(pending)
-            pending.clear()
+        # Labels ending at or after the stream's last window: the run has seen all it will.
+        learn_due(math.inf)
     finally:
         bar.close()
         alerts_file.close()
-    if getattr(args, "learned", None):
+    if args.learned:
         with atomic_path(Path(args.learned)) as temporary:
             defender.posterior().save(temporary)
     os.replace(partial, out)
@@ -354,7 +351,7 @@ def run_defend(args: argparse.Namespace) -> int:
     summary = {**stats, "events": records, "accepted": defender.accepted, "rejected": rejected,
                "alerts": alerts, "out": str(out), "defender": name, "unmatched_kinds": unmatched_kinds}
     if learn is not None:
-        summary.update(learned=learned[0], learned_posterior=getattr(args, "learned", None))
+        summary.update(learned=learned[0], learned_posterior=args.learned)
     unusable = sum(rejected.values())
     if args.json:
         print(strict_json(summary))

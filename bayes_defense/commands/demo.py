@@ -112,7 +112,7 @@ def run_demo(args: argparse.Namespace) -> int:
     out.mkdir(parents=True, exist_ok=True)
     started = time.perf_counter()
     result = simulate(scenario, out)
-    name = getattr(args, "defender", DEFAULT_DEFENDER)
+    name = args.defender
     defender = defender_class(name)()
     observe = defender.observe
     times: list[float] = []

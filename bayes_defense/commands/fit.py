@@ -84,9 +84,9 @@ def run_fit(args: argparse.Namespace) -> int:
         raise InvalidInputError("--colluders applies to the cluster model only; give --nodes N with it")
     from bayes_defense.stream.defender import choose_defender
 
-    if choose_defender(getattr(args, "defender", None), observation_map=getattr(args, "observation_map", None)) == "model":
+    if choose_defender(args.defender, observation_map=args.observation_map) == "model":
         return _run_model_fit(args)
-    if getattr(args, "faults", None):
+    if args.faults:
         raise InvalidInputError("--faults applies to the model filter's fit; give --defender model with it")
     labels = args.labels or []
     if labels and len(labels) != len(args.events):
