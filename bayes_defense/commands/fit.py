@@ -129,8 +129,6 @@ def _inputs(args: argparse.Namespace, flag: str, name: str) -> list:
 
 def _run_model_fit(args: argparse.Namespace) -> int:
     """``bayes-defense fit --defender model``: the model filter's signal model, from event logs."""
-    from bayes_defense.fitting import load_posterior
-
     for events in args.events:
         if not Path(events).exists():
             raise FileNotFoundError(f"no such event log: {events!r}")
@@ -144,11 +142,9 @@ def _run_model_fit(args: argparse.Namespace) -> int:
     if args.observation_map is not None:
         options["observation_map"] = observation_map_argument(args.observation_map)
     if args.prior:
-        prior = load_posterior(args.prior)
-        if not callable(getattr(prior, "signal_parameters", None)):
-            raise InvalidInputError(f"--prior {args.prior!r} was not fitted for the model filter; give a posterior "
-                                    "written by `bayes-defense fit --defender model`")
-        options["prior"] = prior
+        # The signal model's fit takes no prior posterior: its counts add exactly instead.
+        raise InvalidInputError("--prior does not apply to the model filter's fit; fit the new logs alone and merge the "
+                                "two posteriors exactly with bd.merge_posteriors([old, new]), or fit all logs at once")
     out = _out_file(args.out)
     return _fit_and_write("model", logs, None, out, args, lambda summary: (
         f"fitted the model filter's signal model to {_figure(summary.get('windows'), '.0f')} windows "

@@ -159,7 +159,7 @@ def fit(model: Any = "defender", data: Any = None, **options: Any):
 
     if isinstance(model, StreamingDefender):
         options.setdefault("window", model.window)
-    if isinstance(model, ModelDefender) and getattr(model, "observation_map", None) is not None:
+    if isinstance(model, ModelDefender):
         options.setdefault("observation_map", model.observation_map)
     if function.__name__ in ("fit_defender", "fit_signal_model"):
         return function(data, **options)
