@@ -159,8 +159,5 @@ def observation_map_argument(value: str | None) -> Any:
         return None
     from bayes_defense.stream.obsmap import ObservationMap
 
-    if not Path(value).exists() and not value.endswith(".toml"):
-        return ObservationMap.builtin(value)
-    if not Path(value).is_file():
-        raise FileNotFoundError(f"no such observation map: {value!r}")
+    # One rule for names and paths, the loader's: a bare name is a shipped map, anything else a file.
     return ObservationMap.load(value)
