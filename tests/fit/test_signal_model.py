@@ -7,7 +7,7 @@ import pytest
 
 import bayes_defense as bd
 from bayes_defense.errors import InvalidInputError
-from bayes_defense.fitting import signal_model
+from bayes_defense.fitting import signal_model, signal_posterior
 from bayes_defense.sim import random_scenario
 from bayes_defense.sim.engine import Simulation
 from bayes_defense.stream import evidence
@@ -222,7 +222,7 @@ def test_benign_rates_subtract_the_faults_only_where_they_are_unknown():
     stats.benign_unknown[:] = 4000.0
     unknown = signal_model.posterior_from_statistics(stats, num_samples=50, seed=1, check=False)
     name = "telemetry.vc_request.baseline"
-    share = signal_model._fault_share(unknown.draws, "vc_request", 4.0, attributed=True)
+    share = signal_posterior.fault_share(unknown.draws, "vc_request", 4.0, attributed=True)
     on_fraction = known.draws[name]
     expected = np.clip(1.0 - (1.0 - on_fraction) / (1.0 - share), 1e-5, 1.0)
     np.testing.assert_allclose(unknown.draws[name], expected, rtol=1e-12)
