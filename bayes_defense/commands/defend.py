@@ -253,7 +253,7 @@ def run_defend(args: argparse.Namespace) -> int:
             raise InvalidInputError(f"{error}; resume with the --defender, --map and --posterior of the interrupted "
                                     f"run (this one runs the {name} defender)") from None
         if learn is not None:
-            defender.record = _ledger(None, defender)
+            defender.record = _ledger(defender)
             defender.record.load_state_dict(extra.get("ledger"))   # validated there, refused with the reason
         if not isinstance(extra.get("defend"), dict):
             raise InvalidInputError(f"{args.resume!r} is a defender checkpoint but not one of `bayes-defense defend`")
@@ -284,7 +284,7 @@ def run_defend(args: argparse.Namespace) -> int:
         defender = defender_class(name)(posterior, threshold=args.threshold, max_clock_skew=args.max_clock_skew,
                                         **extra_options)
         if learn is not None:
-            defender.record = _ledger(posterior, defender)
+            defender.record = _ledger(defender)
         out.parent.mkdir(parents=True, exist_ok=True)
         alerts_file = _AlertFile(partial, None)
         alerts_before = 0
@@ -382,12 +382,11 @@ def run_defend(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-def _ledger(posterior: Any, defender: Any) -> Any:
-    """The learning loop's ledger for ``defender``, from the posterior's statistics where it carries them."""
+def _ledger(defender: Any) -> Any:
+    """The learning loop's ledger for ``defender``: from the counts of the posterior it runs, where it has them."""
     from bayes_defense.fitting.learning import SignalLedger
 
-    base = posterior if getattr(posterior, "statistics", None) is not None else None
-    return SignalLedger(base, window=defender.window)
+    return SignalLedger.for_defender(defender)
 
 
 def _label_end(label: Any) -> float:
