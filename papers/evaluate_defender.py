@@ -128,51 +128,6 @@ def _one(seed: int) -> dict:
             "first_alerts": first_alerts}
 
 
-def _phase_edges(posterior, seed: int = 0) -> list[str]:
-    """Interim, until fitting/signal_model.py fits them: each attack's telemetry edges per phase.
-
-    The filter reads ``window.{signal}.{attack}`` in the precursor and
-    ``window.{signal}.{attack}.execution`` in execution
-    (:func:`bayes_defense.stream.evidence.parameter_names`); the fit estimates
-    the first from both phases' windows and leaves the second at its prior.
-    This draws both from the fit's own sufficient statistics
-    (``posterior.statistics``: column 0 counts the attack's windows, column 1
-    its execution windows), with the fit's Beta form and prior weight.
-    Returns the names it set (empty when the posterior carries no statistics).
-    """
-    import numpy as np
-
-    from bayes_defense.fitting import signal_model
-    from bayes_defense.models.registry import attack_spec
-    from bayes_defense.stream import evidence
-    from bayes_defense.stream.signals import SIGNALS
-
-    statistics = posterior.statistics
-    if statistics is None:
-        return []
-    rng = np.random.default_rng(seed + 7)
-    prior = evidence.parameter_names(posterior.attacks)
-    draws = posterior.draws
-    replicas = statistics.replica_rows / max(statistics.windows, 1.0)
-    done = []
-    for i, attack in enumerate(posterior.attacks):
-        spec = attack_spec(attack)
-        for signal in {**spec.attacker_side, **spec.cluster_side}:
-            s = SIGNALS.index(signal)
-            faults = signal_model._fault_share(draws, signal, replicas, attributed=True)
-            base = 1.0 - (1.0 - draws[evidence._baseline_name(signal)]) * (1.0 - faults)
-            name, execution = evidence._effect_name(signal, attack), evidence._execution_name(signal, attack)
-            mean = 1.0 - (1.0 - float(np.mean(base))) * (1.0 - prior[name])
-            on, seen = statistics.attack_on[i, s], statistics.attack_obs[i, s]
-            for key, k_on, k_seen in ((name, on[0] - on[1], seen[0] - seen[1]), (execution, on[1], seen[1])):
-                if k_seen <= 0:
-                    continue
-                fraction = signal_model._beta(rng, k_on, k_seen, mean, 2.0, posterior.num_draws)
-                draws[key] = np.clip(1.0 - (1.0 - fraction) / (1.0 - base), 0.0, 1.0)
-                done.append(key)
-    return done
-
-
 def _fmt(value, digits: int = 3) -> str:
     return "-" if value is None or (isinstance(value, float) and math.isnan(value)) else f"{value:.{digits}f}"
 
@@ -196,7 +151,6 @@ def main(argv: list[str] | None = None) -> int:
     with Pool(args.jobs) as pool:
         runs = pool.map(_train, [TRAIN_SEED + k for k in range(args.train)])
     posterior = fit_signal_model(runs, num_samples=200, seed=0)
-    split = _phase_edges(posterior)
     fit_seconds = time.perf_counter() - started
     del runs
     seeds = [args.first_seed + k for k in range(args.scenarios)]
@@ -210,8 +164,7 @@ def main(argv: list[str] | None = None) -> int:
              f"- fit: {args.train} training runs (seeds {TRAIN_SEED}..{TRAIN_SEED + args.train - 1}), "
              f"{posterior.info['windows']} windows, {fit_seconds:.0f} s wall; predictive check: "
              f"{'passed' if posterior.diagnostics_ok else 'FAILED: ' + '; '.join(posterior.problems)}",
-             f"- per-phase attack edges: {len(split)} drawn by this script from the fit's sufficient statistics "
-             "(`_phase_edges`, interim until the fit does it)" if split else "- per-phase attack edges: from the fit",
+             "- per-phase attack edges: from the fit (`window.{signal}.{attack}` and its `.execution`)",
              f"- evaluation: {len(results)} fresh runs (seeds {seeds[0]}..{seeds[-1]}), n = "
              f"{', '.join(map(str, NODES))} in turn, {DURATION:.0f} s, intensity uniform in [{MIN_INTENSITY}, 1], "
              f"all six benign faults in every run", "",
