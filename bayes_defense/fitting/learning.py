@@ -177,6 +177,26 @@ class SignalLedger:
         self.windows = 0
         self.labels_applied = 0
 
+    @classmethod
+    def for_defender(cls, defender: Any, **options: Any) -> SignalLedger:
+        """A ledger for ``defender`` (a model filter): its window, and the counts of the posterior it runs.
+
+        The base is ``defender.base_posterior`` (the shipped default, or the
+        fitted posterior it was given) when that carries statistics, else the
+        prior; ``options`` are the constructor's.
+
+        Examples
+        --------
+        >>> from bayes_defense.stream.model_filter import ModelDefender
+        >>> ledger = SignalLedger.for_defender(ModelDefender(ensemble=2, planner=None))
+        >>> ledger.base.windows > 0                 # the shipped default's training windows
+        True
+        """
+        base = getattr(defender, "base_posterior", None)
+        if getattr(base, "statistics", None) is None:
+            base = None
+        return cls(base, window=defender.window, **options)
+
     # ------------------------------------------------------------ windows
     def append(self, item: Any) -> None:
         """Count one closed window ``(end, WindowSignals)`` as benign and keep its signals (the defender's hook)."""

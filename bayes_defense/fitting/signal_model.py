@@ -109,7 +109,8 @@ def record_windows(data: Any, *, observation_map: Any = None, window: float = 1.
     """
     from bayes_defense.stream.model_filter import ModelDefender
 
-    defender = ModelDefender(ensemble=1, planner=None, observation_map=observation_map, window=window,
+    # A window's signals do not depend on the parameters; the prior's one draw is the cheapest filter to run.
+    defender = ModelDefender("prior", ensemble=1, planner=None, observation_map=observation_map, window=window,
                              clock_confirm=1)
     defender.record = []
     defender.observe_batch(_events(data))

@@ -71,7 +71,8 @@ from bayes_defense.stream.signals import SIGNALS, WindowSignals
 __all__ = ["FORMAT_NAME", "FORMAT_VERSION", "PPC_TAIL", "BASELINE_STRENGTH", "SignalPosterior", "SignalStatistics",
            "count_windows", "count_transitions", "attack_rows", "count_labelled_windows", "posterior_from_statistics",
            "predictive_check", "posterior_from_groups", "point_estimate",
-           "check_fit_settings", "fault_share"]
+           "check_fit_settings", "fault_share", "DEFAULT_STATISTICS", "write_statistics",
+           "read_statistics", "default_posterior"]
 
 FORMAT_NAME = "bayes_defense.signal_posterior"
 FORMAT_VERSION = "1.0"
@@ -221,6 +222,32 @@ class SignalStatistics:
                 raise InvalidInputError(f"signal statistics: {name} must be a finite count >= 0; got {value!r}")
             scalars[name] = float(value)
         return cls(tuple(attacks), tuple(signals), **arrays, **scalars)
+
+    def for_attacks(self, attacks: Sequence[str] | None = None) -> SignalStatistics:
+        """These counts rearranged for ``attacks`` (default: the tracked ones): rows of attacks counted here are
+        kept, attacks not counted here start at zero (their prior), rows of attacks not asked for are dropped.
+
+        Examples
+        --------
+        >>> stats = SignalStatistics.zeros(("replay",))
+        >>> stats.phase_windows[0, 2] = 5.0
+        >>> moved = stats.for_attacks(("flooding", "replay"))
+        >>> moved.attacks, moved.phase_windows[:, 2].tolist()
+        (('flooding', 'replay'), [0.0, 5.0])
+        """
+        attacks = tracked_attacks() if attacks is None else tuple(attacks)
+        out = SignalStatistics.zeros(attacks)
+        out.signals = self.signals
+        for name in ("benign_on", "benign_obs", "benign_unknown", "fault_on", "fault_obs", "fault_windows"):
+            setattr(out, name, getattr(self, name).copy())
+        for i, attack in enumerate(attacks):
+            if attack in self.attacks:
+                j = self.attacks.index(attack)
+                for name in ("attack_on", "attack_obs", "attack_unknown", "phase_windows", "phase_changes"):
+                    getattr(out, name)[i] = getattr(self, name)[j]
+        for name in self._SCALARS:
+            setattr(out, name, getattr(self, name))
+        return out
 
     def check_current(self, attacks: Sequence[str] | None = None) -> None:
         """Refuse statistics of other attacks or another signal list than the model's now."""
@@ -554,6 +581,13 @@ def posterior_from_groups(path: Path, groups: Mapping[str, Any]) -> SignalPoster
     if theta.ndim != 3 or theta.shape[-1] != len(names) or not np.all(np.isfinite(theta)):
         raise InvalidInputError(f"{path.name}: posterior 'theta' must be finite with dims (chain, draw, parameter)")
     draws = {name: theta[..., j].reshape(-1) for j, name in enumerate(names)}
+    # A file of an older release lacks the parameters added since (per-phase edges, new signals): filling them
+    # with defaults would run a model the fit never saw, so it is refused.
+    missing = sorted(set(evidence.parameter_names(attacks)) - set(draws))
+    if missing:
+        raise InvalidInputError(f"{path.name} lacks {len(missing)} parameter(s) of this release's signal model "
+                                f"({', '.join(missing[:3])}{', ...' if len(missing) > 3 else ''}): it was fitted "
+                                "by an older release; refit with `bayes-defense fit --defender model`")
     evidence.check_values(draws, attacks)
     return SignalPosterior(draws, attacks, info, ppc, problems, str(posterior.attrs.get("method", "conjugate")))
 
@@ -818,3 +852,96 @@ def predictive_check(posterior: SignalPosterior, statistics: SignalStatistics, s
             rate = 1.0 - (1.0 - _attack_base(draws, signal, obs, unknown, replicas)) * (1.0 - draws[name])
             judge(f"{attack} on-fraction of {signal} in {stage}", on, obs, rate)
     return out
+
+
+#: The file the shipped default posterior is drawn from: the sufficient statistics of a labelled fit on
+#: simulator training runs, written by ``python papers/default_posterior.py`` (its docstring: the runs).
+DEFAULT_STATISTICS = Path(__file__).resolve().parent.parent / "data" / "posteriors" / "signal_model.json"
+STATISTICS_FORMAT = "bayes_defense.signal_statistics"
+STATISTICS_VERSION = "1.0"
+# A statistics file holds a few arrays of (attacks x signals x 2) counts: tens of kilobytes.
+_MAX_STATISTICS_BYTES = 8 * 2 ** 20
+_DEFAULTS: dict[tuple, SignalPosterior] = {}
+
+
+def write_statistics(path: Any, statistics: SignalStatistics, info: Mapping[str, Any]) -> Path:
+    """Write sufficient statistics and their provenance as JSON (atomically); :func:`read_statistics` reads it.
+
+    Examples
+    --------
+    >>> import tempfile
+    >>> path = Path(tempfile.mkdtemp()) / "stats.json"
+    >>> _ = write_statistics(path, SignalStatistics.zeros(), {"made_by": "a doctest"})
+    >>> read_statistics(path)[1]["made_by"]
+    'a doctest'
+    """
+    from bayes_defense.ioutil import atomic_write
+
+    path = Path(path)
+    record = {"format": STATISTICS_FORMAT, "format_version": STATISTICS_VERSION, "info": dict(info),
+              "statistics": statistics.state_dict()}
+    with atomic_write(path) as handle:
+        json.dump(record, handle, indent=1, allow_nan=False)
+        handle.write("\n")
+    return path
+
+
+def read_statistics(path: Any) -> tuple[SignalStatistics, dict[str, Any]]:
+    """Read a :func:`write_statistics` file: ``(statistics, info)``; anything else is refused with the reason."""
+    path = Path(path)
+    try:
+        size = path.stat().st_size
+        if size > _MAX_STATISTICS_BYTES:
+            raise InvalidInputError(f"{path}: {size} bytes is larger than a statistics file can be "
+                                    f"({_MAX_STATISTICS_BYTES} bytes); it is not one")
+        record = json.loads(path.read_text(encoding="utf-8"))
+    except OSError as error:
+        raise InvalidInputError(f"cannot read the signal statistics {path}: {error.strerror or error}") from None
+    except (UnicodeDecodeError, ValueError, RecursionError):
+        raise InvalidInputError(f"{path} is not a signal statistics file (not JSON); write one with "
+                                "write_statistics") from None
+    if not isinstance(record, dict) or record.get("format") != STATISTICS_FORMAT:
+        raise InvalidInputError(f"{path} is not a signal statistics file (format {STATISTICS_FORMAT!r} expected)")
+    version = str(record.get("format_version", ""))
+    if version.split(".")[0] != STATISTICS_VERSION.split(".")[0]:
+        raise InvalidInputError(f"{path} has statistics format version {version!r}; this release reads "
+                                f"{STATISTICS_VERSION.split('.')[0]}.x: regenerate it")
+    info = record.get("info", {})
+    if not isinstance(info, dict):
+        raise InvalidInputError(f"{path}: 'info' must be a dict")
+    return SignalStatistics.from_state(record.get("statistics")), info
+
+
+def default_posterior(num_samples: int = 400, seed: int = 0) -> SignalPosterior:
+    """The shipped default posterior of the signal model: what the model filter runs when given no parameters.
+
+    Drawn (:func:`posterior_from_statistics`) from :data:`DEFAULT_STATISTICS`,
+    the counts of a labelled fit on simulator training runs (seeds 20000 and
+    up, never used to evaluate; ``python papers/default_posterior.py`` writes
+    it). Attacks the file did not count (user attacks) keep their prior. It
+    is fitted to the package's simulator, not to your system: fit your own
+    logs with ``bd.fit("model", ...)`` (or add them to these counts with
+    ``bd.merge_posteriors``). Cached per tracked attacks and settings.
+
+    Examples
+    --------
+    >>> post = default_posterior(num_samples=20)
+    >>> post.info["source"], post.num_draws
+    ('default', 20)
+    """
+    from bayes_defense.models import registry
+
+    key = (registry.generation(), tracked_attacks(), tuple(SIGNALS), num_samples, seed)
+    if key not in _DEFAULTS:
+        statistics, info = read_statistics(DEFAULT_STATISTICS)
+        if statistics.signals != tuple(SIGNALS):
+            raise InvalidInputError(f"the shipped default posterior ({DEFAULT_STATISTICS}) was counted over other "
+                                    "signals than the model reads now: regenerate it with python "
+                                    "papers/default_posterior.py")
+        settings = info.get("settings", {})
+        _DEFAULTS.clear()
+        _DEFAULTS[key] = posterior_from_statistics(
+            statistics.for_attacks(), num_samples=num_samples, seed=seed, check=False,
+            prior_strength=float(settings.get("prior_strength", 2.0)), method="conjugate-default",
+            info={"source": "default", "file": DEFAULT_STATISTICS.name, "training": info.get("training")})
+    return _DEFAULTS[key]

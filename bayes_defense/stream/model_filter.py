@@ -35,18 +35,18 @@ from typing import Any
 import numpy as np
 
 from bayes_defense.errors import InvalidInputError
+from bayes_defense.fitting.signal_posterior import default_posterior
 from bayes_defense.models import tables
 from bayes_defense.models.catalogue import ATTACKS
 from bayes_defense.models.faults import FAULTS
 from bayes_defense.models.registry import attack_spec, tracked_attacks
 from bayes_defense.stream import evidence
 from bayes_defense.stream.base import SETTINGS as _SETTINGS
-from bayes_defense.stream.base import Alert, Belief
+from bayes_defense.stream.base import Alert, Belief, DefenderBase
 from bayes_defense.stream.base import check_settings as _check_settings
 from bayes_defense.stream.obsmap import KindRule, ObservationMap, UnmatchedCounter
 from bayes_defense.stream.recommend import FALLBACK, Recommendations, resolve_planner
 from bayes_defense.stream.schema import KNOWN_KINDS, REJECTION_REASONS
-from bayes_defense.stream.scored import ScoredDefender as StreamingDefender
 from bayes_defense.stream.signals import SIGNALS, SignalExtractor
 
 __all__ = ["ModelAlert", "ModelBelief", "ModelDefender", "phase_transitions"]
@@ -140,17 +140,23 @@ def phase_transitions(values: Mapping[str, np.ndarray], attacks: tuple, window: 
         return np.log(np.clip(matrix, 0.0, 1.0))
 
 
-class ModelDefender(StreamingDefender):
+class ModelDefender(DefenderBase):
     """Online Bayesian defender whose model is the cluster model's (module docstring).
 
     Parameters
     ----------
-    parameters : dict of arrays or posterior object, optional
+    parameters : dict of arrays, posterior object or "prior", optional
         Draws of the signal model's parameters (names of
         :func:`bayes_defense.stream.evidence.parameter_names`; missing names
         take their defaults), or an object with
         ``signal_parameters(draws: int, seed: int) -> dict`` (a fitted
-        posterior of :mod:`bayes_defense.fitting.signal_model`). Default: ``ensemble`` prior draws.
+        posterior of :mod:`bayes_defense.fitting.signal_model`). Default: the
+        shipped default posterior
+        (:func:`bayes_defense.fitting.signal_posterior.default_posterior`,
+        fitted on simulator training runs; fit your own logs for your system).
+        ``"prior"``: ``ensemble`` draws of the catalogue's prior
+        (:func:`bayes_defense.stream.evidence.prior_draws`), which knows an
+        attack's signals but not how persistently they show.
     ensemble, seed : int
         Size and seed of the prior draws (or passed to ``signal_parameters``).
     observation_map : ObservationMap, path or name, optional
@@ -162,7 +168,7 @@ class ModelDefender(StreamingDefender):
         within [0.5, 0.999]. Off (None) by default.
     window, horizon, threshold, rearm, level, baseline_rate, duplicate_memory, rearm_windows, planner, \
 max_clock_skew, clock_confirm
-        As for :class:`~bayes_defense.stream.defender.StreamingDefender`.
+        As for :class:`~bayes_defense.stream.scored.ScoredDefender`.
 
     Examples
     --------
@@ -196,7 +202,15 @@ max_clock_skew, clock_confirm
         self._map = observation_map
         self.attacks = tracked_attacks()
         if parameters is None:
+            parameters = default_posterior()
+        #: The fitted posterior this defender's draws come from, when they come from one (the learning
+        #: loop's ledger starts from its counts: bayes_defense.fitting.learning.SignalLedger.for_defender).
+        self.base_posterior = parameters if hasattr(parameters, "signal_parameters") else None
+        if isinstance(parameters, str) and parameters == "prior":
             values = evidence.prior_draws(ensemble, seed, self.attacks)
+        elif isinstance(parameters, str):
+            raise InvalidInputError(f"parameters must be draws, a fitted posterior, None (the shipped default) or "
+                                    f"'prior'; got the string {parameters!r}")
         elif hasattr(parameters, "signal_parameters"):
             values = evidence.check_values(parameters.signal_parameters(ensemble, seed), self.attacks)
         elif hasattr(parameters, "defender_parameters"):
@@ -235,7 +249,7 @@ max_clock_skew, clock_confirm
         >>> from bayes_defense.sim import Simulation, random_scenario
         >>> sim = Simulation(random_scenario(5, nodes=4, duration=200, attacks=["replay"], faults=[]))
         >>> defender = ModelDefender(ensemble=4, planner=None)
-        >>> defender.record = SignalLedger(window=defender.window)
+        >>> defender.record = SignalLedger.for_defender(defender)
         >>> _ = defender.observe_batch(sim.events()); _ = defender.flush()
         >>> posterior = defender.learn(sim.labels)
         >>> posterior.info["labelled_windows"] > 0, defender.parameters["replay.p_success"].shape
@@ -243,8 +257,8 @@ max_clock_skew, clock_confirm
         """
         if not hasattr(self.record, "learn"):
             raise InvalidInputError("this defender keeps no ledger of its windows; set defender.record = "
-                                    "bayes_defense.fitting.learning.SignalLedger(...) before its windows (bayes-defense "
-                                    "defend --learn does) to learn from labels")
+                                    "bayes_defense.fitting.learning.SignalLedger.for_defender(defender) before its "
+                                    "windows (bayes-defense defend --learn does) to learn from labels")
         posterior = self.record.learn(labels)
         self.set_parameters(posterior)
         return posterior
@@ -305,13 +319,15 @@ max_clock_skew, clock_confirm
         (2,)
         """
         draws = self._tables.draws
-        if hasattr(parameters, "signal_parameters"):
-            parameters = parameters.signal_parameters(draws, 0)
+        posterior = parameters if hasattr(parameters, "signal_parameters") else None
+        if posterior is not None:
+            parameters = posterior.signal_parameters(draws, 0)
         values = evidence.check_values(parameters, self.attacks)
         if next(iter(values.values())).shape[0] != draws:
             raise InvalidInputError(f"set_parameters needs {draws} draws, as the running defender has; got "
                                     f"{next(iter(values.values())).shape[0]}")
         log_faults = self._faults.log_faults
+        self.base_posterior = posterior
         self.parameters = values
         self._build()
         self._faults = evidence.FaultFilter(self.parameters, self.window)
@@ -517,8 +533,8 @@ max_clock_skew, clock_confirm
         elif isinstance(event, Mapping) and "kind" in event:
             kind, probe = event["kind"], {**event, "kind": "peer_churn"}
         else:
-            return StreamingDefender._parse(event)
-        parsed = StreamingDefender._parse(probe)
+            return DefenderBase._parse(event)
+        parsed = DefenderBase._parse(probe)
         if type(parsed) is str:
             return parsed
         if not isinstance(kind, str):
