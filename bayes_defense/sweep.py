@@ -5,7 +5,7 @@ DIR``, DESIGN.md section 8)::
 
     seeds = { first = 30000, count = 4 }      # or a list: [1, 2, 3]
     intensities = [1.0, 0.4]                  # "default": the simulator draws one per attack
-    detectors = ["defender", "cusum", "defender@trained"]
+    detectors = ["defender", "scored", "cusum", "defender@trained"]
 
     [scenarios.n7]                            # keyword arguments of bd.sim.random_scenario
     nodes = 7
@@ -15,14 +15,20 @@ DIR``, DESIGN.md section 8)::
     [fits.trained]                            # optional: a defender fitted on other seeds
     scenario = "n7"
     seeds = { first = 100, count = 3 }
-    options = { num_steps = 300, num_samples = 100 }   # options of bd.fit("scored", ...)
+    defender = "model"                        # whose model: "model" (default) or "scored"
+    options = { num_samples = 200 }           # options of bd.fit(defender, ...)
 
 Every combination of a scenario, a seed, an intensity and a detector is one
 task: it simulates its own event stream from the seed (so no task reads
 another's output), runs the detector on it and scores the alerts with
 :func:`bayes_defense.stream.metrics.evaluate_alerts`. A detector named
-``NAME@FIT`` is the streaming defender run with the posterior of the fit task
-``FIT``; fit tasks run first. A task's identity is a hash of everything that
+``defender`` is the package's default defender (the model filter,
+:data:`bayes_defense.stream.defender.DEFAULT_DEFENDER`, with its shipped
+default posterior) and ``scored`` the scored baseline; ``defender@FIT`` is
+the defender that the fit task ``FIT`` fitted (its ``defender`` key) run
+with that posterior, and ``scored@FIT`` the same for a scored fit. A model
+filter's fit uses the training runs' labels and fault labels. Fit tasks run
+first. A task's identity is a hash of everything that
 determines its result, and its result is written atomically to
 ``DIR/tasks/<id>.json``; a rerun with the same ``DIR`` skips every task whose
 file is there, so an interrupted sweep (even by ``kill -9``) finishes the rest.
@@ -79,20 +85,28 @@ TASK_FORMAT = 1
 TIMING_COLUMNS = ("seconds", "simulation_seconds")
 
 _TOP_KEYS = {"seeds", "intensities", "detectors", "scenarios", "fits"}
-_FIT_KEYS = {"scenario", "seeds", "intensity", "options"}
+_FIT_KEYS = {"scenario", "seeds", "intensity", "options", "defender"}
 
 
-def _defender_alerts(events: list[Any], posterior: Any = None) -> list[Any]:
-    # The sweep's "defender" detector and its fits are the scored defender's (its fit reads extract_features).
-    from bayes_defense.stream.scored import ScoredDefender
+def _run_defender(name: str, events: list[Any], posterior: Any) -> list[Any]:
+    from bayes_defense.stream.defender import choose_defender, defender_class
 
-    if posterior is None:
-        defender = ScoredDefender(planner=None)  # countermeasures do not enter the metrics
-    else:
-        defender = ScoredDefender(posterior.defender_parameters(24, seed=0), planner=None)
+    name = choose_defender(name, posterior=posterior)
+    if name == "scored" and posterior is not None:
+        posterior = posterior.defender_parameters(24, seed=0)
+    defender = defender_class(name)(posterior, planner=None)  # countermeasures do not enter the metrics
     defender.observe_batch(events)
     defender.flush()
     return list(defender.alerts)
+
+
+def _defender_alerts(events: list[Any], posterior: Any = None) -> list[Any]:
+    # The default defender, or the one the fit was for.
+    return _run_defender(None, events, posterior)
+
+
+def _scored_alerts(events: list[Any], posterior: Any = None) -> list[Any]:
+    return _run_defender("scored", events, posterior)
 
 
 def _baseline(name: str) -> Callable[[list[Any], Any], list[Any]]:
@@ -113,9 +127,10 @@ def _half_space_trees(events: list[Any], posterior: Any = None) -> list[Any]:
     return run_half_space_trees(events)
 
 
-#: Detector name -> function(events, posterior or None) -> alerts. Only ``defender`` takes a fit.
+#: Detector name -> function(events, posterior or None) -> alerts. Only ``defender`` and ``scored`` take a fit.
 DETECTORS: dict[str, Callable[[list[Any], Any], list[Any]]] = {
     "defender": _defender_alerts,
+    "scored": _scored_alerts,
     "fixed_threshold": _baseline("FixedThreshold"),
     "cusum": _baseline("Cusum"),
     "bocpd": _baseline("Bocpd"),
@@ -242,16 +257,25 @@ def _scenario(name: str, settings: Any) -> dict[str, Any]:
     return settings
 
 
-def _check_fit_options(name: str, options: Mapping[str, Any]) -> None:
+def _fit_function(defender: str) -> Callable[..., Any]:
+    if defender == "scored":
+        from bayes_defense.fitting.defender import fit_defender
+
+        return fit_defender
+    from bayes_defense.fitting.signal_model import fit_signal_model
+
+    return fit_signal_model
+
+
+def _check_fit_options(name: str, defender: str, options: Mapping[str, Any]) -> None:
     import inspect
 
-    from bayes_defense.fitting.defender import fit_defender
-
-    accepted = {key for key, parameter in inspect.signature(fit_defender).parameters.items()
-                if parameter.kind is inspect.Parameter.KEYWORD_ONLY} - {"labels", "progress"}
+    # The sweep gives the labels (and fault labels) of its training runs itself.
+    accepted = {key for key, parameter in inspect.signature(_fit_function(defender)).parameters.items()
+                if parameter.kind is inspect.Parameter.KEYWORD_ONLY} - {"labels", "faults", "progress"}
     unknown = sorted(set(options) - accepted)
     if unknown:
-        raise ConfigError(f"[fits.{name}] options {', '.join(unknown)} are not options of bd.fit(\"defender\", ...); "
+        raise ConfigError(f"[fits.{name}] options {', '.join(unknown)} are not options of bd.fit({defender!r}, ...); "
                           f"its options are {', '.join(sorted(accepted))}")
 
 
@@ -297,12 +321,17 @@ def parse_sweep(data: Mapping[str, Any]) -> SweepSpec:
         options = fit.get("options", {})
         if not isinstance(options, Mapping):
             raise ConfigError(f"[fits.{name}] options must be a table of bd.fit options; got {options!r}")
-        _check_fit_options(name, options)
+        from bayes_defense.stream.defender import DEFAULT_DEFENDER, DEFENDERS
+
+        defender = fit.get("defender", DEFAULT_DEFENDER)
+        if defender not in DEFENDERS:
+            raise ConfigError(f"[fits.{name}] defender must be one of {', '.join(DEFENDERS)}; got {defender!r}")
+        _check_fit_options(name, defender, options)
         intensity = _intensities(fit.get("intensity", "default"))
         if len(intensity) != 1:
             raise ConfigError(f"[fits.{name}] intensity must be one value")
         fits[str(name)] = {"scenario": fit["scenario"], "seeds": _seeds(fit["seeds"], f"[fits.{name}] seeds"),
-                           "intensity": intensity[0], "options": dict(options)}
+                           "intensity": intensity[0], "defender": defender, "options": dict(options)}
     detectors = data["detectors"]
     if not isinstance(detectors, list) or not detectors:
         raise ConfigError(f"detectors must be a non-empty list of names; got {detectors!r}")
@@ -310,10 +339,13 @@ def parse_sweep(data: Mapping[str, Any]) -> SweepSpec:
         base, _, fit_name = str(detector).partition("@")
         if base not in DETECTORS:
             raise ConfigError(f"unknown detector {detector!r}; the detectors are {', '.join(DETECTORS)} "
-                              "(and defender@FIT for a fit under [fits.FIT])")
-        if fit_name and (base != "defender" or fit_name not in fits):
-            raise ConfigError(f"detector {detector!r}: only the defender takes a fit, and FIT must be one of "
-                              f"[fits.*] ({', '.join(fits) or 'none defined'})")
+                              "(and defender@FIT or scored@FIT for a fit under [fits.FIT])")
+        if fit_name and (base not in ("defender", "scored") or fit_name not in fits):
+            raise ConfigError(f"detector {detector!r}: only defender and scored take a fit, and FIT must be one "
+                              f"of [fits.*] ({', '.join(fits) or 'none defined'})")
+        if fit_name and base == "scored" and fits[fit_name]["defender"] != "scored":
+            raise ConfigError(f"detector {detector!r}: [fits.{fit_name}] fits the {fits[fit_name]['defender']} "
+                              f"defender's model; run it as defender@{fit_name}, or set defender = \"scored\" there")
     if len(set(detectors)) != len(detectors):
         raise ConfigError(f"detectors lists a name twice: {detectors}")
     return SweepSpec(scenarios=scenarios, seeds=_seeds(data["seeds"], "seeds"),
@@ -345,8 +377,10 @@ def load_sweep(path: str | os.PathLike[str]) -> SweepSpec:
 
 
 def _fit_tasks(spec: SweepSpec) -> dict[str, Task]:
+    # Which defender's model is fitted is part of the fit's identity: it goes into the task's options.
     return {name: Task("fit", fit["scenario"], spec.scenarios[fit["scenario"]], intensity=fit["intensity"],
-                       fit_name=name, fit_seeds=tuple(fit["seeds"]), options=fit["options"])
+                       fit_name=name, fit_seeds=tuple(fit["seeds"]),
+                       options={"defender": fit["defender"], **fit["options"]})
             for name, fit in spec.fits.items()}
 
 
@@ -429,14 +463,19 @@ def run_task(task: Task, out: str | os.PathLike[str] | None = None) -> dict[str,
         import bayes_defense as bd
         from bayes_defense.fitting import extract_features
 
+        options = dict(task.options)
+        defender = options.pop("defender", "scored")   # a fit task of an earlier release fitted the scored defender
         started = time.perf_counter()
         runs, events_seen = [], 0
         for seed in task.fit_seeds:
             _, simulation, events = _simulate(task.scenario, seed, task.intensity)
             events_seen += len(events)
-            runs.append(extract_features(events, simulation.labels, progress=False))
+            if defender == "scored":
+                runs.append(extract_features(events, simulation.labels, progress=False))
+            else:
+                runs.append((events, simulation.labels, simulation.faults))
         simulated = time.perf_counter() - started
-        posterior = bd.fit("scored", runs, **{"progress": False, **task.options})
+        posterior = bd.fit(defender, runs, **{"progress": False, **options})
         from bayes_defense.ioutil import atomic_path
 
         with atomic_path(_fit_path(Path(out), task.id)) as temporary:

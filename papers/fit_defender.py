@@ -21,7 +21,7 @@ from pathlib import Path
 
 from bayes_defense.fitting import fit
 from bayes_defense.sim import random_scenario, simulate
-from bayes_defense.stream.defender import StreamingDefender
+from bayes_defense.stream.scored import ScoredDefender
 from bayes_defense.stream.io import read_events
 from bayes_defense.stream.metrics import GRACE, combine_reports, evaluate_alerts
 
@@ -34,7 +34,7 @@ def _metrics(runs, parameters, duration: float) -> dict:
     """Pooled metrics, plus which attacks were missed and which alerts fell outside every attack."""
     reports, missed, outside = [], [], []
     for run in runs:
-        defender = StreamingDefender(parameters=parameters, seed=0)
+        defender = ScoredDefender(parameters=parameters, seed=0)
         defender.observe_batch(read_events(run.events_path))
         defender.flush()
         alerts = list(defender.alerts)

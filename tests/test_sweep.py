@@ -154,10 +154,12 @@ duration = 120.0
 [fits.tiny]
 scenario = "four"
 seeds = [900]
+defender = "scored"
 options = { num_steps = 20, num_samples = 10, ppc_draws = 5, check = false }
 [fits.broken]
 scenario = "four"
 seeds = [901]
+defender = "scored"
 options = { num_steps = -5 }
 """)
     out = tmp_path / "out"
@@ -182,7 +184,7 @@ options = { num_steps = -5 }
 @pytest.mark.parametrize(("text", "message"), [
     ("seeds = [1]\ndetectors = ['cusum']\n", "at least one [scenarios.NAME]"),
     ("seeds = [1, 1]\ndetectors = ['cusum']\n[scenarios.a]\nnodes = 4\n", "lists a seed twice"),
-    ("seeds = [1]\ndetectors = ['defender@nofit']\n[scenarios.a]\nnodes = 4\n", "only the defender takes a fit"),
+    ("seeds = [1]\ndetectors = ['defender@nofit']\n[scenarios.a]\nnodes = 4\n", "only defender and scored take a fit"),
     ("seeds = [1]\ndetectors = ['cusum']\nintensities = [2.0]\n[scenarios.a]\nnodes = 4\n", "(0, 1]"),
     ("seeds = [1]\ndetectors = ['cusum']\n[scenarios.a]\nnodez = 4\n", "random_scenario"),
     ("seeds = [1]\ndetectors = ['cusum']\n[scenarios.a]\nnodes = 4\n[fits.f]\nscenario = 'a'\nseeds = [2]\n"

@@ -79,7 +79,6 @@ def _fitter(model: Any):
     name = None
     if model is None or isinstance(model, str):
         name = DEFAULT_DEFENDER if model in (None, "defender") else model
-    # The model filter first: until the swap it is a subclass of the scored defender.
     if name == "model" or isinstance(model, ModelDefender):
         from bayes_defense.fitting.signal_model import fit_signal_model
 
@@ -138,11 +137,11 @@ def fit(model: Any = "defender", data: Any = None, **options: Any):
     --------
     >>> import bayes_defense as bd
     >>> from bayes_defense.fitting.defender import simulate_windows
-    >>> post = bd.fit("defender", simulate_windows(n_windows=200, seed=0), num_steps=50, num_samples=40,
+    >>> post = bd.fit("scored", simulate_windows(n_windows=200, seed=0), num_steps=50, num_samples=40,
     ...               progress=False, check=False, ppc_draws=5)
     >>> post.method, post.num_draws
     ('svi', 40)
-    >>> bd.fit("defender", simulate_windows(n_windows=10, seed=0), steps=10)
+    >>> bd.fit("scored", simulate_windows(n_windows=10, seed=0), steps=10)
     Traceback (most recent call last):
     ...
     bayes_defense.errors.InvalidInputError: the scored defender's model is not fitted with option(s) steps; ...
@@ -154,10 +153,10 @@ def fit(model: Any = "defender", data: Any = None, **options: Any):
     if unknown:
         raise InvalidInputError(f"{what} is not fitted with option(s) {', '.join(unknown)}; its options are "
                                 f"{', '.join(accepted)}")
-    from bayes_defense.stream.defender import StreamingDefender
     from bayes_defense.stream.model_filter import ModelDefender
+    from bayes_defense.stream.scored import ScoredDefender
 
-    if isinstance(model, StreamingDefender):
+    if isinstance(model, (ScoredDefender, ModelDefender)):
         options.setdefault("window", model.window)
     if isinstance(model, ModelDefender):
         options.setdefault("observation_map", model.observation_map)

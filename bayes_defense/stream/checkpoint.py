@@ -241,6 +241,16 @@ def write_checkpoint(path: str | os.PathLike[str], kind: str, state: Mapping[str
         handle.write(text)
 
 
+# Which defender wrote a checkpoint kind: "StreamingDefender" is the scored defender's, named so when it
+# was the default (before the model filter became bd.StreamingDefender).
+_KIND_HINTS = {
+    "StreamingDefender": " (the scored defender's: load it with bayes_defense.stream.scored.ScoredDefender.load, "
+                         "or resume with `bayes-defense defend --defender scored`)",
+    "ModelDefender": " (the model filter's, the default defender: load it with "
+                     "bayes_defense.stream.model_filter.ModelDefender.load, or resume with --defender model)",
+}
+
+
 def read_checkpoint(path: str | os.PathLike[str], kind: str) -> tuple[dict[str, Any], dict[str, Any]]:
     """Read a checkpoint written by :func:`write_checkpoint`; return ``(state, extra)``.
 
@@ -269,7 +279,9 @@ def read_checkpoint(path: str | os.PathLike[str], kind: str) -> tuple[dict[str, 
         raise InvalidInputError(f"checkpoint {path.name!r} has version {document.get('version')!r}; this "
                                 f"installation reads version {VERSION}")
     if document.get("kind") != kind:
-        raise InvalidInputError(f"checkpoint {path.name!r} holds a {str(document.get('kind'))[:40]!r} state, not {kind!r}")
+        hint = _KIND_HINTS.get(str(document.get("kind")), "")
+        raise InvalidInputError(f"checkpoint {path.name!r} holds a {str(document.get('kind'))[:40]!r} state, not "
+                                f"{kind!r}{hint}")
     state, extra = decode(document.get("state")), decode(document.get("extra", {}))
     if not isinstance(state, dict) or not isinstance(extra, dict):
         raise InvalidInputError(f"checkpoint {path.name!r} has no state object")

@@ -1,17 +1,22 @@
 """The streaming defender: ``bd.StreamingDefender``, online Bayesian beliefs about attacks from an event log.
 
-``StreamingDefender`` is the package's default defender. Today it is the
-hand-scored defender of :mod:`bayes_defense.stream.scored`; the model filter
-(:mod:`bayes_defense.stream.model_filter`) is its successor. Alerts, beliefs and
-event admission, shared by both, live in :mod:`bayes_defense.stream.base`.
-The names below are kept here because DESIGN.md section 5 and users import them
-from this module.
+``StreamingDefender`` is the package's default defender: the model filter
+(:class:`bayes_defense.stream.model_filter.ModelDefender`), which filters the
+cluster model's attacks, signals and benign faults online and runs the
+shipped default posterior unless given one
+(:func:`bayes_defense.fitting.signal_posterior.default_posterior`). The
+hand-scored defender of earlier releases is kept as a named baseline,
+``scored`` (:class:`bayes_defense.stream.scored.ScoredDefender`); its
+parameter names (``PARAMETER_KEYS``, ``default_parameters``, ...) are
+re-exported here for code that imported them from this module. Alerts,
+beliefs and event admission, shared by both, live in
+:mod:`bayes_defense.stream.base`.
 
 Examples
 --------
 >>> from bayes_defense.stream.defender import StreamingDefender, Belief
->>> isinstance(StreamingDefender(planner=None).belief, Belief)
-True
+>>> isinstance(StreamingDefender(planner=None).belief, Belief), StreamingDefender.__name__
+(True, 'ModelDefender')
 """
 
 from __future__ import annotations
@@ -19,9 +24,8 @@ from __future__ import annotations
 from typing import Any
 
 from bayes_defense.errors import InvalidInputError
-from bayes_defense.stream.base import SETTINGS as _SETTINGS  # noqa: F401 (the model filter imports it from here)
 from bayes_defense.stream.base import Alert, Belief
-from bayes_defense.stream.base import check_settings as _check_settings  # noqa: F401
+from bayes_defense.stream.model_filter import ModelDefender
 from bayes_defense.stream.scored import (
     ATTACK_HYPOTHESES,
     COUNTERMEASURE_FOR,
@@ -33,16 +37,16 @@ from bayes_defense.stream.scored import (
     parameter_problem,
 )
 
-StreamingDefender = ScoredDefender
+StreamingDefender = ModelDefender
 
 #: The defenders a command or sweep can name: ``scored`` (:mod:`bayes_defense.stream.scored`) and ``model``
 #: (the model filter, :mod:`bayes_defense.stream.model_filter`).
 DEFENDERS = ("scored", "model")
 #: The one the package runs when none is named.
-DEFAULT_DEFENDER = "scored"
+DEFAULT_DEFENDER = "model"
 
 __all__ = ["ATTACK_HYPOTHESES", "COUNTERMEASURE_FOR", "DEFAULT_DEFENDER", "DEFENDERS", "PARAMETER_KEYS", "PHASES",
-           "Alert", "Belief", "StreamingDefender", "check_parameters", "choose_defender", "defender_class",
+           "Alert", "Belief", "ModelDefender", "ScoredDefender", "StreamingDefender", "check_parameters", "choose_defender", "defender_class",
            "default_parameters", "parameter_problem"]
 
 
@@ -57,8 +61,6 @@ def defender_class(name: str) -> type:
     if name == "scored":
         return ScoredDefender
     if name == "model":
-        from bayes_defense.stream.model_filter import ModelDefender
-
         return ModelDefender
     raise InvalidInputError(f"unknown defender {name!r}; expected one of {', '.join(DEFENDERS)}")
 
@@ -73,8 +75,8 @@ def choose_defender(name: str | None = None, *, posterior: Any = None, observati
 
     Examples
     --------
-    >>> choose_defender(), choose_defender(observation_map="plenum"), choose_defender("model")
-    ('scored', 'model', 'model')
+    >>> choose_defender(), choose_defender(observation_map="plenum"), choose_defender("scored")
+    ('model', 'model', 'scored')
     >>> choose_defender("scored", observation_map="plenum")
     Traceback (most recent call last):
     ...
