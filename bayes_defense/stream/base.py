@@ -490,6 +490,46 @@ class DefenderBase:
             self.accepted += accepted
         return self.belief
 
+    def observe_columns(self, columns: Any) -> Belief:
+        """Fold in a block of events given as :class:`~bayes_defense.stream.columnar.Columns`; return the belief.
+
+        The same counts, beliefs, alerts and state as :meth:`observe_batch`
+        on the block's events, with admission computed on arrays for a
+        checked block (:mod:`bayes_defense.stream.columnar`).
+
+        Examples
+        --------
+        >>> from bayes_defense.stream.columnar import Columns
+        >>> from bayes_defense.stream.scored import ScoredDefender
+        >>> d = ScoredDefender(planner=None)
+        >>> _ = d.observe_columns(Columns.from_rows([(float(t), "r0", "peer_churn", 0.0, {}) for t in (1, 2, 3)]))
+        >>> d.accepted, d.windows
+        (3, 2)
+        """
+        from bayes_defense.stream.columnar import observe_columns
+
+        return observe_columns(self, columns)
+
+    def _columnar(self) -> bool:
+        """Whether :meth:`observe_columns` may admit on arrays: this defender keeps the base admission.
+
+        A subclass that changes how events are admitted (``observe``,
+        ``observe_batch`` or ``_parse``) must say whether the array rules
+        still hold for rows of known kinds by overriding this.
+        """
+        cls = type(self)
+        return (cls.observe is DefenderBase.observe and cls.observe_batch is DefenderBase.observe_batch
+                and cls._parse is DefenderBase._parse)
+
+    def _ingest_columns(self, ts: list, node: list, kind: list, value: list, attrs: list) -> None:
+        """Fold in accepted rows of the open window, in order (default: :meth:`_ingest` per row).
+
+        A subclass may fold them in at once, with the end state that ``_ingest`` on each gives.
+        """
+        ingest = self._ingest
+        for row in zip(ts, node, kind, value, attrs, strict=True):
+            ingest(*row)
+
     def flush(self) -> Belief:
         """Close the open window (at the end of a stream) and return the belief.
 

@@ -272,12 +272,84 @@ class EventReader:
         if self.on_block is not None:
             self.on_block(self)
 
-    def _jsonl(self) -> Iterator[Event]:
+    def _jsonl(self) -> Iterator[Any]:
         new_event = tuple.__new__
         event_type = Event
         known = KNOWN_KIND_SET
         allow = self.allow_unknown_kind
         from_dict = Event.from_dict
+        for first_line, lines, decoded in self._jsonl_blocks():
+            if decoded is None:
+                yield from self._careful(first_line, lines)
+            else:
+                for offset, record in enumerate(decoded):
+                    kind = record.kind
+                    if kind not in known and not allow:
+                        # The careful path gives the reason and message.
+                        self._one_line(first_line + offset, lines[offset], from_dict, allow)
+                        continue
+                    self.events += 1
+                    yield new_event(event_type, (record.ts, record.node, kind, record.value, record.attrs))
+            self._advance(lines)
+            yield _BOUNDARY
+
+    def column_blocks(self) -> Iterator[Any]:
+        """Yield the events block by block as :class:`~bayes_defense.stream.columnar.Columns`.
+
+        A JSON Lines block that decodes in one typed pass comes as checked
+        columns (for :meth:`~bayes_defense.stream.base.DefenderBase.observe_columns`'s
+        array path); any other block (a bad line in it, CSV, Parquet) comes
+        as unchecked columns of its events. The events, counts and positions
+        are those of :meth:`blocks`.
+
+        Examples
+        --------
+        >>> import tempfile, pathlib
+        >>> log = pathlib.Path(tempfile.mkdtemp()) / "events.jsonl"
+        >>> _ = log.write_text('{"ts": 0.5, "node": "r0", "kind": "join"}\\nnot json\\n')
+        >>> [(len(block), block.checked) for block in read_events(log, strict=False).column_blocks()]
+        [(1, False)]
+        """
+        from bayes_defense.stream.columnar import Columns
+
+        if self.format != "jsonl":
+            for block in self.blocks():
+                yield Columns(block, [], [], [], [], checked=False)
+            return
+        known = KNOWN_KIND_SET
+        allow = self.allow_unknown_kind
+        for first_line, lines, decoded in self._jsonl_blocks():
+            if decoded is not None:
+                if not allow and not {record.kind for record in decoded} <= known:
+                    kept = []
+                    for offset, record in enumerate(decoded):
+                        if record.kind in known:
+                            kept.append(record)
+                        else:
+                            # The careful path gives the reason and message.
+                            self._one_line(first_line + offset, lines[offset], Event.from_dict, allow)
+                    decoded = kept
+                self.events += len(decoded)
+                block = Columns.from_records(decoded)
+            else:
+                block = Columns(list(self._careful(first_line, lines)), [], [], [], [], checked=False)
+            self._advance(lines)
+            yield block
+
+    def _advance(self, lines: list[bytes]) -> None:
+        self.position = {"offset": self.position["offset"] + sum(map(len, lines)),
+                         "line": self.position["line"] + len(lines),
+                         "record": self.position["record"] + len(lines)}
+
+    def _careful(self, first_line: int, lines: list[bytes]) -> Iterator[Event]:
+        from_dict, allow = Event.from_dict, self.allow_unknown_kind
+        for offset, line in enumerate(lines):
+            event = self._one_line(first_line + offset, line, from_dict, allow)
+            if event is not None:
+                yield event
+
+    def _jsonl_blocks(self) -> Iterator[tuple[int, list[bytes], Any]]:
+        """``(first line number, lines, records)`` per block: the typed records, or None for the careful path."""
         with open(self.path, "rb") as handle:
             handle.seek(self.position["offset"])
             while True:
@@ -296,24 +368,7 @@ class EventReader:
                         decoded = None
                     if decoded is not None and len(decoded) != len(lines):
                         decoded = None
-                if decoded is not None:
-                    for offset, record in enumerate(decoded):
-                        kind = record.kind
-                        if kind not in known and not allow:
-                            # The careful path gives the reason and message.
-                            self._one_line(first_line + offset, lines[offset], from_dict, allow)
-                            continue
-                        self.events += 1
-                        yield new_event(event_type, (record.ts, record.node, kind, record.value, record.attrs))
-                else:
-                    for offset, line in enumerate(lines):
-                        event = self._one_line(first_line + offset, line, from_dict, allow)
-                        if event is not None:
-                            yield event
-                self.position = {"offset": self.position["offset"] + sum(map(len, lines)),
-                                 "line": self.position["line"] + len(lines),
-                                 "record": self.position["record"] + len(lines)}
-                yield _BOUNDARY
+                yield first_line, lines, decoded
 
     def _one_line(self, line_number: int, line: bytes, from_dict: Any, allow: bool) -> Event | None:
         if not line.strip():
