@@ -9,9 +9,14 @@ model names ``r0``; ``r1.faulty = 1`` for a backup). The planner then ranks
 the countermeasures by expected loss for the next window and the best one is
 recommended.
 
-The answer depends only on (cluster size, attack, the suspect's role, phase),
-so it is cached on that key: planning costs once per key in a process, never
-per event, and the defender's per-event path never imports torch (the import
+The model's parameters are the defender's own where it has them: the model
+filter registers its parameter draws in the cluster model's names
+(:func:`register_parameters`, from
+:func:`bayes_defense.stream.evidence.incident_parameters`), so a fitted or
+default posterior reaches the countermeasure attached to its alerts as it
+reaches ``bd.plan``. The answer depends only on (cluster size, attack, the
+suspect's role, phase, parameter set), so it is cached on that key: planning
+costs once per key in a process, never per event, and the defender's per-event path never imports torch (the import
 happens at the first recommendation asked for, an alert or a read of
 :attr:`Belief.countermeasures <bayes_defense.stream.defender.Belief>`).
 """
@@ -19,7 +24,11 @@ happens at the first recommendation asked for, an alert or a read of
 from __future__ import annotations
 
 import functools
+import hashlib
+from collections import OrderedDict
 from collections.abc import Iterator, Mapping
+
+import numpy as np
 
 from bayes_defense.errors import InvalidInputError
 from bayes_defense.models.catalogue import (
@@ -29,7 +38,8 @@ from bayes_defense.models.catalogue import (
     MIN_NODES,
 )
 
-__all__ = ["ATTACKER_SUSPECTS", "FALLBACK", "evidence_for", "recommend", "resolve_planner", "role_of", "Recommendations"]
+__all__ = ["ATTACKER_SUSPECTS", "FALLBACK", "evidence_for", "recommend", "register_parameters", "resolve_planner",
+           "role_of", "Recommendations"]
 
 #: Attacks whose suspects are the attacking replicas (for sybil the suspects
 #: are outside identities, for eclipse the victim replica). The catalogue is
@@ -68,8 +78,38 @@ def evidence_for(attack: str, role: str, phase: str) -> dict[str, float]:
     return evidence
 
 
+# Parameter sets the planner may be asked to use, by token. Bounded: a set is a few dozen arrays of draws,
+# and a defender registers one per parameter change (construction, learning).
+_PARAMETER_SETS: OrderedDict[str, dict] = OrderedDict()
+_MAX_PARAMETER_SETS = 256
+
+
+def register_parameters(parameters: Mapping[str, object]) -> str:
+    """Register cluster-model parameter draws for :func:`recommend`; return their token (a content hash).
+
+    Examples
+    --------
+    >>> token = register_parameters({"slow_leader.p_success": np.array([0.4, 0.5])})
+    >>> token == register_parameters({"slow_leader.p_success": np.array([0.4, 0.5])}), len(token)
+    (True, 16)
+    """
+    digest = hashlib.sha256()
+    arrays = {}
+    for name in sorted(parameters):
+        array = np.ascontiguousarray(np.asarray(parameters[name], dtype=np.float64))
+        arrays[name] = array
+        digest.update(name.encode())
+        digest.update(array.tobytes())
+    token = digest.hexdigest()[:16]
+    _PARAMETER_SETS[token] = arrays
+    _PARAMETER_SETS.move_to_end(token)
+    while len(_PARAMETER_SETS) > _MAX_PARAMETER_SETS:
+        _PARAMETER_SETS.popitem(last=False)
+    return token
+
+
 @functools.lru_cache(maxsize=2048)
-def recommend(attack: str, role: str, phase: str, n_nodes: int) -> str:
+def recommend(attack: str, role: str, phase: str, n_nodes: int, parameters: str | None = None) -> str:
     """Return the countermeasure :func:`bayes_defense.plan` ranks first for a hypothesis.
 
     Several countermeasures are joined with ``+``; ``"observe"`` means doing
@@ -84,6 +124,9 @@ def recommend(attack: str, role: str, phase: str, n_nodes: int) -> str:
         As for :func:`evidence_for`.
     n_nodes : int
         Replicas in the cluster (clamped to the model's 4 to 100).
+    parameters : str, optional
+        A token of :func:`register_parameters`: plan on the cluster model
+        with those parameter draws (default: the model's default parameters).
 
     Examples
     --------
@@ -93,7 +136,13 @@ def recommend(attack: str, role: str, phase: str, n_nodes: int) -> str:
     import bayes_defense as bd
     from bayes_defense.errors import ImpossibleEvidenceError
 
-    model = bd.models.cluster(min(max(int(n_nodes), MIN_NODES), MAX_NODES))
+    values = None
+    if parameters is not None:
+        if parameters not in _PARAMETER_SETS:
+            raise InvalidInputError(f"no parameter set registered as {parameters!r}; register it with "
+                                    "register_parameters first")
+        values = _PARAMETER_SETS[parameters]
+    model = bd.models.cluster(min(max(int(n_nodes), MIN_NODES), MAX_NODES), parameters=values)
     evidence = evidence_for(attack, role, phase)
     try:
         result = bd.plan(model, evidence, max_steps=1, horizon=1)
