@@ -464,7 +464,14 @@ class DefenderBase:
                     observe(event)
                     limit = self._last_ts + skew
                     continue
-                index = math.ceil(ts / window - 1e-9)
+                position = ts / window
+                if position - position != 0.0:  # a finite ts that overflows in window units
+                    self.accepted += accepted
+                    accepted = 0
+                    observe(event)
+                    limit = self._last_ts + skew
+                    continue
+                index = math.ceil(position - 1e-9)
                 current = self._current
                 if index != current:
                     if index < current:
@@ -524,7 +531,8 @@ class DefenderBase:
     def _ingest_columns(self, ts: list, node: list, kind: list, value: list, attrs: list) -> None:
         """Fold in accepted rows of the open window, in order (default: :meth:`_ingest` per row).
 
-        A subclass may fold them in at once, with the end state that ``_ingest`` on each gives.
+        A subclass may fold them in at once, with the end state that ``_ingest`` on each gives. The
+        counts (``accepted``, ``rejected``) are those of the whole window when this is called.
         """
         ingest = self._ingest
         for row in zip(ts, node, kind, value, attrs, strict=True):

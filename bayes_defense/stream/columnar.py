@@ -188,7 +188,8 @@ def observe_columns(defender: Any, columns: Columns) -> Any:
         stop = int(odd_rows[np.searchsorted(odd_rows, i)]) if odd_rows.size and odd_rows[-1] > i else count
         run = ts[i:stop]
         clock = np.maximum.accumulate(np.concatenate(([defender._last_ts], run[:-1])))
-        ahead = run > clock + defender.max_clock_skew
+        with np.errstate(invalid="ignore"):   # -inf + inf: no clock yet and no bound, as in _admit
+            ahead = run > clock + defender.max_clock_skew
         if ahead.any():
             stop = i + int(np.argmax(ahead))
             restarts += 1

@@ -94,7 +94,7 @@ from scipy.special import pdtrc
 
 from bayes_defense.models.catalogue import TELEMETRY
 from bayes_defense.models.faults import FAULT_SIGNALS, OUTCOME_SIGNALS
-from bayes_defense.stream.schema import TELEMETRY_KINDS, finite_float
+from bayes_defense.stream.schema import PROTOCOL_KINDS, TELEMETRY_KINDS, finite_float
 
 __all__ = ["SIGNALS", "TAIL", "WARMUP_WINDOWS", "JOIN_MEMORY", "WindowSignals", "SignalExtractor", "signal_index"]
 
@@ -295,6 +295,91 @@ class SignalExtractor:
             name = kind[7:]
             if name in _INDEX and len(self.direct) < _MAX_SERIES:
                 self.direct[(node, name)] = self.direct.get((node, name), 0.0) + (1.0 if value is None else abs(value))
+
+    def ingest_many(self, ts: list, node: list, kind: list, value: list, attrs: list) -> None:
+        """Fold many (mapped) events of the open window in, in order: the state :meth:`ingest` on each leaves.
+
+        The rows' effects that depend on their order are kept in it: the
+        series' values (last, running sum, first-seen order of the series),
+        the replicas' first-seen order, the digests per (view, seq) and the
+        latest primary named; every row's node reports. Rare kinds go through
+        :meth:`ingest` row by row. Near the bounds on series and reporting
+        nodes every row does.
+
+        Examples
+        --------
+        >>> a, b = SignalExtractor(), SignalExtractor()
+        >>> rows = [(0.5, "r1", "preprepare_interval", 0.1, {"primary": "r0"}), (0.6, "r1", "commit", 4.0, {}),
+        ...         (0.7, "r0", "new_view", 1.0, {"primary": "r1"}), (0.8, "r1", "preprepare_interval", 0.3, {})]
+        >>> for row in rows:
+        ...     a.ingest(*row)
+        >>> b.ingest_many(*map(list, zip(*rows)))
+        >>> a.state_dict() == b.state_dict(), b.primary, b.values[("r1", "preprepare_interval")]
+        (True, 'r1', [0.3, 0.4, 2.0])
+        """
+        reporting, values = self.reporting, self.values
+        if len(reporting) + len(node) >= _MAX_SERIES or len(values) + len(node) >= _MAX_SERIES:
+            for row in zip(ts, node, kind, value, attrs, strict=True):
+                self.ingest(*row)
+            return
+        reporting.update(node)
+        telemetry, replica_set = _TELEMETRY_SET, self._replica_set
+        digests, flags, sources, peers = self.digests, self.flags, self.sources, self.peers
+        primary_row, primary = -1, None
+        rare = []
+        for i, kind_i in enumerate(kind):
+            if kind_i in _INERT_KINDS:
+                continue
+            if kind_i in telemetry or kind_i in _CLIENT_VALUE_KINDS:
+                node_i, value_i = node[i], value[i]
+                if kind_i in telemetry and node_i not in replica_set:
+                    self._replica(node_i)
+                if value_i is not None:
+                    value_i = float(value_i)
+                    found = values.get((node_i, kind_i))
+                    if found is None:
+                        values[(node_i, kind_i)] = [value_i, value_i, 1.0]
+                    else:
+                        found[0] = value_i
+                        found[1] += value_i
+                        found[2] += 1.0
+                if kind_i == "source_rate_max":
+                    source = attrs[i].get("source")
+                    if isinstance(source, str):
+                        sources[node_i] = source
+                elif kind_i == "preprepare_interval":
+                    named = attrs[i].get("primary")
+                    if isinstance(named, str):
+                        primary_row, primary = i, named
+                elif kind_i == "peer_diversity":
+                    count = attrs[i].get("peers")
+                    count = None if isinstance(count, bool) else finite_float(count)
+                    if count is not None:
+                        peers[node_i] = count
+            elif kind_i == "preprepare":
+                attrs_i = attrs[i]
+                named = attrs_i.get("primary")
+                if isinstance(named, str):
+                    primary_row, primary = i, named
+                view, seq, digest = attrs_i.get("view"), attrs_i.get("seq", value[i]), attrs_i.get("digest")
+                if not (isinstance(view, _SCALARS) and isinstance(seq, _SCALARS) and isinstance(digest, _SCALARS)):
+                    continue
+                key = (view, seq)
+                seen = digests.get(key)
+                if seen is None:
+                    digests[key] = digest
+                    if len(digests) > _MAX_DIGESTS:
+                        digests.popitem(last=False)
+                elif seen != digest and isinstance(named, str):
+                    flags.add(("conflicting", named))
+            else:
+                rare.append(i)
+        for i in rare:
+            self.ingest(ts[i], node[i], kind[i], value[i], attrs[i])
+            if kind[i] == "new_view" and isinstance(attrs[i].get("primary"), str) and i > primary_row:
+                primary_row, primary = i, attrs[i]["primary"]
+        if primary is not None:
+            self.primary = primary
 
     # ------------------------------------------------------------ windows
     def _series(self, key: str) -> list[float]:
@@ -507,3 +592,7 @@ class SignalExtractor:
 
 
 _TELEMETRY_SET = frozenset(TELEMETRY_KINDS)
+# Kinds whose only effect in ingest is that their node reports (ingest_many skips them after that).
+_INERT_KINDS = frozenset(PROTOCOL_KINDS) - {"preprepare", "view_change", "new_view", "join", "restart",
+                                              "request_stalled", "safety_violation"}
+_CLIENT_VALUE_KINDS = frozenset({"request_latency", "throughput"})
