@@ -19,20 +19,21 @@ of necessity and sufficiency equal their Tian-Pearl closed forms.
 
 from __future__ import annotations
 
-import math
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import replace
 
 import torch
 
-from bayes_defense.causal.structure import model_info
+from bayes_defense.causal.structure import ModelInfo, model_info
 from bayes_defense.errors import ImpossibleEvidenceError, InvalidInputError
 from bayes_defense.estimate import Estimate
 from bayes_defense.inference.base import (
+    PLAIN_NUMBERS,
     Problem,
     Query,
     SiteValues,
     make_query,
+    remember,
     resolve,
     resolve_many,
     seeded,
@@ -50,17 +51,42 @@ def _check_common(num_samples, level) -> None:
 
 
 def _as_tensor(value, name: str, role: str) -> torch.Tensor:
-    value = _checked(value, name, role)
+    value = _checked({name: value}, role)[name]
     return torch.scalar_tensor(value) if type(value) is float else value
 
 
-def _checked(value, name: str, role: str) -> float | torch.Tensor:
-    """A checked value: a float for a plain number (made a tensor only when read, :class:`SiteValues`), else a tensor."""
-    if type(value) in (int, float, bool):
-        # Plain numbers (most evidence) skip the general conversion: a tenth of a fast query otherwise.
-        if not math.isfinite(value):
-            raise InvalidInputError(f"{role} value for site {name!r} must be finite; got {value!r}")
-        return float(value)
+def _checked(values: dict, role: str) -> dict:
+    """Checked values: a float for a plain number (made a tensor only when read, :class:`SiteValues`), else a tensor."""
+    numbers = values.values()
+    if set(map(type, numbers)) <= _PLAIN_TYPES:
+        # Plain numbers (most evidence: hundreds of indicators on a large cluster) are checked in one
+        # pass: the sum of finite numbers is finite unless it overflows, and any inf or nan makes it
+        # inf or nan, so only a sum that is not finite needs the value-by-value check below.
+        try:
+            floats = list(map(float, numbers))
+        except OverflowError:
+            floats = None
+        if floats is not None:
+            total = sum(floats)
+            if total - total == 0.0:
+                return dict(zip(values, floats, strict=True))
+    out = {}
+    for name, value in values.items():
+        if type(value) in PLAIN_NUMBERS:
+            try:
+                number = float(value)
+            except OverflowError:
+                raise InvalidInputError(f"{role} value for site {name!r} must be a finite number within float "
+                                        f"range; got an integer of {value.bit_length()} bits") from None
+            if number - number != 0.0:
+                raise InvalidInputError(f"{role} value for site {name!r} must be finite; got {value!r}")
+            out[name] = number
+        else:
+            out[name] = _checked_tensor(value, name, role)
+    return out
+
+
+def _checked_tensor(value, name: str, role: str) -> torch.Tensor:
     try:
         tensor = torch.as_tensor(value)
     except (TypeError, ValueError, RuntimeError) as error:
@@ -72,6 +98,30 @@ def _checked(value, name: str, role: str) -> float | torch.Tensor:
     if tensor.dtype == torch.bool:
         tensor = tensor.to(torch.get_default_dtype())
     return tensor
+
+
+# The entry of a model's cache (``ModelInfo.cache``) holding the name patterns already checked.
+_NAME_PATTERNS = "checked names"
+_PLAIN_TYPES = set(PLAIN_NUMBERS)
+
+
+def _known_names(info: ModelInfo, mapping, role: str) -> Mapping:
+    """``mapping`` once its names are known sites of the model; each pattern of names is checked once per model.
+
+    A dict's names are checked by :meth:`ModelInfo.check_names` the first
+    time that tuple of names comes (a defender asks about the same
+    replicas' telemetry every window) and remembered in ``info.cache``; the
+    values are the caller's to check, on every call. Anything but a plain
+    dict goes to :meth:`ModelInfo.check_names` each time.
+    """
+    if type(mapping) is not dict:
+        return info.check_names(mapping, role)
+    patterns = info.cache.setdefault(_NAME_PATTERNS, {})
+    key = tuple(mapping)
+    if key not in patterns:
+        info.check_names(mapping, role)
+        remember(patterns, key, lambda: True)
+    return mapping
 
 
 def build_problem(model, do, evidence, query, *, counterfactual, num_samples, level, condition=None,
@@ -92,12 +142,12 @@ def build_problem(model, do, evidence, query, *, counterfactual, num_samples, le
     """
     _check_common(num_samples, level)
     info = model_info(model)
-    do = {k: _as_tensor(v, k, "do") for k, v in info.check_names(do, "do").items()}
-    evidence = {k: _checked(v, k, "evidence") for k, v in info.check_names(evidence, "evidence").items()}
-    if not counterfactual:
+    do = {k: _as_tensor(v, k, "do") for k, v in _known_names(info, do, "do").items()} if do else \
+        dict(info.check_names(do, "do"))
+    evidence = _checked(_known_names(info, evidence, "evidence"), "evidence")
+    if do and not counterfactual:
         # Evidence on an intervened site is either implied by the intervention or impossible.
-        for name in list(evidence):
-            if name in do:
+        for name in [name for name in evidence if name in do]:
                 evidence[name] = _as_tensor(evidence[name], name, "evidence")
                 try:
                     consistent = bool((evidence[name].to(do[name].dtype) == do[name]).all())
@@ -274,7 +324,8 @@ def _batch(problem: Problem, rest) -> list[Query] | None:
     """Every query of a batch as :class:`Query` (the first is ``problem.query``), or None for one query."""
     if rest is None:
         return None
-    return [problem.query, *(make_query(q, problem.info) for q in rest)]
+    info = problem.info
+    return [problem.query] + [make_query(q, info) for q in rest]
 
 
 def _answer(problem: Problem, backend: str, seed, queries: list[Query] | None = None):
@@ -312,7 +363,8 @@ def _run_batch(problem: Problem, batch: list[Query], backend: str) -> list:
 def _run_groups(problem: Problem, batch: list[Query], groups) -> list:
     answers = [None] * len(batch)
     for chosen, indices in groups:
-        for i, estimate in zip(indices, chosen.run_many(problem, [batch[i] for i in indices]), strict=True):
+        part = batch if len(indices) == len(batch) else [batch[i] for i in indices]
+        for i, estimate in zip(indices, chosen.run_many(problem, part), strict=True):
             answers[i] = estimate
     return answers
 
@@ -375,13 +427,13 @@ def probability_of_necessity(model: Callable, cause: dict, alternative: dict, ou
     """
     info = model_info(model)
     event = _outcome(outcome, info)
-    factual = {**(evidence or {}), **info.check_names(cause, "cause")}
+    factual = {**(evidence or {}), **_known_names(info, cause, "cause")}
     if isinstance(outcome, dict):
         factual.update(outcome)
         condition = None
     else:
         condition = event
-    return counterfactual(model, factual, info.check_names(alternative, "alternative"), _negate(event),
+    return counterfactual(model, factual, _known_names(info, alternative, "alternative"), _negate(event),
                           condition=condition, **kwargs)
 
 
@@ -410,5 +462,5 @@ def probability_of_sufficiency(model: Callable, cause: dict, alternative: dict, 
     info = model_info(model)
     event = _outcome(outcome, info)
     negated = _negate(event)
-    return counterfactual(model, {**(evidence or {}), **info.check_names(alternative, "alternative")},
-                          info.check_names(cause, "cause"), event, condition=negated, **kwargs)
+    return counterfactual(model, {**(evidence or {}), **_known_names(info, alternative, "alternative")},
+                          _known_names(info, cause, "cause"), event, condition=negated, **kwargs)

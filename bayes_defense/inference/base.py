@@ -56,7 +56,38 @@ from bayes_defense.causal.structure import ModelInfo
 from bayes_defense.errors import InvalidInputError, UnsupportedModelError
 
 __all__ = ["Backend", "Problem", "Query", "register_backend", "get_backend", "backends", "resolve_many",
-           "SiteValues"]
+           "SiteValues", "remember", "PLAIN_NUMBERS"]
+
+#: The value types taken as plain numbers (checked without a tensor, hashable as cache keys).
+PLAIN_NUMBERS = (int, float, bool)
+# Entries a per-model cache of checked query pieces keeps (patterns of names, queries).
+_PATTERN_ENTRIES = 1024
+# The entry of a model's cache (``ModelInfo.cache``) holding the queries :func:`make_query` built.
+_QUERIES = "queries"
+
+
+def remember(cache: dict, key, build: Callable, limit: int = _PATTERN_ENTRIES):
+    """``cache[key]``, made by ``build()`` the first time; the oldest entry goes once ``limit`` are kept.
+
+    Nothing is stored when ``build`` raises, so input that fails a check
+    fails it again on every call.
+
+    Examples
+    --------
+    >>> from bayes_defense.inference.base import remember
+    >>> cache = {}
+    >>> remember(cache, "a", lambda: 1), remember(cache, "a", lambda: 2)
+    (1, 1)
+    """
+    try:
+        return cache[key]
+    except KeyError:
+        pass
+    value = build()
+    if len(cache) >= limit:
+        del cache[next(iter(cache))]
+    cache[key] = value
+    return value
 
 
 class _AccessRecorder(dict):
@@ -91,7 +122,7 @@ class _AccessRecorder(dict):
         return super().values()
 
 
-@dataclass
+@dataclass(frozen=True)
 class Query:
     """A quantity to estimate in one world.
 
@@ -101,7 +132,8 @@ class Query:
     dtype of the result (boolean results are probabilities). ``key`` is a
     hashable description of what the query computes (None when unknown); two
     queries with equal keys compute the same function, so backends may reuse
-    tables built for one of them.
+    tables built for one of them. A query is immutable: :func:`make_query`
+    hands the same object to every call that names the same site or event.
     """
 
     fn: Callable
@@ -128,36 +160,35 @@ class Query:
 
 
 def make_query(query, info: ModelInfo, role: str = "query") -> Query:
-    """Normalise a site name, a ``{site: value}`` dict, or a callable into a :class:`Query`."""
+    """Normalise a site name, a ``{site: value}`` dict, or a callable into a :class:`Query`.
+
+    A site name, or an event whose values are plain numbers, is checked and
+    built once per model (kept in ``info.cache``); later calls get the same
+    :class:`Query`. A callable is wrapped anew each time (it may read state
+    that changes between queries).
+
+    Examples
+    --------
+    >>> import pyro, pyro.distributions as dist
+    >>> from bayes_defense.causal.structure import model_info
+    >>> from bayes_defense.inference.base import make_query
+    >>> def coin():
+    ...     pyro.sample("x", dist.Bernoulli(0.5))
+    >>> query = make_query("x", model_info(coin))
+    >>> query.site, query.probability, make_query("x", model_info(coin)) is query
+    ('x', True, True)
+    """
     if isinstance(query, Query):
         return query
     if isinstance(query, str):
-        info.check_names({query: None}, role)
-        return Query(
-            fn=lambda values, _name=query: values[_name],
-            description=f"E[{query}]",
-            site=query,
-            probability=info.distribution(query) == "Bernoulli",
-            key=("site", query),
-        )
+        queries = info.cache.setdefault(_QUERIES, {})
+        found = queries.get(query)
+        return found if found is not None else remember(queries, query, lambda: _site_query(query, info, role))
     if isinstance(query, dict):
-        info.check_names(query, role)
-        if not query:
-            raise InvalidInputError(f"{role} is an empty dict; name at least one {{site: value}}")
-        targets = {name: torch.as_tensor(value) for name, value in query.items()}
-
-        def event(values, _targets=targets):
-            result = None
-            for name, target in _targets.items():
-                value = values[name]
-                match = value == target.to(value.dtype)
-                match = match.reshape(match.shape[0], -1).all(-1) if match.dim() > 1 else match
-                result = match if result is None else result & match
-            return result
-
-        key = ("event", tuple((name, tuple(target.reshape(-1).tolist())) for name, target in targets.items()))
-        return Query(fn=event, description=" & ".join(f"{k}={v}" for k, v in query.items()),
-                     probability=True, key=key)
+        if all(type(value) in PLAIN_NUMBERS for value in query.values()):
+            key = ("event", tuple((name, type(value), value) for name, value in query.items()))
+            return remember(info.cache.setdefault(_QUERIES, {}), key, lambda: _event_query(query, info, role))
+        return _event_query(query, info, role)
     if callable(query):
         # No key: a callable may read state that changes between queries.
         return Query(fn=query, description=getattr(query, "__name__", "query"))
@@ -165,6 +196,36 @@ def make_query(query, info: ModelInfo, role: str = "query") -> Query:
         f"{role} must be a site name, a {{site: value}} dict or a callable on {{site: tensor}}; "
         f"got {type(query).__name__}"
     )
+
+
+def _site_query(name: str, info: ModelInfo, role: str) -> Query:
+    info.check_names({name: None}, role)
+    return Query(
+        fn=lambda values, _name=name: values[_name],
+        description=f"E[{name}]",
+        site=name,
+        probability=info.distribution(name) == "Bernoulli",
+        key=("site", name),
+    )
+
+
+def _event_query(query: dict, info: ModelInfo, role: str) -> Query:
+    info.check_names(query, role)
+    if not query:
+        raise InvalidInputError(f"{role} is an empty dict; name at least one {{site: value}}")
+    targets = {name: torch.as_tensor(value) for name, value in query.items()}
+
+    def event(values, _targets=targets):
+        result = None
+        for name, target in _targets.items():
+            value = values[name]
+            match = value == target.to(value.dtype)
+            match = match.reshape(match.shape[0], -1).all(-1) if match.dim() > 1 else match
+            result = match if result is None else result & match
+        return result
+
+    key = ("event", tuple((name, tuple(target.reshape(-1).tolist())) for name, target in targets.items()))
+    return Query(fn=event, description=" & ".join(f"{k}={v}" for k, v in query.items()), probability=True, key=key)
 
 
 class _ParticlePlate(PlateMessenger):
@@ -190,26 +251,32 @@ class SiteValues(Mapping):
 
     A backend that computes with plain numbers (the cluster engine, in numpy)
     reads :meth:`raw` and never pays for a tensor per observed site: a
-    50-replica cluster's evidence has hundreds of them.
+    50-replica cluster's evidence has hundreds of them. ``floats`` says
+    whether every value was given as a float.
 
     Examples
     --------
     >>> from bayes_defense.inference.base import SiteValues
     >>> values = SiteValues({"x": 1.0})
-    >>> values.raw()["x"], values["x"].item()
-    (1.0, 1.0)
+    >>> values.raw()["x"], values["x"].item(), values.floats
+    (1.0, 1.0, True)
     """
 
     def __init__(self, values: Mapping):
         self._values = dict(values)
+        self._tensors: dict = {}
+        self.floats = set(map(type, self._values.values())) <= {float}
         # The dtype in force where the values were given, as an eager conversion would have used.
         self._dtype = torch.get_default_dtype()
 
     def __getitem__(self, name: str) -> torch.Tensor:
         value = self._values[name]
-        if not isinstance(value, torch.Tensor):
-            value = self._values[name] = torch.scalar_tensor(value, dtype=self._dtype)
-        return value
+        if isinstance(value, torch.Tensor):
+            return value
+        tensor = self._tensors.get(name)
+        if tensor is None:
+            tensor = self._tensors[name] = torch.scalar_tensor(value, dtype=self._dtype)
+        return tensor
 
     def __iter__(self):
         return iter(self._values)
@@ -375,7 +442,7 @@ def resolve_many(problem: Problem, queries, name: str) -> list[tuple[Backend, li
             break
         backend = get_backend(candidate)
         try:
-            backend.check_many(problem, [queries[i] for i in indices])
+            backend.check_many(problem, queries if len(indices) == len(queries) else [queries[i] for i in indices])
             answered = indices
         except UnsupportedModelError:
             if len(indices) == 1 and candidate != "importance":
@@ -391,40 +458,58 @@ def resolve_many(problem: Problem, queries, name: str) -> list[tuple[Backend, li
                 answered.append(i)
         if answered:
             groups.append((backend, answered))
-            indices = [i for i in indices if i not in answered]
+            indices = [] if answered is indices else [i for i in indices if i not in answered]
     return groups
 
 
-@contextlib.contextmanager
-def single_threaded():
+class single_threaded:  # noqa: N801 - used as a function, like contextlib.suppress
     """Run torch single-threaded inside the block, restoring the thread count afterwards.
 
     A query's tensors hold one value per particle (about 10^4 elements), too
     small for intra-op threads to pay for their synchronisation: on a
     two-core machine under load, importance queries on 50-node models ran
-    about three times slower with two threads than with one.
+    about three times slower with two threads than with one. A class rather
+    than a generator: it wraps every query, and a fast one (the cluster
+    engine) answers in a tenth of a millisecond.
+
+    Examples
+    --------
+    >>> import torch
+    >>> from bayes_defense.inference.base import single_threaded
+    >>> before = torch.get_num_threads()
+    >>> with single_threaded():
+    ...     inside = torch.get_num_threads()
+    >>> inside, torch.get_num_threads() == before
+    (1, True)
     """
-    previous = torch.get_num_threads()
-    if previous == 1:
-        yield
-        return
-    torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(previous)
+
+    __slots__ = ("_previous",)
+
+    def __enter__(self) -> single_threaded:
+        self._previous = torch.get_num_threads()
+        if self._previous != 1:
+            torch.set_num_threads(1)
+        return self
+
+    def __exit__(self, *exc_info) -> bool:
+        if self._previous != 1:
+            torch.set_num_threads(self._previous)
+        return False
+
+
+def seeded(seed: int | None):
+    """Seed torch's generator inside the block and restore the outer state afterwards (nothing for None)."""
+    if seed is None:
+        return contextlib.nullcontext()
+    return _seeded(int(seed))
 
 
 @contextlib.contextmanager
-def seeded(seed: int | None):
-    """Seed torch's generator inside the block and restore the outer state afterwards."""
-    if seed is None:
-        yield
-        return
+def _seeded(seed: int):
     # The CPU generator alone: torch.manual_seed and fork_rng also visit every
     # accelerator backend, which costs more than a small query.
     state = torch.get_rng_state()
-    torch.default_generator.manual_seed(int(seed))
+    torch.default_generator.manual_seed(seed)
     try:
         yield
     finally:

@@ -40,6 +40,7 @@ Examples
 from __future__ import annotations
 
 import itertools
+import operator
 
 import numpy as np
 import torch
@@ -51,6 +52,8 @@ __all__ = ["ClusterEngine", "MAX_CONFIGURATIONS"]
 
 #: Most joint configurations of the sites a callable query reads that the engine sums over.
 MAX_CONFIGURATIONS = 256
+# (ClusterModel, engine), filled by _cluster_engine on first use.
+_MODELS: list = []
 
 
 class _Event:
@@ -81,6 +84,9 @@ def _event_of(key) -> _Event | None:
     return None
 
 
+_key_of = operator.attrgetter("key")
+
+
 def _scalars(values: dict, role: str) -> dict:
     out = {}
     for name, value in values.items():
@@ -96,56 +102,35 @@ def _scalars(values: dict, role: str) -> dict:
     return out
 
 
-class _Plan:
-    """What a problem asks of the engine, checked: the pieces :meth:`ClusterEngine.run` evaluates.
-
-    ``shared``, a plan of another query of the same batch, lends its checked
-    model, do, evidence and condition, so a batch checks them once.
-    """
-
-    def __init__(self, problem: Problem, query: Query | None = None, shared: _Plan | None = None):
-        if shared is None:
-            self._setting(problem)
-        else:
-            self.model, self.engine, self.distributions = shared.model, shared.engine, shared.distributions
-            self.evidence, self.counterfactual, self.do = shared.evidence, shared.counterfactual, shared.do
-            self.condition = shared.condition
-        query = problem.query if query is None else query
-        self.callable = None
-        self.site = None
-        self.event = None
-        if query.site is not None:
-            self.site = query.site
-            if self.distributions[self.site] == "Bernoulli":
-                self.site, self.event = None, _Event({query.site: 1.0})
-        else:
-            self.event = _event_of(query.key)
-            if self.event is None:
-                self.callable = query
-        if self.counterfactual:
-            self._check_counterfactual()
-        elif self.callable is not None:
-            self._check_callable()
-        self.marginal = None if self.counterfactual else self._marginal()
-
-    def _setting(self, problem: Problem) -> None:
-        """The checks every query of a problem shares: the model, ``do``, evidence and condition."""
+def _cluster_engine(problem: Problem):
+    """The engine of the problem's model, once the model is one the engine answers."""
+    # Imported on first use (the models package imports the queries); looked up once, as every query asks.
+    if not _MODELS:
         from bayes_defense.models.cluster import ClusterModel
         from bayes_defense.models.engine import engine
 
+        _MODELS.extend((ClusterModel, engine))
+    ClusterModel, engine = _MODELS
+    model = problem.model
+    if not isinstance(model, ClusterModel):
+        raise UnsupportedModelError("the cluster engine answers bd.models.cluster(n) models only; "
+                                    "use backend='exact' or 'importance'")
+    if model.telemetry != "indicators":
+        raise UnsupportedModelError("the cluster engine needs telemetry='indicators'; continuous telemetry is "
+                                    "answered by backend='importance'")
+    return engine(model)
+
+
+class _Setting:
+    """The checks every query of a problem shares: the model, ``do``, the evidence's names and the condition.
+
+    Nothing here reads an evidence value, so one setting serves every problem
+    with the same model, ``do``, evidence names and condition.
+    """
+
+    def __init__(self, problem: Problem, engine, do: dict, evidence_names):
         model = problem.model
-        if not isinstance(model, ClusterModel):
-            raise UnsupportedModelError("the cluster engine answers bd.models.cluster(n) models only; "
-                                        "use backend='exact' or 'importance'")
-        if model.telemetry != "indicators":
-            raise UnsupportedModelError("the cluster engine needs telemetry='indicators'; continuous telemetry is "
-                                        "answered by backend='importance'")
-        self.model = model
-        self.engine = engine(model)
-        self.distributions = model.site_distributions
-        do = _scalars(problem.do, "do")
-        evidence = problem.evidence
-        self.evidence = _scalars(evidence.raw() if isinstance(evidence, SiteValues) else evidence, "evidence")
+        self.model, self.engine, self.distributions = model, engine, model.site_distributions
         self.counterfactual = problem.counterfactual
         for name in do:
             if name == "theta_draw" and self.counterfactual:
@@ -155,32 +140,59 @@ class _Plan:
                 raise UnsupportedModelError(f"the cluster engine does not intervene on {name!r} (telemetry, the "
                                             "attacker's replica flags, outcomes and join_rate are leaves of its "
                                             "factorisation); use backend='exact'")
-        self.do = self.engine.check_do(do)
+        self.do = engine.check_do(do)
         self.condition = None
         if problem.condition is not None:
             self.condition = _event_of(problem.condition.key)
             if self.condition is None:
                 raise UnsupportedModelError("the cluster engine takes a counterfactual condition that is a "
                                             "{site: value} event or its negation; use backend='exact'")
+        self.factual = set(evidence_names) | (set(self.condition.sites) if self.condition else set())
+
+    @staticmethod
+    def _is_leaf(name: str) -> bool:
+        from bayes_defense.models.tables import OUTCOME_NAMES
+
+        return name in OUTCOME_NAMES or name == "join_rate" or (name[:1] == "r" and "." in name)
+
+
+class _Plan:
+    """What one query asks of the engine, checked against its :class:`_Setting`: the pieces
+    :meth:`ClusterEngine.run_many` evaluates."""
+
+    def __init__(self, setting: _Setting, query: Query):
+        self.setting = setting
+        self.callable = None
+        self.site = None
+        self.event = None
+        if query.site is not None:
+            self.site = query.site
+            if setting.distributions[self.site] == "Bernoulli":
+                self.site, self.event = None, _Event({query.site: 1.0})
+        else:
+            self.event = _event_of(query.key)
+            if self.event is None:
+                self.callable = query
+        if setting.counterfactual:
+            self._check_counterfactual()
+        elif self.callable is not None:
+            self._check_callable()
+        self.marginal = None if setting.counterfactual else self._marginal()
 
     def _marginal(self):
         """``(site, value)`` when the query is one site's value that a single engine pass reports, else None."""
         if self.event is None or len(self.event.sites) != 1:
             return None
         (site, value), = self.event.sites.items()
-        if site in self.do:
+        if site in self.setting.do:
             return None
         try:
-            self.engine.site_kind(site)
+            self.setting.engine.site_kind(site)
         except InvalidInputError:
             return None
-        valid = value.is_integer() and 0 <= value <= self.model.n_nodes if site == "attacker" else value in (0.0, 1.0)
+        n_nodes = self.setting.model.n_nodes
+        valid = value.is_integer() and 0 <= value <= n_nodes if site == "attacker" else value in (0.0, 1.0)
         return (site, value) if valid else None
-
-    def _is_leaf(self, name: str) -> bool:
-        from bayes_defense.models.tables import OUTCOME_NAMES
-
-        return name in OUTCOME_NAMES or name == "join_rate" or (name[:1] == "r" and "." in name)
 
     def _check_counterfactual(self):
         from bayes_defense.models.tables import OUTCOME_NAMES
@@ -193,17 +205,17 @@ class _Plan:
         if others:
             raise UnsupportedModelError(f"the cluster engine's counterfactual queries read cluster outcomes only; "
                                         f"this one reads {', '.join(others)}; use backend='exact'")
-        factual = set(self.evidence) | (set(self.condition.sites) if self.condition else set())
-        if factual & set(self.event.sites):
+        if self.setting.factual & set(self.event.sites):
             # The two worlds' outcomes are then summed as ordered pairs, which needs one intervention.
-            single = len(self.do) == 1 and self.do.get("attacker", 0.0) == 0.0
+            do = self.setting.do
+            single = len(do) == 1 and do.get("attacker", 0.0) == 0.0
             if not single:
                 raise UnsupportedModelError("with an outcome observed in the factual world and queried in the "
                                             "counterfactual one, the cluster engine takes one intervention "
                                             "(attacker only to 0); use backend='exact'")
 
     def _check_callable(self):
-        example = {name: torch.zeros(1) for name in self.distributions}
+        example = {name: torch.zeros(1) for name in self.setting.distributions}
         try:
             read = self.callable.sites_read(example)
         except Exception as error:  # noqa: BLE001 - any failure means the engine cannot enumerate it
@@ -219,23 +231,36 @@ class _Plan:
         self.read, self.supports = read, supports
 
     def _support(self, name: str) -> list[float]:
-        kind = self.distributions[name]
+        kind = self.setting.distributions[name]
         if kind == "Bernoulli":
             return [0.0, 1.0]
+        model = self.setting.model
         if name in ("attacker", "isolated"):
-            return [float(k) for k in range(self.model.n_nodes + 1)]
+            return [float(k) for k in range(model.n_nodes + 1)]
         if name == "theta_draw":
-            return [float(k) for k in range(self.model.n_draws)]
+            return [float(k) for k in range(model.n_draws)]
         raise UnsupportedModelError(f"the cluster engine cannot sum over site {name!r} ({kind}); "
                                     "use backend='exact'")
+
+
+class _Compiled:
+    """A batch checked for the engine: its :class:`_Setting`, one :class:`_Plan` per query, and the site
+    marginals that one engine pass answers (``sites``)."""
+
+    __slots__ = ("setting", "plans", "sites")
+
+    def __init__(self, problem: Problem, engine, do: dict, evidence_names, queries):
+        self.setting = _Setting(problem, engine, do, evidence_names)
+        self.plans = [_Plan(self.setting, query) for query in queries]
+        self.sites = list(dict.fromkeys(plan.marginal[0] for plan in self.plans if plan.marginal is not None))
 
 
 class _Masses:
     """Evidence masses per parameter draw on one scale: ``Z[z] = total[z] * exp(scale[z] - reference)``."""
 
-    def __init__(self, plan: _Plan):
-        self.plan = plan
-        self.engine = plan.engine
+    def __init__(self, setting: _Setting, evidence: dict):
+        self.setting, self.evidence = setting, evidence
+        self.engine = setting.engine
         self.reference = None
         self._evidence_mass = None
 
@@ -247,9 +272,9 @@ class _Masses:
 
     def mass(self, sites: dict, *, cf: dict | None = None, outcome_cf: dict | None = None) -> np.ndarray:
         """Z(evidence and ``sites`` [and the counterfactual outcomes]) per draw, 0 where they cannot hold."""
-        plan = self.plan
-        evidence = dict(plan.evidence)
-        do = {} if plan.counterfactual else plan.do
+        setting = self.setting
+        evidence = dict(self.evidence)
+        do = {} if setting.counterfactual else setting.do
         for name, value in sites.items():
             if name in do:
                 if do[name] != value:
@@ -269,9 +294,9 @@ class _Masses:
 
     def attacker_masses(self) -> np.ndarray:
         """Z(evidence and attacker = k) per draw and k, ``(draws, n + 1)``, in one pass."""
-        plan = self.plan
-        do = {} if plan.counterfactual else plan.do
-        result = self.engine.run(do=do, evidence=self.engine.split_evidence(plan.evidence), outputs=("attacker",))
+        setting = self.setting
+        do = {} if setting.counterfactual else setting.do
+        result = self.engine.run(do=do, evidence=self.engine.split_evidence(self.evidence), outputs=("attacker",))
         with np.errstate(over="ignore", invalid="ignore"):
             factor = np.exp(np.where(np.isfinite(result.scale), result.scale - self.reference, -np.inf))
         return result.outputs["attacker"] * factor[:, None]
@@ -311,18 +336,41 @@ class ClusterEngine(Backend):
     name = "cluster_engine"
 
     def __init__(self):
-        self._plans: tuple | None = None
+        self._last: tuple | None = None
 
-    def _compiled(self, problem: Problem, queries=None) -> list[_Plan]:
-        """One plan per query (``problem.query`` alone by default), remembered for the run after a check."""
+    def _compiled(self, problem: Problem, queries=None) -> tuple[_Compiled, dict]:
+        """The checked batch (``problem.query`` alone by default) and the evidence as numbers.
+
+        A batch is checked once per pattern: the model, ``do``, the evidence's
+        names, the condition's and the queries' keys (kept by the model's
+        engine, :meth:`~bayes_defense.models.engine.Engine.cached`). The
+        evidence values are read on every call. A query or condition without
+        a key (a callable) is checked on every call. The last batch is also
+        remembered here for the run that follows a check.
+        """
         queries = [problem.query] if queries is None else list(queries)
-        key = (problem, [id(q) for q in queries])
-        if self._plans is None or self._plans[0][0] is not problem or self._plans[0][1] != key[1]:
-            first = _Plan(problem, queries[0])
-            plans = [first] + [_Plan(problem, q, shared=first) for q in queries[1:]]
-            # The queries are held so that their ids stay theirs while the plans are kept.
-            self._plans = (key, plans, queries)
-        return self._plans[1]
+        ids = list(map(id, queries))
+        if self._last is not None and self._last[0] is problem and self._last[1] == ids:
+            return self._last[2], self._last[3]
+        engine = _cluster_engine(problem)
+        do = _scalars(problem.do, "do")
+        evidence = problem.evidence
+        if isinstance(evidence, SiteValues):
+            # Floats already checked by the public query need no second pass.
+            evidence = evidence.raw() if evidence.floats else _scalars(evidence.raw(), "evidence")
+        else:
+            evidence = _scalars(evidence, "evidence")
+        condition = problem.condition
+        keys = tuple(map(_key_of, queries))
+        if None in keys or (condition is not None and condition.key is None):
+            compiled = _Compiled(problem, engine, do, evidence, queries)
+        else:
+            pattern = ("checked batch", problem.counterfactual, tuple(do.items()), tuple(evidence),
+                       None if condition is None else condition.key, keys)
+            compiled = engine.cached(pattern, lambda: _Compiled(problem, engine, do, evidence, queries))
+        # The queries are held so that their ids stay theirs while this batch is remembered.
+        self._last = (problem, ids, compiled, evidence, queries)
+        return compiled, evidence
 
     def check(self, problem: Problem) -> None:
         self._compiled(problem)
@@ -337,17 +385,16 @@ class ClusterEngine(Backend):
         """Every query of a batch, the site marginals from one engine pass and the rest sharing Z(evidence)."""
         from bayes_defense.models.engine import draw_estimate
 
-        plans = self._compiled(problem, queries)
-        masses = _Masses(plans[0])
-        marginal = [plan for plan in plans if plan.marginal is not None]
-        if marginal:
-            sites = list(dict.fromkeys(plan.marginal[0] for plan in marginal))
-            by_draw, marginal_weights = plans[0].engine.query(sites, do=plans[0].do, evidence=plans[0].evidence)
+        compiled, evidence = self._compiled(problem, queries)
+        setting = compiled.setting
+        masses = _Masses(setting, evidence)
+        if compiled.sites:
+            by_draw, marginal_weights = setting.engine.query(compiled.sites, do=setting.do, evidence=evidence)
         answers = []
-        for plan in plans:
+        for plan in compiled.plans:
             if plan.marginal is not None:
                 values, weights, is_probability = self._marginal(plan, by_draw), marginal_weights, True
-            elif plan.counterfactual:
+            elif setting.counterfactual:
                 values, weights, is_probability = self._counterfactual(plan, masses)
             elif plan.event is not None:
                 values, weights, is_probability = self._event(plan, masses)
@@ -381,18 +428,18 @@ class ClusterEngine(Backend):
 
     def _counterfactual(self, plan: _Plan, masses: _Masses):
         base = masses.evidence_mass()
-        condition = plan.condition
+        condition = plan.setting.condition
         denominator = _event_mass(masses, base, condition)
         outcome_cf = plan.event.sites
         if any(value not in (0.0, 1.0) for value in outcome_cf.values()):
             numerator = np.zeros_like(base)
         else:
             # Z(factual, outcome') with the condition by complement when negated.
-            full = masses.mass({}, cf=plan.do, outcome_cf=outcome_cf)
+            full = masses.mass({}, cf=plan.setting.do, outcome_cf=outcome_cf)
             if condition is None:
                 numerator = full
             else:
-                held = masses.mass(condition.sites, cf=plan.do, outcome_cf=outcome_cf)
+                held = masses.mass(condition.sites, cf=plan.setting.do, outcome_cf=outcome_cf)
                 numerator = full - held if condition.negated else held
         values, weights = self._ratio(numerator, denominator)
         return (1.0 - values if plan.event.negated else values), weights, True

@@ -38,6 +38,7 @@ from __future__ import annotations
 import functools
 import itertools
 import math
+import operator
 
 import numpy as np
 
@@ -55,6 +56,8 @@ _CAE = np.array(list(itertools.product(range(3), range(2), range(2))))  # (12, 3
 _FOOTING_SITES = tables.FOOTING_SITES
 # Pieces one engine keeps (a few kilobytes each; the explanation's leave-one-out products up to about a megabyte).
 _CACHE_ENTRIES = 512
+_PLAIN_TYPES = {int, float, bool}
+_INDICATOR_VALUES = {0, 1}
 
 
 def _couple(p, q):
@@ -96,6 +99,12 @@ class Result:
 
     def weights(self, evidence=None) -> np.ndarray:
         """Posterior weights of the draws given the evidence (sum to one)."""
+        if self.total.shape == (1,):
+            # One parameter draw (a model without posterior draws): its weight is 1 if it can
+            # produce the evidence at all.
+            if not (math.isfinite(self.scale[0]) and self.total[0] > 0):
+                raise ImpossibleEvidenceError(f"the evidence has probability zero under the model: {evidence}")
+            return np.ones(1)
         finite = np.isfinite(self.scale) & (self.total > 0)
         if not finite.any():
             raise ImpossibleEvidenceError(f"the evidence has probability zero under the model: {evidence}")
@@ -220,7 +229,7 @@ class Engine:
         self.sites = set(model.sites)
         self._cache: dict = {}
         self._telemetry_memo: dict = {}
-        self._names: dict = {}
+        self._layouts: dict = {}
         self.cluster_sites = [s for s in model.sites if not (s[:1] == "r" and s.split(".")[0][1:].isdigit())]
 
     def _value(self, name, value, role):
@@ -246,28 +255,49 @@ class Engine:
         ``telemetry`` ``{(replica, signal index): 0/1}`` and ``faulty``
         ``{replica: 0/1}``. Unknown names raise listing the valid ones.
         """
-        cluster, telemetry, faulty = {}, {}, {}
-        names = self._names
-        for name, value in (evidence or {}).items():
-            parsed = names.get(name)
-            if parsed is None:
-                if name in self.sites and not (name[:1] == "r" and "." in name and name.split(".")[0][1:].isdigit()):
-                    parsed = ("cluster", name)
-                else:
-                    replica, t = self.model.parse_replica_site(name, role=role)
-                    parsed = ("faulty", replica) if t == "faulty" else ("telemetry", (replica, _TELEMETRY_NAMES.index(t)))
-                names[name] = parsed
-            if parsed[0] == "telemetry" and type(value) in (int, float) and value in (0, 1):
-                telemetry[parsed[1]] = int(value)
-                continue
-            x = self._value(name, value, role)
-            if parsed[0] == "cluster":
-                cluster[name] = x
-            elif parsed[0] == "faulty":
-                faulty[parsed[1]] = x
+        if not evidence:
+            return {}, {}, {}
+        names = tuple(evidence)
+        layout = self._layouts.get(names)
+        if layout is None:
+            layout = self._layout(names, role)
+        positions, keys, rest = layout
+        values = tuple(evidence.values())
+        observed = values if len(positions) == len(values) else (
+            operator.itemgetter(*positions)(values) if len(positions) > 1 else tuple(values[i] for i in positions))
+        # Telemetry given as plain 0/1 numbers (the common case: every replica's indicators) is taken
+        # in one step; anything else is checked value by value.
+        if set(map(type, observed)) <= _PLAIN_TYPES and set(observed) <= _INDICATOR_VALUES:
+            telemetry = dict(zip(keys, map(int, observed), strict=True))
+        else:
+            telemetry = {key: self._value(names[i], values[i], role) for i, key in zip(positions, keys, strict=True)}
+        cluster, faulty = {}, {}
+        for i, kind, target in rest:
+            x = self._value(names[i], values[i], role)
+            if kind == "cluster":
+                cluster[target] = x
             else:
-                telemetry[parsed[1]] = x
+                faulty[target] = x
         return cluster, telemetry, faulty
+
+    def _layout(self, names: tuple, role: str) -> tuple:
+        """Where each name of an evidence pattern goes: telemetry positions and keys, and the other sites."""
+        positions, keys, rest = [], [], []
+        for i, name in enumerate(names):
+            if name in self.sites and not (name[:1] == "r" and "." in name and name.split(".")[0][1:].isdigit()):
+                rest.append((i, "cluster", name))
+                continue
+            replica, t = self.model.parse_replica_site(name, role=role)
+            if t == "faulty":
+                rest.append((i, "faulty", replica))
+            else:
+                positions.append(i)
+                keys.append((replica, _TELEMETRY_NAMES.index(t)))
+        layout = (tuple(positions), tuple(keys), tuple(rest))
+        if len(self._layouts) >= _CACHE_ENTRIES:
+            del self._layouts[next(iter(self._layouts))]
+        self._layouts[names] = layout
+        return layout
 
     def check_do(self, do, role="do") -> dict:
         out = {}
@@ -312,7 +342,7 @@ class Engine:
         sites = list(sites)
         fact = {**parsed[0], **do}
         shape_key = ("query", tuple(sites), tuple(sorted(fact.items())))
-        kinds, outputs, local_for, cae_sites, indicators = self._cached(
+        kinds, outputs, local_for, cae_sites, indicators = self.cached(
             shape_key, functools.partial(self._query_shape, sites, fact))
         result = self.run(do=do, evidence=parsed, outputs=outputs, local_for=local_for)
         weights = result.weights(evidence)
@@ -347,7 +377,7 @@ class Engine:
             footing = self._footing(_CAE[:, 0], _CAE[:, 1], _CAE[:, 2], fixed)
             return {a: self._precondition(a, footing, fixed).astype(np.float64) for a in self.attack_names}
 
-        return self._cached(("preconditions", tuple(sorted(fixed.items()))), build)[attack]
+        return self.cached(("preconditions", tuple(sorted(fixed.items()))), build)[attack]
 
     def _query_shape(self, sites, fact):
         kinds = {site: self.site_kind(site) for site in sites}
@@ -446,7 +476,7 @@ class Engine:
         key = ("structure", tuple(sorted(do.items())), tuple(sorted(cluster.items())), tuple(sorted(cf.items())),
                tuple(sorted(outcome_cf.items())), terms_key, outputs, next_isolated,
                None if local_for is None else tuple(sorted(local_for)))
-        st = self._cached(key, lambda: self._structure(do, cluster, cf, outcome_cf, terms, outputs, next_isolated,
+        st = self.cached(key, lambda: self._structure(do, cluster, cf, outcome_cf, terms, outputs, next_isolated,
                                                         local_for))
         z, N = self.draws, self.n + 1
         prior_a = st.prior_a
@@ -457,15 +487,14 @@ class Engine:
             prior_a = prior_a * mask
         # Telemetry and join_rate: a factor over (attacker, precursor configuration), log scale per draw,
         # one row per observation pattern.
-        pattern, factor, scale = self._telemetry_cached(telemetry, prior_a)
+        pattern, factor, scale, members = self._telemetry_cached(telemetry, prior_a)          # members (patterns, N)
         if st.join is not None:
             factor = factor * st.join[:, None, :]
         C = st.C
-        members = (pattern[None, :] == np.arange(factor.shape[1])[:, None]).astype(np.float64)   # (patterns, N)
         M = np.matmul(members, (self.class_onehot[None, :, :, None] * (C * prior_a[:, :, None])[:, :, None, :]
                                 ).reshape(z, N, -1))                                            # (z, pat, 3u)
         U = np.matmul(np.swapaxes(M, 1, 2), factor).reshape(z, 3, st.pairs.size, self.bits.shape[0])
-        B = st.cae_weight[:, :, None] * np.moveaxis(U[:, st.state_class, :, st.p_idx], 0, 1)   # (z, ns, u)
+        B = st.cae_weight[:, :, None] * U[:, st.state_class, :, st.p_idx].transpose(1, 0, 2)   # (z, ns, u)
         B_f = B if st.G.shape[3] > 1 else B.sum(2, keepdims=True)
         GB = st.G * B_f[None]                                                # (t, z, ns, u|1)
         per_term = GB.sum((2, 3)) * st.draw_weight                           # (t, z)
@@ -474,8 +503,7 @@ class Engine:
         if outputs & {"cae", "precursors"}:
             by_state = np.einsum("tz,tzn->zn", st.coef, GB.sum(3)) * st.draw_weight[:, None]
             if "cae" in outputs:
-                out["cae"] = np.zeros((z, 12))
-                np.add.at(out["cae"].T, st.cae_idx, by_state.T)
+                out["cae"] = by_state @ st.cae_onehot                                            # (z, 12)
             if "precursors" in outputs:
                 out["precursors"] = by_state @ self.bits[st.p_idx].astype(np.float64)                 # (z, 8)
         if "attacker" in outputs:
@@ -541,6 +569,7 @@ class Engine:
             do, cluster, cf, fact, kinds, outputs, local_for, (pre, pre_cf, cae_idx, p_idx), pairs)
         return _Structure(
             prior_a=prior_a, join=join, C=C, pairs=pairs, cae_idx=cae_idx, p_idx=p_idx, state_class=state_class,
+            cae_onehot=(cae_idx[:, None] == np.arange(12)).astype(np.float64),
             cae_weight=cae_weight[:, cae_idx], state_class_onehot=(state_class[:, None] == np.arange(3)).astype(float),
             coef=coef, draw_weight=draw_weight, G=G, Pi=Pi, keep=keep_f, local=local, local_for=local_for,
             wanted=wanted, leave_one_out=leave_one_out, groups=groups, n_terms=len(terms))
@@ -585,9 +614,9 @@ class Engine:
             if site in cf:
                 bits_c[:, j] = cf[site]
         control_key = (bits_f.tobytes(), tuple((s_, do.get(s_), cluster.get(s_)) for s_ in CONTROL_SITES))
-        keep_f = self._cached(("keep", bits_f.tobytes(), cut_f.tobytes()), lambda: self._keep(bits_f, cut_f))
+        keep_f = self.cached(("keep", bits_f.tobytes(), cut_f.tobytes()), lambda: self._keep(bits_f, cut_f))
         keep_c = keep_f if np.array_equal(bits_c, bits_f) and np.array_equal(cut_c, cut_f) else \
-            self._cached(("keep", bits_c.tobytes(), cut_c.tobytes(), "cf"), lambda: self._keep(bits_c, cut_c))
+            self.cached(("keep", bits_c.tobytes(), cut_c.tobytes(), "cf"), lambda: self._keep(bits_c, cut_c))
         if separable:
             # Nothing couples the attacks through the controls: each local output sums them on its own.
             Pi_total = Pi.sum(1)
@@ -600,7 +629,7 @@ class Engine:
                         for lv in ("precursor", "executing", "success"))
             key = ("local", i, own, twin, repr(kinds), deep, i in local_for, separable, control_key, pairs.tobytes(),
                    keep_c is keep_f, tuple(sorted(cf.items())) if keep_c is not keep_f else None)
-            f_sum, f_loc = self._cached(key, functools.partial(
+            f_sum, f_loc = self.cached(key, functools.partial(
                 self._local, i, a, do, cluster, cf, kinds, keep_f, keep_c, deep, i in local_for,
                 Pi_norm if separable else None))
             idx = pre[cae_idx, i] * 4 + pre_cf[cae_idx, i] * 2 + self.bits[p_idx, i]
@@ -703,7 +732,7 @@ class Engine:
 
     def _telemetry_cached(self, telemetry, prior_a):
         """:meth:`_telemetry`, remembered for the last few evidence sets (queries in a row share their evidence)."""
-        key = (tuple(sorted(telemetry.items())), prior_a.tobytes())
+        key = (frozenset(telemetry.items()), prior_a.tobytes())
         found = self._telemetry_memo.get(key)
         if found is None:
             if len(self._telemetry_memo) >= 8:
@@ -712,15 +741,16 @@ class Engine:
         return found
 
     def _telemetry(self, telemetry, prior_a):
-        """Telemetry likelihood by observation pattern: ``(pattern of each attacker value, factor, log scale)``.
+        """Telemetry likelihood by observation pattern: ``(pattern of each attacker value, factor, log scale, members)``.
 
         Replicas with the same observations share one row, so the work grows with the number of distinct
         patterns, not replicas. Row 0 is "the attacker is none of the observed replicas".
-        Returns ``pattern`` (N,), ``factor`` (z, patterns, 256) scaled by ``exp(-scale)``, ``scale`` (z,).
+        Returns ``pattern`` (N,), ``factor`` (z, patterns, 256) scaled by ``exp(-scale)``, ``scale`` (z,)
+        and ``members`` (patterns, N), the one-hot of ``pattern``.
         """
         z, N = prior_a.shape
         if not telemetry:
-            return np.zeros(N, dtype=np.intp), np.ones((z, 1, self.bits.shape[0])), np.zeros(z)
+            return np.zeros(N, dtype=np.intp), np.ones((z, 1, self.bits.shape[0])), np.zeros(z), np.ones((1, N))
         T = len(TELEMETRY)
         # Each replica's observations as a bit code (bit t: observed 0, bit T + t: observed 1).
         code: dict = {}
@@ -746,10 +776,16 @@ class Engine:
         log[(log < -1e200) | (mass[:, :, None] <= 0)] = -np.inf
         scale = log.max((1, 2))
         safe = np.where(np.isfinite(scale), scale, 0.0)
-        return pattern, np.exp(log - safe[:, None, None]), scale
+        return pattern, np.exp(log - safe[:, None, None]), scale, members
 
-    def _cached(self, key, build):
-        """Memoise a piece that depends only on the query's shape (bounded, per engine)."""
+    def cached(self, key, build):
+        """``build()``, remembered under ``key``: a piece that depends only on the query's shape, not on telemetry.
+
+        Bounded per engine (the least recently used piece goes first); the
+        engine's own tables and the cluster engine backend's checked batches
+        (:mod:`bayes_defense.inference.cluster_engine`) are kept here, so they
+        live exactly as long as the engine of their model.
+        """
         value = self._cache.pop(key, None)
         if value is None:
             value = build()
@@ -762,7 +798,7 @@ class Engine:
     def _cut_table(self, do, cluster, cf):
         names = ("isolated", "attacker_isolated", "attacker")
         key = ("cut", *((name, do.get(name), cluster.get(name), cf.get(name)) for name in names))
-        return self._cached(key, lambda: self._build_cut_table(do, cluster, cf))
+        return self.cached(key, lambda: self._build_cut_table(do, cluster, cf))
 
     def _build_cut_table(self, do, cluster, cf):
         z, n, N = self.draws, self.n, self.n + 1

@@ -129,3 +129,11 @@ def test_deterministic_sites_have_parents_and_exact_tables():
 
     assert model_info(model).parents()["d"] == ("x",)
     assert bd.intervene(model, {}, "d", evidence={"y": 1.0}, backend="exact").mean == pytest.approx(0.2 / 0.9)
+
+
+def test_an_integer_beyond_float_range_is_refused_in_words():
+    # Plain numbers are checked in one pass; an integer too large for a float must still be named.
+    with pytest.raises(bd.InvalidInputError, match="'rain'.*float range"):
+        bd.intervene(sprinkler, {}, "wet", evidence={"rain": 10**400})
+    with pytest.raises(bd.InvalidInputError, match="'sprinkler'.*finite"):
+        bd.intervene(sprinkler, {}, "wet", evidence={"rain": 1, "sprinkler": float("inf")})
