@@ -59,13 +59,14 @@ def _same_row(on, off, q, r):
 
 
 @njit(cache=True, nogil=True)
-def _classes(x, log_weights):
+def _classes(x, log_weights, fault_position):
     """Indicators of each row, the classes of the replica rows and the attacker slots.
 
     A row's signal is on where ``x > 0.5``, off where ``1 - x > 0.5`` (neither
     where ``x`` is nan or exactly 0.5). Replicas with equal indicators share a
     row class (their terms are equal); those that also have equal attacker
-    priors share a slot (their posterior terms are equal). The unattributed
+    priors and equal fault position priors (``fault_position[:, :, r]``, when
+    given) share a slot (their posterior terms are equal). The unattributed
     row is the last row class and the last slot, counted once.
 
     Returns ``(on, off, row_of, rows_used, row_count, slot_of, slot_row, slot_first, slot_count)``.
@@ -112,6 +113,14 @@ def _classes(x, log_weights):
                 if log_weights[a, q] != log_weights[a, r]:
                     same = False
                     break
+            if same and fault_position.size:
+                for d in range(fault_position.shape[0]):
+                    for g in range(fault_position.shape[1]):
+                        if fault_position[d, g, q] != fault_position[d, g, r]:
+                            same = False
+                            break
+                    if not same:
+                        break
             if same:
                 slot = c
                 break
@@ -232,72 +241,83 @@ def _linear_terms(log00, log11, ratio, on, off, row_first, keys, stamp, clock, s
 
 
 @njit(cache=True, nogil=True)
-def _position_log(terms, row_count, classes, o, log_replicas, spread, suffix, position, g):
-    """``position[g, :]``, the log weight of each attacker class and of "outside", from log terms."""
+def _position_log(terms, row_count, classes, slot_row, slot_count, log_phi, slots, o, spread, suffix, position, g):
+    """``position[g, :]``, the log weight of each attacker slot and of "outside", from log terms.
+
+    ``log_phi[c]`` is the log prior of the fault at one replica of slot ``c``.
+    """
     base = 0.0
     for c in range(classes):
         base += row_count[c] * terms[c, o]
     base += terms[classes, o + 3]
-    if classes == 0:
+    if slots == 1:
         position[g, 0] = base
         return
     peak = -np.inf
-    for c in range(classes):
-        peak = max(peak, terms[c, o + 1] - terms[c, o])
+    for c in range(slots - 1):
+        row = slot_row[c]
+        peak = max(peak, (terms[row, o + 1] - terms[row, o]) + log_phi[c])
     total = 0.0
-    for c in range(classes):
-        spread[c] = math.exp((terms[c, o + 1] - terms[c, o]) - peak)
-        total += row_count[c] * spread[c]
-    # The fault at another replica than the attacker's: the classes before and after the
+    for c in range(slots - 1):
+        row = slot_row[c]
+        spread[c] = math.exp(((terms[row, o + 1] - terms[row, o]) + log_phi[c]) - peak)
+        total += slot_count[c] * spread[c]
+    # The fault at another replica than the attacker's: the slots before and after the
     # attacker's, and the other members of its own (no subtraction from the total).
     after = 0.0
-    for c in range(classes - 1, -1, -1):
+    for c in range(slots - 2, -1, -1):
         suffix[c] = after
-        after += row_count[c] * spread[c]
+        after += slot_count[c] * spread[c]
     before = 0.0
-    for c in range(classes):
-        rest = (before + suffix[c]) + (row_count[c] - 1.0) * spread[c]
-        before += row_count[c] * spread[c]
+    for c in range(slots - 1):
+        row = slot_row[c]
+        rest = (before + suffix[c]) + (slot_count[c] - 1.0) * spread[c]
+        before += slot_count[c] * spread[c]
         # log(rest * exp(u) + exp(v)) with one exp and one log: shift by the larger exponent.
-        u = (terms[c, o + 2] - terms[c, o]) + peak
-        v = terms[c, o + 3] - terms[c, o]
+        u = (terms[row, o + 2] - terms[row, o]) + peak
+        v = (terms[row, o + 3] - terms[row, o]) + log_phi[c]
         if rest > 0.0 and u >= v:
             inside = u + math.log(rest + math.exp(v - u))
         elif rest > 0.0:
             inside = v + math.log1p(rest * math.exp(u - v))
         else:
             inside = v
-        position[g, c] = (inside - log_replicas) + base
-    position[g, classes] = ((peak + math.log(total)) - log_replicas) + base
+        position[g, c] = inside + base
+    position[g, slots - 1] = (peak + math.log(total)) + base
 
 
 @njit(cache=True, nogil=True)
-def _position_linear(sum00, product, entry, outside, row_count, classes, cell, replicas, suffix, base, linear, g):
-    """``linear[g, :]`` (each class's weight over ``exp(base[g])``) and ``base[g]``, from ratios."""
+def _position_linear(sum00, product, entry, outside, row_count, classes, slot_row, slot_count, phi, slots, cell,
+                     suffix, base, linear, g):
+    """``linear[g, :]`` (each slot's weight over ``exp(base[g])``) and ``base[g]``, from ratios.
+
+    ``phi[c]`` is the prior of the fault at one replica of slot ``c``.
+    """
     total_base = 0.0
     for c in range(classes):
         total_base += row_count[c] * sum00[entry[c], cell]
     base[g] = total_base + outside[cell]
-    if classes == 0:
+    if slots == 1:
         linear[g, 0] = 1.0
         return
     j = cell * 3
     after = 0.0
-    for c in range(classes - 1, -1, -1):
+    for c in range(slots - 2, -1, -1):
         suffix[c] = after
-        after += row_count[c] * product[entry[c], j]
+        after += slot_count[c] * (phi[c] * product[entry[slot_row[c]], j])
     before = 0.0
-    for c in range(classes):
-        e = entry[c]
-        rest = (before + suffix[c]) + (row_count[c] - 1.0) * product[e, j]
-        before += row_count[c] * product[e, j]
-        linear[g, c] = (product[e, j + 1] * rest + product[e, j + 2]) / replicas
-    linear[g, classes] = after / replicas
+    for c in range(slots - 1):
+        e = entry[slot_row[c]]
+        w = phi[c] * product[e, j]
+        rest = (before + suffix[c]) + (slot_count[c] - 1.0) * w
+        before += slot_count[c] * w
+        linear[g, c] = product[e, j + 1] * rest + phi[c] * product[e, j + 2]
+    linear[g, slots - 1] = after
 
 
 @njit(cache=True)
-def likelihood(stacked, log00, log11, ratio, store, x, log_weights, fault_prior, total_ll, by_position, by_fault,
-               with_attacker):
+def likelihood(stacked, log00, log11, ratio, store, x, log_weights, fault_prior, fault_position, total_ll, by_position,
+               by_fault, with_attacker):
     """Fill ``total_ll`` ``(D, A, K)`` and, with ``with_attacker``, the two log posteriors.
 
     ``stacked`` is :attr:`~bayes_defense.stream.evidence.SignalTables.stacked`
@@ -308,19 +328,31 @@ def likelihood(stacked, log00, log11, ratio, store, x, log_weights, fault_prior,
     clock, sum00, product, safe)`` of :func:`_linear_terms` (it changes, so
     the kernel holds the GIL). ``x`` is the window's values
     ``(R + 1, S)``, ``log_weights`` the attacker's log prior per attack
-    ``(A, R + 1)``, ``fault_prior`` ``(D, G)``; ``by_position``
+    ``(A, R + 1)``, ``fault_prior`` ``(D, G)``, ``fault_position`` the log
+    prior of each fault's replica ``(D, G, R)`` (each row normalised; empty:
+    uniform, ``-log R``); ``by_position``
     ``(D, A, K, R + 1)`` and ``by_fault`` ``(D, A, K, G)`` are written only
     when ``with_attacker``.
     """
     replicas = x.shape[0] - 1
     draws, attacks, stages = total_ll.shape
     faults = fault_prior.shape[1]
-    on, off, row_of, row_first, row_count, slot_of, slot_row, slot_first, slot_count = _classes(x, log_weights)
+    on, off, row_of, row_first, row_count, slot_of, slot_row, slot_first, slot_count = _classes(x, log_weights,
+                                                                                                fault_position)
     classes = row_first.shape[0] - 1      # replica row classes; the unattributed row is ``classes``
     slots = slot_first.shape[0]           # attacker slots, the outside one last
     keys, stamp, clock, store00, store_product, store_safe = store
     sum00, product, entry, outside, linear_path = _linear_terms(log00, log11, ratio, on, off, row_first, keys, stamp,
                                                                 clock, store00, store_product, store_safe)
+    followed = fault_position.size > 0
+    if followed and linear_path:
+        # The linear path's bounds hold while every position prior is at least 1e-100 (the
+        # weights' floor that the underflow argument below relies on).
+        for d in range(draws):
+            for g in range(faults):
+                for c in range(slots - 1):
+                    if fault_position[d, g, slot_first[c]] < -230.0:
+                        linear_path = False
     if linear_path:
         terms = np.empty((0, 0))
     else:
@@ -332,17 +364,19 @@ def likelihood(stacked, log00, log11, ratio, store, x, log_weights, fault_prior,
                     if flags[row_first[c], s]:
                         _add(terms[c], stacked[half * x.shape[1] + s])
     log_replicas = math.log(replicas) if replicas > 0 else 0.0
+    log_phi = np.empty(slots)
+    phi = np.empty(slots)
     attacker_prior = np.empty((attacks, slots))
     for a in range(attacks):
         for c in range(slots):
             attacker_prior[a, c] = math.exp(log_weights[a, slot_first[c]])
     ones = np.ones(max(faults, slots))
-    position = np.empty((faults, classes + 1))
-    linear = np.empty((faults, classes + 1))
+    position = np.empty((faults, slots))
+    linear = np.empty((faults, slots))
     base = np.empty(faults)
     scale = np.empty(faults)
-    spread = np.empty(classes + 1)
-    suffix = np.empty(classes + 1)
+    spread = np.empty(slots)
+    suffix = np.empty(slots)
     joint = np.empty((slots, faults))
     temp = np.empty(max(faults, slots))
     by_slot = np.empty(slots)
@@ -359,8 +393,10 @@ def likelihood(stacked, log00, log11, ratio, store, x, log_weights, fault_prior,
         peak = -np.inf
         if fast:
             for g in range(faults):
-                _position_linear(sum00, product, entry, outside, row_count, classes, block * faults + g, replicas, suffix,
-                                 base, linear, g)
+                for c in range(slots - 1):
+                    phi[c] = math.exp(fault_position[d, g, slot_first[c]]) if followed else 1.0 / replicas
+                _position_linear(sum00, product, entry, outside, row_count, classes, slot_row, slot_count, phi, slots,
+                                 block * faults + g, suffix, base, linear, g)
                 peak = max(peak, base[g] + fault_prior[d, g])
             fast = math.isfinite(peak)
         if fast:
@@ -368,10 +404,9 @@ def likelihood(stacked, log00, log11, ratio, store, x, log_weights, fault_prior,
                 scale[g] = math.exp((base[g] + fault_prior[d, g]) - peak)
             block_sum = 0.0
             for c in range(slots):
-                row = slot_row[c]
                 acc = 0.0
                 for g in range(faults):
-                    acc += scale[g] * linear[g, row]
+                    acc += scale[g] * linear[g, c]
                 acc *= linear_weight[c]
                 block_sum += slot_count[c] * acc
                 if weight[c] == -np.inf:
@@ -380,21 +415,22 @@ def likelihood(stacked, log00, log11, ratio, store, x, log_weights, fault_prior,
                     by_slot[c] = peak + math.log(acc)
                 else:
                     for g in range(faults):
-                        temp[g] = ((base[g] + math.log(linear[g, row])) + fault_prior[d, g]) + weight[c]
+                        temp[g] = ((base[g] + math.log(linear[g, c])) + fault_prior[d, g]) + weight[c]
                     by_slot[c] = log_sum(temp, ones, faults)
             ll = peak + math.log(block_sum) if block_sum >= _SMALLEST else log_sum(by_slot, slot_count, slots)
         else:
             for g in range(faults):
                 if linear_path:
-                    for c in range(classes + 1):
+                    for c in range(slots):
                         position[g, c] = base[g] + math.log(linear[g, c])
                 else:
-                    _position_log(terms, row_count, classes, (block * faults + g) * 4, log_replicas, spread, suffix,
-                                  position, g)
+                    for c in range(slots - 1):
+                        log_phi[c] = fault_position[d, g, slot_first[c]] if followed else -log_replicas
+                    _position_log(terms, row_count, classes, slot_row, slot_count, log_phi, slots,
+                                  (block * faults + g) * 4, spread, suffix, position, g)
             for c in range(slots):
-                row = slot_row[c]
                 for g in range(faults):
-                    joint[c, g] = (position[g, row] + fault_prior[d, g]) + weight[c]
+                    joint[c, g] = (position[g, c] + fault_prior[d, g]) + weight[c]
                 by_slot[c] = log_sum(joint[c], ones, faults)
             ll = log_sum(by_slot, slot_count, slots)
         total_ll[d, a, k] = ll
@@ -406,10 +442,11 @@ def likelihood(stacked, log00, log11, ratio, store, x, log_weights, fault_prior,
         for g in range(faults):
             if fast:
                 # exp(base + prior) factors out of the sum over the slots, and what is left cannot
-                # underflow: each class's weight is at least 1e-100 / R, each prior 0 or normal.
+                # underflow: each slot's weight is at least 1e-200 / R (ratios and position priors
+                # of at least 1e-100), each prior 0 or normal.
                 acc = 0.0
                 for c in range(slots):
-                    acc += slot_count[c] * (linear[g, slot_row[c]] * linear_weight[c])
+                    acc += slot_count[c] * (linear[g, c] * linear_weight[c])
                 log_acc = math.log(acc) if acc > 0.0 else -np.inf
                 by_fault[d, a, k, g] = ((base[g] + fault_prior[d, g]) + log_acc) - ll
             else:

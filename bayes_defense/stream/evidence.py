@@ -475,13 +475,18 @@ def predict_faults(log_faults: np.ndarray, log_transition: np.ndarray) -> np.nda
 
 
 def window_log_likelihood(model: SignalTables, window: WindowSignals, *, with_attacker: bool = False,
-                          log_fault_prior: np.ndarray | None = None) -> Any:
+                          log_fault_prior: np.ndarray | None = None,
+                          log_fault_position: np.ndarray | None = None) -> Any:
     """``log P(window's signals | attack a in stage k)`` for every draw: ``(D, A, 4)``.
 
     The attacker's replica, the fault and the fault's replica are summed out
     (module docstring); ``log_fault_prior`` ``(D, G + 1)`` replaces the
     faults' long-run prior (the filter passes its fault chain's prediction,
-    :func:`predict_faults`). With ``with_attacker=True`` also returns the log
+    :func:`predict_faults`), and ``log_fault_position`` ``(D, G + 1, R)``
+    the fault's replica's uniform prior: ``log P(replica | fault)``, each row
+    normalised (the fault chain's prediction, :class:`FaultFilter`, which
+    follows a fault's replica from window to window; it keeps row 0, "no
+    fault", uniform). With ``with_attacker=True`` also returns the log
     posterior weight of each attacker position (``(D, A, 4, R + 1)``, the
     last entry "outside any replica"), from which the suspects come, and the
     log posterior of each fault (``(D, A, 4, G + 1)``, "no fault" first).
@@ -511,6 +516,15 @@ def window_log_likelihood(model: SignalTables, window: WindowSignals, *, with_at
     if prior.shape != (draws, faults):
         raise InvalidInputError(f"log_fault_prior must have shape {(draws, faults)} (draws, no fault + faults); "
                                 f"got {prior.shape}")
+    if log_fault_position is None:
+        position = np.empty((0, 0, 0))
+    else:
+        position = np.ascontiguousarray(log_fault_position, dtype=np.float64)
+        if position.shape != (draws, faults, replicas):
+            raise InvalidInputError(f"log_fault_position must have shape {(draws, faults, replicas)} (draws, no fault + "
+                                    f"faults, replicas); got {position.shape}")
+        if replicas == 0:
+            position = np.empty((0, 0, 0))
     log_weights = _log_attacker_weights(model.footing, replicas, int(window.primary))
     total = np.empty((draws, attacks, stages))
     if with_attacker:
@@ -518,8 +532,8 @@ def window_log_likelihood(model: SignalTables, window: WindowSignals, *, with_at
         by_fault = np.empty((draws, attacks, stages, faults))
     else:
         by_position = by_fault = np.empty((0, 0, 0, 0))
-    _kernel().likelihood(model.stacked, *_derived_tables(model), x, log_weights, prior, total, by_position, by_fault,
-                         with_attacker)
+    _kernel().likelihood(model.stacked, *_derived_tables(model), x, log_weights, prior, position, total, by_position,
+                         by_fault, with_attacker)
     if with_attacker:
         return total, by_position, by_fault
     return total

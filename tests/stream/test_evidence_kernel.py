@@ -31,8 +31,11 @@ def _logsumexp(a: np.ndarray, axis: int) -> np.ndarray:
         return np.squeeze(peak, axis) + np.log(np.sum(np.exp(a - peak), axis=axis))
 
 
-def oracle(model: SignalTables, window: WindowSignals, log_fault_prior=None):
-    """``(log likelihood, log attacker position, log fault posterior)`` in numpy (module docstring)."""
+def oracle(model: SignalTables, window: WindowSignals, log_fault_prior=None, log_fault_position=None):
+    """``(log likelihood, log attacker position, log fault posterior)`` in numpy (module docstring).
+
+    ``log_fault_position`` ``(D, G, R)``: the log prior of each fault's replica (default uniform, ``-log R``).
+    """
     x = window.values
     replicas = x.shape[0] - 1
     on = np.nan_to_num(x, nan=0.0)
@@ -49,16 +52,21 @@ def oracle(model: SignalTables, window: WindowSignals, log_fault_prior=None):
     base = t00.sum(-1) + outside_row
     d_att, d_fault, d_both = t10 - t00, t01 - t00, t11 - t00
     if replicas:
-        peak = d_fault.max(-1, keepdims=True)
-        spread = np.exp(d_fault - peak)
+        if log_fault_position is None:
+            log_phi = np.full(d_fault.shape[-1], -math.log(replicas))
+        else:
+            log_phi = np.asarray(log_fault_position)[:, None, None, :, :]      # (D, 1, 1, G, R)
+        weighted = d_fault + log_phi
+        peak = weighted.max(-1, keepdims=True)
+        spread = np.exp(weighted - peak)
         total = spread.sum(-1, keepdims=True)
         zero = np.zeros(spread.shape[:-1] + (1,))
         before = np.concatenate([zero, np.cumsum(spread, -1)[..., :-1]], -1)
         after = np.concatenate([np.flip(np.cumsum(np.flip(spread, -1), -1), -1)[..., 1:], zero], -1)
         with np.errstate(divide="ignore"):
             elsewhere = d_att + peak + np.log(before + after)
-            inside = np.logaddexp(elsewhere, d_both) - math.log(replicas)
-            outside = peak[..., 0] + np.log(total[..., 0]) - math.log(replicas)
+            inside = np.logaddexp(elsewhere, d_both + log_phi)
+            outside = peak[..., 0] + np.log(total[..., 0])
         position = np.concatenate([inside, outside[..., None]], -1) + base[..., None]
     else:
         position = base[..., None]
@@ -94,14 +102,25 @@ def random_window(rng, replicas, signals, missing=0.3) -> WindowSignals:
     return WindowSignals(tuple(f"n{i}" for i in range(replicas)), primary, x)
 
 
-def _assert_same(model, window, log_fault_prior=None):
-    expected = oracle(model, window, log_fault_prior)
-    got = evidence.window_log_likelihood(model, window, with_attacker=True, log_fault_prior=log_fault_prior)
+def _assert_same(model, window, log_fault_prior=None, log_fault_position=None):
+    expected = oracle(model, window, log_fault_prior, log_fault_position)
+    got = evidence.window_log_likelihood(model, window, with_attacker=True, log_fault_prior=log_fault_prior,
+                                         log_fault_position=log_fault_position)
     for name, e, g in zip(("log likelihood", "attacker position", "fault posterior"), expected, got, strict=True):
         assert g.shape == e.shape, name
         np.testing.assert_allclose(g, e, err_msg=name, **TOLERANCE)
-    plain = evidence.window_log_likelihood(model, window, log_fault_prior=log_fault_prior)
+    plain = evidence.window_log_likelihood(model, window, log_fault_prior=log_fault_prior,
+                                           log_fault_position=log_fault_position)
     np.testing.assert_array_equal(plain, got[0])
+
+
+def random_positions(rng, draws, faults, replicas, spread=3.0):
+    """Normalised log priors of each fault's replica ``(D, G, R)``, some replicas sharing theirs (as followed ones do)."""
+    if replicas == 0:
+        return np.zeros((draws, faults, 0))
+    distinct = rng.normal(0.0, spread, (draws, faults, max(1, replicas // 2)))
+    log_phi = distinct[..., rng.integers(0, distinct.shape[-1], replicas)]
+    return log_phi - _logsumexp(log_phi, 2)[..., None]
 
 
 @pytest.mark.parametrize("draws, attacks, faults, signals, replicas", [
@@ -142,7 +161,7 @@ def test_extreme_tables_take_the_log_path_and_match_the_oracle():
     window = WindowSignals(tuple(f"n{i}" for i in range(5)), 1, x)
     log00, log11, ratio, store = evidence._derived_tables(model)
     weights = evidence._log_attacker_weights(model.footing, 5, 1)
-    on, off, _, row_first, *_ = _evidence_kernel._classes(x, weights)
+    on, off, _, row_first, *_ = _evidence_kernel._classes(x, weights, np.empty((0, 0, 0)))
     assert not _evidence_kernel._linear_terms(log00, log11, ratio, on, off, row_first, *store)[4]
     _assert_same(model, window)
     for _ in range(4):
@@ -334,3 +353,31 @@ def test_followed_positions_match_the_model_filters_numpy(attacks, draws, replic
         _evidence_kernel.follow_positions(alpha, transition, position, persistent, log_w, by_position, got_ll)
         np.testing.assert_allclose(position, expected_position, **TOLERANCE)
         np.testing.assert_allclose(got_ll, expected_ll, **TOLERANCE)
+
+
+@pytest.mark.parametrize("draws, attacks, faults, signals, replicas", [
+    (1, 1, 1, 1, 1), (2, 3, 3, 5, 2), (2, 4, 7, 19, 7), (1, 2, 7, 19, 25)])
+def test_followed_fault_positions_match_the_oracle(draws, attacks, faults, signals, replicas):
+    # A fault chain that follows its fault's replica predicts a position prior per draw and fault.
+    rng = np.random.default_rng(500 + replicas)
+    model = random_tables(rng, draws, attacks, faults, signals)
+    for spread in (0.5, 5.0, 200.0):    # 200: priors below 1e-100 take the log path
+        for _ in range(3):
+            window = random_window(rng, replicas, signals)
+            positions = random_positions(rng, draws, faults, replicas, spread)
+            _assert_same(model, window, None, positions)
+            _assert_same(model, window, np.log(rng.dirichlet(np.ones(faults), draws)), positions)
+
+
+def test_uniform_fault_positions_are_the_default():
+    rng = np.random.default_rng(31)
+    model = random_tables(rng, 2, 3, 4, 6)
+    for replicas in (1, 4, 9):
+        window = random_window(rng, replicas, 6)
+        uniform = np.full((2, 4, replicas), -math.log(replicas))
+        for a, b in zip(evidence.window_log_likelihood(model, window, with_attacker=True),
+                        evidence.window_log_likelihood(model, window, with_attacker=True, log_fault_position=uniform),
+                        strict=True):
+            np.testing.assert_allclose(a, b, **TOLERANCE)
+    with pytest.raises(InvalidInputError, match="log_fault_position must have shape"):
+        evidence.window_log_likelihood(model, window, log_fault_position=np.zeros((2, 4, replicas + 1)))
