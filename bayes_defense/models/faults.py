@@ -28,18 +28,16 @@ Jitter, a partition and a load spike spread the clients' latencies, so the
 slowest client can stand out from the others without any censor
 (``client_starved``, cluster-wide).
 
-Jitter and a partition are faults of the network, not of one replica: the
-simulator's jitter names no replica, and a partition cuts a group of them.
-Their slow pre-prepares show at the primary whether or not the primary is in
-the cut group (a quorum the primary cannot reach delays its next
-PRE-PREPARE), so ``preprepare_delay`` is one of their ``cluster`` effects.
-As an ``at_node`` effect it would hold only when the fault's replica, uniform
-over the replicas, is the primary, and so cost a factor of the replica count
-in every window of the fault (the fit's predictive check on seeds
-20000-20015 failed on exactly this: partition's pre-prepare delay observed at
-rows outside the cut group in 2.6 % of windows against a replicated 0-0.7 %),
-which let a slow leader (whose replica is the primary by its precondition)
-explain them instead.
+Jitter is a fault of the network, not of one replica (the simulator's
+jitter names none), so its slow pre-prepares are a ``cluster`` effect: they
+show at the primary, wherever the jitter is. As an ``at_node`` effect the fit
+could not estimate it (no labelled replica: it stayed at its prior) and the
+filter would read it only where the jitter's replica, a guess, is the primary.
+
+A fault under way keeps its replica: the filter follows it from window to
+window (:class:`bayes_defense.stream.evidence.FaultFilter`), so a slow
+primary pays the replica count once, when the fault starts, not in every
+window it lasts.
 
 Sources: PBFT 4.4 (a crashed or partitioned primary causes view changes);
 Aardvark 4 (slow replicas and load raise latency, not protocol violations);
@@ -102,8 +100,8 @@ _FAULTS = (
           {"silent": 0.95, "preprepare_delay": 0.9},
           {"vc_request": 0.3, "ic_request": 0.2, "liveness_lost": 0.2, "latency_high": 0.3, "peers_lost": 0.3}),
     Fault("partition", "links between groups of replicas fail until it heals", 0.01,
-          {},
-          {"preprepare_delay": 0.5, "peers_lost": 0.9, "vc_request": 0.4, "ic_request": 0.4, "low_peer_diversity": 0.3,
+          {"preprepare_delay": 0.5},
+          {"peers_lost": 0.9, "vc_request": 0.4, "ic_request": 0.4, "low_peer_diversity": 0.3,
            "latency_high": 0.5, "throughput_low": 0.3, "liveness_lost": 0.3, "stale": 0.2, "client_starved": 0.05}),
     Fault("slow", "an honest replica (perhaps the primary) runs slow", 0.01,
           {"preprepare_delay": 0.8},

@@ -542,19 +542,28 @@ def window_log_likelihood(model: SignalTables, window: WindowSignals, *, with_at
 class FaultFilter:
     """The benign faults' chain, filtered window by window under "no attack" (used by the filter and the fit).
 
-    :meth:`step` returns the window's likelihood (:func:`window_log_likelihood`
-    with the chain's predicted fault prior) and moves the chain on.
+    Its state is the fault under way (none, or one of :data:`FAULTS`) and
+    the replica it hits: a fault that starts hits a replica drawn uniformly,
+    and keeps it while it lasts, so sustained evidence at one replica (a
+    slow primary) pays the replica count once, when the fault starts, not in
+    every window. :attr:`log_faults` ``(D, G + 1)`` holds ``log P(fault)``,
+    :attr:`log_position` ``(D, G + 1, R)`` ``log P(replica | fault)`` after
+    the last window (None before the first window with replicas; row 0,
+    "no fault", stays uniform). :meth:`step` returns the window's likelihood
+    (:func:`window_log_likelihood` with the chain's predicted fault and
+    replica) and moves the chain on.
 
     Examples
     --------
     >>> from bayes_defense.stream.signals import WindowSignals, SIGNALS
     >>> faults = FaultFilter(default_values())
     >>> model = signal_tables(default_values())
-    >>> x = np.full((2, len(SIGNALS)), np.nan)
-    >>> x[0, SIGNALS.index("restart_seen")] = 1.0
-    >>> _ = faults.step(model, WindowSignals(("r0",), 0, x))
-    >>> bool(np.exp(faults.log_faults[0, 1 + list(FAULTS).index("restart")]) > 0.5)
-    True
+    >>> x = np.full((3, len(SIGNALS)), np.nan)
+    >>> x[1, SIGNALS.index("restart_seen")] = 1.0
+    >>> _ = faults.step(model, WindowSignals(("r0", "r1"), 0, x))
+    >>> restart = 1 + list(FAULTS).index("restart")
+    >>> bool(np.exp(faults.log_faults[0, restart]) > 0.5), bool(np.exp(faults.log_position[0, restart, 1]) > 0.9)
+    (True, True)
     """
 
     def __init__(self, values: Mapping[str, np.ndarray], window: float = 1.0) -> None:
@@ -564,13 +573,84 @@ class FaultFilter:
         start[:, 0] = 1.0
         with np.errstate(divide="ignore"):
             self.log_faults = np.maximum(np.log(start), -700.0)
+        self.log_position: np.ndarray | None = None
+        # Each fault's stay in its own state, and what enters it from the others, are read from
+        # the transition matrix: the diagonal and the rest of each column.
+        states = self.log_transition.shape[1]
+        self._stay = np.ascontiguousarray(self.log_transition[:, np.arange(states), np.arange(states)])
+        self._entering = np.where(np.eye(states, dtype=bool)[None], -np.inf, self.log_transition)
+
+    def predict(self, replicas: int) -> tuple:
+        """The chain's prediction for the next window: ``(log P(fault) (D, G + 1), log P(replica | fault) or None)``.
+
+        A fault under way stays with its replica; one that starts (from no
+        fault or from another fault) draws it uniformly over ``replicas``.
+        Replicas that appeared since the last window share the uniform draw's
+        weight (:meth:`positions`).
+        """
+        prior = predict_faults(self.log_faults, self.log_transition)
+        if replicas == 0:
+            return prior, None
+        last = self.positions(replicas)
+        stay = (self.log_faults + self._stay)[:, :, None] + last                         # (D, G + 1, R)
+        entering = _logsumexp(self.log_faults[:, :, None] + self._entering, 1)          # (D, G + 1)
+        joint = np.logaddexp(stay, (entering - math.log(replicas))[:, :, None])
+        position = joint - _logsumexp(joint, 2)[:, :, None]
+        position[:, 0, :] = -math.log(replicas)
+        return prior, np.maximum(position, -700.0)
+
+    def positions(self, replicas: int) -> np.ndarray:
+        """``log P(replica | fault)`` over ``replicas`` after the last window: uniform before any.
+
+        The replica set only grows (the signal extractor appends new
+        replicas): the replicas seen before keep their share of the weight
+        ``seen / replicas``, the new ones share the rest uniformly.
+        """
+        draws, states = self.log_faults.shape
+        last = self.log_position
+        if last is None or last.shape[2] == 0:
+            return np.full((draws, states, replicas), -math.log(replicas))
+        seen = last.shape[2]
+        if seen >= replicas:
+            kept = last[:, :, :replicas]
+            return kept - _logsumexp(kept, 2)[:, :, None]
+        fresh = np.full((draws, states, replicas - seen), -math.log(replicas))
+        return np.concatenate([last + math.log(seen / replicas), fresh], 2)
 
     def step(self, model: SignalTables, window: WindowSignals) -> tuple:
         """``(log likelihood (D, A, 4), log attacker position, log fault posterior)`` of this window."""
-        prior = predict_faults(self.log_faults, self.log_transition)
-        result = window_log_likelihood(model, window, with_attacker=True, log_fault_prior=prior)
+        replicas = len(window.replicas)
+        prior, position = self.predict(replicas)
+        result = window_log_likelihood(model, window, with_attacker=True, log_fault_prior=prior,
+                                       log_fault_position=position)
         # The chain moves on under "no attack" (attack 0, benign stage: the same for every attack).
         posterior = np.ascontiguousarray(result[2][:, 0, 0, :])
         self.log_faults = np.empty_like(posterior)
         _kernel().normalise(posterior, -700.0, self.log_faults)
+        if position is not None:
+            # P(replica | fault, window) under no attack: the prediction times the ratio of the
+            # window's likelihood with the fault at that replica to that with the fault elsewhere.
+            joint = position + _fault_role_log_ratio(model, window.values)
+            self.log_position = np.maximum(joint - _logsumexp(joint, 2)[:, :, None], -700.0)
         return result
+
+
+def _logsumexp(a: np.ndarray, axis: int) -> np.ndarray:
+    peak = np.max(a, axis=axis, keepdims=True)
+    peak = np.where(np.isfinite(peak), peak, 0.0)
+    with np.errstate(divide="ignore"):
+        return np.squeeze(peak, axis) + np.log(np.sum(np.exp(a - peak), axis=axis))
+
+
+def _fault_role_log_ratio(model: SignalTables, x: np.ndarray) -> np.ndarray:
+    """``(D, G + 1, R)``: each replica row's log term with the fault there minus without, under no attack.
+
+    Read from the tables of attack 0's benign stage (no attack plays a role
+    there); an indicator is on, off or neither as in the kernel.
+    """
+    rows = np.asarray(x, dtype=np.float64)[:-1]
+    on = np.nan_to_num(rows, nan=0.0) > 0.5
+    off = np.nan_to_num(1.0 - rows, nan=0.0) > 0.5
+    on_ratio = model.log_on[:, 0, 0, :, 0, 1, :] - model.log_on[:, 0, 0, :, 0, 0, :]        # (D, G + 1, S)
+    off_ratio = model.log_off[:, 0, 0, :, 0, 1, :] - model.log_off[:, 0, 0, :, 0, 0, :]
+    return on_ratio @ on.T.astype(np.float64) + off_ratio @ off.T.astype(np.float64)

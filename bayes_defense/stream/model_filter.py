@@ -326,12 +326,12 @@ max_clock_skew, clock_confirm
         if next(iter(values.values())).shape[0] != draws:
             raise InvalidInputError(f"set_parameters needs {draws} draws, as the running defender has; got "
                                     f"{next(iter(values.values())).shape[0]}")
-        log_faults = self._faults.log_faults
+        log_faults, log_position = self._faults.log_faults, self._faults.log_position
         self.base_posterior = posterior
         self.parameters = values
         self._build()
         self._faults = evidence.FaultFilter(self.parameters, self.window)
-        self._faults.log_faults = log_faults
+        self._faults.log_faults, self._faults.log_position = log_faults, log_position
 
     # ----------------------------------------------------------------- state
     def reset(self) -> None:
@@ -398,7 +398,7 @@ max_clock_skew, clock_confirm
         state.update({name: getattr(self, name) for name in _SETTINGS})
         state.update(parameters=self.parameters, adaptive=self.adaptive, attacks=self.attacks, signals=SIGNALS,
                      observation_map=self._map_state(), extractor=self._extractor.state_dict(),
-                     log_faults=self._faults.log_faults,
+                     log_faults=self._faults.log_faults, log_fault_position=self._fault_position_state(),
                      unmatched=dict(self.unmatched.counts), unmatched_total=self.unmatched.total,
                      belief_ts=self.belief.ts)
         return copy.deepcopy(state)
@@ -423,6 +423,8 @@ max_clock_skew, clock_confirm
             self._extractor.load_state_dict(checked["extractor"])
             self._faults = evidence.FaultFilter(self.parameters, self.window)
             self._faults.log_faults = checked["log_faults"]
+            position = checked["log_fault_position"]
+            self._faults.log_position = position if position.shape[2] else None
             self.unmatched = UnmatchedCounter()
             self.unmatched.counts, self.unmatched.total = dict(checked["unmatched"]), int(checked["unmatched_total"])
             self.belief = self._summarise(checked["belief_ts"], ())
@@ -472,6 +474,13 @@ max_clock_skew, clock_confirm
         if (not isinstance(faults, np.ndarray) or faults.shape != (draws, len(_FAULT_NAMES) + 1)
                 or not np.all(np.isfinite(faults)) or np.any(np.abs(np.log(np.exp(faults).sum(-1))) > 1e-6)):
             raise InvalidInputError(f"log_faults must be finite log probabilities of shape {(draws, len(_FAULT_NAMES) + 1)}")
+        position = state["log_fault_position"]
+        if (not isinstance(position, np.ndarray) or position.ndim != 3 or position.shape[:2] != faults.shape
+                or position.shape[2] > _MAX_POSITIONS or not np.all(np.isfinite(position))
+                or (position.shape[2] and np.any(np.abs(np.log(np.exp(position).sum(-1))) > 1e-6))):
+            raise InvalidInputError(f"log_fault_position must be finite log probabilities of shape "
+                                    f"{(draws, len(_FAULT_NAMES) + 1, 'replicas <= ' + str(_MAX_POSITIONS))}, "
+                                    "each row normalised")
         if len(state["_armed"]) != len(self.attacks) or len(state["_quiet"]) != len(self.attacks):
             raise InvalidInputError(f"_armed and _quiet must hold {len(self.attacks)} entries")
         thresholds = state["_thresholds"]
@@ -655,6 +664,13 @@ max_clock_skew, clock_confirm
         evidence._kernel().follow_positions(self._log_alpha, self._log_transition, self._log_position, persistent,
                                             log_w, by_position, log_likelihood)
         return log_likelihood
+
+    def _fault_position_state(self) -> np.ndarray:
+        """The fault chain's ``log P(replica | fault)`` for a checkpoint: ``(D, G + 1, R)``, R = 0 before any replica."""
+        position = self._faults.log_position
+        if position is None:
+            return np.zeros(self._faults.log_faults.shape + (0,))
+        return position
 
     def _summarise(self, ts: float, alerts: tuple) -> Belief:
         # Precursor (an ordered pattern's first stage included), execution, success within the

@@ -191,23 +191,72 @@ def test_the_catalogue_tables_match_the_oracle():
             _assert_same(model, random_window(rng, replicas, len(SIGNALS), missing=0.5))
 
 
-def test_the_fault_filter_steps_as_the_oracle_does():
+def test_the_fault_filter_steps_as_the_joint_chain_of_fault_and_replica_does():
+    # The oracle filters the joint chain over (fault, replica) explicitly: a fault under way keeps its
+    # replica, one that starts draws it uniformly; the window's likelihood given each (fault, replica)
+    # is the oracle's with that fault and replica certain.
     values = evidence.prior_draws(3, seed=5)
     model = evidence.signal_tables(values)
     faults = FaultFilter(values)
-    log_faults = faults.log_faults.copy()
+    draws, states = faults.log_faults.shape
+    replicas = 4
     rng = np.random.default_rng(9)
+    with np.errstate(divide="ignore"):
+        joint = np.log(np.zeros((draws, states, replicas)))
+    joint[:, 0, :] = -math.log(replicas)
+    stay = np.eye(states, dtype=bool)
+    stay[0, 0] = False
     for step in range(12):
-        window = random_window(rng, 5, len(SIGNALS), missing=0.4)
-        prior = _logsumexp(log_faults[:, :, None] + faults.log_transition, 1)
-        np.testing.assert_allclose(evidence.predict_faults(log_faults, faults.log_transition), prior, **TOLERANCE)
-        expected = oracle(model, window, prior)
+        window = random_window(rng, replicas, len(SIGNALS), missing=0.4)
+        # (g, i) -> (h, j): T[g, h] if h == g >= 1 and j == i; T[g, h] / R for a fault (or none) that starts.
+        kept = np.where(stay[None], faults.log_transition, -np.inf)
+        started = np.where(stay[None], -np.inf, faults.log_transition) - math.log(replicas)
+        predicted = np.logaddexp(_logsumexp(joint[:, :, None, :] + kept[:, :, :, None], 1),
+                                 _logsumexp(_logsumexp(joint, 2)[:, :, None] + started, 1)[:, :, None])
+        prior = _logsumexp(predicted, 2)
+        position = predicted - prior[:, :, None]
+        np.testing.assert_allclose(faults.predict(replicas)[0], prior, **TOLERANCE)
+        np.testing.assert_allclose(faults.predict(replicas)[1], np.maximum(position, -700.0), **TOLERANCE)
+        expected = oracle(model, window, prior, position)
         got = faults.step(model, window)
         for e, g in zip(expected, got, strict=True):
             np.testing.assert_allclose(g, e, err_msg=f"step {step}", **TOLERANCE)
-        posterior = expected[2][:, 0, 0, :]
-        log_faults = np.maximum(posterior - _logsumexp(posterior, 1)[:, None], -700.0)
-        np.testing.assert_allclose(faults.log_faults, log_faults, err_msg=f"step {step}", **TOLERANCE)
+        given = np.empty((draws, states, replicas))
+        with np.errstate(divide="ignore"):
+            for g in range(states):
+                for j in range(replicas):
+                    certain = np.log(np.eye(states)[g])[None].repeat(draws, 0)
+                    there = np.log(np.eye(replicas)[j])[None, None].repeat(draws, 0).repeat(states, 1)
+                    given[:, g, j] = oracle(model, window, certain, there)[0][:, 0, 0]
+        joint = predicted + given
+        joint -= _logsumexp(_logsumexp(joint, 2), 1)[:, None, None]
+        marginal = _logsumexp(joint, 2)
+        np.testing.assert_allclose(faults.log_faults, np.maximum(marginal, -700.0), err_msg=f"step {step}",
+                                   **TOLERANCE)
+        np.testing.assert_allclose(faults.log_position, np.maximum(joint - marginal[:, :, None], -700.0),
+                                   err_msg=f"step {step}", **TOLERANCE)
+
+
+def test_a_fault_keeps_its_replica_across_windows():
+    # A slow primary: after a few windows the chain holds the slow fault at the primary, and the
+    # window's likelihood under no attack grows to what it is with that fault there for certain.
+    values = evidence.default_values()
+    model = evidence.signal_tables(values)
+    faults = FaultFilter(values)
+    replicas, slow = 16, 1 + list(evidence.FAULTS).index("slow")
+    x = np.full((replicas + 1, len(SIGNALS)), np.nan)
+    x[0, SIGNALS.index("preprepare_delay")] = 1.0
+    window = WindowSignals(tuple(f"r{i}" for i in range(replicas)), 0, x)
+    first = faults.step(model, window)[0][0, 0, 0]
+    for _ in range(10):
+        last = faults.step(model, window)[0][0, 0, 0]
+    assert float(np.exp(faults.log_position[0, slow, 0])) > 0.99
+    with np.errstate(divide="ignore"):
+        certain = evidence.window_log_likelihood(
+            model, window, log_fault_prior=np.log(np.eye(len(evidence.FAULTS) + 1)[slow])[None],
+            log_fault_position=np.log(np.eye(replicas)[0])[None, None].repeat(len(evidence.FAULTS) + 1, 1))
+    assert last - first > math.log(replicas) / 2
+    assert last == pytest.approx(float(certain[0, 0, 0]), abs=0.1)
 
 
 def test_a_window_of_the_wrong_width_is_refused():
