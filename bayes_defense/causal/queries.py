@@ -55,21 +55,29 @@ def _as_tensor(value, name: str, role: str) -> torch.Tensor:
     return torch.scalar_tensor(value) if type(value) is float else value
 
 
-def _checked(values: dict, role: str) -> dict:
+def _plain_and_finite(numbers) -> bool:
+    """Whether every value is a plain number (int, float, bool), finite and within float range.
+
+    One pass over hundreds of indicators (a large cluster's evidence): the sum
+    of finite numbers is finite unless it overflows, and an inf or a nan makes
+    it inf or nan; an integer beyond float range fails the conversion of the
+    extremes (or of the sum). False sends the values to :func:`_checked`,
+    which names the one at fault.
+    """
+    types = set(map(type, numbers))
+    if not types <= PLAIN_NUMBERS:
+        return False
+    try:
+        total = float(sum(numbers))
+        if int in types and numbers:
+            float(min(numbers)), float(max(numbers))
+    except OverflowError:
+        return False
+    return total - total == 0.0
+
+
+def _checked(values: Mapping, role: str) -> dict:
     """Checked values: a float for a plain number (made a tensor only when read, :class:`SiteValues`), else a tensor."""
-    numbers = values.values()
-    if set(map(type, numbers)) <= _PLAIN_TYPES:
-        # Plain numbers (most evidence: hundreds of indicators on a large cluster) are checked in one
-        # pass: the sum of finite numbers is finite unless it overflows, and any inf or nan makes it
-        # inf or nan, so only a sum that is not finite needs the value-by-value check below.
-        try:
-            floats = list(map(float, numbers))
-        except OverflowError:
-            floats = None
-        if floats is not None:
-            total = sum(floats)
-            if total - total == 0.0:
-                return dict(zip(values, floats, strict=True))
     out = {}
     for name, value in values.items():
         if type(value) in PLAIN_NUMBERS:
@@ -102,7 +110,8 @@ def _checked_tensor(value, name: str, role: str) -> torch.Tensor:
 
 # The entry of a model's cache (``ModelInfo.cache``) holding the name patterns already checked.
 _NAME_PATTERNS = "checked names"
-_PLAIN_TYPES = set(PLAIN_NUMBERS)
+# The entry of a model's cache holding the queries of lists of site names (the rest of a batch).
+_SITE_BATCHES = "site batches"
 
 
 def _known_names(info: ModelInfo, mapping, role: str) -> Mapping:
@@ -144,27 +153,32 @@ def build_problem(model, do, evidence, query, *, counterfactual, num_samples, le
     info = model_info(model)
     do = {k: _as_tensor(v, k, "do") for k, v in _known_names(info, do, "do").items()} if do else \
         dict(info.check_names(do, "do"))
-    evidence = _checked(_known_names(info, evidence, "evidence"), "evidence")
+    evidence = _known_names(info, evidence, "evidence")
+    plain = _plain_and_finite(evidence.values())
+    # Plain numbers are kept as given (a backend converts what it reads); anything else is checked
+    # value by value and made a float or a tensor.
+    evidence = dict(evidence) if plain else _checked(evidence, "evidence")
     if do and not counterfactual:
         # Evidence on an intervened site is either implied by the intervention or impossible.
         for name in [name for name in evidence if name in do]:
-                evidence[name] = _as_tensor(evidence[name], name, "evidence")
-                try:
-                    consistent = bool((evidence[name].to(do[name].dtype) == do[name]).all())
-                except RuntimeError:
-                    consistent = False
-                if not consistent:
-                    raise ImpossibleEvidenceError(
-                        f"evidence {name}={evidence[name].tolist()} contradicts the intervention "
-                        f"do({name}={do[name].tolist()}); in the intervened world {name} takes the "
-                        "intervened value, so this evidence has probability zero"
-                    )
-                del evidence[name]
+            evidence[name] = _as_tensor(evidence[name], name, "evidence")
+            try:
+                consistent = bool((evidence[name].to(do[name].dtype) == do[name]).all())
+            except RuntimeError:
+                consistent = False
+            if not consistent:
+                raise ImpossibleEvidenceError(
+                    f"evidence {name}={evidence[name].tolist()} contradicts the intervention "
+                    f"do({name}={do[name].tolist()}); in the intervened world {name} takes the "
+                    "intervened value, so this evidence has probability zero"
+                )
+            del evidence[name]
+            plain = False
     return Problem(
         model=model,
         info=info,
         do=do,
-        evidence=SiteValues(evidence),
+        evidence=SiteValues(evidence, plain=plain),
         query=make_query(query, info),
         counterfactual=counterfactual,
         num_samples=num_samples,
@@ -325,6 +339,14 @@ def _batch(problem: Problem, rest) -> list[Query] | None:
     if rest is None:
         return None
     info = problem.info
+    if set(map(type, rest)) <= {str}:
+        # A list of site names (the cluster questions ask one per attack) is built once per model.
+        batches = info.cache.setdefault(_SITE_BATCHES, {})
+        key = tuple(rest)
+        found = batches.get(key)
+        if found is None:
+            found = remember(batches, key, lambda: tuple(make_query(q, info) for q in rest))
+        return [problem.query, *found]
     return [problem.query] + [make_query(q, info) for q in rest]
 
 

@@ -59,7 +59,7 @@ __all__ = ["Backend", "Problem", "Query", "register_backend", "get_backend", "ba
            "SiteValues", "remember", "PLAIN_NUMBERS"]
 
 #: The value types taken as plain numbers (checked without a tensor, hashable as cache keys).
-PLAIN_NUMBERS = (int, float, bool)
+PLAIN_NUMBERS = frozenset({int, float, bool})
 # Entries a per-model cache of checked query pieces keeps (patterns of names, queries).
 _PATTERN_ENTRIES = 1024
 # The entry of a model's cache (``ModelInfo.cache``) holding the queries :func:`make_query` built.
@@ -251,21 +251,23 @@ class SiteValues(Mapping):
 
     A backend that computes with plain numbers (the cluster engine, in numpy)
     reads :meth:`raw` and never pays for a tensor per observed site: a
-    50-replica cluster's evidence has hundreds of them. ``floats`` says
-    whether every value was given as a float.
+    50-replica cluster's evidence has hundreds of them. ``plain`` says
+    whether every value is a plain number (int, float or bool), as the caller
+    that checked them may say (``plain=``) instead of having them looked at
+    again.
 
     Examples
     --------
     >>> from bayes_defense.inference.base import SiteValues
-    >>> values = SiteValues({"x": 1.0})
-    >>> values.raw()["x"], values["x"].item(), values.floats
-    (1.0, 1.0, True)
+    >>> values = SiteValues({"x": 1})
+    >>> values.raw()["x"], values["x"].item(), values.plain
+    (1, 1.0, True)
     """
 
-    def __init__(self, values: Mapping):
+    def __init__(self, values: Mapping, *, plain: bool | None = None):
         self._values = dict(values)
         self._tensors: dict = {}
-        self.floats = set(map(type, self._values.values())) <= {float}
+        self.plain = set(map(type, self._values.values())) <= PLAIN_NUMBERS if plain is None else plain
         # The dtype in force where the values were given, as an eager conversion would have used.
         self._dtype = torch.get_default_dtype()
 

@@ -356,8 +356,8 @@ class ClusterEngine(Backend):
         do = _scalars(problem.do, "do")
         evidence = problem.evidence
         if isinstance(evidence, SiteValues):
-            # Floats already checked by the public query need no second pass.
-            evidence = evidence.raw() if evidence.floats else _scalars(evidence.raw(), "evidence")
+            # Plain numbers (checked by the public query) need no second pass.
+            evidence = evidence.raw() if evidence.plain else _scalars(evidence.raw(), "evidence")
         else:
             evidence = _scalars(evidence, "evidence")
         condition = problem.condition

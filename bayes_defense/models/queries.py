@@ -17,6 +17,7 @@ from __future__ import annotations
 
 from bayes_defense.causal.queries import counterfactual, intervene
 from bayes_defense.errors import InvalidInputError
+from bayes_defense.inference.base import remember
 from bayes_defense.models import tables
 from bayes_defense.models.catalogue import COUNTERMEASURES
 
@@ -28,6 +29,25 @@ def check_attacks(attacks, model=None) -> list[str]:
     """Validate attack names (default all) against ``model``'s attacks, or the registry's; raise listing the valid ones."""
     structure = getattr(model, "structure", None) or tables.structure()
     return structure.check_attacks(attacks)
+
+
+# ``(structure, attacks, level) -> (attack names, their sites at that level)``, for the questions asked of
+# every attack of a model again and again (a structure is rebuilt when the registry changes, so it keys them).
+_ATTACK_SITES: dict = {}
+
+
+def _attack_sites(model, attacks, level: str) -> tuple[list[str], list[str]]:
+    structure = getattr(model, "structure", None) or tables.structure()
+    if attacks is None or isinstance(attacks, str):
+        key = (structure, attacks, level)
+        found = _ATTACK_SITES.get(key)
+        if found is None:
+            names = structure.check_attacks(attacks)
+            found = remember(_ATTACK_SITES, key, lambda: (tuple(names), tuple(f"{a}.{level}" for a in names)),
+                             limit=64)
+        return list(found[0]), list(found[1])
+    names = structure.check_attacks(attacks)
+    return names, [f"{a}.{level}" for a in names]
 
 
 def countermeasure_do(model, countermeasures, target: int | None = None) -> dict:
@@ -72,8 +92,8 @@ def precondition_check(model, evidence: dict | None = None, attacks=None, **kwar
     >>> round(checks["equivocation"].mean, 3)
     1.0
     """
-    names = check_attacks(attacks, model)
-    answers = intervene(model, {}, [f"{a}.precondition" for a in names], evidence=evidence, **kwargs)
+    names, sites = _attack_sites(model, attacks, "precondition")
+    answers = intervene(model, {}, sites, evidence=evidence, **kwargs)
     return dict(zip(names, answers, strict=True))
 
 
@@ -90,9 +110,9 @@ def success_probability(model, evidence: dict | None = None, countermeasures=(),
     >>> after < before
     True
     """
-    names = check_attacks(attacks, model)
+    names, sites = _attack_sites(model, attacks, "success")
     do = countermeasure_do(model, countermeasures, target)
-    answers = intervene(model, do, [f"{a}.success" for a in names], evidence=evidence, **kwargs)
+    answers = intervene(model, do, sites, evidence=evidence, **kwargs)
     return dict(zip(names, answers, strict=True))
 
 

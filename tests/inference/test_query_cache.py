@@ -169,7 +169,8 @@ def test_site_and_event_queries_are_built_once_per_model():
 
 
 def test_site_values_keep_the_given_numbers_after_a_tensor_read():
-    values = SiteValues({"x": 1.0, "y": torch.tensor(0.5)})
-    assert not values.floats
-    assert values["x"].item() == 1.0 and values["x"] is values["x"]
-    assert values.raw() == {"x": 1.0, "y": values["y"]} and type(values.raw()["x"]) is float
+    values = SiteValues({"x": 1, "y": torch.tensor(0.5)})
+    assert not values.plain and SiteValues({"x": 1, "z": True, "w": 0.5}).plain
+    assert values["x"].item() == 1.0 and values["x"].dtype == torch.get_default_dtype()
+    assert values["x"] is values["x"]
+    assert values.raw() == {"x": 1, "y": values["y"]} and type(values.raw()["x"]) is int
