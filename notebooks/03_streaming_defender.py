@@ -5,6 +5,8 @@
 #     text_representation:
 #       extension: .py
 #       format_name: percent
+#       format_version: '1.3'
+#       jupytext_version: 1.19.6
 #   kernelspec:
 #     display_name: Python 3
 #     language: python
@@ -16,9 +18,12 @@
 #
 # The simulator (`bd.sim`) writes the telemetry of a PBFT-style cluster under
 # attack, with ground-truth labels; it never imports the models, so its data is
-# independent of the defender judged on it. The defender reads the events in
+# independent of the defender judged on it. The defender (`bd.StreamingDefender`,
+# the model filter: the cluster model's attacks, signals and benign faults
+# filtered online, with the shipped default posterior) reads the events in
 # time order and keeps, for every attack of the catalogue, the probability of
-# its precursor and execution phases with credible bounds.
+# its precursor and execution phases with credible bounds. Each alert carries
+# its explanation: the attacks and benign faults that could cause what it saw.
 
 # %%
 import os
@@ -62,7 +67,10 @@ defender.flush()
 alerts = list(defender.alerts)
 print(f"{len(alerts)} alert(s):")
 for alert in alerts:
-    print(" ", alert.to_dict() if hasattr(alert, "to_dict") else alert)
+    record = alert.to_dict()
+    causes = ", ".join(f"{c['cause']} {c['probability']:.2f}" for c in record["explanation"][:3])
+    print(f"  {record['ts']:.0f} s {record['attack']} ({record['phase']}), nodes {record['nodes']}, "
+          f"countermeasure {record['countermeasure']}; explanation: {causes}")
 
 # %%
 label = simulation.labels[0]

@@ -2,8 +2,9 @@
 
 Runs ``bayes-defense sweep``'s library (:mod:`bayes_defense.sweep`, a Dask
 LocalCluster) over scenarios of several cluster sizes x seeds x intensities x
-detectors (the streaming defender, RBFT-style fixed threshold, CUSUM, BOCPD,
-and river's HalfSpaceTrees when river is installed), every detector on the
+detectors (the streaming defender, that is the model filter with its shipped
+default posterior, the scored defender of earlier releases, RBFT-style fixed
+threshold, CUSUM, BOCPD, and river's HalfSpaceTrees when river is installed), every detector on the
 identical simulated stream of each (size, seed, intensity), and writes
 ``papers/baselines.md``: detection rate and false-positive rate (pooled
 counts, 90% Wilson intervals) per detector, intensity and size, plus a figure
@@ -34,7 +35,7 @@ from pathlib import Path
 from _stats import wilson  # papers/ is on sys.path when a script here runs
 
 FIRST_SEED = 60_000
-BASE_DETECTORS = ("defender", "fixed_threshold", "cusum", "bocpd")
+BASE_DETECTORS = ("defender", "scored", "fixed_threshold", "cusum", "bocpd")
 
 
 def _detectors() -> list[str]:

@@ -206,3 +206,25 @@ def test_out_must_be_a_directory(tmp_path, capsys):
     target.write_text("")
     with pytest.raises(ValueError, match="is a file"):
         run_sweep(spec, target)
+
+
+def test_a_model_filter_fit_task_feeds_its_defender_detection(tmp_path):
+    spec = parse_sweep({"seeds": [21], "intensities": [1.0], "detectors": ["defender@mine", "defender", "scored"],
+                        "scenarios": {"four": {"nodes": 4, "duration": 120.0, "attacks": ["replay"]}},
+                        "fits": {"mine": {"scenario": "four", "seeds": [901], "options": {"num_samples": 20}}}})
+    tasks = expand(spec)
+    fit = tasks[0]
+    assert fit.kind == "fit" and fit.options == {"defender": "model", "num_samples": 20}
+    assert run_task(fit, tmp_path)["diagnostics_ok"] in (True, False)
+    from bayes_defense import load_posterior
+
+    posterior = load_posterior(tmp_path / "fits" / f"{fit.id}.nc")
+    assert posterior.info["labelled_windows"] > 0 and posterior.info["faults_fitted"] is not None
+    rows = {task.detector: run_task(task, tmp_path) for task in tasks[1:]}
+    assert set(rows) == {"defender@mine", "defender", "scored"}
+    assert all(row["attacks"] == 1 and 0.0 <= row["detection_rate"] <= 1.0 for row in rows.values())
+    assert rows["defender@mine"]["detection_rate"] == 1.0
+    # A scored detector cannot run a model filter's fit.
+    with pytest.raises(Exception, match="defender@mine"):
+        parse_sweep({"seeds": [1], "detectors": ["scored@mine"], "scenarios": {"four": {"nodes": 4}},
+                     "fits": {"mine": {"scenario": "four", "seeds": [2]}}})

@@ -134,8 +134,9 @@ def test_model_filter_resume_gives_the_uninterrupted_alerts(run, tmp_path, capsy
         command.defend_stream = original
     checkpoint = tmp_path / "a.jsonl.checkpoint"
     assert saved and checkpoint.is_file()
-    if not learning:   # --learn implies the model filter; without it the default defender cannot read the state
-        assert main(["defend", str(log), "--out", str(tmp_path / "a.jsonl"), "--resume", str(checkpoint)]) == 2
+    if not learning:   # --learn implies the model filter; the scored defender cannot read its state
+        assert main(["defend", str(log), "--defender", "scored", "--out", str(tmp_path / "a.jsonl"),
+                     "--resume", str(checkpoint)]) == 2
         assert "resume with the --defender" in capsys.readouterr().err
     resumed = ["--learned", str(tmp_path / "resumed.nc")] if learning else []
     assert main(["defend", str(log), "--defender", "model", "--out", str(tmp_path / "a.jsonl"),
@@ -182,9 +183,15 @@ def test_defend_learn_folds_labels_in_and_ends_with_the_fit_of_the_same_log(run,
     assert main(["fit", str(run / "events.jsonl"), "--labels", str(labels), "--defender", "model",
                  "--out", str(fitted), "--json"]) in (0, 1)
     capsys.readouterr()
+    import bayes_defense as bd
+    from bayes_defense.fitting.signal_posterior import default_posterior
+
+    # The defender started from the shipped default posterior, so what it learnt is that posterior's counts
+    # plus this log's: the exact merge of the default with the offline fit of the log.
     online, offline = load_posterior(learned), load_posterior(fitted)
-    assert online.info["labelled_windows"] == offline.info["labelled_windows"] > 0
-    for name, values in offline.draws.items():
+    expected = bd.merge_posteriors([default_posterior(), offline])
+    assert online.info["labelled_windows"] == expected.info["labelled_windows"] > offline.info["labelled_windows"] > 0
+    for name, values in expected.draws.items():
         np.testing.assert_allclose(online.draws[name], values, rtol=0, atol=1e-12, err_msg=name)
     assert main(["defend", str(run / "events.jsonl"), "--learn", str(labels), "--defender", "scored",
                  "--out", str(tmp_path / "b.jsonl")]) == 2

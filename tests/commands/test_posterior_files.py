@@ -27,7 +27,9 @@ def fitted(tmp_path_factory):
     run = simulate(Scenario(nodes=4, duration=150.0, seed=11, attacks=[AttackSpec(
         "replay", start=80.0, precursor=40.0, duration=30.0)]), directory / "run")
     path = directory / "posterior.nc"
-    assert main(["fit", str(run.out_dir), "--steps", "60", "--samples", "40", "--out", str(path), "--json"]) in (0, 1)
+    # The scored defender's posterior: its spreads and scores are what the crafted files below break.
+    assert main(["fit", str(run.out_dir), "--defender", "scored", "--steps", "60", "--samples", "40", "--out", str(path),
+                 "--json"]) in (0, 1)
     return run, path
 
 
@@ -41,8 +43,8 @@ def test_kill_9_during_fit_keeps_the_previous_posterior(fitted, tmp_path):
     run, good = fitted
     out = _copy(fitted, tmp_path, "posterior.nc")
     before = out.read_bytes()
-    process = subprocess.Popen([sys.executable, "-m", "bayes_defense", "fit", str(run.out_dir), "--steps", "100000",
-                                "--out", str(out)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    process = subprocess.Popen([sys.executable, "-m", "bayes_defense", "fit", str(run.out_dir), "--defender", "scored",
+                                "--steps", "100000", "--out", str(out)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     time.sleep(8.0)
     os.kill(process.pid, signal.SIGKILL)
     process.wait()

@@ -11,7 +11,7 @@ from bayes_defense.fitting import load_posterior
 def test_fit_command_writes_a_loadable_posterior_and_ppc(replay_run, tmp_path, capsys):
     out, figure = tmp_path / "posterior.nc", tmp_path / "ppc.png"
     status = main(["fit", str(replay_run.events_path), "--labels", str(replay_run.labels_path), "--out", str(out),
-                   "--steps", "150", "--samples", "40", "--ppc", str(figure), "--json"])
+                   "--defender", "scored", "--steps", "150", "--samples", "40", "--ppc", str(figure), "--json"])
     summary = json.loads(capsys.readouterr().out)
     assert status in (0, 1) and (status == 0) == summary["diagnostics_ok"]
     assert summary["method"] == "svi" and summary["labelled"] and summary["events"] == replay_run.events
@@ -22,7 +22,7 @@ def test_fit_command_writes_a_loadable_posterior_and_ppc(replay_run, tmp_path, c
 
 def test_fit_command_updates_a_prior_posterior(replay_run, tmp_path, capsys):
     first, second = tmp_path / "a.nc", tmp_path / "b.nc"
-    base = ["fit", str(replay_run.out_dir), "--steps", "60", "--samples", "40", "--json"]
+    base = ["fit", str(replay_run.out_dir), "--defender", "scored", "--steps", "60", "--samples", "40", "--json"]
     main(base + ["--out", str(first)])
     capsys.readouterr()
     main(base + ["--out", str(second), "--prior", str(first)])
@@ -44,7 +44,8 @@ def test_fit_command_bad_input_gives_one_line(replay_run, tmp_path, capsys, argu
                                        "end": 990}]))
     names = {"run": str(replay_run.out_dir), "labels": str(replay_run.labels_path),
              "events": str(replay_run.events_path), "bad_labels": str(bad_labels)}
-    argv = ["fit", *(a.format(**names) for a in arguments), "--out", str(tmp_path / "p.nc"), "--steps", "5"]
+    argv = ["fit", *(a.format(**names) for a in arguments), "--out", str(tmp_path / "p.nc"), "--defender", "scored",
+            "--steps", "5"]
     assert main(argv) == 2
     error = capsys.readouterr().err.strip()
     assert error.startswith("bayes-defense fit: error:") and message in error and "\n" not in error
@@ -73,7 +74,7 @@ def test_fit_command_fits_the_cluster_model_to_incident_tables(tmp_path, capsys)
     posterior = load_posterior(out)
     assert isinstance(posterior, ClusterPosterior) and posterior.num_draws == 30
     # A cluster posterior is not a defender prior, and the reverse.
-    assert main(["fit", str(table), "--prior", str(out), "--out", str(tmp_path / "x.nc")]) == 2
+    assert main(["fit", str(table), "--prior", str(out), "--defender", "scored", "--out", str(tmp_path / "x.nc")]) == 2
     assert "cluster-model posterior" in capsys.readouterr().err
     assert main(["fit", str(table), "--nodes", "2", "--out", str(tmp_path / "y.nc")]) == 2
     assert "n_nodes must be from 4 to 100" in capsys.readouterr().err

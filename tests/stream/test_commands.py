@@ -27,7 +27,10 @@ def test_defend_then_evaluate(run_dir, tmp_path, capsys):
     assert {"events", "rejected", "alerts", "events_per_second", "latency_p50_us", "latency_p99_us"} <= set(summary)
     assert summary["alerts"] >= 1
     record = json.loads(alerts.read_text().splitlines()[0])
-    assert set(record) == {"ts", "attack", "nodes", "probability", "lower", "upper", "phase", "countermeasure"}
+    # The default defender's alerts carry their explanation (DESIGN.md section 8).
+    assert set(record) == {"ts", "attack", "nodes", "probability", "lower", "upper", "phase", "countermeasure",
+                           "explanation"}
+    assert record["explanation"][0]["cause"] == record["attack"]
     assert main(["evaluate", "--labels", str(run_dir / "labels.json"), "--alerts", str(alerts), "--json"]) == 0
     report = json.loads(capsys.readouterr().out)
     assert report["detection_rate"] == 1.0 and report["type_accuracy"] == 1.0
