@@ -174,7 +174,7 @@ def observe_columns(defender: Any, columns: Columns) -> Any:
         if columns.value[i] is not None:
             odd[i] = True
     known = defender._known_kinds
-    if not set(columns.kind) <= known:
+    if not known.issuperset(columns.kind):
         odd |= np.fromiter((kind not in known for kind in columns.kind), dtype=bool, count=count)
     odd_rows = np.flatnonzero(odd)
     observe = defender.observe
