@@ -220,7 +220,39 @@ def test_model_filter_without_the_hook_takes_observe_batch(runs):
     run = runs()
     plain, hooked = ModelDefender(planner=None), ColumnarModel(planner=None)
     assert not plain._columnar() and hooked._columnar()
-    for columns in read_events(run / "events.jsonl").column_blocks():
+    for k, columns in enumerate(read_events(run / "events.jsonl").column_blocks()):
+        if k == 3:
+            break
         plain.observe_columns(columns)
         hooked.observe_columns(columns)
     _same_defenders(plain, hooked)
+
+
+class _Interrupt(BaseException):
+    """Stands in for a signal: not an Exception, so nothing on the way catches it."""
+
+
+def test_scored_defend_through_columns_interrupted_at_a_checkpoint_resumes_to_the_same_alerts(
+        runs, tmp_path, monkeypatch, capsys):
+    from bayes_defense.commands import main
+
+    monkeypatch.setattr(stream_io, "_BLOCK_BYTES", 1 << 16)   # checkpoints fall in the middle of windows
+    log = runs() / "events.jsonl"
+    reference, out = tmp_path / "reference.jsonl", tmp_path / "alerts.jsonl"
+    assert main(["defend", str(log), "--defender", "scored", "--out", str(reference)]) == 0
+    saves = []
+    original = ScoredDefender.save
+
+    def save_then_stop(self, path, extra=None):
+        original(self, path, extra)
+        saves.append(path)
+        if len(saves) == 5:
+            raise _Interrupt
+
+    monkeypatch.setattr(ScoredDefender, "save", save_then_stop)
+    with pytest.raises(_Interrupt):
+        main(["defend", str(log), "--defender", "scored", "--out", str(out), "--checkpoint-every", "0"])
+    monkeypatch.setattr(ScoredDefender, "save", original)
+    assert main(["defend", str(log), "--defender", "scored", "--out", str(out), "--resume", str(saves[-1])]) == 0
+    capsys.readouterr()
+    assert out.read_text() == reference.read_text() and reference.read_text()
