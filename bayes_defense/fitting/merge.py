@@ -473,7 +473,7 @@ def fit_sites(model: Any, datasets: Sequence[Any], *, client: Any = None, **opti
     Examples
     --------
     >>> from bayes_defense.fitting.defender import simulate_windows
-    >>> posts = fit_sites("defender", [simulate_windows(n_windows=150, seed=s) for s in (1, 2)],
+    >>> posts = fit_sites("scored", [simulate_windows(n_windows=150, seed=s) for s in (1, 2)],
     ...                   num_steps=20, num_samples=30, progress=False, check=False, ppc_draws=5)
     >>> merged = merge_posteriors(posts)
     >>> merged.sites, merged.flat("spread").shape
