@@ -649,3 +649,39 @@ def follow_positions(log_alpha, log_transition, log_position, persistent, log_w,
                     log_position[a, d, k, r] = max(normalised, -700.0)
                 if k >= 1:
                     log_likelihood[d, a, k] = mixed
+
+
+@njit(cache=True, nogil=True)
+def predict_positions(log_faults, log_transition, last, prior, position):
+    """One step of the (fault, replica) chain: ``prior`` ``(D, G)`` and ``position`` ``(D, G, R)``, in place.
+
+    ``prior[d, g] = log sum_h P(h) T[h, g]``; a fault under way keeps its
+    replica (``last`` ``(D, G, R)``, ``log P(replica | fault)`` after the last
+    window), one that starts (from another state) draws it uniformly, so
+    ``P(replica | g) = (P(g) T[g, g] last + sum_{h != g} P(h) T[h, g] / R) / prior``,
+    floored at -700; row 0 ("no fault") is uniform.
+    """
+    draws, states = log_faults.shape
+    replicas = last.shape[2]
+    uniform = -math.log(replicas)
+    ones = np.ones(max(states, replicas))
+    column = np.empty(states)
+    row = np.empty(replicas)
+    for d in range(draws):
+        for g in range(states):
+            for h in range(states):
+                column[h] = log_faults[d, h] + log_transition[d, h, g]
+            prior[d, g] = log_sum(column, ones, states)
+            if g == 0:
+                for j in range(replicas):
+                    position[d, 0, j] = uniform
+                continue
+            stay = column[g]
+            column[g] = -np.inf
+            entering = log_sum(column, ones, states) + uniform
+            for j in range(replicas):
+                v = stay + last[d, g, j]
+                row[j] = entering if v == -np.inf else log_add(v, entering)
+            norm = log_sum(row, ones, replicas)
+            for j in range(replicas):
+                position[d, g, j] = max(row[j] - norm, -700.0)

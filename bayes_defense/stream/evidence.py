@@ -574,11 +574,7 @@ class FaultFilter:
         with np.errstate(divide="ignore"):
             self.log_faults = np.maximum(np.log(start), -700.0)
         self.log_position: np.ndarray | None = None
-        # Each fault's stay in its own state, and what enters it from the others, are read from
-        # the transition matrix: the diagonal and the rest of each column.
-        states = self.log_transition.shape[1]
-        self._stay = np.ascontiguousarray(self.log_transition[:, np.arange(states), np.arange(states)])
-        self._entering = np.where(np.eye(states, dtype=bool)[None], -np.inf, self.log_transition)
+        self._ratios: tuple = (None, None)
 
     def predict(self, replicas: int) -> tuple:
         """The chain's prediction for the next window: ``(log P(fault) (D, G + 1), log P(replica | fault) or None)``.
@@ -588,16 +584,16 @@ class FaultFilter:
         Replicas that appeared since the last window share the uniform draw's
         weight (:meth:`positions`).
         """
-        prior = predict_faults(self.log_faults, self.log_transition)
         if replicas == 0:
-            return prior, None
-        last = self.positions(replicas)
-        stay = (self.log_faults + self._stay)[:, :, None] + last                         # (D, G + 1, R)
-        entering = _logsumexp(self.log_faults[:, :, None] + self._entering, 1)          # (D, G + 1)
-        joint = np.logaddexp(stay, (entering - math.log(replicas))[:, :, None])
-        position = joint - _logsumexp(joint, 2)[:, :, None]
-        position[:, 0, :] = -math.log(replicas)
-        return prior, np.maximum(position, -700.0)
+            return predict_faults(self.log_faults, self.log_transition), None
+        last = np.ascontiguousarray(self.positions(replicas))
+        prior = np.empty(self.log_faults.shape)
+        position = np.empty(last.shape)
+        # The chain's step: bayes_defense.stream._evidence_kernel.predict_positions; its oracle is the
+        # explicit joint chain in tests/stream/test_evidence_kernel.py.
+        _kernel().predict_positions(np.ascontiguousarray(self.log_faults), np.ascontiguousarray(self.log_transition),
+                                    last, prior, position)
+        return prior, position
 
     def positions(self, replicas: int) -> np.ndarray:
         """``log P(replica | fault)`` over ``replicas`` after the last window: uniform before any.
@@ -630,9 +626,27 @@ class FaultFilter:
         if position is not None:
             # P(replica | fault, window) under no attack: the prediction times the ratio of the
             # window's likelihood with the fault at that replica to that with the fault elsewhere.
-            joint = position + _fault_role_log_ratio(model, window.values)
+            joint = position + self._fault_role_log_ratio(model, window.values)
             self.log_position = np.maximum(joint - _logsumexp(joint, 2)[:, :, None], -700.0)
         return result
+
+    def _fault_role_log_ratio(self, model: SignalTables, x: np.ndarray) -> np.ndarray:
+        """``(D, G + 1, R)``: each replica row's log term with the fault there minus without, under no attack.
+
+        Read from the tables of attack 0's benign stage (no attack plays a
+        role there; kept for the tables object last used); an indicator is
+        on, off or neither as in the kernel.
+        """
+        held, ratios = self._ratios
+        if held is None or held() is not model:
+            ratios = (np.ascontiguousarray(model.log_on[:, 0, 0, :, 0, 1, :] - model.log_on[:, 0, 0, :, 0, 0, :]),
+                      np.ascontiguousarray(model.log_off[:, 0, 0, :, 0, 1, :] - model.log_off[:, 0, 0, :, 0, 0, :]))
+            self._ratios = (weakref.ref(model), ratios)
+        rows = np.asarray(x, dtype=np.float64)[:-1]
+        with np.errstate(invalid="ignore"):
+            on = (rows > 0.5).astype(np.float64)
+            off = ((1.0 - rows) > 0.5).astype(np.float64)
+        return ratios[0] @ on.T + ratios[1] @ off.T
 
 
 def _logsumexp(a: np.ndarray, axis: int) -> np.ndarray:
@@ -640,17 +654,3 @@ def _logsumexp(a: np.ndarray, axis: int) -> np.ndarray:
     peak = np.where(np.isfinite(peak), peak, 0.0)
     with np.errstate(divide="ignore"):
         return np.squeeze(peak, axis) + np.log(np.sum(np.exp(a - peak), axis=axis))
-
-
-def _fault_role_log_ratio(model: SignalTables, x: np.ndarray) -> np.ndarray:
-    """``(D, G + 1, R)``: each replica row's log term with the fault there minus without, under no attack.
-
-    Read from the tables of attack 0's benign stage (no attack plays a role
-    there); an indicator is on, off or neither as in the kernel.
-    """
-    rows = np.asarray(x, dtype=np.float64)[:-1]
-    on = np.nan_to_num(rows, nan=0.0) > 0.5
-    off = np.nan_to_num(1.0 - rows, nan=0.0) > 0.5
-    on_ratio = model.log_on[:, 0, 0, :, 0, 1, :] - model.log_on[:, 0, 0, :, 0, 0, :]        # (D, G + 1, S)
-    off_ratio = model.log_off[:, 0, 0, :, 0, 1, :] - model.log_off[:, 0, 0, :, 0, 0, :]
-    return on_ratio @ on.T.astype(np.float64) + off_ratio @ off.T.astype(np.float64)
