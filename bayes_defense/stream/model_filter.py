@@ -562,6 +562,15 @@ max_clock_skew, clock_confirm
             observe(event)
         return self.belief
 
+    def _columnar(self) -> bool:
+        # The array path of observe_columns (stream/columnar.py) applies the base admission; with the
+        # identity map this filter's admission of known kinds is that (observe_batch uses it too).
+        return self._map.identity
+
+    def _ingest_columns(self, ts: list, node: list, kind: list, value: list, attrs: list) -> None:
+        # Only called when _columnar() holds, i.e. with the identity map.
+        self._extractor.ingest_many(ts, node, kind, value, attrs)
+
     def _ingest(self, ts: float, node: str, kind: str, value: float | None, attrs: dict) -> None:
         extractor = self._extractor
         if self._map.identity:
