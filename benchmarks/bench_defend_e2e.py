@@ -15,8 +15,8 @@ other processes hold the core.
   a defender whose windows and ingestion do nothing), the ceiling the
   defender's own work lowers.
 
-The model filter takes the array path once it declares it can
-(``ModelDefender._columnar``); until then its two stream figures agree.
+The model filter takes the array path with the identity observation map
+(``ModelDefender._columnar``).
 Measured on 2026-12-02 on the 1M-event log of ``bayes-defense simulate
 --nodes 7 --duration 4800`` (the commands are in the report of that day):
 read and admission about 500k events per CPU second; each defender's

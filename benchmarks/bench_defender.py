@@ -22,6 +22,9 @@ average 11 to 17, so each figure is the best of several runs): reading
 470k-600k events per CPU second (stdlib json reader before: 127k), the
 defender's observe_batch 184k-206k, the whole command 116k (96k before
 ``gc.freeze``). The target is not met: the defender, not parsing, limits.
+Per defender, with the columnar batch path of 2026-12-02 (reading and
+admission on arrays, about 500k events per CPU second together), see
+``bench_defend_e2e.py``: each defender's per-window work still limits.
 """
 
 from __future__ import annotations

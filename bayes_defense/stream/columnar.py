@@ -69,8 +69,9 @@ class Columns:
 
     ``checked`` says that every row has the types of a typed decode (float
     ``ts``, non-empty str ``node``, str ``kind``, float or None ``value``,
-    flat ``attrs`` of scalars); only such blocks take the array path, others
-    go through the defender's ``observe_batch``.
+    flat ``attrs`` of scalars); only such blocks take the array path. An
+    unchecked block (:meth:`unchecked`) holds its events as they came, in
+    ``rows``, and goes through the defender's ``observe_batch``.
 
     Examples
     --------
@@ -79,11 +80,19 @@ class Columns:
     (1, 'commit')
     """
 
-    __slots__ = ("ts", "node", "kind", "value", "attrs", "checked")
+    __slots__ = ("ts", "node", "kind", "value", "attrs", "checked", "rows")
 
-    def __init__(self, ts: list, node: list, kind: list, value: list, attrs: list, *, checked: bool) -> None:
+    def __init__(self, ts: list, node: list, kind: list, value: list, attrs: list, *, checked: bool = True) -> None:
         self.ts, self.node, self.kind, self.value, self.attrs = ts, node, kind, value, attrs
         self.checked = checked
+        self.rows: list = []
+
+    @classmethod
+    def unchecked(cls, events: list) -> Columns:
+        """A block of events of any types (the careful path's, CSV, Parquet), kept as they are."""
+        block = cls([], [], [], [], [], checked=False)
+        block.rows = list(events)
+        return block
 
     @classmethod
     def from_records(cls, records: Sequence[Any], *, checked: bool = True) -> Columns:
@@ -103,32 +112,31 @@ class Columns:
         rows = [tuple(row) for row in rows]
         if not rows:
             return cls([], [], [], [], [], checked=True)
-        checked = all(len(row) == 5 and _typed(*row) for row in rows)
-        if not checked:
-            return cls([row for row in rows], [], [], [], [], checked=False)
+        if not all(len(row) == 5 and _typed(*row) for row in rows):
+            return cls.unchecked(rows)
         ts, node, kind, value, attrs = (list(column) for column in zip(*rows, strict=True))
         return cls(ts, node, kind, value, attrs, checked=True)
 
     def __len__(self) -> int:
-        return len(self.ts)
+        return len(self.ts) if self.checked else len(self.rows)
 
     def events(self) -> list[Any]:
         """The rows as :class:`~bayes_defense.stream.schema.Event` tuples (an unchecked block: as given)."""
         if not self.checked:
-            return list(self.ts)
+            return list(self.rows)
         new = tuple.__new__
         return [new(Event, row) for row in zip(self.ts, self.node, self.kind, self.value, self.attrs, strict=True)]
 
     def row(self, i: int) -> Any:
         """Row ``i`` as an :class:`~bayes_defense.stream.schema.Event`."""
         if not self.checked:
-            return self.ts[i]
+            return self.rows[i]
         return tuple.__new__(Event, (self.ts[i], self.node[i], self.kind[i], self.value[i], self.attrs[i]))
 
     def slice(self, start: int, stop: int) -> Columns:
         """Rows ``start`` to ``stop`` (a new object; the lists are sliced)."""
         if not self.checked:
-            return Columns(self.ts[start:stop], [], [], [], [], checked=False)
+            return Columns.unchecked(self.rows[start:stop])
         return Columns(self.ts[start:stop], self.node[start:stop], self.kind[start:stop], self.value[start:stop],
                        self.attrs[start:stop], checked=True)
 

@@ -317,7 +317,7 @@ class EventReader:
 
         if self.format != "jsonl":
             for block in self.blocks():
-                yield Columns(block, [], [], [], [], checked=False)
+                yield Columns.unchecked(block)
             return
         known = KNOWN_KIND_SET
         allow = self.allow_unknown_kind
@@ -335,7 +335,7 @@ class EventReader:
                     block = Columns.from_records(kept)
                 self.events += len(block)
             else:
-                block = Columns(list(self._careful(first_line, lines)), [], [], [], [], checked=False)
+                block = Columns.unchecked(list(self._careful(first_line, lines)))
             self._advance(lines)
             yield block
 

@@ -23,16 +23,6 @@ from bayes_defense.stream.signals import SignalExtractor
 from tests.stream.test_hardening import HOSTILE_LINES
 
 
-class ColumnarModel(ModelDefender):
-    """The model filter with the columnar hooks (to be pasted into model_filter.py)."""
-
-    def _columnar(self) -> bool:
-        return self._map.identity
-
-    def _ingest_columns(self, ts, node, kind, value, attrs) -> None:
-        self._extractor.ingest_many(ts, node, kind, value, attrs)
-
-
 class Recorder(DefenderBase):
     """A defender that records what it is given: every ingested row and every window close."""
 
@@ -172,7 +162,7 @@ def _hostile_log(tmp_path, run):
 
 def _defenders():
     return [("scored", lambda: ScoredDefender(planner=None)),
-            ("model", lambda: ColumnarModel(planner=None))]
+            ("model", lambda: ModelDefender(planner=None))]
 
 
 @pytest.mark.parametrize("name, make", _defenders(), ids=[name for name, _ in _defenders()])
@@ -216,16 +206,21 @@ def test_defend_stream_through_columns_equals_events_one_by_one(tmp_path, runs):
     _same_defenders(a, b)
 
 
-def test_model_filter_without_the_hook_takes_observe_batch(runs):
+def test_model_filter_with_a_map_takes_observe_batch(runs):
+    # A map that renames kinds admits events its own way: observe_columns hands the block to observe_batch.
     run = runs()
-    plain, hooked = ModelDefender(planner=None), ColumnarModel(planner=None)
-    assert not plain._columnar() and hooked._columnar()
-    for k, columns in enumerate(read_events(run / "events.jsonl").column_blocks()):
+    mapped = ModelDefender(planner=None, observation_map="plenum")
+    reference = ModelDefender(planner=None, observation_map="plenum")
+    assert ModelDefender(planner=None)._columnar() and not mapped._columnar()
+    for k, (columns, block) in enumerate(zip(read_events(run / "events.jsonl", allow_unknown_kind=True).column_blocks(),
+                                             read_events(run / "events.jsonl", allow_unknown_kind=True).blocks(),
+                                             strict=True)):
         if k == 3:
             break
-        plain.observe_columns(columns)
-        hooked.observe_columns(columns)
-    _same_defenders(plain, hooked)
+        mapped.observe_columns(columns)
+        reference.observe_batch(block)
+    _same_defenders(mapped, reference)
+    assert mapped.accepted + sum(mapped.rejected.values()) > 0
 
 
 class _Interrupt(BaseException):
