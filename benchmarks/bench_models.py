@@ -13,7 +13,8 @@ import numpy as np
 
 import bayes_defense as bd
 from bayes_defense.explain import explain
-from bayes_defense.models.engine import Engine
+from bayes_defense.models.engine import Engine, engine
+from bayes_defense.models.queries import countermeasure_do
 
 
 def _evidence(n):
@@ -31,6 +32,9 @@ class ClusterQueries:
         self.evidence = _evidence(n)
         self.incident = {**self.evidence, "throughput_low": 1}
         self.alert = {"flooding.precursor": 1.0, "flooding.executing": 1.0, "r1.faulty": 1.0}
+        self.precondition_sites = [f"{a}.precondition" for a in self.model.structure.attack_names]
+        self.success_sites = [f"{a}.success" for a in self.model.structure.attack_names]
+        self.rate_limit = countermeasure_do(self.model, ["rate_limit"])
         for name in dir(self):
             if name.startswith("time_") and name != "time_cold_precondition_check":
                 getattr(self, name)(n)
@@ -59,6 +63,14 @@ class ClusterQueries:
 
     def time_cold_precondition_check(self, n):
         Engine(self.model).estimates([f"{a}.precondition" for a in bd.models.ATTACKS], evidence=self.evidence)
+
+    # The engine alone, without the public queries (the private path the cluster questions once took):
+    # the public calls above must not cost much more than these.
+    def time_engine_precondition_check(self, n):
+        engine(self.model).estimates(self.precondition_sites, evidence=self.evidence)
+
+    def time_engine_success_probability(self, n):
+        engine(self.model).estimates(self.success_sites, do=self.rate_limit, evidence=self.evidence)
 
 
 class PosteriorDraws:
