@@ -1,24 +1,26 @@
 """Regenerate papers/evaluate_defender.md: the model filter against the scored defender and classic baselines.
 
 Protocol (issue 14). The model filter's signal model is fitted
-(:func:`bayes_defense.fitting.signal_model.fit_signal_model`) on training
-runs, seeds 20_000 and up (the only seeds its parameters ever saw; the
-code was debugged on seeds 0-11 and 1000-1011), with their labels and
-fault labels (``faults.json``); training run ``k`` holds two attacks,
-catalogue attacks ``k`` and ``k + 3`` (mod 8), so that every attack is in
-the training set (an attack the fit never saw keeps a start rate near
-zero), at the sizes and intensities of the evaluation. Then every method runs on
-the same fresh runs, seeds 40_000 and up, never used for anything else:
-n = 7, 10, 16 and 25 replicas in turn, 600 simulated seconds, one or two
-attacks at an intensity drawn uniformly in [0.3, 1], and all six benign
-faults (crash, partition, slow, load_spike, jitter, restart) scheduled in
-every run. Methods: ``model`` (the model filter with the fitted posterior),
-``model_adaptive`` (the same with adaptive thresholds at a target
+(:func:`papers.default_posterior.fit`, the training protocol of the shipped
+default posterior, imported from there) on training runs, seeds 20_000 and
+up (the only seeds its parameters ever saw), with their labels and fault
+labels (``faults.json``); training run ``k`` holds two attacks, catalogue
+attacks ``k`` and ``k + 3`` (mod 8), so that every attack is in the
+training set (an attack the fit never saw keeps a start rate near zero), at
+the sizes and intensities of the evaluation. Then every method runs on the
+same fresh runs, seeds 40_000 and up (``--first-seed`` for another batch),
+never used for anything else: n = 7, 10, 16 and 25 replicas in turn, 600
+simulated seconds, one or two attacks at an intensity drawn uniformly in
+[0.3, 1], and all six benign faults (crash, partition, slow, load_spike,
+jitter, restart) scheduled in every run. Methods: ``model`` (the model
+filter with this script's fit), ``default`` (the model filter as shipped:
+``ModelDefender()`` with the default posterior of
+bayes_defense/data/posteriors, fitted on seeds 20000-20031),
+``model_adaptive`` (the fitted filter with adaptive thresholds at a target
 false-alarm rate of 0.001 per window), ``scored`` (the hand-scored defender
-of earlier releases, bayes_defense.stream.defender until the swap,
-bayes_defense.stream.scored after it), and the classic baselines of
-bayes_defense.stream.baselines. Metrics are DESIGN.md section 6's, pooled
-over runs (bayes_defense.stream.metrics.combine_reports).
+of earlier releases, bayes_defense.stream.scored), and the classic
+baselines of bayes_defense.stream.baselines. Metrics are DESIGN.md section
+6's, pooled over runs (bayes_defense.stream.metrics.combine_reports).
 
 Usage::
 
@@ -31,50 +33,23 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import sys
 import time
 from multiprocessing import Pool
 from pathlib import Path
 
-TRAIN_SEED = 20_000
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import default_posterior as protocol  # noqa: E402  (papers/ is not a package)
+
+TRAIN_SEED = protocol.TRAIN_SEED
 FIRST_SEED = 40_000
-NODES = (7, 10, 16, 25)
-FAULTS = ["crash", "partition", "slow", "load_spike", "jitter", "restart"]
-DURATION = 600.0
-MIN_INTENSITY = 0.3
+NODES = protocol.NODES
+DURATION = protocol.DURATION
+MIN_INTENSITY = protocol.MIN_INTENSITY
 BASELINES = ("fixed_threshold", "cusum", "bocpd")
-
-
-def _scenario(seed: int, attacks: list[str] | None = None):
-    import numpy as np
-
-    from bayes_defense.sim import random_scenario
-
-    nodes = NODES[seed % len(NODES)]
-    intensity = float(np.random.default_rng(seed).uniform(MIN_INTENSITY, 1.0))
-    extra = {} if attacks is None else {"attacks": attacks}
-    return random_scenario(seed, nodes=nodes, duration=DURATION, faults=list(FAULTS), intensity=intensity, **extra)
-
-
-def _train(seed: int):
-    from bayes_defense.models.catalogue import ATTACK_NAMES
-    from bayes_defense.sim.engine import Simulation
-
-    k = seed - TRAIN_SEED
-    attacks = [ATTACK_NAMES[k % len(ATTACK_NAMES)], ATTACK_NAMES[(k + 3) % len(ATTACK_NAMES)]]
-    simulation = Simulation(_scenario(seed, attacks))
-    return list(simulation.events()), simulation.labels, simulation.faults
-
-
-def _scored():
-    try:
-        from bayes_defense.stream.scored import ScoredDefender
-    except ImportError:   # before the swap the scored defender is still StreamingDefender
-        from bayes_defense.stream.defender import StreamingDefender as ScoredDefender
-        from bayes_defense.stream.model_filter import ModelDefender
-
-        if issubclass(ScoredDefender, ModelDefender):
-            raise
-    return ScoredDefender
+_scenario = protocol.scenario
+_train = protocol.training_run
 
 
 _POSTERIOR = None
@@ -97,14 +72,17 @@ def _one(seed: int) -> dict:
     )
     from bayes_defense.stream.metrics import evaluate_alerts
     from bayes_defense.stream.model_filter import ModelDefender
+    from bayes_defense.stream.scored import ScoredDefender
 
     scenario = _scenario(seed)
     simulation = Simulation(scenario)
     events = list(simulation.events())
     reports, first_alerts, seconds = {}, [], {}
+    false_alerts = []
     for name, make in (("model", lambda: ModelDefender(_POSTERIOR, planner=None)),
+                       ("default", lambda: ModelDefender(planner=None)),
                        ("model_adaptive", lambda: ModelDefender(_POSTERIOR, planner=None, adaptive=0.001)),
-                       ("scored", lambda: _scored()(planner=None))):
+                       ("scored", lambda: ScoredDefender(planner=None))):
         defender = make()
         started = time.process_time()
         defender.observe_batch(events)
@@ -112,6 +90,11 @@ def _one(seed: int) -> dict:
         seconds[name] = time.process_time() - started
         alerts = [a.to_dict() for a in defender.alerts]
         reports[name] = evaluate_alerts(simulation.labels, alerts, scenario.duration)
+        if name == "model":
+            false_alerts += [_false_alert(seed, alert, simulation) for alert in alerts
+                             if not any(label["attack"] == alert["attack"]
+                                        and label["precursor_start"] <= alert["ts"] <= label["end"]
+                                        for label in simulation.labels)]
         if name in ("model", "scored"):
             for label in simulation.labels:
                 inside = [a for a in alerts if label["precursor_start"] <= a["ts"] <= label["end"]]
@@ -125,7 +108,17 @@ def _one(seed: int) -> dict:
         reports["half_space_trees"] = evaluate_alerts(simulation.labels, run_half_space_trees(events),
                                                       scenario.duration)
     return {"seed": seed, "nodes": scenario.nodes, "events": len(events), "seconds": seconds, "reports": reports,
-            "first_alerts": first_alerts}
+            "first_alerts": first_alerts, "false_alerts": false_alerts}
+
+
+def _false_alert(seed: int, alert: dict, simulation) -> dict:
+    """An alert outside its own attack's window, with what was under way: attacks (to their end + 30 s), faults."""
+    ts = alert["ts"]
+    running = [label["attack"] for label in simulation.labels
+               if label["precursor_start"] <= ts <= label["end"] + 30.0]
+    faults = [f["fault"] for f in simulation.faults if f["start"] <= ts <= f["end"]]
+    ended = [f["fault"] for f in simulation.faults if f["end"] < ts <= f["end"] + 30.0]
+    return {"seed": seed, "ts": ts, "attack": alert["attack"], "running": running, "faults": faults, "ended": ended}
 
 
 def _fmt(value, digits: int = 3) -> str:
@@ -135,7 +128,6 @@ def _fmt(value, digits: int = 3) -> str:
 def main(argv: list[str] | None = None) -> int:
     from collections import Counter
 
-    from bayes_defense.fitting.signal_model import fit_signal_model
     from bayes_defense.stream.metrics import combine_reports
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -148,11 +140,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--json", help="also write the pooled table as JSON here")
     args = parser.parse_args(argv)
     started = time.perf_counter()
-    with Pool(args.jobs) as pool:
-        runs = pool.map(_train, [TRAIN_SEED + k for k in range(args.train)])
-    posterior = fit_signal_model(runs, num_samples=200, seed=0)
+    posterior = protocol.fit(args.train, args.jobs)
     fit_seconds = time.perf_counter() - started
-    del runs
     seeds = [args.first_seed + k for k in range(args.scenarios)]
     with Pool(args.jobs, initializer=_init, initargs=(posterior,)) as pool:
         results = pool.map(_one, seeds)
@@ -207,6 +196,19 @@ def main(argv: list[str] | None = None) -> int:
     lines += ["", "Model misses (seed, attack running, intensity, first alert in its window): "
               + ("; ".join(f"{f['seed']} {f['attack']} {f['intensity']} -> {f['first'] or 'none'}" for f in misses)
                  or "none")]
+    false = [f for r in results for f in r["false_alerts"]]
+    lines += ["", "## The model's false alerts (an alert outside its own attack's window)", "",
+              f"{len(false)} of {table['model']['alerts']}. `running`: attacks whose window (to its end + 30 s) holds the "
+              "alert; `faults`: benign faults under way at the alert; `ended`: faults that ended in the 30 s before.", ""]
+    if false:
+        lines += ["| seed | t (s) | attack named | running | faults | ended |", "|---|---|---|---|---|---|"]
+        lines += [f"| {f['seed']} | {f['ts']:.0f} | {f['attack']} | {', '.join(f['running']) or '-'} | "
+                  f"{', '.join(f['faults']) or '-'} | {', '.join(f['ended']) or '-'} |" for f in false]
+        kinds = Counter("another attack under way" if f["running"] else
+                        "two or more faults under way" if len(f["faults"]) >= 2 else
+                        "one fault under way or just ended" if f["faults"] or f["ended"] else "no attack, no fault"
+                        for f in false)
+        lines += ["", "By what was under way: " + "; ".join(f"{k}: {v}" for k, v in kinds.most_common())]
     lines += ["", "## First alerts and their explanations (model, first 12)", "",
               "| attack running | first alert | explanation (cause: probability) |", "|---|---|---|"]
     for f in [f for f in first if f["first"]][:12]:
