@@ -607,7 +607,9 @@ class FaultFilter:
         if last is None or last.shape[2] == 0:
             return np.full((draws, states, replicas), -math.log(replicas))
         seen = last.shape[2]
-        if seen >= replicas:
+        if seen == replicas:
+            return last
+        if seen > replicas:
             kept = last[:, :, :replicas]
             return kept - _logsumexp(kept, 2)[:, :, None]
         fresh = np.full((draws, states, replicas - seen), -math.log(replicas))
