@@ -9,7 +9,6 @@ import pytest
 
 from bayes_defense.sim import random_scenario
 from bayes_defense.sim.engine import Simulation
-from bayes_defense.stream import evidence
 from bayes_defense.stream.model_filter import ModelDefender
 from bayes_defense.stream.obsmap import ObservationMap
 
@@ -33,11 +32,11 @@ def test_plenum_log_detects_the_same_attacks(attack):
     converter = _converter()
     simulation = Simulation(random_scenario(21, nodes=4, duration=300.0, attacks=[attack], faults=[], intensity=0.9))
     events = list(simulation.events())
-    schema = ModelDefender(evidence.default_values(), planner=None)
+    schema = ModelDefender(planner=None)   # the shipped default posterior, as a user runs it
     schema.observe_batch(events)
     schema.flush()
     plenum_events = sorted(converter.to_plenum(events, 4), key=lambda e: e.ts)
-    plenum = ModelDefender(evidence.default_values(), planner=None, observation_map=ObservationMap.load("plenum"))
+    plenum = ModelDefender(planner=None, observation_map=ObservationMap.load("plenum"))
     plenum.observe_batch(plenum_events)
     plenum.flush()
     assert plenum.rejected.get("unknown_kind", 0) == 0
