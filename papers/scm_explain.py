@@ -517,7 +517,7 @@ def main(argv=None):
     parser.add_argument("--mechanisms", nargs="+", default=["linear", "nonlinear"])
     parser.add_argument("--incidents", type=int, nargs="+", default=[100],
                         help="incidents per size (the last value repeats for later sizes)")
-    parser.add_argument("--dowhy-incidents", type=int, nargs="+", default=[10, 3, 1],
+    parser.add_argument("--dowhy-incidents", type=int, nargs="+", default=[100, 2, 1],
                         help="DoWhy incidents per size (its attribution takes seconds to minutes each)")
     parser.add_argument("--dowhy-python", default=None,
                         help="a Python with dowhy installed (default: this one, if it has dowhy)")
