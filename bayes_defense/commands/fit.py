@@ -100,7 +100,7 @@ def run_fit(args: argparse.Namespace) -> int:
         raise InvalidInputError(f"--prior {args.prior!r} is a cluster-model posterior; to update it give --nodes N "
                                 f"and incident tables, or give a defender posterior here")
     out = _out_file(args.out)
-    return _fit_and_write("defender", incidents, prior, out, args, lambda summary: (
+    return _fit_and_write("scored", incidents, prior, out, args, lambda summary: (
         f"fitted {summary['windows']} windows from {summary['events']} events ({summary['runs']} log(s), "
         f"{'labelled' if summary['labelled'] else 'phases latent'}) by {summary['method']}: "
         f"r_hat max {_figure(summary['r_hat_max'], '.3f')}, ESS min {_figure(summary['ess_bulk_min'], '.0f')}; "
