@@ -45,7 +45,13 @@ from bayes_defense.stream.base import SETTINGS as _SETTINGS
 from bayes_defense.stream.base import Alert, Belief, DefenderBase
 from bayes_defense.stream.base import check_settings as _check_settings
 from bayes_defense.stream.obsmap import KindRule, ObservationMap, UnmatchedCounter
-from bayes_defense.stream.recommend import FALLBACK, Recommendations, resolve_planner
+from bayes_defense.stream.recommend import (
+    FALLBACK,
+    Recommendations,
+    recommend,
+    register_parameters,
+    resolve_planner,
+)
 from bayes_defense.stream.schema import KNOWN_KINDS, REJECTION_REASONS
 from bayes_defense.stream.signals import SIGNALS, SignalExtractor
 
@@ -298,6 +304,9 @@ max_clock_skew, clock_confirm
         self._success = success
         self._persistent = np.array([i for i, a in enumerate(attacks) if attack_spec(a).footing in _PERSISTENT_FOOTINGS],
                                     dtype=np.int64)
+        # Alerts' countermeasures are planned on the cluster model with these draws (in its names), so a
+        # fitted or the default posterior reaches them as it reaches bd.plan (bayes_defense.stream.recommend).
+        self._plan_parameters = register_parameters(evidence.incident_parameters(values, attacks))
 
     @property
     def observation_map(self) -> ObservationMap:
@@ -700,6 +709,8 @@ max_clock_skew, clock_confirm
             return attack_spec(attack).matched
         if self._planner is None:
             return FALLBACK[attack]
+        if self._planner is recommend:
+            return recommend(attack, role, phase, n_nodes, self._plan_parameters)
         return self._planner(attack, role, phase, n_nodes)
 
     def explanation(self, index: int) -> tuple:

@@ -348,3 +348,25 @@ def test_a_view_change_the_cluster_joins_is_not_every_replicas_evidence():
         extractor.ingest(31.5 + 0.1 * k, "r2", "view_change", 2.0, {"view": 1})
     window = extractor.close()
     assert window.values[2, column] == 1.0 and window.values[1, column] == 0.0
+
+
+def test_alert_countermeasures_are_planned_with_the_defenders_own_parameters(monkeypatch):
+    import bayes_defense as bd
+    from bayes_defense.stream import recommend as planning
+
+    defender = ModelDefender(ensemble=4)
+    parameters = evidence.incident_parameters(defender.parameters, defender.attacks)
+    assert defender._plan_parameters == planning.register_parameters(parameters)
+    asked = []
+    real_cluster = bd.models.cluster
+
+    def cluster(n, parameters=None, **kwargs):
+        asked.append(parameters)
+        return real_cluster(n, parameters=parameters, **kwargs)
+
+    planning.recommend.cache_clear()
+    monkeypatch.setattr(bd.models, "cluster", cluster)
+    choice = defender._plan("replay", "backup", "precursor", 7)
+    assert choice and asked and set(asked[0]) == set(parameters)
+    assert all(np.array_equal(asked[0][name], parameters[name]) for name in parameters)
+    planning.recommend.cache_clear()
