@@ -22,6 +22,8 @@ def _papers_on_path(monkeypatch):
 def _load(name: str):
     spec = importlib.util.spec_from_file_location(f"papers_{name}", ROOT / "papers" / f"{name}.py")
     module = importlib.util.module_from_spec(spec)
+    # Registered, so that a script's process pool can pickle its functions by module name.
+    sys.modules[spec.name] = module
     spec.loader.exec_module(module)
     return module
 
