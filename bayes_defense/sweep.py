@@ -91,10 +91,8 @@ _FIT_KEYS = {"scenario", "seeds", "intensity", "options", "defender"}
 def _run_defender(name: str, events: list[Any], posterior: Any) -> list[Any]:
     from bayes_defense.stream.defender import choose_defender, defender_class
 
-    name = choose_defender(name, posterior=posterior)
-    if name == "scored" and posterior is not None:
-        posterior = posterior.defender_parameters(24, seed=0)
-    defender = defender_class(name)(posterior, planner=None)  # countermeasures do not enter the metrics
+    # Either defender takes its fitted posterior as it is (the scored one draws its ensemble from it).
+    defender = defender_class(choose_defender(name, posterior=posterior))(posterior, planner=None)  # countermeasures do not enter the metrics
     defender.observe_batch(events)
     defender.flush()
     return list(defender.alerts)

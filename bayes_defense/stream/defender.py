@@ -46,8 +46,8 @@ DEFENDERS = ("scored", "model")
 DEFAULT_DEFENDER = "model"
 
 __all__ = ["ATTACK_HYPOTHESES", "COUNTERMEASURE_FOR", "DEFAULT_DEFENDER", "DEFENDERS", "PARAMETER_KEYS", "PHASES",
-           "Alert", "Belief", "ModelDefender", "ScoredDefender", "StreamingDefender", "check_parameters", "choose_defender", "defender_class",
-           "default_parameters", "parameter_problem"]
+           "Alert", "Belief", "ModelDefender", "ScoredDefender", "StreamingDefender", "check_parameters",
+           "choose_defender", "defender_class", "default_parameters", "parameter_problem"]
 
 
 def defender_class(name: str) -> type:

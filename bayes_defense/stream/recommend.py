@@ -15,9 +15,10 @@ filter registers its parameter draws in the cluster model's names
 :func:`bayes_defense.stream.evidence.incident_parameters`), so a fitted or
 default posterior reaches the countermeasure attached to its alerts as it
 reaches ``bd.plan``. The answer depends only on (cluster size, attack, the
-suspect's role, phase, parameter set), so it is cached on that key: planning
-costs once per key in a process, never per event, and the defender's per-event path never imports torch (the import
-happens at the first recommendation asked for, an alert or a read of
+suspect's role, phase, parameter set), so it is cached on that key:
+planning costs once per key in a process, never per event, and the
+defender's per-event path never imports torch (the import happens at the
+first recommendation asked for, an alert or a read of
 :attr:`Belief.countermeasures <bayes_defense.stream.defender.Belief>`).
 """
 
