@@ -69,7 +69,7 @@ from bayes_defense.stream import evidence
 
 __all__ = ["FORMAT_NAME", "FORMAT_VERSION", "PPC_TAIL", "BASELINE_STRENGTH", "RecordedWindows", "SignalPosterior",
            "SignalStatistics", "record_windows", "window_phases", "check_fault_labels", "window_faults",
-           "count_windows", "count_transitions", "posterior_from_statistics", "window_log_likelihoods",
+           "window_primaries", "count_windows", "count_transitions", "posterior_from_statistics", "window_log_likelihoods",
            "attack_rows", "count_labelled_windows", "fit_signal_model", "predictive_check", "posterior_from_groups"]
 _FAULT_NAMES = tuple(FAULTS)
 
@@ -166,7 +166,7 @@ def check_fault_labels(records: Any, source: str = "fault labels") -> list[dict[
     >>> check_fault_labels([{"fault": "meteor", "start": 1, "end": 2}])
     Traceback (most recent call last):
     ...
-    bayes_defense.errors.InvalidInputError: fault labels record 0: fault 'meteor' is not a benign fault of the model (crash, partition, slow, load_spike, jitter, restart)
+    bayes_defense.errors.InvalidInputError: fault labels record 0: fault 'meteor' is not a benign fault of the model (crash, partition, slow, slow_primary, load_spike, jitter, restart)
     """
     records, source = _json_list(records, source, "the list of fault records that the simulator writes as "
                                  "faults.json")
@@ -198,7 +198,8 @@ def check_fault_labels(records: Any, source: str = "fault labels") -> list[dict[
     return out
 
 
-def window_faults(ends: np.ndarray, records: Any, window: float = 1.0) -> list[tuple]:
+def window_faults(ends: np.ndarray, records: Any, window: float = 1.0,
+                  primaries: Sequence[str | None] | None = None) -> list[tuple]:
     """Per window, the labelled faults under way: a tuple of ``(fault index, node names)``, empty when none.
 
     A window is under a fault when its middle lies in ``[start, end)``. The
@@ -206,16 +207,26 @@ def window_faults(ends: np.ndarray, records: Any, window: float = 1.0) -> list[t
     silent, as after a crash: the model's ``crash``), and the model's
     ``restart`` is its return: the :attr:`~bayes_defense.models.faults.Fault.duration`
     after ``end``, when it logs the restart and resends old messages
-    (docs/log-schema.md, "Benign faults"). Node names are ``nodes``, else
-    ``node``; an empty tuple means the record names no replica.
+    (docs/log-schema.md, "Benign faults"). A ``slow`` record is the model's
+    ``slow_primary`` in the windows where its replica is the primary
+    (``primaries``: the primary's name per window, as the log names it;
+    None where unknown, and then it stays ``slow``). Node names are
+    ``nodes``, else ``node``; an empty tuple means the record names no replica.
 
     Examples
     --------
     >>> marks = window_faults(np.arange(1.0, 9.0), [{"fault": "restart", "node": "r1", "start": 1.0, "end": 3.0}])
     >>> [[(list(FAULTS)[g], nodes) for g, nodes in m] for m in marks][:4]
     [[], [('crash', ('r1',))], [('crash', ('r1',))], [('restart', ('r1',))]]
+    >>> marks = window_faults(np.arange(1.0, 4.0), [{"fault": "slow", "node": "r0", "start": 0.0, "end": 3.0}],
+    ...                       primaries=["r0", "r0", "r1"])
+    >>> [list(FAULTS)[m[0][0]] for m in marks]
+    ['slow_primary', 'slow_primary', 'slow']
     """
     middle = np.asarray(ends, dtype=np.float64) - window / 2.0
+    if primaries is not None and len(primaries) != middle.size:
+        raise InvalidInputError(f"primaries must name one primary (or None) per window: {middle.size} windows, "
+                                f"{len(primaries)} names")
     marks: list[list] = [[] for _ in range(middle.size)]
     for record in check_fault_labels(records):
         names = tuple(record["nodes"]) if record["nodes"] else ((record["node"],) if record["node"] else ())
@@ -226,8 +237,26 @@ def window_faults(ends: np.ndarray, records: Any, window: float = 1.0) -> list[t
         for name, start, end in spans:
             g = _FAULT_NAMES.index(name)
             for w in np.flatnonzero((middle >= start) & (middle < end)).tolist():
-                marks[w].append((g, names))
+                if name == "slow" and primaries is not None and primaries[w] is not None and primaries[w] in names:
+                    marks[w].append((_FAULT_NAMES.index("slow_primary"), names))
+                else:
+                    marks[w].append((g, names))
     return [tuple(m) for m in marks]
+
+
+def window_primaries(recorded: RecordedWindows) -> list[str | None]:
+    """The primary's name in each recorded window (None where the log has not named one yet).
+
+    Examples
+    --------
+    >>> from bayes_defense.stream import Event
+    >>> rec = record_windows([Event(0.5, "r0", "duplicate_messages", 0.0, {}),
+    ...                       Event(1.5, "r1", "preprepare_interval", 0.1, {"primary": "r0"}),
+    ...                       Event(2.5, "r1", "new_view", 1.0, {"primary": "r1"})])
+    >>> window_primaries(rec)
+    [None, 'r0', 'r1']
+    """
+    return [w.replicas[w.primary] if 0 <= w.primary < len(w.replicas) else None for w in recorded.windows]
 
 
 def _runs(data: Any, labels: Any, faults: Any) -> list[tuple]:
@@ -319,7 +348,8 @@ def fit_signal_model(data: Any, *, labels: Any = None, faults: Any = None, obser
     labelled, latent = [], []
     for events, run_labels, run_faults in _runs(data, labels, faults):
         recorded = record_windows(events, observation_map=observation_map, window=window)
-        marks = None if run_faults is None else window_faults(recorded.ends, run_faults, window)
+        marks = None if run_faults is None else window_faults(recorded.ends, run_faults, window,
+                                                              window_primaries(recorded))
         hard.runs += 1
         if run_labels is None:
             latent.append((recorded, marks))

@@ -77,7 +77,8 @@ __all__ = ["FORMAT_NAME", "FORMAT_VERSION", "PPC_TAIL", "BASELINE_STRENGTH", "Si
 FORMAT_NAME = "bayes_defense.signal_posterior"
 #: 2.0: jitter's ``fault.jitter.preprepare_delay`` is a cluster effect (it was at the fault's replica), and the
 #: filter follows a fault's replica across windows; draws of a 1.x file were fitted for the other model.
-FORMAT_VERSION = "2.0"
+#: 3.0: the slow fault is two, ``slow`` (a backup) and ``slow_primary``; a 2.x file's slow fault is both at once.
+FORMAT_VERSION = "3.0"
 #: Two-sided tail of the posterior predictive check: outside the central 99.9 % fails.
 PPC_TAIL = 0.0005
 #: Pseudo-windows of the benign rates' prior. The indicators are thresholded at the 1 % tail of

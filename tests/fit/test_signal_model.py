@@ -90,9 +90,10 @@ def test_predictive_check_names_the_failing_statistic(run, posterior):
     assert posterior.problems == [], posterior.problems
 
 
-@pytest.mark.parametrize("version", ["1.0", "3.0"])
+@pytest.mark.parametrize("version", ["1.0", "2.0", "4.0"])
 def test_another_format_version_is_refused_with_a_reason(posterior, tmp_path, version):
-    # 1.0: fitted for the model before jitter's pre-prepare delay was a cluster effect; 3.0: a newer release's.
+    # 1.0: fitted before jitter's pre-prepare delay was a cluster effect; 2.0: before the slow fault was
+    # split into a slow backup and a slow primary; 4.0: a newer release's.
     from bayes_defense.fitting.storage import read_posterior_groups
 
     path = posterior.save(tmp_path / "signal.nc")

@@ -238,22 +238,22 @@ def test_the_fault_filter_steps_as_the_joint_chain_of_fault_and_replica_does():
 
 
 def test_a_fault_keeps_its_replica_across_windows():
-    # A slow primary: after a few windows the chain holds the slow fault at the primary, and the
+    # A crashed primary: after a few windows the chain holds the crash at the primary, and the
     # window's likelihood under no attack grows to what it is with that fault there for certain.
     values = evidence.default_values()
     model = evidence.signal_tables(values)
     faults = FaultFilter(values)
-    replicas, slow = 16, 1 + list(evidence.FAULTS).index("slow")
+    replicas, crash = 16, 1 + list(evidence.FAULTS).index("crash")
     x = np.full((replicas + 1, len(SIGNALS)), np.nan)
     x[0, SIGNALS.index("preprepare_delay")] = 1.0
     window = WindowSignals(tuple(f"r{i}" for i in range(replicas)), 0, x)
     first = faults.step(model, window)[0][0, 0, 0]
     for _ in range(10):
         last = faults.step(model, window)[0][0, 0, 0]
-    assert float(np.exp(faults.log_position[0, slow, 0])) > 0.99
+    assert float(np.exp(faults.log_position[0, crash, 0])) > 0.99
     with np.errstate(divide="ignore"):
         certain = evidence.window_log_likelihood(
-            model, window, log_fault_prior=np.log(np.eye(len(evidence.FAULTS) + 1)[slow])[None],
+            model, window, log_fault_prior=np.log(np.eye(len(evidence.FAULTS) + 1)[crash])[None],
             log_fault_position=np.log(np.eye(replicas)[0])[None, None].repeat(len(evidence.FAULTS) + 1, 1))
     assert last - first > math.log(replicas) / 2
     assert last == pytest.approx(float(certain[0, 0, 0]), abs=0.1)

@@ -1,9 +1,10 @@
 """Where the benign faults' effects show (bayes_defense.models.faults), read through the filter's likelihood.
 
 Jitter, a fault of the network, slows the primary's pre-prepares wherever
-it is, so its explanation of a delayed pre-prepare does not depend on how
-many replicas there are; a slow replica explains it only if it is the
-primary, one replica in ``R`` (until the fault chain has followed it there).
+it is, and so does a slow primary (a fault of its own), so their explanation
+of a delayed pre-prepare does not depend on how many replicas there are; a
+crashed replica explains it only if it is the primary, one replica in ``R``
+(until the fault chain has followed it there).
 """
 
 from __future__ import annotations
@@ -41,7 +42,7 @@ def _benign_log_ratio(fault: str, replicas: int) -> float:
     return float(with_fault[0, 0, 0] - without[0, 0, 0])
 
 
-@pytest.mark.parametrize("fault", ["jitter"])
+@pytest.mark.parametrize("fault", ["jitter", "slow_primary"])
 def test_a_network_fault_explains_the_primarys_delay_at_any_cluster_size(fault):
     assert "preprepare_delay" in FAULTS[fault].cluster and "preprepare_delay" not in FAULTS[fault].at_node
     base = evidence.parameter_names()["telemetry.preprepare_delay.baseline"]
@@ -51,10 +52,10 @@ def test_a_network_fault_explains_the_primarys_delay_at_any_cluster_size(fault):
         assert _benign_log_ratio(fault, replicas) == pytest.approx(exact, rel=1e-12)
 
 
-def test_a_slow_replica_explains_the_primarys_delay_only_as_the_primary():
+def test_a_crashed_replica_explains_the_primarys_delay_only_as_the_primary():
     base = evidence.parameter_names()["telemetry.preprepare_delay.baseline"]
-    effect = FAULTS["slow"].at_node["preprepare_delay"]
+    effect = FAULTS["crash"].at_node["preprepare_delay"]
     for replicas in (4, 7, 25):
-        # The slow replica is the primary with probability 1 / R, and then the delay is the noisy-OR's.
+        # The crashed replica is the primary with probability 1 / R, and then the delay is the noisy-OR's.
         on = (1.0 - (1.0 - base) * (1.0 - effect)) / replicas + base * (replicas - 1) / replicas
-        assert _benign_log_ratio("slow", replicas) == pytest.approx(math.log(on / base), rel=1e-12)
+        assert _benign_log_ratio("crash", replicas) == pytest.approx(math.log(on / base), rel=1e-12)
