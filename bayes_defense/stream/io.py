@@ -9,6 +9,7 @@ a log of any length in flat memory.
 from __future__ import annotations
 
 import csv
+import gc
 import io
 import json
 import os
@@ -128,6 +129,41 @@ def _fast_block_ok(block: bytes, lines: int) -> bool:
     # Blank lines, "\r\n" or trailing spaces take the careful per-line path.
     return (block.startswith(b"{") and block.endswith(b"}\n")
             and block.count(b"}\n{") + 1 == lines)
+
+
+class _LineBlock:
+    """Whole lines of a JSON Lines file read as one string; the list of lines is split only when asked for."""
+
+    __slots__ = ("text", "count", "_lines")
+
+    def __init__(self, text: bytes) -> None:
+        self.text = text
+        # Binary reads end lines at b"\n" only; a last line without one is a line too.
+        self.count = text.count(b"\n") + (not text.endswith(b"\n"))
+        self._lines: list[bytes] | None = None
+
+    @property
+    def lines(self) -> list[bytes]:
+        """The lines as ``readlines`` gives them (each with its newline, the file's last maybe without)."""
+        if self._lines is None:
+            parts = self.text.split(b"\n")
+            last = parts.pop()
+            self._lines = [part + b"\n" for part in parts]
+            if last:
+                self._lines.append(last)
+        return self._lines
+
+
+def _decode_records(block: bytes) -> Any:
+    # The decoded records' attrs dicts survive the call, so every collection the allocations
+    # trigger meanwhile walks them in vain; collecting once afterwards finds the same garbage.
+    enabled = gc.isenabled()
+    gc.disable()
+    try:
+        return _RECORD_LINES(block)
+    finally:
+        if enabled:
+            gc.enable()
 
 
 def _decode_line(line: bytes) -> Any:
@@ -283,13 +319,13 @@ class EventReader:
         from_dict = Event.from_dict
         for first_line, lines, decoded in self._jsonl_blocks():
             if decoded is None:
-                yield from self._careful(first_line, lines)
+                yield from self._careful(first_line, lines.lines)
             else:
                 for offset, record in enumerate(decoded):
                     kind = record.kind
                     if kind not in known and not allow:
                         # The careful path gives the reason and message.
-                        self._one_line(first_line + offset, lines[offset], from_dict, allow)
+                        self._one_line(first_line + offset, lines.lines[offset], from_dict, allow)
                         continue
                     self.events += 1
                     yield new_event(event_type, (record.ts, record.node, kind, record.value, record.attrs))
@@ -331,18 +367,18 @@ class EventReader:
                             kept.append(record)
                         else:
                             # The careful path gives the reason and message.
-                            self._one_line(first_line + offset, lines[offset], Event.from_dict, allow)
+                            self._one_line(first_line + offset, lines.lines[offset], Event.from_dict, allow)
                     block = Columns.from_records(kept)
                 self.events += len(block)
             else:
-                block = Columns.unchecked(list(self._careful(first_line, lines)))
+                block = Columns.unchecked(list(self._careful(first_line, lines.lines)))
             self._advance(lines)
             yield block
 
-    def _advance(self, lines: list[bytes]) -> None:
-        self.position = {"offset": self.position["offset"] + sum(map(len, lines)),
-                         "line": self.position["line"] + len(lines),
-                         "record": self.position["record"] + len(lines)}
+    def _advance(self, lines: _LineBlock) -> None:
+        self.position = {"offset": self.position["offset"] + len(lines.text),
+                         "line": self.position["line"] + lines.count,
+                         "record": self.position["record"] + lines.count}
 
     def _careful(self, first_line: int, lines: list[bytes]) -> Iterator[Event]:
         from_dict, allow = Event.from_dict, self.allow_unknown_kind
@@ -351,25 +387,28 @@ class EventReader:
             if event is not None:
                 yield event
 
-    def _jsonl_blocks(self) -> Iterator[tuple[int, list[bytes], Any]]:
+    def _jsonl_blocks(self) -> Iterator[tuple[int, _LineBlock, Any]]:
         """``(first line number, lines, records)`` per block: the typed records, or None for the careful path."""
         with open(self.path, "rb") as handle:
             handle.seek(self.position["offset"])
             while True:
-                lines = handle.readlines(_BLOCK_BYTES)
-                if not lines:
+                # The block readlines(_BLOCK_BYTES) would give (lines until the one holding byte
+                # _BLOCK_BYTES - 1), read as one string: no list of lines to build and join.
+                text = handle.read(_BLOCK_BYTES)
+                if not text:
                     return
+                if not text.endswith(b"\n"):
+                    text += handle.readline()
+                lines = _LineBlock(text)
                 first_line = self.position["line"] + 1
-                block = b"".join(lines)
-                if not block.endswith(b"\n"):
-                    block += b"\n"
+                block = text if text.endswith(b"\n") else text + b"\n"
                 decoded = None
-                if _fast_block_ok(block, len(lines)):
+                if _fast_block_ok(block, lines.count):
                     try:
-                        decoded = _RECORD_LINES(block)
+                        decoded = _decode_records(block)
                     except (msgspec.DecodeError, msgspec.ValidationError, RecursionError):
                         decoded = None
-                    if decoded is not None and len(decoded) != len(lines):
+                    if decoded is not None and len(decoded) != lines.count:
                         decoded = None
                 yield first_line, lines, decoded
 
