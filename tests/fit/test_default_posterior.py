@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -31,6 +32,8 @@ ROOT = Path(__file__).resolve().parents[2]
 def _script():
     spec = importlib.util.spec_from_file_location("papers_default_posterior", ROOT / "papers" / "default_posterior.py")
     module = importlib.util.module_from_spec(spec)
+    # Registered, so that the script's process pool can pickle its functions by module name.
+    sys.modules[spec.name] = module
     spec.loader.exec_module(module)
     return module
 
