@@ -271,7 +271,7 @@ def signal_tables(values: Mapping[str, np.ndarray], attacks: Sequence[str] | Non
     --------
     >>> t = signal_tables(default_values())
     >>> t.log_on.shape[1:4], bool(np.all(t.log_on <= 0))
-    ((8, 4, 7), True)
+    ((8, 4, 8), True)
     """
     attacks = tracked_attacks() if attacks is None else tuple(attacks)
     values = check_values(values, attacks)
@@ -461,7 +461,7 @@ def predict_faults(log_faults: np.ndarray, log_transition: np.ndarray) -> np.nda
     >>> values = default_values()
     >>> prior = predict_faults(FaultFilter(values).log_faults, fault_transitions(values))
     >>> prior.shape, bool(np.isclose(np.exp(prior).sum(), 1.0))
-    ((1, 7), True)
+    ((1, 8), True)
     """
     log_faults = np.ascontiguousarray(log_faults, dtype=np.float64)
     log_transition = np.ascontiguousarray(log_transition, dtype=np.float64)
