@@ -315,9 +315,40 @@ def _position_linear(sum00, product, entry, outside, row_count, classes, slot_ro
     linear[g, slots - 1] = after
 
 
+@njit(cache=True, nogil=True)
+def _copy_block(source, exact, d, a, k, log_weights, total_ll, by_position, by_fault, with_attacker):
+    """Block ``(d, a, k)`` from the earlier block ``source`` with the same columns.
+
+    ``exact``: the same attacker prior too, so every result is the source's.
+    Otherwise the attacker's role changes no column: the likelihood and the
+    fault posterior are the source's, and the attacker's posterior is its
+    prior (normalised; the window's terms do not depend on where it is).
+    """
+    attacks, stages = total_ll.shape[1], total_ll.shape[2]
+    sd, sa, sk = source // (attacks * stages), (source // stages) % attacks, source % stages
+    total_ll[d, a, k] = total_ll[sd, sa, sk]
+    if not with_attacker:
+        return
+    for g in range(by_fault.shape[3]):
+        by_fault[d, a, k, g] = by_fault[sd, sa, sk, g]
+    if exact:
+        for r in range(by_position.shape[3]):
+            by_position[d, a, k, r] = by_position[sd, sa, sk, r]
+        return
+    peak = -np.inf
+    for r in range(log_weights.shape[1]):
+        peak = max(peak, log_weights[a, r])
+    acc = 0.0
+    for r in range(log_weights.shape[1]):
+        acc += math.exp(log_weights[a, r] - peak)
+    norm = peak + math.log(acc)
+    for r in range(log_weights.shape[1]):
+        by_position[d, a, k, r] = log_weights[a, r] - norm
+
+
 @njit(cache=True)
-def likelihood(stacked, log00, log11, ratio, store, x, log_weights, fault_prior, fault_position, total_ll, by_position,
-               by_fault, with_attacker):
+def likelihood(stacked, log00, log11, ratio, store, source, mode, x, log_weights, fault_prior, fault_position, total_ll,
+               by_position, by_fault, with_attacker):
     """Fill ``total_ll`` ``(D, A, K)`` and, with ``with_attacker``, the two log posteriors.
 
     ``stacked`` is :attr:`~bayes_defense.stream.evidence.SignalTables.stacked`
@@ -326,7 +357,10 @@ def likelihood(stacked, log00, log11, ratio, store, x, log_weights, fault_prior,
     ``ratio`` ``(2 S, cells * 3)`` the exponentials of its other three
     roles' columns minus ``log00``; ``store`` the tuple ``(keys, stamp,
     clock, sum00, product, safe)`` of :func:`_linear_terms` (it changes, so
-    the kernel holds the GIL). ``x`` is the window's values
+    the kernel holds the GIL); ``source`` and ``mode`` per block of draw,
+    attack and stage: a block of ``mode`` 1 or 2 is copied from block
+    ``source``, an earlier one with the same columns
+    (:func:`bayes_defense.stream.evidence._repeated_blocks`). ``x`` is the window's values
     ``(R + 1, S)``, ``log_weights`` the attacker's log prior per attack
     ``(A, R + 1)``, ``fault_prior`` ``(D, G)``, ``fault_position`` the log
     prior of each fault's replica ``(D, G, R)`` (each row normalised; empty:
@@ -365,7 +399,6 @@ def likelihood(stacked, log00, log11, ratio, store, x, log_weights, fault_prior,
                         _add(terms[c], stacked[half * x.shape[1] + s])
     log_replicas = math.log(replicas) if replicas > 0 else 0.0
     log_phi = np.empty(slots)
-    phi = np.empty(slots)
     attacker_prior = np.empty((attacks, slots))
     for a in range(attacks):
         for c in range(slots):
@@ -382,10 +415,22 @@ def likelihood(stacked, log00, log11, ratio, store, x, log_weights, fault_prior,
     by_slot = np.empty(slots)
     weight = np.empty(slots)
     linear_weight = np.empty(slots)
+    # The fault position priors of the linear path, per draw, fault and slot (they do not depend
+    # on the attack or the stage).
+    phi_all = np.empty((draws, faults, slots))
+    if linear_path:
+        for d in range(draws):
+            for g in range(faults):
+                for c in range(slots - 1):
+                    phi_all[d, g, c] = math.exp(fault_position[d, g, slot_first[c]]) if followed else 1.0 / replicas
     for block in range(draws * attacks * stages):
         d = block // (attacks * stages)
         a = (block // stages) % attacks
         k = block % stages
+        if mode[block] != 0:
+            _copy_block(source[block], mode[block] == 1, d, a, k, log_weights, total_ll, by_position, by_fault,
+                        with_attacker)
+            continue
         for c in range(slots):
             weight[c] = log_weights[a, slot_first[c]]
             linear_weight[c] = attacker_prior[a, c]
@@ -393,10 +438,8 @@ def likelihood(stacked, log00, log11, ratio, store, x, log_weights, fault_prior,
         peak = -np.inf
         if fast:
             for g in range(faults):
-                for c in range(slots - 1):
-                    phi[c] = math.exp(fault_position[d, g, slot_first[c]]) if followed else 1.0 / replicas
-                _position_linear(sum00, product, entry, outside, row_count, classes, slot_row, slot_count, phi, slots,
-                                 block * faults + g, suffix, base, linear, g)
+                _position_linear(sum00, product, entry, outside, row_count, classes, slot_row, slot_count,
+                                 phi_all[d, g], slots, block * faults + g, suffix, base, linear, g)
                 peak = max(peak, base[g] + fault_prior[d, g])
             fast = math.isfinite(peak)
         if fast:

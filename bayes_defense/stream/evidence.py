@@ -389,9 +389,11 @@ _STORE = 32
 def _derived_tables(model: SignalTables) -> tuple:
     """The kernel's views of ``model.stacked``: the columns of neither role and of both, and the ratios.
 
-    Computed once per tables object (held while it lives): ``(log00, log11, ratio, store)``,
-    ``ratio`` the exponentials of the other three roles' columns minus ``log00``, ``store``
-    the kernel's terms of recently seen rows (``_STORE`` of them).
+    Computed once per tables object (held while it lives): ``(log00, log11, ratio, store,
+    source, mode)``, ``ratio`` the exponentials of the other three roles' columns minus
+    ``log00``, ``store`` the kernel's terms of recently seen rows (``_STORE`` of them),
+    ``source`` and ``mode`` the blocks the kernel copies instead of computing
+    (:func:`_repeated_blocks`).
     """
     key = id(model)
     found = _DERIVED.get(key)
@@ -404,9 +406,50 @@ def _derived_tables(model: SignalTables) -> tuple:
     cells, signals = roles.shape[1], stacked.shape[0]
     store = (np.zeros((_STORE, signals), np.bool_), np.zeros(_STORE, np.int64), np.zeros(1, np.int64),
              np.empty((_STORE, cells)), np.empty((_STORE, 3 * cells)), np.zeros(_STORE, np.bool_))
-    derived = (np.ascontiguousarray(roles[:, :, 0]), np.ascontiguousarray(roles[:, :, 3]), ratio, store)
+    derived = (np.ascontiguousarray(roles[:, :, 0]), np.ascontiguousarray(roles[:, :, 3]), ratio, store,
+               *_repeated_blocks(model))
     _DERIVED[key] = (weakref.ref(model, lambda _, key=key: _DERIVED.pop(key, None)), *derived)
     return derived
+
+
+def _repeated_blocks(model: SignalTables) -> tuple:
+    """Which (draw, attack, stage) blocks of the tables repeat an earlier one: ``(source, mode)``.
+
+    A block is the columns of one draw, attack and stage (every fault, every
+    role). The catalogue's tables repeat many: the benign stage is the same
+    for every attack (no attack's signal is active there), and an attack
+    without an ordered precursor pattern has the same columns in its pattern
+    stage as in its precursor stage. A block whose columns equal an earlier
+    block's (``source[b]``, the first one, computed) is copied: ``mode`` 1 when
+    the two attacks have the same precondition (the same attacker prior, so
+    the same results, bit for bit), 2 when their footings differ but the
+    attacker's role changes no column of the block (then the likelihood and
+    the fault posterior do not depend on the attacker's prior, and the
+    attacker's posterior is its prior). ``mode`` 0: computed.
+    """
+    draws, attacks, stages, faults = model.log_on.shape[:4]
+    blocks = draws * attacks * stages
+    columns = model.stacked.reshape(model.stacked.shape[0], blocks, faults, 4)
+    source = np.arange(blocks, dtype=np.int64)
+    mode = np.zeros(blocks, np.int8)
+    first: dict = {}
+    for block in range(blocks):
+        values = columns[:, block]
+        attack = (block // stages) % attacks
+        # The attacker's role changes nothing: its columns equal those without it, for both fault roles.
+        role_free = bool(np.array_equal(values[:, :, 0], values[:, :, 2])
+                         and np.array_equal(values[:, :, 1], values[:, :, 3]))
+        computed = first.setdefault(values.tobytes(), [])
+        for earlier in computed:
+            if model.footing[(earlier // stages) % attacks] == model.footing[attack]:
+                source[block], mode[block] = earlier, 1
+                break
+            if role_free:
+                source[block], mode[block] = earlier, 2
+                break
+        else:
+            computed.append(block)
+    return source, mode
 
 
 @functools.lru_cache(maxsize=256)

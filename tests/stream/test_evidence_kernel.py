@@ -159,7 +159,7 @@ def test_extreme_tables_take_the_log_path_and_match_the_oracle():
     model = SignalTables(model.attacks, np.log(p), np.log1p(-p), model.log_fault_prior, model.footing)
     x = np.ones((6, 12))
     window = WindowSignals(tuple(f"n{i}" for i in range(5)), 1, x)
-    log00, log11, ratio, store = evidence._derived_tables(model)
+    log00, log11, ratio, store, *_ = evidence._derived_tables(model)
     weights = evidence._log_attacker_weights(model.footing, 5, 1)
     on, off, _, row_first, *_ = _evidence_kernel._classes(x, weights, np.empty((0, 0, 0)))
     assert not _evidence_kernel._linear_terms(log00, log11, ratio, on, off, row_first, *store)[4]
@@ -189,6 +189,53 @@ def test_the_catalogue_tables_match_the_oracle():
     for replicas in (0, 4, 7, 50):
         for _ in range(3):
             _assert_same(model, random_window(rng, replicas, len(SIGNALS), missing=0.5))
+
+
+def test_the_catalogue_tables_repeat_their_benign_and_unpatterned_stages():
+    # The kernel computes a block (draw, attack, stage) once and copies its repeats
+    # (evidence._repeated_blocks): the benign stage is the same for every attack, and an attack
+    # without a precursor pattern has its precursor columns in its pattern stage too.
+    from bayes_defense.models.registry import attack_spec
+
+    model = evidence.signal_tables(evidence.prior_draws(3, seed=11))
+    draws, attacks, stages = model.log_on.shape[:3]
+    source, mode = evidence._repeated_blocks(model)
+    block = np.arange(draws * attacks * stages).reshape(draws, attacks, stages)
+    assert np.all(source <= np.arange(source.size)) and np.all((mode == 0) == (source == np.arange(source.size)))
+    assert np.all(mode[block[:, 1:, 0]] != 0) and np.all(source[block[:, 1:, 0]] == block[:, :1, 0])
+    unpatterned = [i for i, a in enumerate(model.attacks) if attack_spec(a).pattern is None]
+    assert unpatterned and np.all(mode[block[:, unpatterned, 2]] == 1)
+    assert np.all(source[block[:, unpatterned, 2]] == block[:, unpatterned, 1])
+    patterns = attacks - len(unpatterned)
+    assert int((mode == 0).sum()) <= draws * (1 + 2 * attacks + patterns)
+
+
+def test_copied_blocks_match_the_oracle():
+    # Repeated blocks made on purpose in random tables: one of the same precondition (copied bit for
+    # bit), one of another precondition whose attacker role changes nothing (its attacker's posterior
+    # is its prior), and one of another precondition where the role matters (computed).
+    rng = np.random.default_rng(31)
+    base = random_tables(rng, 2, 4, 5, 9)
+    p = np.exp(base.log_on)
+    p[:, 1, 2] = p[:, 0, 2]                      # attack 1 (same footing as 0), stage 2: a repeat
+    p[:, 0, 1, :, 1] = p[:, 0, 1, :, 0]          # attack 0, stage 1: the attacker's role changes nothing
+    p[:, 2, 3] = p[:, 0, 1]                      # attack 2 (other footing), stage 3: role-free repeat
+    p[:, 3, 3] = p[:, 0, 2]                      # attack 3 (other footing), stage 3: not role-free
+    footing = ("backup_faulty", "backup_faulty", "primary_faulty", "admission_open")
+    model = SignalTables(base.attacks, np.log(p), np.log1p(-p), base.log_fault_prior, footing)
+    source, mode = evidence._repeated_blocks(model)
+    for d in range(2):
+        first = d * 16
+        assert (mode[first + 4 + 2], source[first + 4 + 2]) == (1, first + 2)
+        assert (mode[first + 8 + 3], source[first + 8 + 3]) == (2, first + 1)
+        assert mode[first + 12 + 3] == 0
+    for replicas in (0, 1, 5, 12):
+        for _ in range(3):
+            window = random_window(rng, replicas, 9)
+            _assert_same(model, window)
+            if replicas:
+                prior = np.log(rng.dirichlet(np.ones(5), 2))
+                _assert_same(model, window, prior, random_positions(rng, 2, 5, replicas))
 
 
 def test_the_fault_filter_steps_as_the_joint_chain_of_fault_and_replica_does():
