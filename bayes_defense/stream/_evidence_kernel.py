@@ -18,7 +18,8 @@ import math
 import numpy as np
 from numba import njit
 
-__all__ = ["likelihood", "predict", "normalise", "log_sum", "chain_step", "bands", "follow_positions"]
+__all__ = ["likelihood", "predict", "normalise", "log_sum", "chain_step", "bands", "follow_positions",
+           "predict_positions", "update_positions"]
 
 _LOG2 = math.log(2.0)
 
@@ -664,6 +665,9 @@ def follow_positions(log_alpha, log_transition, log_position, persistent, log_w,
     uniform = -math.log(replicas)
     raw = np.empty((stages, replicas))
     previous = np.empty((stages, replicas))
+    scaled = np.empty((stages, replicas))
+    peak = np.empty(stages)
+    shift = np.empty(stages)
     joint = np.empty((stages, replicas))
     column = np.empty(max(stages, replicas))
     ones = np.ones(max(stages, replicas))
@@ -672,15 +676,41 @@ def follow_positions(log_alpha, log_transition, log_position, persistent, log_w,
         for d in range(draws):
             for k in range(stages):
                 total = log_likelihood[d, a, k]
+                top = -np.inf
                 for r in range(replicas):
                     v = (by_position[d, a, k, r] + total) - log_w[p, r]
                     raw[k, r] = v if math.isfinite(v) else total
                     previous[k, r] = log_w[p, r] if k == 0 else log_position[a, d, k, r]
-            for j in range(stages):
+                    top = max(top, previous[k, r])
+                # Each stage's row of positions over its peak, in linear space (in (0, 1]).
+                peak[k] = top
                 for r in range(replicas):
+                    scaled[k, r] = math.exp(previous[k, r] - top) if math.isfinite(top) else 0.0
+            for j in range(stages):
+                # joint[j, r] = log sum_i exp(alpha_i + T_ij + previous[i, r]): the stage terms over
+                # their largest, times the scaled rows. The largest stage's term is its row's peak at
+                # its own peak replica, so a sum is only small where every term is; those are taken
+                # in log space.
+                top = -np.inf
+                for i in range(stages):
+                    shift[i] = (log_alpha[a, d, i] + log_transition[a, d, i, j]) + peak[i]
+                    top = max(top, shift[i])
+                if not math.isfinite(top):
+                    for r in range(replicas):
+                        joint[j, r] = -np.inf
+                    continue
+                for i in range(stages):
+                    shift[i] = math.exp(shift[i] - top)
+                for r in range(replicas):
+                    acc = 0.0
                     for i in range(stages):
-                        column[i] = (log_alpha[a, d, i] + log_transition[a, d, i, j]) + previous[i, r]
-                    joint[j, r] = log_sum(column, ones, stages)
+                        acc += shift[i] * scaled[i, r]
+                    if acc >= _SMALLEST:
+                        joint[j, r] = top + math.log(acc)
+                    else:
+                        for i in range(stages):
+                            column[i] = (log_alpha[a, d, i] + log_transition[a, d, i, j]) + previous[i, r]
+                        joint[j, r] = log_sum(column, ones, stages)
             for k in range(stages):
                 stage = log_sum(joint[k], ones, replicas)
                 for r in range(replicas):
@@ -728,3 +758,39 @@ def predict_positions(log_faults, log_transition, last, prior, position):
             norm = log_sum(row, ones, replicas)
             for j in range(replicas):
                 position[d, g, j] = max(row[j] - norm, -700.0)
+
+
+@njit(cache=True, nogil=True)
+def update_positions(position, ratio_on, ratio_off, x, out):
+    """The fault chain's ``log P(replica | fault, window)`` under no attack, ``out`` ``(D, G, R)``.
+
+    ``position`` ``(D, G, R)`` is the prediction; ``ratio_on`` and
+    ``ratio_off`` ``(D, G, S)`` the log ratio of a replica row's term with
+    the fault there to that without, for a signal on and off; ``x`` the
+    window's values ``(R + 1, S)`` (a signal is on where ``x > 0.5``, off
+    where ``1 - x > 0.5``, as in :func:`_classes`). Normalised over the
+    replicas and floored at -700.
+    """
+    draws, faults, replicas = position.shape
+    signals = x.shape[1]
+    on = np.zeros((replicas, signals), np.bool_)
+    off = np.zeros((replicas, signals), np.bool_)
+    for r in range(replicas):
+        for s in range(signals):
+            on[r, s] = x[r, s] > 0.5
+            off[r, s] = (1.0 - x[r, s]) > 0.5
+    ones = np.ones(replicas)
+    joint = np.empty(replicas)
+    for d in range(draws):
+        for g in range(faults):
+            for r in range(replicas):
+                acc = 0.0
+                for s in range(signals):
+                    if on[r, s]:
+                        acc += ratio_on[d, g, s]
+                    elif off[r, s]:
+                        acc += ratio_off[d, g, s]
+                joint[r] = position[d, g, r] + acc
+            total = log_sum(joint, ones, replicas)
+            for r in range(replicas):
+                out[d, g, r] = max(joint[r] - total, -700.0)

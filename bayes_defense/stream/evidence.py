@@ -671,27 +671,25 @@ class FaultFilter:
         if position is not None:
             # P(replica | fault, window) under no attack: the prediction times the ratio of the
             # window's likelihood with the fault at that replica to that with the fault elsewhere.
-            joint = position + self._fault_role_log_ratio(model, window.values)
-            self.log_position = np.maximum(joint - _logsumexp(joint, 2)[:, :, None], -700.0)
+            # (the kernel's update_positions, with each replica row's log term with the fault there
+            # minus without: _fault_role_log_ratios).
+            self.log_position = np.empty_like(position)
+            _kernel().update_positions(position, *self._fault_role_log_ratios(model),
+                                       np.ascontiguousarray(window.values, dtype=np.float64), self.log_position)
         return result
 
-    def _fault_role_log_ratio(self, model: SignalTables, x: np.ndarray) -> np.ndarray:
-        """``(D, G + 1, R)``: each replica row's log term with the fault there minus without, under no attack.
+    def _fault_role_log_ratios(self, model: SignalTables) -> tuple:
+        """``(D, G + 1, S)`` twice: a signal's log term with the fault at the replica minus without, on and off.
 
         Read from the tables of attack 0's benign stage (no attack plays a
-        role there; kept for the tables object last used); an indicator is
-        on, off or neither as in the kernel.
+        role there; kept for the tables object last used).
         """
         held, ratios = self._ratios
         if held is None or held() is not model:
             ratios = (np.ascontiguousarray(model.log_on[:, 0, 0, :, 0, 1, :] - model.log_on[:, 0, 0, :, 0, 0, :]),
                       np.ascontiguousarray(model.log_off[:, 0, 0, :, 0, 1, :] - model.log_off[:, 0, 0, :, 0, 0, :]))
             self._ratios = (weakref.ref(model), ratios)
-        rows = np.asarray(x, dtype=np.float64)[:-1]
-        with np.errstate(invalid="ignore"):
-            on = (rows > 0.5).astype(np.float64)
-            off = ((1.0 - rows) > 0.5).astype(np.float64)
-        return ratios[0] @ on.T + ratios[1] @ off.T
+        return ratios
 
 
 def _logsumexp(a: np.ndarray, axis: int) -> np.ndarray:

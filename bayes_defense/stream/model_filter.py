@@ -26,6 +26,7 @@ not how events are admitted.
 from __future__ import annotations
 
 import copy
+import functools
 import math
 from collections import deque
 from collections.abc import Iterable, Mapping
@@ -150,6 +151,22 @@ def phase_transitions(values: Mapping[str, np.ndarray], attacks: tuple, window: 
         matrix[i, :, 3, 0], matrix[i, :, 3, 3] = eb, 1 - eb
     with np.errstate(divide="ignore"):
         return np.log(np.clip(matrix, 0.0, 1.0))
+
+
+@functools.lru_cache(maxsize=256)
+def _persistent_log_weights(footing: tuple, replicas: int, primary: int) -> np.ndarray:
+    """``log`` of the starting replica's prior for attacks of these footings, ``(P, replicas)``; read-only.
+
+    The precondition's prior over the replicas (:func:`~bayes_defense.stream.evidence.attacker_weights`
+    without "outside"), uniform where it gives the replicas no weight. Cached: a window's replica
+    count and primary mostly repeat the last window's.
+    """
+    weights = np.stack([evidence.attacker_weights(f, replicas, primary)[:replicas] for f in footing])
+    weights = np.where(weights.sum(-1, keepdims=True) > 0, weights, 1.0 / replicas)
+    with np.errstate(divide="ignore"):
+        out = np.log(weights)
+    out.setflags(write=False)
+    return out
 
 
 class ModelDefender(DefenderBase):
@@ -653,10 +670,10 @@ max_clock_skew, clock_confirm
             positions[self._persistent, :len(names)] = np.exp(self._log_position[self._persistent, :, 2,
                                                                                  :len(names)]).mean(1)
             positions[self._persistent, len(names)] = 0.0
-        for i, attack in enumerate(self.attacks):
-            best = int(np.argmax(positions[i]))
-            if best < len(names) and positions[i, best] > 1.5 / max(len(names), 1):
-                self._suspects[attack] = (names[best],)
+        best = positions.argmax(1)
+        clear = (best < len(names)) & (positions[np.arange(len(best)), best] > 1.5 / max(len(names), 1))
+        for i in np.flatnonzero(clear).tolist():
+            self._suspects[self.attacks[i]] = (names[int(best[i])],)
         self.belief = self._summarise(end, ())
         self._raise_alerts(end)
 
@@ -678,11 +695,8 @@ max_clock_skew, clock_confirm
         if not persistent.size or replicas == 0 or replicas > _MAX_POSITIONS:
             return log_likelihood
         log_likelihood = np.array(log_likelihood)   # a contiguous copy, changed in place
-        footing = [attack_spec(self.attacks[i]).footing for i in persistent.tolist()]
-        weights = np.stack([evidence.attacker_weights(f, replicas, window.primary)[:replicas] for f in footing])
-        weights = np.where(weights.sum(-1, keepdims=True) > 0, weights, 1.0 / replicas)          # (P, R)
-        with np.errstate(divide="ignore"):
-            log_w = np.log(weights)
+        footing = tuple(attack_spec(self.attacks[i]).footing for i in persistent.tolist())
+        log_w = _persistent_log_weights(footing, replicas, int(window.primary))
         # The (stage, replica) chains' step: bayes_defense.stream._evidence_kernel.follow_positions;
         # its numpy oracle is in tests/stream/test_evidence_kernel.py.
         evidence._kernel().follow_positions(self._log_alpha, self._log_transition, self._log_position, persistent,
