@@ -55,6 +55,23 @@ def probability_argument(text: str) -> float:
     return value
 
 
+def windows_argument(text: str) -> int:
+    """Parse a command-line number of windows: a whole number, at least 1.
+
+    Examples
+    --------
+    >>> windows_argument("2")
+    2
+    """
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number of windows, got {text!r}") from None
+    if not 1 <= value <= 10_000:
+        raise argparse.ArgumentTypeError(f"expected a number of windows in [1, 10000], got {text}")
+    return value
+
+
 def positive_argument(text: str) -> float:
     """Parse a finite positive number of seconds.
 

@@ -31,6 +31,7 @@ from bayes_defense.commands._common import (
     probability_argument,
     progress_bar,
     strict_json,
+    windows_argument,
 )
 from bayes_defense.errors import InvalidInputError
 
@@ -67,6 +68,9 @@ def register(subparsers: Any) -> None:
     defend.add_argument("--out", metavar="FILE", default="alerts.jsonl", help="alerts file (default alerts.jsonl)")
     defend.add_argument("--threshold", type=probability_argument, default=0.8,
                         help="alert on the lower bound reaching this probability in (0, 1] (default 0.8)")
+    defend.add_argument("--confirm-windows", type=windows_argument, default=None, metavar="N",
+                        help="windows in a row over the threshold before an alert (default: the defender's own, "
+                             "2 for the model filter, 1 for the scored one)")
     defend.add_argument("--max-clock-skew", type=positive_argument, default=300.0, metavar="S",
                         help="seconds an event may lie ahead of the stream before it needs confirmation (default 300)")
     defend.add_argument("--checkpoint", metavar="FILE", help="checkpoint file (default OUT.checkpoint)")
@@ -278,7 +282,7 @@ def run_defend(args: argparse.Namespace) -> int:
             raise InvalidInputError(f"checkpoint {args.resume!r} was written for {saved.get('source')!r}, not for this "
                                     f"log (or the log changed since); resume with the same log")
         options = {"threshold": args.threshold, "posterior": args.posterior, "defender": name,
-                   "map": args.observation_map, "learn": args.learn}
+                   "map": args.observation_map, "learn": args.learn, "confirm_windows": args.confirm_windows}
         if any(saved.get(key) != value for key, value in options.items()):
             given = ", ".join(f"{key} {saved.get(key)}" for key in options)
             raise InvalidInputError(f"checkpoint {args.resume!r} was written with {given}; resume with the same options")
@@ -296,6 +300,8 @@ def run_defend(args: argparse.Namespace) -> int:
         elapsed_before = float(elapsed_before)
     else:
         extra_options = {} if observation_map is None else {"observation_map": observation_map}
+        if args.confirm_windows is not None:
+            extra_options["confirm_windows"] = args.confirm_windows
         defender = defender_class(name)(posterior, threshold=args.threshold, max_clock_skew=args.max_clock_skew,
                                         **extra_options)
         if learn is not None:
@@ -332,7 +338,7 @@ def run_defend(args: argparse.Namespace) -> int:
             "source": source, "fingerprint": _fingerprint(reader.path, counts["position"]["offset"]),
             "reader": counts, "alerts_bytes": alerts_file.size, "alerts": alerts_before + alerts_file.count,
             "threshold": args.threshold, "posterior": args.posterior, "defender": name,
-            "map": args.observation_map, "learn": args.learn,
+            "map": args.observation_map, "learn": args.learn, "confirm_windows": args.confirm_windows,
             "learned": learned[0], "seconds": elapsed_before + now - run_started}})
         last_save[0] = now
 

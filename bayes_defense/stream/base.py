@@ -197,6 +197,7 @@ SETTINGS: dict[str, tuple[type, float, float, bool, bool, str]] = {
     "baseline_rate": (float, 0.0, 1.0, False, True, "a weight"),
     "duplicate_memory": (int, 0, 10**7, True, True, "a number of events"),
     "rearm_windows": (int, 0, 10**9, True, True, "a number of windows"),
+    "confirm_windows": (int, 1, 10**4, True, True, "a number of windows"),
     "max_clock_skew": (float, 0.0, math.inf, False, True, "seconds"),
     "clock_confirm": (int, 1, 10**4, True, True, "a number of events"),
 }
@@ -208,7 +209,8 @@ def check_settings(values: Mapping[str, Any]) -> dict[str, Any]:
     Examples
     --------
     >>> settings = dict(window=1, horizon=60, threshold=0.8, rearm=0.3, level=0.9, baseline_rate=0.02,
-    ...                 duplicate_memory=4096, rearm_windows=60, max_clock_skew=300, clock_confirm=3)
+    ...                 duplicate_memory=4096, rearm_windows=60, confirm_windows=1, max_clock_skew=300,
+    ...                 clock_confirm=3)
     >>> check_settings(settings)["window"]
     1.0
     >>> check_settings({**settings, "threshold": 1.5})
@@ -233,6 +235,33 @@ def check_settings(values: Mapping[str, Any]) -> dict[str, Any]:
         out[name] = int(number) if kind is int else float(number)
     return out
 
+
+
+def upgrade_state(state: Mapping[str, Any], confirm_windows: int) -> Mapping[str, Any]:
+    """A defender state written before ``confirm_windows`` was a setting, in today's keys; others as given.
+
+    Such a state has neither ``confirm_windows`` nor ``_confirm``: its
+    defender confirmed alerts over ``confirm_windows`` windows (the value it
+    had then, given here) and counted them in ``_quiet`` while armed. Its
+    resumed run raises the alerts the uninterrupted one would.
+
+    Examples
+    --------
+    >>> old = {"_armed": [True, False], "_quiet": [1, 7]}
+    >>> new = upgrade_state(old, 2)
+    >>> new["confirm_windows"], new["_confirm"], new["_quiet"]
+    (2, [1, 0], [0, 7])
+    """
+    if not isinstance(state, Mapping) or "confirm_windows" in state or "_confirm" in state:
+        return state
+    armed, quiet = state.get("_armed"), state.get("_quiet")
+    if not isinstance(armed, list) or not isinstance(quiet, list) or len(armed) != len(quiet):
+        return state   # malformed: the defender's own check says what is wrong
+    upgraded = dict(state)
+    upgraded["confirm_windows"] = confirm_windows
+    upgraded["_confirm"] = [q if a is True else 0 for a, q in zip(armed, quiet, strict=True)]
+    upgraded["_quiet"] = [0 if a is True else q for a, q in zip(armed, quiet, strict=True)]
+    return upgraded
 
 
 def _tracked() -> tuple:
@@ -279,14 +308,19 @@ class DefenderBase:
     def _episode(self, index: int, mean: float, over: bool) -> bool:
         """Whether hypothesis ``index`` alerts now: one alert per episode (DESIGN.md section 5).
 
-        An armed hypothesis alerts when ``over`` (its lower bound crossed the
-        threshold) and is disarmed; a disarmed one re-arms after
-        ``rearm_windows`` windows in a row with its mean below ``rearm``.
-        Subclasses keep ``_armed`` and ``_quiet``, one entry per hypothesis.
+        An armed hypothesis alerts when it has been ``over`` (its lower bound
+        over the threshold) for ``confirm_windows`` windows in a row, and is
+        disarmed; a disarmed one re-arms after ``rearm_windows`` windows in a
+        row with its mean below ``rearm``. Subclasses keep ``_armed``,
+        ``_confirm`` (the windows in a row over the threshold while armed) and
+        ``_quiet`` (the quiet windows in a row while disarmed), one entry per
+        hypothesis.
         """
         if self._armed[index]:
-            if over:
+            self._confirm[index] = self._confirm[index] + 1 if over else 0
+            if self._confirm[index] >= self.confirm_windows:
                 self._armed[index] = False
+                self._confirm[index] = 0
                 return True
             return False
         self._quiet[index] = self._quiet[index] + 1 if mean < self.rearm else 0

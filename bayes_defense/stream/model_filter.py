@@ -43,7 +43,7 @@ from bayes_defense.models.faults import FAULTS
 from bayes_defense.models.registry import attack_spec, tracked_attacks
 from bayes_defense.stream import evidence
 from bayes_defense.stream.base import SETTINGS as _SETTINGS
-from bayes_defense.stream.base import Alert, Belief, DefenderBase
+from bayes_defense.stream.base import Alert, Belief, DefenderBase, upgrade_state
 from bayes_defense.stream.base import check_settings as _check_settings
 from bayes_defense.stream.obsmap import KindRule, ObservationMap, UnmatchedCounter
 from bayes_defense.stream.recommend import (
@@ -58,10 +58,11 @@ from bayes_defense.stream.signals import SIGNALS, SignalExtractor
 
 __all__ = ["ModelAlert", "ModelBelief", "ModelDefender", "phase_transitions"]
 
-#: An armed hypothesis alerts once its lower bound has stayed over the threshold for this many
-#: windows in a row: a crossing that the next window does not bear out is mostly a look-alike's
-#: (on the tuning runs, seeds 40000-40015 and 80000-80015: 6 of 15 false alerts crossed for one
-#: window only, 1 of 50 true ones, and that one crossed again within the next 30 windows).
+#: The default ``confirm_windows``: an armed hypothesis alerts once its lower bound has stayed over
+#: the threshold for this many windows in a row: a crossing that the next window does not bear out
+#: is mostly a look-alike's (on the tuning runs, seeds 40000-40015 and 80000-80015: 6 of 15 false
+#: alerts crossed for one window only, 1 of 50 true ones, and that one crossed again within the
+#: next 30 windows).
 CONFIRM_WINDOWS = 2
 
 _CHECKPOINT_KIND = "ModelDefender"
@@ -195,6 +196,9 @@ class ModelDefender(DefenderBase):
         starts at ``threshold`` and moves online (a Robbins-Monro step per
         armed window) to the ``1 - adaptive`` quantile of its lower bounds,
         within [0.5, 0.999]. Off (None) by default.
+    confirm_windows : int
+        Windows in a row with the lower bound over the threshold before an
+        armed hypothesis alerts (default :data:`CONFIRM_WINDOWS`).
     window, horizon, threshold, rearm, level, baseline_rate, duplicate_memory, rearm_windows, planner, \
 max_clock_skew, clock_confirm
         As for :class:`~bayes_defense.stream.scored.ScoredDefender`.
@@ -216,11 +220,13 @@ max_clock_skew, clock_confirm
                  horizon: float = 60.0, threshold: float = 0.8, rearm: float = 0.3, level: float = 0.9,
                  baseline_rate: float = 0.02, duplicate_memory: int = 4096, rearm_windows: int = 60,
                  planner: Any = "plan", max_clock_skew: float = 300.0, clock_confirm: int = 3,
-                 observation_map: Any = None, adaptive: float | None = None) -> None:
+                 observation_map: Any = None, adaptive: float | None = None,
+                 confirm_windows: int = CONFIRM_WINDOWS) -> None:
         settings = _check_settings({"window": window, "horizon": horizon, "threshold": threshold, "rearm": rearm,
                                     "level": level, "baseline_rate": baseline_rate,
                                     "duplicate_memory": duplicate_memory, "rearm_windows": rearm_windows,
-                                    "max_clock_skew": max_clock_skew, "clock_confirm": clock_confirm})
+                                    "confirm_windows": confirm_windows, "max_clock_skew": max_clock_skew,
+                                    "clock_confirm": clock_confirm})
         if adaptive is not None and (isinstance(adaptive, bool) or not isinstance(adaptive, (int, float))
                                      or not 0.0 < float(adaptive) < 0.5):
             raise InvalidInputError(f"adaptive must be None or a target false-alarm rate in (0, 0.5); got {adaptive!r}")
@@ -385,6 +391,7 @@ max_clock_skew, clock_confirm
         self._aggregates: dict = {}
         self._previous: dict = {}   # (node, kind) -> ts of its last aggregated event, for "interval"
         self._armed = [True] * attacks
+        self._confirm = [0] * attacks
         self._quiet = [0] * attacks
         self._thresholds = [self.threshold] * attacks
         self._suspects: dict[str, tuple[str, ...]] = {name: () for name in self.attacks}
@@ -397,7 +404,7 @@ max_clock_skew, clock_confirm
         self.belief = self._summarise(-math.inf, ())
 
     _DYNAMIC = ("_log_alpha", "accepted", "rejected", "windows", "_current", "_last_ts", "_held", "_seen",
-                "_aggregates", "_previous", "_armed", "_quiet", "_thresholds", "_suspects", "_fault_posterior", "_log_position",
+                "_aggregates", "_previous", "_armed", "_confirm", "_quiet", "_thresholds", "_suspects", "_fault_posterior", "_log_position",
                 "last_log_likelihood", "alerts", "_pending_alerts")
 
     def _map_state(self) -> dict[str, Any]:
@@ -470,6 +477,8 @@ max_clock_skew, clock_confirm
     def _check_state(self, state: Any) -> dict[str, Any]:
         if not isinstance(state, Mapping):
             raise InvalidInputError(f"a state must be a dict from state_dict(); got {type(state).__name__}")
+        # A checkpoint of before confirm_windows: CONFIRM_WINDOWS was its confirmation, counted in _quiet.
+        state = upgrade_state(state, CONFIRM_WINDOWS)
         signals = tuple(state.get("signals", ())) if isinstance(state.get("signals", ()), (list, tuple)) else ()
         if signals != SIGNALS:
             added = [s for s in SIGNALS if s not in signals]
@@ -513,8 +522,10 @@ max_clock_skew, clock_confirm
             raise InvalidInputError(f"log_fault_position must be finite log probabilities of shape "
                                     f"{(draws, len(_FAULT_NAMES) + 1, 'replicas <= ' + str(_MAX_POSITIONS))}, "
                                     "each row normalised")
-        if len(state["_armed"]) != len(self.attacks) or len(state["_quiet"]) != len(self.attacks):
-            raise InvalidInputError(f"_armed and _quiet must hold {len(self.attacks)} entries")
+        if (len(state["_armed"]) != len(self.attacks) or any(type(x) is not bool for x in state["_armed"])
+                or any(len(state[key]) != len(self.attacks) or any(type(x) is not int or x < 0 for x in state[key])
+                       for key in ("_confirm", "_quiet"))):
+            raise InvalidInputError(f"_armed, _confirm and _quiet must hold {len(self.attacks)} flags and counts")
         thresholds = state["_thresholds"]
         if len(thresholds) != len(self.attacks) or not all(isinstance(t, float) and 0.0 < t <= 1.0 for t in thresholds):
             raise InvalidInputError("_thresholds must hold one probability in (0, 1] per attack")
@@ -557,6 +568,7 @@ max_clock_skew, clock_confirm
         from bayes_defense.stream.checkpoint import read_checkpoint
 
         state, extra = read_checkpoint(path, _CHECKPOINT_KIND)
+        state = upgrade_state(state, CONFIRM_WINDOWS)
         try:
             settings = {name: state[name] for name in _SETTINGS}
             defender = cls(state["parameters"], planner=planner, adaptive=state["adaptive"],
@@ -762,12 +774,7 @@ max_clock_skew, clock_confirm
                 # Robbins-Monro step towards the (1 - adaptive) quantile of the lower bounds while armed.
                 step = 0.01 * (float(over) - self.adaptive)
                 self._thresholds[index] = float(min(max(self._thresholds[index] + step, 0.5), 0.999))
-            if self._armed[index]:
-                # While armed, _quiet counts the windows in a row over the threshold (disarmed, the quiet ones).
-                self._quiet[index] = self._quiet[index] + 1 if over else 0
-                over = self._quiet[index] >= CONFIRM_WINDOWS
             if self._episode(index, mean, over):
-                self._quiet[index] = 0
                 phase = "execution" if belief.execution[index, 0] > belief.precursor[index, 0] else "precursor"
                 raised.append(ModelAlert(ts, attack, tuple(self._suspects.get(attack, ())), float(mean),
                                          float(lower), float(belief.active[index, 2]), phase,

@@ -33,7 +33,7 @@ import numpy as np
 from bayes_defense.errors import InvalidInputError
 from bayes_defense.models.catalogue import ATTACK_NAMES
 from bayes_defense.stream.base import SETTINGS as _SETTINGS
-from bayes_defense.stream.base import Alert, Belief, DefenderBase, _non_finite
+from bayes_defense.stream.base import Alert, Belief, DefenderBase, _non_finite, upgrade_state
 from bayes_defense.stream.base import check_settings as _check_settings
 from bayes_defense.stream.recommend import FALLBACK, Recommendations, resolve_planner
 from bayes_defense.stream.schema import REJECTION_REASONS, TELEMETRY_KINDS, finite_float
@@ -327,6 +327,9 @@ class ScoredDefender(DefenderBase):
         need no memory, since an event before the open window is out of order.
     rearm_windows : int
         Quiet windows needed before a hypothesis may alert again.
+    confirm_windows : int
+        Windows in a row with the lower bound over ``threshold`` before an
+        armed hypothesis alerts (1: the first such window alerts).
     planner : "plan", callable or None
         Where countermeasures come from: ``"plan"`` asks
         :func:`bayes_defense.plan` on the cluster SCM (see
@@ -365,11 +368,12 @@ class ScoredDefender(DefenderBase):
                  window: float = 1.0, horizon: float = 60.0, threshold: float = 0.8, rearm: float = 0.3,
                  level: float = 0.9, baseline_rate: float = 0.02, duplicate_memory: int = 4096,
                  rearm_windows: int = 60, planner: Any = "plan", max_clock_skew: float = 300.0,
-                 clock_confirm: int = 3) -> None:
+                 clock_confirm: int = 3, confirm_windows: int = 1) -> None:
         settings = _check_settings({"window": window, "horizon": horizon, "threshold": threshold, "rearm": rearm,
                                     "level": level, "baseline_rate": baseline_rate,
                                     "duplicate_memory": duplicate_memory, "rearm_windows": rearm_windows,
-                                    "max_clock_skew": max_clock_skew, "clock_confirm": clock_confirm})
+                                    "confirm_windows": confirm_windows, "max_clock_skew": max_clock_skew,
+                                    "clock_confirm": clock_confirm})
         params = default_parameters(ensemble, seed) if parameters is None else check_parameters(
             parameters, ensemble=ensemble, seed=seed)
         self._planner = resolve_planner(planner)
@@ -400,6 +404,7 @@ class ScoredDefender(DefenderBase):
         self._baselines: dict[tuple[str, str], int] = {}
         self._baseline_bank = _baseline_bank(self.baseline_rate)
         self._armed = [True] * attacks
+        self._confirm = [0] * attacks
         self._quiet = [0] * attacks
         self._suspects: dict[str, tuple[str, ...]] = {name: () for name in ATTACK_HYPOTHESES}
         self.alerts: deque = deque(maxlen=10_000)
@@ -459,6 +464,7 @@ class ScoredDefender(DefenderBase):
         """Validate a state for :meth:`load_state_dict`; return a deep copy of it."""
         if not isinstance(state, Mapping):
             raise InvalidInputError(f"a state must be a dict from state_dict(); got {type(state).__name__}")
+        state = upgrade_state(state, 1)   # a checkpoint of before confirm_windows alerted on the first window
         reference = {key: value for key, value in self.__dict__.items() if key not in _NOT_STATE}
         reference["belief_ts"] = -math.inf
         unknown = sorted(str(key) for key in state if key not in reference)
@@ -492,8 +498,9 @@ class ScoredDefender(DefenderBase):
         if any(reason not in REJECTION_REASONS or type(n) is not int or n < 0 for reason, n in rejected.items()):
             raise InvalidInputError("rejected must count known reasons with whole numbers >= 0")
         if (len(state["_armed"]) != attacks or any(type(x) is not bool for x in state["_armed"])
-                or len(state["_quiet"]) != attacks or any(type(x) is not int or x < 0 for x in state["_quiet"])):
-            raise InvalidInputError(f"_armed and _quiet must hold {attacks} flags and counts")
+                or any(len(state[key]) != attacks or any(type(x) is not int or x < 0 for x in state[key])
+                       for key in ("_confirm", "_quiet"))):
+            raise InvalidInputError(f"_armed, _confirm and _quiet must hold {attacks} flags and counts")
         suspects = state["_suspects"]
         if set(suspects) != set(ATTACK_HYPOTHESES) or not all(
                 isinstance(nodes, tuple) and all(isinstance(n, str) for n in nodes) for nodes in suspects.values()):
@@ -505,7 +512,7 @@ class ScoredDefender(DefenderBase):
         limits = {"_seen": state["duplicate_memory"], "_digests": 512, "_replicas": _MAX_REPLICAS,
                   "_baselines": _MAX_SERIES, "_held": state["clock_confirm"] - 1}
         for key, value in state.items():
-            if isinstance(value, (dict, set, frozenset, list)) and key not in ("_armed", "_quiet"):
+            if isinstance(value, (dict, set, frozenset, list)) and key not in ("_armed", "_confirm", "_quiet"):
                 if len(value) > limits.get(key, _MAX_SERIES):
                     raise InvalidInputError(f"{key} holds {len(value)} entries, more than its bound "
                                             f"{limits.get(key, _MAX_SERIES)}")
@@ -580,6 +587,7 @@ class ScoredDefender(DefenderBase):
         from bayes_defense.stream.checkpoint import read_checkpoint
 
         state, extra = read_checkpoint(path, _CHECKPOINT_KIND)
+        state = upgrade_state(state, 1)
         try:
             settings = {name: state[name] for name in _SETTINGS}
             parameters = state["parameters"]

@@ -22,6 +22,8 @@ def test_version_and_registry():
     ["defend", "x.jsonl", "--threshold", "1.5"],
     ["defend", "x.jsonl", "--threshold", "-1"],
     ["defend", "x.jsonl", "--threshold", "nan"],
+    ["defend", "x.jsonl", "--confirm-windows", "0"],
+    ["defend", "x.jsonl", "--confirm-windows", "1.5"],
     ["evaluate", "--labels", "l.json", "--alerts", "a.jsonl", "--duration", "-10"],
     ["evaluate", "--labels", "l.json", "--alerts", "a.jsonl", "--duration", "inf"],
     ["demo", "--duration", "0"],

@@ -78,7 +78,9 @@ def _state(**changes):
     ({"window": -1.0}, "window must be"),
     ({"made_up": 1}, "unknown keys made_up"),
     ({"threshold": "0.8"}, "threshold must be of type float"),
-    ({"_armed": [True] * 3}, "_armed and _quiet"),
+    ({"_armed": [True] * 3}, "_armed, _confirm and _quiet"),
+    ({"_confirm": [-1] * 8}, "_armed, _confirm and _quiet"),
+    ({"confirm_windows": 0}, "confirm_windows must be a number of windows"),
     ({"rejected": {"malformed": -4}}, "rejected must count"),
     ({"rejected": {"invented_reason": 1}}, "rejected must count"),
 ])
@@ -149,3 +151,58 @@ def test_encode_round_trips_the_containers_a_state_uses():
     back = decode(json.loads(json.dumps(encode(value), allow_nan=False)))
     assert back.keys() == value.keys() and back[("r0", "x")] == {1, 2} and back["q"].maxlen == 5
     assert np.array_equal(back["a"], value["a"]) and back["t"] == (1.5, -math.inf) and back["o"] == value["o"]
+
+
+def _before_confirm_windows(state):
+    """A state as defenders wrote it before confirm_windows: confirmations counted in _quiet while armed."""
+    old = dict(state)
+    confirm, quiet = old.pop("_confirm"), old["_quiet"]
+    del old["confirm_windows"]
+    old["_quiet"] = [c if armed else q for armed, c, q in zip(old["_armed"], confirm, quiet, strict=True)]
+    return old
+
+
+def test_a_state_of_before_confirm_windows_resumes_as_the_uninterrupted_run(stream):
+    # Cut where a hypothesis has crossed the threshold once and waits for its confirmation, so that
+    # the count carried in the old state's _quiet is what the alert depends on.
+    from bayes_defense.stream.model_filter import ModelDefender
+
+    whole = ModelDefender(planner=None, ensemble=4, clock_confirm=1)
+    whole.observe_batch(stream)
+    whole.flush()
+    expected = [a.to_dict() for a in whole.alerts]
+    assert expected
+    first = ModelDefender(planner=None, ensemble=4, clock_confirm=1)
+    cut = 0
+    while cut < len(stream) - 1 and not any(first._confirm):
+        first.observe(stream[cut])
+        cut += 1
+    cut -= 1   # the last event observed
+    assert any(first._confirm) and cut < len(stream) - 1
+    old = _before_confirm_windows(first.state_dict())
+    resumed = ModelDefender(planner=None, ensemble=4, clock_confirm=1)
+    resumed.load_state_dict(old)
+    assert resumed._confirm == first._confirm and resumed._quiet == first._quiet
+    resumed.observe_batch(stream[cut + 1:])
+    resumed.flush()
+    assert [a.to_dict() for a in resumed.alerts] == expected
+    scored = ScoredDefender(planner=None)
+    scored.observe_batch(stream[:cut])
+    again = ScoredDefender(planner=None)
+    again.load_state_dict(_before_confirm_windows(scored.state_dict()))
+    assert again.confirm_windows == 1 and again.state_dict().keys() == scored.state_dict().keys()
+
+
+def test_confirm_windows_delays_each_first_alert_by_the_windows_it_adds(stream):
+    # A crossing that lasts: with 3 windows to confirm, the alert comes 2 windows after the one of 1.
+    first = {}
+    for confirm in (1, 3):
+        defender = ScoredDefender(planner=None, confirm_windows=confirm)
+        defender.observe_batch(stream)
+        defender.flush()
+        first[confirm] = {a.attack: a.ts for a in reversed(defender.alerts)}
+    assert first[1] and set(first[3]) <= set(first[1])
+    assert all(first[3][attack] - first[1][attack] >= 2.0 for attack in first[3])
+    assert any(first[3][attack] - first[1][attack] == 2.0 for attack in first[3])
+    with pytest.raises(InvalidInputError, match="confirm_windows"):
+        ScoredDefender(confirm_windows=0)
