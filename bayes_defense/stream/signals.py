@@ -436,15 +436,24 @@ class SignalExtractor:
         out = np.full((unattributed + 1, len(SIGNALS)), np.nan)
         primary = rows.get(self.primary, -1)
         values = self.values
+        # One pass groups the window's series by kind (in their first-seen order, which the sums and a
+        # median over nan keep), instead of a scan of every series per kind read below.
+        by_kind: dict[str, list] = {}
+        for (node, k), v in values.items():
+            group = by_kind.get(k)
+            if group is None:
+                by_kind[k] = [(node, v)]
+            else:
+                group.append((node, v))
 
         def median(kind: str) -> float | None:
-            found = [v[0] for (node, k), v in values.items() if k == kind and node in rows]
+            found = [v[0] for node, v in by_kind.get(kind, ()) if node in rows]
             return statistics.median(found) if found else None
 
         def total(kind: str) -> float | None:
             # A count kind the log has carried before counts zero in a window without it (a log of
             # one event per message says nothing in a quiet window); one it never carried is unobserved.
-            found = [v[1] for (node, k), v in values.items() if k == kind and node in rows]
+            found = [v[1] for node, v in by_kind.get(kind, ()) if node in rows]
             if found:
                 if len(self.kinds_seen) < 64:
                     self.kinds_seen.add(kind)
@@ -529,10 +538,10 @@ class SignalExtractor:
             out[rows.get(node, unattributed), _INDEX[signal]] = 1.0
         for outcome in ("liveness_lost", "safety_violated"):
             out[unattributed, _INDEX[outcome]] = float((outcome, "") in self.flags) if replicas else np.nan
-        self._starved(out, primary if primary >= 0 else unattributed)
+        self._starved(out, primary if primary >= 0 else unattributed, by_kind)
         # Clients: latency up, throughput down, pooled over clients.
         for kind, signal, lower in (("request_latency", "latency_high", False), ("throughput", "throughput_low", True)):
-            found = [v[1] / v[2] for (node, k), v in values.items() if k == kind]
+            found = [v[1] / v[2] for _node, v in by_kind.get(kind, ())]
             if found:
                 out[unattributed, _INDEX[signal]] = self._continuous(f"cluster|{kind}", statistics.median(found),
                                                                      lower=lower)
@@ -542,14 +551,17 @@ class SignalExtractor:
         self._clear_window()
         return WindowSignals(tuple(replicas), primary, out)
 
-    def _starved(self, out: np.ndarray, row: int) -> None:
-        """``client_starved`` at ``row``: the slowest client against the others, and stalls of a few clients."""
+    def _starved(self, out: np.ndarray, row: int, by_kind: Mapping[str, list]) -> None:
+        """``client_starved`` at ``row``: the slowest client against the others, and stalls of a few clients.
+
+        ``by_kind`` holds the window's ``(node, series)`` pairs of each kind, in first-seen order.
+        """
         # Clients only: a log whose replicas report their own latency (plenum's monitor) says nothing of
         # one client's requests.
         replicas = self._replica_set
-        latency = {node: v[1] / v[2] for (node, k), v in self.values.items()
-                   if k == "request_latency" and v[2] > 0 and node not in replicas}
-        clients = set(latency) | {node for (node, k) in self.values if k == "throughput" and node not in replicas}
+        latency = {node: v[1] / v[2] for node, v in by_kind.get("request_latency", ())
+                   if v[2] > 0 and node not in replicas}
+        clients = set(latency) | {node for node, _v in by_kind.get("throughput", ()) if node not in replicas}
         on = math.nan
         if len(latency) >= 2:
             ranked = sorted(latency.values())
