@@ -436,15 +436,16 @@ class SignalExtractor:
         out = np.full((unattributed + 1, len(SIGNALS)), np.nan)
         primary = rows.get(self.primary, -1)
         values = self.values
-        # One pass groups the window's series by kind (in their first-seen order, which the sums and a
-        # median over nan keep), instead of a scan of every series per kind read below.
+        # One pass groups the window's series of the kinds read below by kind (in their first-seen order,
+        # which the sums and a median over nan keep), instead of a scan of every series per kind.
         by_kind: dict[str, list] = {}
         for (node, k), v in values.items():
-            group = by_kind.get(k)
-            if group is None:
-                by_kind[k] = [(node, v)]
-            else:
-                group.append((node, v))
+            if k in _GROUPED_KINDS:
+                group = by_kind.get(k)
+                if group is None:
+                    by_kind[k] = [(node, v)]
+                else:
+                    group.append((node, v))
 
         def median(kind: str) -> float | None:
             found = [v[0] for node, v in by_kind.get(kind, ()) if node in rows]
@@ -608,3 +609,6 @@ _TELEMETRY_SET = frozenset(TELEMETRY_KINDS)
 _INERT_KINDS = frozenset(PROTOCOL_KINDS) - {"preprepare", "view_change", "new_view", "join", "restart",
                                               "request_stalled", "safety_violation"}
 _CLIENT_VALUE_KINDS = frozenset({"request_latency", "throughput"})
+# The kinds close reads through its grouping of the window's series (medians, sums, clients).
+_GROUPED_KINDS = frozenset({"source_rate_max", "preprepare_interval", "auth_failures", "instance_change_requests",
+                            "duplicate_messages", "stale_messages", "request_latency", "throughput"})
