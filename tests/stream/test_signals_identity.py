@@ -6,6 +6,11 @@ their speed-ups (commit 83b0525); the optimised extractor must give the same
 :class:`~bayes_defense.stream.signals.WindowSignals` and the same
 ``state_dict()`` after every window of a few simulated logs, schema and
 plenum.
+
+The copy repeats the extractor's code on purpose (``duplicates`` lists it): it
+is the oracle of a speed-up, not a second model. A change that means to alter
+the extractor's output replaces the reference with the new code in the same
+commit, and says so.
 """
 
 from __future__ import annotations
