@@ -317,13 +317,14 @@ def _position_linear(sum00, product, entry, outside, row_count, classes, slot_ro
 
 
 @njit(cache=True, nogil=True)
-def _copy_block(source, exact, d, a, k, log_weights, total_ll, by_position, by_fault, with_attacker):
+def _copy_block(source, exact, d, a, k, log_weights, weight_norm, total_ll, by_position, by_fault, with_attacker):
     """Block ``(d, a, k)`` from the earlier block ``source`` with the same columns.
 
     ``exact``: the same attacker prior too, so every result is the source's.
     Otherwise the attacker's role changes no column: the likelihood and the
     fault posterior are the source's, and the attacker's posterior is its
-    prior (normalised; the window's terms do not depend on where it is).
+    prior, ``log_weights[a]`` less its normaliser ``weight_norm[a]`` (the
+    window's terms do not depend on where it is).
     """
     attacks, stages = total_ll.shape[1], total_ll.shape[2]
     sd, sa, sk = source // (attacks * stages), (source // stages) % attacks, source % stages
@@ -336,15 +337,8 @@ def _copy_block(source, exact, d, a, k, log_weights, total_ll, by_position, by_f
         for r in range(by_position.shape[3]):
             by_position[d, a, k, r] = by_position[sd, sa, sk, r]
         return
-    peak = -np.inf
     for r in range(log_weights.shape[1]):
-        peak = max(peak, log_weights[a, r])
-    acc = 0.0
-    for r in range(log_weights.shape[1]):
-        acc += math.exp(log_weights[a, r] - peak)
-    norm = peak + math.log(acc)
-    for r in range(log_weights.shape[1]):
-        by_position[d, a, k, r] = log_weights[a, r] - norm
+        by_position[d, a, k, r] = log_weights[a, r] - weight_norm[a]
 
 
 @njit(cache=True)
@@ -424,13 +418,18 @@ def likelihood(stacked, log00, log11, ratio, store, source, mode, x, log_weights
             for g in range(faults):
                 for c in range(slots - 1):
                     phi_all[d, g, c] = math.exp(fault_position[d, g, slot_first[c]]) if followed else 1.0 / replicas
+    # Each attack's log normaliser of its attacker prior, for the blocks copied without it (mode 2).
+    weight_norm = np.empty(attacks)
+    ones_weights = np.ones(log_weights.shape[1])
+    for a in range(attacks):
+        weight_norm[a] = log_sum(log_weights[a], ones_weights, log_weights.shape[1])
     for block in range(draws * attacks * stages):
         d = block // (attacks * stages)
         a = (block // stages) % attacks
         k = block % stages
         if mode[block] != 0:
-            _copy_block(source[block], mode[block] == 1, d, a, k, log_weights, total_ll, by_position, by_fault,
-                        with_attacker)
+            _copy_block(source[block], mode[block] == 1, d, a, k, log_weights, weight_norm, total_ll, by_position,
+                        by_fault, with_attacker)
             continue
         for c in range(slots):
             weight[c] = log_weights[a, slot_first[c]]
