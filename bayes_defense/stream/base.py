@@ -264,6 +264,22 @@ def upgrade_state(state: Mapping[str, Any], confirm_windows: int) -> Mapping[str
     return upgraded
 
 
+def check_episode_counts(state: Mapping[str, Any], count: int) -> None:
+    """Refuse a state whose ``_armed`` flags and ``_confirm``/``_quiet`` counts are not one per hypothesis.
+
+    Examples
+    --------
+    >>> check_episode_counts({"_armed": [True], "_confirm": [0], "_quiet": [-1]}, 1)
+    Traceback (most recent call last):
+    ...
+    bayes_defense.errors.InvalidInputError: _armed, _confirm and _quiet must hold 1 flags and counts
+    """
+    if (len(state["_armed"]) != count or any(type(x) is not bool for x in state["_armed"])
+            or any(len(state[key]) != count or any(type(x) is not int or x < 0 for x in state[key])
+                   for key in ("_confirm", "_quiet"))):
+        raise InvalidInputError(f"_armed, _confirm and _quiet must hold {count} flags and counts")
+
+
 def _tracked() -> tuple:
     from bayes_defense.models.registry import tracked_attacks
 

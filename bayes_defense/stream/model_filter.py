@@ -43,7 +43,13 @@ from bayes_defense.models.faults import FAULTS
 from bayes_defense.models.registry import attack_spec, tracked_attacks
 from bayes_defense.stream import evidence
 from bayes_defense.stream.base import SETTINGS as _SETTINGS
-from bayes_defense.stream.base import Alert, Belief, DefenderBase, upgrade_state
+from bayes_defense.stream.base import (
+    Alert,
+    Belief,
+    DefenderBase,
+    check_episode_counts,
+    upgrade_state,
+)
 from bayes_defense.stream.base import check_settings as _check_settings
 from bayes_defense.stream.obsmap import KindRule, ObservationMap, UnmatchedCounter
 from bayes_defense.stream.recommend import (
@@ -522,10 +528,7 @@ max_clock_skew, clock_confirm
             raise InvalidInputError(f"log_fault_position must be finite log probabilities of shape "
                                     f"{(draws, len(_FAULT_NAMES) + 1, 'replicas <= ' + str(_MAX_POSITIONS))}, "
                                     "each row normalised")
-        if (len(state["_armed"]) != len(self.attacks) or any(type(x) is not bool for x in state["_armed"])
-                or any(len(state[key]) != len(self.attacks) or any(type(x) is not int or x < 0 for x in state[key])
-                       for key in ("_confirm", "_quiet"))):
-            raise InvalidInputError(f"_armed, _confirm and _quiet must hold {len(self.attacks)} flags and counts")
+        check_episode_counts(state, len(self.attacks))
         thresholds = state["_thresholds"]
         if len(thresholds) != len(self.attacks) or not all(isinstance(t, float) and 0.0 < t <= 1.0 for t in thresholds):
             raise InvalidInputError("_thresholds must hold one probability in (0, 1] per attack")

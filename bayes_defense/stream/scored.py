@@ -33,7 +33,14 @@ import numpy as np
 from bayes_defense.errors import InvalidInputError
 from bayes_defense.models.catalogue import ATTACK_NAMES
 from bayes_defense.stream.base import SETTINGS as _SETTINGS
-from bayes_defense.stream.base import Alert, Belief, DefenderBase, _non_finite, upgrade_state
+from bayes_defense.stream.base import (
+    Alert,
+    Belief,
+    DefenderBase,
+    _non_finite,
+    check_episode_counts,
+    upgrade_state,
+)
 from bayes_defense.stream.base import check_settings as _check_settings
 from bayes_defense.stream.recommend import FALLBACK, Recommendations, resolve_planner
 from bayes_defense.stream.schema import REJECTION_REASONS, TELEMETRY_KINDS, finite_float
@@ -497,10 +504,7 @@ class ScoredDefender(DefenderBase):
         rejected = state["rejected"]
         if any(reason not in REJECTION_REASONS or type(n) is not int or n < 0 for reason, n in rejected.items()):
             raise InvalidInputError("rejected must count known reasons with whole numbers >= 0")
-        if (len(state["_armed"]) != attacks or any(type(x) is not bool for x in state["_armed"])
-                or any(len(state[key]) != attacks or any(type(x) is not int or x < 0 for x in state[key])
-                       for key in ("_confirm", "_quiet"))):
-            raise InvalidInputError(f"_armed, _confirm and _quiet must hold {attacks} flags and counts")
+        check_episode_counts(state, attacks)
         suspects = state["_suspects"]
         if set(suspects) != set(ATTACK_HYPOTHESES) or not all(
                 isinstance(nodes, tuple) and all(isinstance(n, str) for n in nodes) for nodes in suspects.values()):
