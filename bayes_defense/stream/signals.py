@@ -480,8 +480,7 @@ class SignalExtractor:
             out[primary if primary >= 0 else unattributed, _INDEX["preprepare_delay"]] = on
         # Unattributed counts: the sum over receivers is Poisson when each receiver's count is.
         keys, counts, columns = [], [], []
-        for kind, signal in (("auth_failures", "mac_fail"), ("instance_change_requests", "ic_request"),
-                             ("duplicate_messages", "duplicates"), ("stale_messages", "stale")):
+        for kind, signal in _COUNT_SIGNALS:
             found = total(kind)
             if found is not None:
                 keys.append(f"cluster|{kind}")
@@ -609,6 +608,10 @@ _TELEMETRY_SET = frozenset(TELEMETRY_KINDS)
 _INERT_KINDS = frozenset(PROTOCOL_KINDS) - {"preprepare", "view_change", "new_view", "join", "restart",
                                               "request_stalled", "safety_violation"}
 _CLIENT_VALUE_KINDS = frozenset({"request_latency", "throughput"})
-# The kinds close reads through its grouping of the window's series (medians, sums, clients).
-_GROUPED_KINDS = frozenset({"source_rate_max", "preprepare_interval", "auth_failures", "instance_change_requests",
-                            "duplicate_messages", "stale_messages", "request_latency", "throughput"})
+# Count kinds close sums over the replicas, and the unattributed signal each becomes.
+_COUNT_SIGNALS = (("auth_failures", "mac_fail"), ("instance_change_requests", "ic_request"),
+                  ("duplicate_messages", "duplicates"), ("stale_messages", "stale"))
+# The kinds close reads through its grouping of the window's series: the two pooled medians, the
+# count kinds, the clients' kinds.
+_GROUPED_KINDS = frozenset({"source_rate_max", "preprepare_interval", *(kind for kind, _ in _COUNT_SIGNALS),
+                            *_CLIENT_VALUE_KINDS})
